@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Make .venv (if missing) and install the pinned requirements and trainchain into it.
+# Idempotent: a second run only checks that the pins are already satisfied.
+# Usage: scripts/setup.sh [--dev]    (--dev adds the test and lint tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "error: $PYTHON not found; trainchain needs Python 3.11 (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+fi
+
+reqs=requirements.txt
+[ "${1:-}" = "--dev" ] && reqs=requirements-dev.txt
+
+if [ ! -x .venv/bin/python ]; then
+  echo "==> creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+
+# Reinstall only when the pins or the package metadata changed since the last install.
+stamp=.venv/.trainchain-installed
+want=$(cat "$reqs" requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)-$reqs
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "==> installing pinned requirements ($reqs); the first time takes a few minutes"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$reqs"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  echo "$want" > "$stamp"
+else
+  echo "==> .venv is up to date"
+fi

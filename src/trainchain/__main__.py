@@ -1,0 +1,5 @@
+import sys
+
+from trainchain.cli import main
+
+sys.exit(main())

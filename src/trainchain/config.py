@@ -1,0 +1,408 @@
+"""``trainchain.yaml``: the model repository's contract, read once into frozen objects.
+
+Pure logic: no framework beyond pydantic (validation) and PyYAML (parsing).
+Every error names the key, the value received and what was expected.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainchain.errors import ConfigError
+
+CONFIG_FILE = "trainchain.yaml"
+
+
+class Direction(enum.StrEnum):
+    MAXIMIZE = "maximize"
+    MINIMIZE = "minimize"
+
+
+class Family(enum.StrEnum):
+    EEG = "eeg"
+    CNN = "cnn"
+    SKLEARN = "sklearn"
+
+
+# The range of each metric trainchain knows, by base name (``val_``/``test_`` stripped).
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    "accuracy": (0.0, 1.0),
+    "balanced_accuracy": (0.0, 1.0),
+    "f1": (0.0, 1.0),
+    "f1_macro": (0.0, 1.0),
+    "precision": (0.0, 1.0),
+    "recall": (0.0, 1.0),
+    "roc_auc": (0.0, 1.0),
+    "kappa": (-1.0, 1.0),
+    "loss": (0.0, math.inf),
+    "mse": (0.0, math.inf),
+    "rmse": (0.0, math.inf),
+    "mae": (0.0, math.inf),
+}
+
+
+def metric_range(metric: str) -> tuple[float, float] | None:
+    base = re.sub(r"^(val|test)_", "", metric)
+    return METRIC_RANGES.get(base)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Goal(_Frozen):
+    metric: str = "accuracy"
+    threshold: float
+    direction: Direction = Direction.MAXIMIZE
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("direction", mode="before")
+    @classmethod
+    def _direction(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            try:
+                return Direction(v)
+            except ValueError:
+                raise ValueError(
+                    f"expected 'maximize' or 'minimize', got {v!r}"
+                ) from None
+        return v
+
+    @model_validator(mode="after")
+    def _threshold_in_range(self) -> Goal:
+        bounds = metric_range(self.metric)
+        if bounds is not None:
+            low, high = bounds
+            if not low <= self.threshold <= high:
+                raise ValueError(
+                    f"threshold {self.threshold} is outside the range of metric "
+                    f"{self.metric!r}: expected a number from {low} to {high}"
+                )
+        return self
+
+    @property
+    def val_metric(self) -> str:
+        """The metric tuning optimises: the script's validation value."""
+        return self.metric if self.metric.startswith("val_") else f"val_{self.metric}"
+
+    @property
+    def test_metric(self) -> str:
+        return "test_" + re.sub(r"^(val|test)_", "", self.metric)
+
+    def reached(self, value: float | None) -> bool:
+        if value is None or not math.isfinite(value):
+            return False
+        if self.direction is Direction.MAXIMIZE:
+            return value >= self.threshold
+        return value <= self.threshold
+
+    def better(self, a: float, b: float) -> bool:
+        """Is ``a`` strictly better than ``b``?"""
+        return a > b if self.direction is Direction.MAXIMIZE else a < b
+
+
+class Budget(_Frozen):
+    max_trials: int = Field(20, ge=1, le=10_000)
+    timeout: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
+    seed: int = 0
+    max_consecutive_failures: int = Field(3, ge=1, le=100)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class IntParam(_Frozen):
+    type: Literal["int"]
+    low: int
+    high: int
+    default: int
+    log: bool = False
+    step: int = 1
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_numeric(self.low, self.high, self.default, self.log)
+        return self
+
+
+class FloatParam(_Frozen):
+    type: Literal["float"]
+    low: float
+    high: float
+    default: float
+    log: bool = False
+
+    @field_validator("low", "high", "default", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_numeric(self.low, self.high, self.default, self.log)
+        return self
+
+
+Scalar = str | int | float | bool | None
+
+
+class CategoricalParam(_Frozen):
+    type: Literal["categorical"]
+    choices: tuple[Scalar, ...] = Field(min_length=1)
+    default: Scalar
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _list_is_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _check(self) -> CategoricalParam:
+        if self.default not in self.choices:
+            raise ValueError(
+                f"default {self.default!r} is not one of the choices {list(self.choices)}"
+            )
+        return self
+
+
+def _check_numeric(low: float, high: float, default: float, log: bool) -> None:
+    if low > high:
+        raise ValueError(f"low {low} is greater than high {high}: expected low <= high")
+    if not low <= default <= high:
+        raise ValueError(f"default {default} is outside [{low}, {high}]")
+    if log and low <= 0:
+        raise ValueError(f"log scale needs low > 0, got low {low}")
+
+
+Param = Annotated[IntParam | FloatParam | CategoricalParam, Field(discriminator="type")]
+
+
+class Data(_Frozen):
+    path: str = "data"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Promotion(_Frozen):
+    margin: float = Field(0.0, ge=0.0)
+
+    @field_validator("margin", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class Notify(_Frozen):
+    to: tuple[str, ...] = ()
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return (v,)
+        return tuple(v) if isinstance(v, list) else v
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for address in v:
+            if "@" not in address:
+                raise ValueError(f"{address!r} is not an email address")
+        return v
+
+
+class Train(_Frozen):
+    timeout: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
+    max_attempts: int = Field(2, ge=1, le=10)
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+class Rule(_Frozen):
+    """A detection rule: any of ``symbols`` in the code means ``family`` and ``image``.
+
+    A symbol matches an imported module (``mne``, ``mne.decoding``), a name
+    imported from a module (``CSP``), a called or referenced name or attribute
+    (``Conv2D`` in ``layers.Conv2D(...)``). A ``fallback`` rule counts only when
+    no other rule matched (scikit-learn alone means the sklearn image).
+    """
+
+    family: str = Field(min_length=1)
+    image: str = Field(min_length=1)
+    symbols: tuple[str, ...] = Field(min_length=1)
+    fallback: bool = False
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _list_is_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+
+class Detection(_Frozen):
+    rules: tuple[Rule, ...] = ()
+    # True: only these rules; False: these are added to the defaults, and a rule
+    # for a family the defaults have replaces the default rule of that family.
+    replace_defaults: bool = False
+
+    @field_validator("rules", mode="before")
+    @classmethod
+    def _list_is_tuple(cls, v: Any) -> Any:
+        return tuple(v) if isinstance(v, list) else v
+
+
+class ModelConfig(_Frozen):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    entrypoint: str = "train.py"
+    image: str | None = None
+    data: Data = Field(default_factory=Data)
+    goal: Goal
+    budget: Budget = Field(default_factory=Budget)  # type: ignore[arg-type]
+    search_space: dict[str, Param]
+    promotion: Promotion = Field(default_factory=Promotion)  # type: ignore[arg-type]
+    notify: Notify = Field(default_factory=Notify)
+    train: Train = Field(default_factory=Train)  # type: ignore[arg-type]
+    detection: Detection = Field(default_factory=Detection)
+
+    @field_validator("search_space")
+    @classmethod
+    def _not_empty(cls, v: dict[str, Param]) -> dict[str, Param]:
+        if not v:
+            raise ValueError(
+                "the search space is empty: expected at least one hyperparameter "
+                "(for example `C: {type: float, low: 0.01, high: 100, log: true, default: 1}`)"
+            )
+        return v
+
+    def defaults(self) -> dict[str, Any]:
+        return {name: p.default for name, p in self.search_space.items()}
+
+
+class LoadedConfig(BaseModel):
+    """A config with the folder it came from."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    model: ModelConfig
+    root: Path
+
+    @property
+    def entrypoint_path(self) -> Path:
+        return self.root / self.model.entrypoint
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_vars(text: str, environ: Mapping[str, str], *, where: str) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error."""
+
+    def repl(m: re.Match[str]) -> str:
+        name, default = m.group(1), m.group(2)
+        if name in environ and environ[name] != "":
+            return environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(
+            f"{where}: the environment variable {name} is not set (in {text!r})",
+            hint=f"set {name}, or write ${{{name}:-default}} in trainchain.yaml",
+        )
+
+    return _VAR.sub(repl, text)
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in {"int", "float", "categorical"} and parts and parts[-1] != "type":
+            continue  # the union branch pydantic tried; the key already says where
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = _format_loc(e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        value = e.get("input")
+        shown = repr(value) if not isinstance(value, dict) else "{...}"
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        lines.append(f"{source}: {key}: {msg} (got {shown})")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = CONFIG_FILE) -> ModelConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{source}: expected a mapping of keys (name, goal, search_space, ...), "
+            f"got {type(data).__name__}"
+        )
+    try:
+        return ModelConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(
+            format_validation_error(err, source),
+            hint="fix those keys in trainchain.yaml; the README lists every key and its type",
+        ) from None
+
+
+def load_config(path: str | Path) -> LoadedConfig:
+    """Load ``trainchain.yaml`` from a model repository folder (or the file itself)."""
+    p = Path(path)
+    file = p / CONFIG_FILE if p.is_dir() else p
+    if not file.is_file():
+        raise ConfigError(
+            f"no {CONFIG_FILE} in {p}",
+            hint="a model repository holds its training code and a trainchain.yaml; "
+            "see examples/eeg-motor-imagery/trainchain.yaml",
+        )
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{file}: not valid YAML: {err}") from None
+    model = parse_config(data, str(file))
+    root = file.parent.resolve()
+    if not (root / model.entrypoint).is_file():
+        raise ConfigError(
+            f"{file}: entrypoint: {model.entrypoint!r} does not exist in {root}",
+            hint="set entrypoint to the training script's path, relative to trainchain.yaml",
+        )
+    return LoadedConfig(model=model, root=root)
+
+
+def resolve_data_dir(
+    loaded: LoadedConfig, environ: Mapping[str, str] | None = None, override: str | None = None
+) -> Path:
+    """The data folder: ``--data`` wins, then ``data.path`` (``${VAR}`` expanded, relative to
+    the repository)."""
+    env = dict(os.environ if environ is None else environ)
+    raw = override if override is not None else expand_vars(
+        loaded.model.data.path, env, where="data.path"
+    )
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        path = loaded.root / path
+    return path.resolve()
