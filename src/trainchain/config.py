@@ -406,3 +406,21 @@ def resolve_data_dir(
     if not path.is_absolute():
         path = loaded.root / path
     return path.resolve()
+
+
+def with_overrides(
+    model: ModelConfig,
+    *,
+    threshold: float | None = None,
+    max_trials: int | None = None,
+    timeout: float | None = None,
+) -> ModelConfig:
+    """The same config with command-line overrides, validated like the file itself."""
+    data = model.model_dump(mode="json")
+    if threshold is not None:
+        data["goal"]["threshold"] = threshold
+    if max_trials is not None:
+        data["budget"]["max_trials"] = max_trials
+    if timeout is not None:
+        data["budget"]["timeout"] = timeout
+    return parse_config(data, "command line")

@@ -1,0 +1,107 @@
+"""The whole chain on one machine: pull, detect, tune (which trains), promote, notify."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainchain.config import CONFIG_FILE
+from trainchain.context import Prepared, prepare
+from trainchain.executors import get_executor
+from trainchain.gitrepo import pull
+from trainchain.mailer import Delivery, deliver
+from trainchain.notify import render
+from trainchain.progress import TuneDisplay
+from trainchain.registry import promote
+from trainchain.report import ChainReport
+from trainchain.settings import Settings
+from trainchain.tracking import Tracker
+from trainchain.tune import save_report, tune
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_GOAL_NOT_REACHED = 3
+EXIT_FAILED = 6
+
+
+@dataclass(frozen=True)
+class ChainOutcome:
+    report: ChainReport
+    delivery: Delivery | None
+    prepared: Prepared
+
+    @property
+    def exit_code(self) -> int:
+        return {"succeeded": EXIT_OK, "goal_not_reached": EXIT_GOAL_NOT_REACHED}.get(
+            self.report.status, EXIT_FAILED
+        )
+
+
+def send_report(report: ChainReport, settings: Settings) -> Delivery:
+    """Job 5: the email, by SMTP when configured, else into the outbox."""
+    recipients = (
+        (settings.smtp.recipients if settings.smtp else ())
+        or report.recipients
+        or settings.default_recipients
+        or ("trainchain@localhost",)
+    )
+    sender = settings.smtp.sender if settings.smtp else "trainchain@localhost"
+    png: bytes | None
+    try:
+        from trainchain.plots import metric_plot
+
+        png = metric_plot(report)
+    except Exception as err:  # noqa: BLE001 - an email without its plot beats no email
+        log.warning("could not draw the metric plot: %s", err)
+        png = None
+    message = render(report, sender=sender, recipients=recipients, plot_png=png)
+    return deliver(message, settings.smtp, settings.outbox)
+
+
+def resolve_source(source: str, ref: str | None, settings: Settings, subdir: str = ""
+                   ) -> tuple[Path, str | None, str | None]:
+    """A folder with trainchain.yaml is used in place; anything else is pulled (job 1)."""
+    path = Path(source)
+    if ref is None and (path / subdir / CONFIG_FILE).is_file():
+        return path / subdir, None, None
+    pulled = pull(source, ref, settings.workspaces)
+    return pulled.path / subdir, pulled.repository, pulled.commit
+
+
+def run_chain(
+    source: str,
+    settings: Settings,
+    *,
+    ref: str | None = None,
+    subdir: str = "",
+    data: str | None = None,
+    executor: str = "local",
+    threshold: float | None = None,
+    max_trials: int | None = None,
+    timeout: float | None = None,
+    display: TuneDisplay | None = None,
+    stream_logs: bool = False,
+) -> ChainOutcome:
+    path, repository, commit = resolve_source(source, ref, settings, subdir)
+    prep = prepare(
+        path, settings, data=data, executor=executor, threshold=threshold,
+        max_trials=max_trials, timeout=timeout, repository=repository, commit=commit,
+    )
+    if display is not None:
+        display.note(
+            f"detect: {prep.detection.family} family, image {prep.detection.image} "
+            f"({len(prep.detection.evidence)} pieces of evidence)"
+        )
+    report = tune(prep, get_executor(executor), display=display, stream_logs=stream_logs)
+    if report.status == "succeeded":
+        report = promote(report, Tracker(settings.tracking_uri, settings.artifacts))
+    elif report.status == "goal_not_reached":
+        report = report.with_(
+            promotion_reason="not promoted: the goal was not reached; the best trial is kept in "
+            "MLflow"
+        )
+    save_report(settings.chains_dir, report)
+    delivery = send_report(report, settings)
+    return ChainOutcome(report, delivery, prep)

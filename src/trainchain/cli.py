@@ -1,0 +1,368 @@
+"""The `trainchain` command: each job of the chain is one subcommand.
+
+Jenkins, the local runner and the tests all run these same functions. Every
+command returns an exit status; errors become one clear line and a hint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainchain import __version__
+from trainchain.errors import TrainchainError
+from trainchain.settings import Settings, load_settings
+
+log = logging.getLogger("trainchain")
+
+
+def _out(text: str = "") -> None:
+    print(text, flush=True)  # noqa: T201 - the CLI's own output
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    env = dict(os.environ)
+    if args.home:
+        env["TRAINCHAIN_HOME"] = args.home
+    return load_settings(env)
+
+
+# ---- job 1 ------------------------------------------------------------------
+def cmd_pull(args: argparse.Namespace) -> int:
+    from trainchain.gitrepo import pull
+
+    settings = _settings(args)
+    result = pull(args.repo, args.ref, settings.workspaces)
+    if args.json:
+        _out(json.dumps({"path": str(result.path), "commit": result.commit,
+                         "repository": result.repository, "ref": result.ref}))
+    else:
+        _out(f"workspace: {result.path}")
+        _out(f"commit:    {result.commit}")
+    return 0
+
+
+# ---- job 2 ------------------------------------------------------------------
+def cmd_detect(args: argparse.Namespace) -> int:
+    from trainchain.config import load_config
+    from trainchain.detect import detect, format_text
+
+    path = Path(args.path)
+    config = None
+    if (path / "trainchain.yaml").is_file():
+        config = load_config(path).model
+    elif not path.is_dir():
+        raise TrainchainError(f"{path} is not a folder", hint="pass a model repository folder")
+    result = detect(path, config)
+    _out(json.dumps(result.to_dict(), indent=2) if args.json else format_text(result))
+    return 0
+
+
+# ---- job 3 ------------------------------------------------------------------
+def cmd_train(args: argparse.Namespace) -> int:
+    from trainchain.context import prepare
+    from trainchain.executors import get_executor
+    from trainchain.space import parse_overrides
+    from trainchain.tracking import Tracker
+    from trainchain.training import TrialContext, run_trial
+
+    settings = _settings(args)
+    prep = prepare(args.path, settings, data=args.data, executor=args.executor)
+    model = prep.loaded.model
+    params = model.defaults() | parse_overrides(model, args.set or [])
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    chain_id = f"train-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ctx = TrialContext(
+        loaded=prep.loaded, settings=settings, tracker=tracker,
+        executor=get_executor(args.executor), lineage=prep.lineage, chain_id=chain_id,
+        experiment_id=tracker.experiment_id(model.name), data_dir=prep.data_dir,
+        val_metric=model.goal.val_metric,
+    )
+    _out(f"train: {model.name} with " + ", ".join(f"{k}={v}" for k, v in params.items()))
+    outcome = run_trial(ctx, 0, params, on_line=lambda line: _out(f"  | {line}"))
+    if not outcome.ok:
+        from trainchain.errors import TrainingError
+
+        raise TrainingError(
+            f"training {model.name} failed: {outcome.error}",
+            hint=f"the full log is under {settings.runs_dir / chain_id}",
+            log_tail=outcome.log_tail,
+        )
+    _out("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(outcome.metrics.items())))
+    _out(f"mlflow run: {outcome.run_id} ({settings.tracking_uri})")
+    return 0
+
+
+# ---- job 4 ------------------------------------------------------------------
+def _tune_display(prep: Any, quiet: bool) -> Any:
+    from trainchain.config import Direction
+    from trainchain.progress import TuneDisplay
+
+    goal = prep.loaded.model.goal
+    op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
+    return TuneDisplay(goal.val_metric, goal.threshold, op, quiet=quiet)
+
+
+def _print_summary(report: Any) -> None:
+    op = ">=" if report.direction == "maximize" else "<="
+    best = "none" if report.best_value is None else f"{report.best_value:.4f}"
+    test = "" if report.best_test_value is None else f" (held-out test {report.best_test_value:.4f})"
+    used = sum(1 for t in report.trials if t.state != "INTERRUPTED")
+    reached = "reached" if report.status == "succeeded" else "NOT reached"
+    _out(f"goal:      {report.goal_metric} {op} {report.threshold}: {reached}, "
+         f"best {best}{test}")
+    _out(f"trials:    {used} of {report.max_trials}")
+    if report.best_params:
+        _out("best:      " + ", ".join(f"{k}={v}" for k, v in report.best_params.items()))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from trainchain.context import prepare
+    from trainchain.executors import get_executor
+    from trainchain.tune import tune
+
+    settings = _settings(args)
+    prep = prepare(args.path, settings, data=args.data, executor=args.executor,
+                   threshold=args.threshold, max_trials=args.max_trials, timeout=args.timeout)
+    report = tune(prep, get_executor(args.executor), display=_tune_display(prep, args.quiet),
+                  stream_logs=args.verbose)
+    _print_summary(report)
+    _out(f"chain:     {report.chain_id}")
+    return {"succeeded": 0, "goal_not_reached": 3}.get(report.status, 6)
+
+
+# ---- promote / rollback / models ------------------------------------------
+def cmd_promote(args: argparse.Namespace) -> int:
+    from trainchain.registry import promote
+    from trainchain.report import ChainReport
+    from trainchain.tracking import Tracker
+    from trainchain.tune import latest_report, save_report
+
+    settings = _settings(args)
+    report = (ChainReport.load(settings.chains_dir / f"{args.chain}.json") if args.chain
+              else latest_report(settings.chains_dir, args.model))
+    report = promote(report, Tracker(settings.tracking_uri, settings.artifacts))
+    save_report(settings.chains_dir, report)
+    if report.registry_version:
+        _out(f"registered {report.model_name} v{report.registry_version} (alias challenger)")
+    _out(report.promotion_reason)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from trainchain.tracking import Tracker
+
+    settings = _settings(args)
+    old, new = Tracker(settings.tracking_uri, settings.artifacts).rollback(args.name)
+    _out(f"{args.name}: champion moved back from v{old} to v{new}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from trainchain.tracking import Tracker
+
+    settings = _settings(args)
+    versions = Tracker(settings.tracking_uri, settings.artifacts).versions(args.name)
+    if args.json:
+        _out(json.dumps([v.__dict__ for v in versions], indent=2, default=str))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{args.name} ({settings.tracking_uri})")
+    for col in ("version", "aliases", "val", "test", "commit", "chain", "created"):
+        table.add_column(col)
+    for v in versions:
+        val = next((m for k, m in v.metrics.items() if k.startswith("val_")
+                    and not k.endswith("_std")), None)
+        test = next((m for k, m in v.metrics.items() if k.startswith("test_")), None)
+        table.add_row(
+            v.version, ", ".join(v.aliases), "-" if val is None else f"{val:.4f}",
+            "-" if test is None else f"{test:.4f}", v.tags.get("trainchain.commit", "")[:12],
+            v.tags.get("trainchain.chain", ""),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created / 1000)),
+        )
+    Console(highlight=False).print(table)
+    return 0
+
+
+# ---- job 5 ------------------------------------------------------------------
+def cmd_notify(args: argparse.Namespace) -> int:
+    from trainchain.chain import send_report
+    from trainchain.report import ChainReport
+    from trainchain.tune import latest_report
+
+    settings = _settings(args)
+    report = (ChainReport.load(settings.chains_dir / f"{args.chain}.json") if args.chain
+              else latest_report(settings.chains_dir, args.model))
+    delivery = send_report(report, settings)
+    _print_delivery(delivery)
+    return 0
+
+
+def _print_delivery(delivery: Any) -> None:
+    if delivery.method == "smtp":
+        _out(f"email:     sent to {', '.join(delivery.recipients)} (copy: {delivery.path})")
+    else:
+        _out(f"email:     {delivery.path}")
+
+
+# ---- the whole chain ------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from trainchain.chain import run_chain, resolve_source
+    from trainchain.config import Direction, load_config
+    from trainchain.progress import TuneDisplay
+
+    settings = _settings(args)
+    path, _, _ = resolve_source(args.source, args.ref, settings, args.subdir)
+    goal = load_config(path).model.goal
+    op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
+    display = TuneDisplay(goal.val_metric, args.threshold if args.threshold is not None
+                          else goal.threshold, op, quiet=args.quiet)
+    outcome = run_chain(
+        str(path), settings, subdir="", data=args.data, executor=args.executor,
+        threshold=args.threshold, max_trials=args.max_trials, timeout=args.timeout,
+        display=display, stream_logs=args.verbose,
+    )
+    report = outcome.report
+    _out("")
+    _out(f"model:     {report.model_name} @ {report.commit[:12]} ({report.family})")
+    _print_summary(report)
+    if report.registry_version:
+        role = "champion" if report.became_champion else "challenger"
+        _out(f"registry:  {report.model_name} v{report.registry_version} ({role}); "
+             f"{report.promotion_reason}")
+    else:
+        _out(f"registry:  {report.promotion_reason}")
+    from trainchain.tracking import CHAMPION, Tracker
+
+    champion = Tracker(settings.tracking_uri, settings.artifacts).alias_version(
+        report.model_name, CHAMPION)
+    _out(f"champion:  {report.model_name} v{champion}" if champion else "champion:  none")
+    if report.error:
+        _out(f"error:     {report.error}")
+    if outcome.delivery is not None:
+        _print_delivery(outcome.delivery)
+    return outcome.exit_code
+
+
+# ---- data -------------------------------------------------------------------
+def cmd_synth_eeg(args: argparse.Namespace) -> int:
+    from trainchain.families.eeg_synth import write_synthetic_dataset
+
+    try:
+        files = write_synthetic_dataset(
+            Path(args.out), subjects=args.subjects, difficulty=args.difficulty, seed=args.seed
+        )
+    except ValueError as err:
+        raise TrainchainError(str(err)) from None
+    for f in files:
+        _out(str(f))
+    return 0
+
+
+# ---- parser -------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--home", help="state folder (default: $TRAINCHAIN_HOME or ~/.trainchain)")
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="more logging; stream training output")
+    common.add_argument("-q", "--quiet", action="store_true", help="only results and errors")
+
+    p = argparse.ArgumentParser(
+        prog="trainchain",
+        description="A git push of model code becomes a trained, tuned, registered model, "
+        "with a person told by email.",
+        parents=[common],
+    )
+    p.add_argument("--version", action="version", version=f"trainchain {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, help_text: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sp.set_defaults(func=func)
+        return sp
+
+    def add_run_opts(sp: argparse.ArgumentParser, budget: bool = True) -> None:
+        sp.add_argument("--data", help="data folder (overrides data.path)")
+        sp.add_argument("--executor", default="local", choices=["auto", "local"],
+                        help="where training runs (default: local)")
+        if budget:
+            sp.add_argument("--threshold", type=float, help="goal threshold (overrides goal)")
+            sp.add_argument("--max-trials", type=int, help="trial budget (overrides budget)")
+            sp.add_argument("--timeout", type=float, help="time budget in seconds")
+
+    sp = add("pull", cmd_pull, "job 1: clone or fetch a model repository at one commit")
+    sp.add_argument("repo", help="a path, file:// URL or any URL git accepts")
+    sp.add_argument("--ref", help="branch, tag or commit (default: the remote's HEAD)")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("detect", cmd_detect, "job 2: decide the model family and training image")
+    sp.add_argument("path")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("train", cmd_train, "job 3: one training run with the defaults plus --set")
+    sp.add_argument("path")
+    sp.add_argument("--set", action="append", metavar="NAME=VALUE",
+                    help="override a hyperparameter (repeatable)")
+    add_run_opts(sp, budget=False)
+
+    sp = add("tune", cmd_tune, "job 4: tune until the goal or the end of the budget")
+    sp.add_argument("path")
+    add_run_opts(sp)
+
+    sp = add("promote", cmd_promote,
+             "register the chain's best model; make it champion if it earns it")
+    sp.add_argument("--chain", help="chain id (default: the latest chain)")
+    sp.add_argument("--model", help="the latest chain of this model")
+
+    sp = add("rollback", cmd_rollback, "move the champion alias back to the previous champion")
+    sp.add_argument("name")
+
+    sp = add("models", cmd_models, "list a registered model's versions, aliases and metrics")
+    sp.add_argument("name")
+    sp.add_argument("--json", action="store_true")
+
+    sp = add("notify", cmd_notify, "job 5: email the outcome of a chain")
+    sp.add_argument("--chain", help="chain id (default: the latest chain)")
+    sp.add_argument("--model", help="the latest chain of this model")
+
+    sp = add("run", cmd_run, "the whole chain: pull, detect, tune, promote, notify")
+    sp.add_argument("source", help="a model repository folder, or a git repository to pull")
+    sp.add_argument("--ref", help="branch, tag or commit to pull")
+    sp.add_argument("--subdir", default="", help="the model's folder inside the repository")
+    add_run_opts(sp)
+
+    data = add("data", lambda a: 0, "data helpers")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    sp = dsub.add_parser("synth-eeg", parents=[common],
+                         help="write synthetic motor-imagery EEG recordings")
+    sp.set_defaults(func=cmd_synth_eeg)
+    sp.add_argument("--out", required=True, help="folder to write into")
+    sp.add_argument("--subjects", type=int, default=1)
+    sp.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="medium")
+    sp.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else (logging.ERROR if args.quiet else logging.WARNING)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
+    try:
+        return int(args.func(args))
+    except TrainchainError as err:
+        print(f"error: {err}", file=sys.stderr)  # noqa: T201
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)  # noqa: T201
+        return 130

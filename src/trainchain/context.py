@@ -1,0 +1,115 @@
+"""Everything a job needs about one model repository, worked out once at the edge."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainchain.config import LoadedConfig, load_config, resolve_data_dir, with_overrides
+from trainchain.detect import DetectionResult, detect
+from trainchain.digest import data_digest
+from trainchain.errors import ConfigError
+from trainchain.gitrepo import describe
+from trainchain.settings import Settings
+from trainchain.training import Lineage
+
+log = logging.getLogger(__name__)
+
+_CODE_SUFFIXES = {".py", ".ipynb", ".yaml", ".yml", ".txt", ".toml", ".cfg", ".json"}
+
+
+@dataclass(frozen=True)
+class Prepared:
+    loaded: LoadedConfig
+    settings: Settings
+    data_dir: Path
+    detection: DetectionResult
+    lineage: Lineage
+    code_key: str  # the commit when clean, else a digest of the code
+
+    @property
+    def name(self) -> str:
+        return self.loaded.model.name
+
+    def study_base(self) -> str:
+        """Runs of the same code, data and goal continue one study."""
+        model = self.loaded.model
+        goal = json.dumps(
+            {"goal": model.goal.model_dump(mode="json"),
+             "space": model.model_dump(mode="json")["search_space"]},
+            sort_keys=True,
+        )
+        config_key = hashlib.sha256(goal.encode()).hexdigest()[:8]
+        data_key = self.lineage.data_digest.removeprefix("sha256:")[:8]
+        return f"{model.name}-{self.code_key[:10]}-{data_key}-{config_key}"
+
+
+def code_digest(root: Path, skip: Path | None = None) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if any(part.startswith(".") or part in {"__pycache__", "node_modules"}
+               for part in rel.parts):
+            continue
+        if skip is not None and (p == skip or skip in p.parents):
+            continue
+        if p.is_file() and p.suffix in _CODE_SUFFIXES and p.stat().st_size < 5_000_000:
+            h.update(rel.as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def prepare(
+    path: str | Path,
+    settings: Settings,
+    *,
+    data: str | None = None,
+    executor: str = "local",
+    threshold: float | None = None,
+    max_trials: int | None = None,
+    timeout: float | None = None,
+    require_data: bool = True,
+    repository: str | None = None,
+    commit: str | None = None,
+) -> Prepared:
+    loaded = load_config(path)
+    if threshold is not None or max_trials is not None or timeout is not None:
+        loaded = LoadedConfig(
+            model=with_overrides(
+                loaded.model, threshold=threshold, max_trials=max_trials, timeout=timeout
+            ),
+            root=loaded.root,
+        )
+    env = dict(os.environ) | {"TRAINCHAIN_HOME": str(settings.home)}
+    data_dir = resolve_data_dir(loaded, env, data)
+    if require_data and not data_dir.exists():
+        raise ConfigError(
+            f"the data folder {data_dir} does not exist (data.path in "
+            f"{loaded.root / 'trainchain.yaml'}, or --data)",
+            hint="point data.path or --data at the data; for the EEG example make synthetic "
+            f"data with `trainchain data synth-eeg --out {data_dir}`",
+        )
+    detection = detect(loaded.root, loaded.model)
+    source = describe(loaded.root)
+    repo = repository or source.repository
+    sha = commit or source.commit
+    code_key = sha if (commit or not source.dirty) and sha != "none" else (
+        "dirty-" + code_digest(loaded.root, skip=data_dir)[:12]
+    )
+    image = detection.image if executor != "local" else (
+        f"local:python{sys.version_info.major}.{sys.version_info.minor}"
+    )
+    lineage = Lineage(
+        repository=repo,
+        commit=sha + ("" if commit or not source.dirty else "+dirty"),
+        data_digest=data_digest(data_dir) if data_dir.exists() else "missing",
+        image=image,
+        executor=executor,
+        family=detection.family,
+        jenkins_build_url=settings.jenkins_build_url,
+    )
+    return Prepared(loaded, settings, data_dir, detection, lineage, code_key)

@@ -1,0 +1,78 @@
+"""What every executor takes and returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from trainchain import task
+
+LineSink = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class AttemptSpec:
+    """One attempt of one trial: where everything is, and the limits."""
+
+    repo_root: Path
+    entrypoint: str
+    params_file: Path
+    data_dir: Path
+    data_options_file: Path
+    checkpoint_dir: Path
+    output_dir: Path
+    report_file: Path
+    log_file: Path
+    trial: int
+    attempt: int
+    timeout: float
+    image: str | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def contract_env(self) -> dict[str, str]:
+        """The environment of the training contract, with host paths."""
+        return {
+            task.ENV_PARAMS: str(self.params_file),
+            task.ENV_DATA_DIR: str(self.data_dir),
+            task.ENV_DATA_OPTIONS: str(self.data_options_file),
+            task.ENV_CHECKPOINT_DIR: str(self.checkpoint_dir),
+            task.ENV_OUTPUT_DIR: str(self.output_dir),
+            task.ENV_REPORT: str(self.report_file),
+            task.ENV_TRIAL: str(self.trial),
+            task.ENV_ATTEMPT: str(self.attempt),
+        }
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    exit_code: int | None
+    duration_s: float
+    log_tail: str
+    timed_out: bool = False
+    oom_killed: bool = False
+    error: str | None = None  # the executor's own failure (could not start, ...)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out and self.error is None
+
+    def describe(self) -> str:
+        if self.error:
+            return self.error
+        if self.timed_out:
+            return f"timed out after {self.duration_s:.0f} s"
+        if self.oom_killed:
+            return "killed: out of memory"
+        if self.exit_code is not None and self.exit_code < 0:
+            return f"killed by signal {-self.exit_code}"
+        return f"exited with status {self.exit_code}"
+
+
+class Executor(Protocol):
+    name: str
+
+    def run(self, spec: AttemptSpec, on_line: LineSink | None = None) -> AttemptResult:
+        """Run the attempt to its end; stream each log line to ``on_line``."""
+        ...

@@ -1,0 +1,95 @@
+"""The live display of a tune: trial n of N, this trial's result, the best so far, the goal.
+
+On a terminal a spinner shows the running trial and its latest report line; in
+a log (Jenkins, CI) each event is one plain line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.status import Status
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+class TuneDisplay:
+    def __init__(self, metric: str, threshold: float, op: str, *, quiet: bool = False,
+                 console: Console | None = None) -> None:
+        self.console = console or Console(file=sys.stderr, highlight=False, soft_wrap=True)
+        self.metric = metric
+        self.goal = f"{op} {threshold}"
+        self.quiet = quiet
+        self._status: Status | None = None
+        self._label = ""
+
+    def start(self, chain_id: str, resumed: bool, used: int, max_trials: int) -> None:
+        if self.quiet:
+            return
+        verb = "resuming" if resumed else "starting"
+        self.console.print(
+            f"[bold]tune[/bold] {verb} study {chain_id}: {used} of {max_trials} trials done, "
+            f"goal {self.metric} {self.goal}"
+        )
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.console.print(text)
+
+    def trial_started(self, n: int, total: int, params: dict[str, Any], attempt: int = 1) -> None:
+        if self.quiet:
+            return
+        self._label = f"trial {n}/{total}"
+        shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
+        extra = f" (attempt {attempt})" if attempt > 1 else ""
+        self.console.print(f"  {self._label}{extra}: {shown}")
+        if self.console.is_terminal:
+            if self._status is None:
+                self._status = self.console.status(f"{self._label} running")
+                self._status.start()
+            else:
+                self._status.update(f"{self._label} running{extra}")
+
+    def line(self, text: str) -> None:
+        """A line the training script printed; the spinner shows the latest."""
+        if self._status is not None:
+            self._status.update(f"{self._label} running: {text[-100:]}")
+
+    def report_row(self, row: dict[str, Any]) -> None:
+        if self._status is not None:
+            self._status.update(f"{self._label} running: {json.dumps(row)[-100:]}")
+
+    def trial_finished(self, n: int, total: int, value: float | None, best: float | None,
+                       best_trial: int | None, error: str | None, test: float | None) -> None:
+        self._stop_status()
+        if self.quiet:
+            return
+        if error:
+            result = f"[red]failed[/red]: {error}"
+        else:
+            result = f"{self.metric} {_fmt(value)}"
+            if test is not None:
+                result += f" (test {_fmt(test)})"
+        best_text = f"best {_fmt(best)}" + (f" (trial {best_trial})" if best_trial is not None else "")
+        self.console.print(f"  {self._label or f'trial {n}/{total}'}: {result} | {best_text} | "
+                           f"goal {self.goal}")
+
+    def close(self) -> None:
+        self._stop_status()
+
+    def _stop_status(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)

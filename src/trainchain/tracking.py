@@ -1,0 +1,249 @@
+"""The MLflow adapter: runs, artifacts and the model registry (aliases, not stages).
+
+One writer per store: only trainchain, on the host, talks to the tracking store.
+No global MLflow state is set: every call goes through one ``MlflowClient``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainchain.errors import RegistryError
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+HISTORY_TAG = "trainchain.champion_history"
+MODEL_ARTIFACT = "model"
+_MAX_PARAM = 500  # MLflow's limit on a param value's length
+
+
+def _quiet_mlflow() -> None:
+    for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    aliases: tuple[str, ...]
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    created: int
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, artifact_root: Path) -> None:
+        _quiet_mlflow()
+        from mlflow import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.artifact_root = artifact_root
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+    # ---- runs ---------------------------------------------------------------
+    def experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return str(exp.experiment_id)
+        location = (self.artifact_root / name).resolve()
+        location.mkdir(parents=True, exist_ok=True)
+        return str(self.client.create_experiment(name, artifact_location=location.as_uri()))
+
+    def start_run(
+        self,
+        experiment_id: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        parent_run_id: str | None = None,
+    ) -> str:
+        all_tags = dict(tags)
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+        return str(run.info.run_id)
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def log(
+        self,
+        run_id: str,
+        params: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, float] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.utils.time import get_current_time_millis
+
+        now = get_current_time_millis()
+        self.client.log_batch(
+            run_id,
+            metrics=[
+                Metric(k, float(v), now, 0)
+                for k, v in (metrics or {}).items()
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            ],
+            params=[Param(k, str(v)[:_MAX_PARAM]) for k, v in (params or {}).items()],
+            tags=[RunTag(k, str(v)) for k, v in (tags or {}).items()],
+        )
+
+    def log_step_metrics(self, run_id: str, rows: list[dict[str, Any]]) -> None:
+        """Per-step values from the report file (epochs, folds) as metric history."""
+        from mlflow.entities import Metric
+
+        metrics = []
+        for row in rows:
+            step = int(row.get("step", 0))
+            ts = int(float(row.get("time", 0)) * 1000)
+            for k, v in row.items():
+                if k in {"step", "time", "trial", "attempt"}:
+                    continue
+                if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+                    metrics.append(Metric(f"step/{k}", float(v), ts, step))
+        for i in range(0, len(metrics), 900):
+            self.client.log_batch(run_id, metrics=metrics[i : i + 900])
+
+    def log_artifacts(self, run_id: str, local_dir: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(local_file), artifact_path)
+
+    def finish(self, run_id: str, ok: bool) -> None:
+        self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+    def run_data(self, run_id: str) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
+        run = self.client.get_run(run_id)
+        return dict(run.data.params), dict(run.data.metrics), dict(run.data.tags)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        from mlflow.artifacts import download_artifacts
+
+        dst.mkdir(parents=True, exist_ok=True)
+        return Path(
+            download_artifacts(
+                run_id=run_id, artifact_path=path, dst_path=str(dst),
+                tracking_uri=self.tracking_uri,
+            )
+        )
+
+    def artifact_uri(self, run_id: str, path: str = MODEL_ARTIFACT) -> str:
+        return f"{self.client.get_run(run_id).info.artifact_uri}/{path}"
+
+    # ---- registry -----------------------------------------------------------
+    def register(self, name: str, run_id: str, tags: Mapping[str, str]) -> str:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.get_registered_model(name)
+        except MlflowException:
+            self.client.create_registered_model(name)
+        mv = self.client.create_model_version(
+            name, source=self.artifact_uri(run_id), run_id=run_id, tags=dict(tags)
+        )
+        return str(mv.version)
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.client.set_registered_model_alias(name, alias, version)
+
+    def champion_history(self, name: str) -> list[str]:
+        model = self.client.get_registered_model(name)
+        raw = model.tags.get(HISTORY_TAG, "[]")
+        try:
+            return [str(v) for v in json.loads(raw)]
+        except ValueError:
+            return []
+
+    def make_champion(self, name: str, version: str) -> None:
+        """Move ``champion`` to ``version`` and remember the order, for rollback."""
+        history = self.champion_history(name)
+        history.append(version)
+        self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
+        self.set_alias(name, CHAMPION, version)
+
+    def rollback(self, name: str) -> tuple[str, str]:
+        """Move ``champion`` back to the version that held it before; returns (from, to)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            history = self.champion_history(name)
+        except MlflowException:
+            raise RegistryError(
+                f"no registered model named {name!r} in {self.tracking_uri}",
+                hint="`trainchain models NAME` lists a model's versions; run the chain first",
+            ) from None
+        current = self.alias_version(name, CHAMPION)
+        if current is None or len(history) < 2:
+            raise RegistryError(
+                f"{name}: there is no earlier champion to roll back to "
+                f"(champion: {current or 'none'})",
+                hint="rollback needs a model that has had at least two champions",
+            )
+        history.pop()
+        previous = history[-1]
+        self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+        self.set_alias(name, CHAMPION, previous)
+        return current, previous
+
+    def versions(self, name: str) -> list[VersionInfo]:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            model = self.client.get_registered_model(name)
+        except MlflowException:
+            raise RegistryError(
+                f"no registered model named {name!r} in {self.tracking_uri}",
+                hint="run the chain on a model repository first (`trainchain run PATH`)",
+            ) from None
+        aliases: dict[str, list[str]] = {}
+        for alias, version in (model.aliases or {}).items():
+            aliases.setdefault(str(version), []).append(alias)
+        out = []
+        for mv in self.client.search_model_versions(f"name='{name}'"):
+            metrics: dict[str, float] = {}
+            if mv.run_id:
+                try:
+                    metrics = dict(self.client.get_run(mv.run_id).data.metrics)
+                except MlflowException:
+                    metrics = {}
+            out.append(
+                VersionInfo(
+                    version=str(mv.version),
+                    aliases=tuple(sorted(aliases.get(str(mv.version), []))),
+                    run_id=mv.run_id,
+                    source=mv.source,
+                    tags=dict(mv.tags or {}),
+                    metrics=metrics,
+                    created=int(mv.creation_timestamp or 0),
+                )
+            )
+        return sorted(out, key=lambda v: int(v.version))
+
+    def version_run_id(self, name: str, version: str) -> str | None:
+        mv = self.client.get_model_version(name, version)
+        return str(mv.run_id) if mv.run_id else None
+
+    def load_model(self, run_id: str, workdir: Path) -> Any:
+        """Load a run's model (pyfunc) from its artifacts."""
+        import mlflow.pyfunc
+
+        local = self.download(run_id, MODEL_ARTIFACT, workdir / run_id)
+        return mlflow.pyfunc.load_model(str(local))

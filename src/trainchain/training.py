@@ -1,0 +1,245 @@
+"""One trial: run its attempts through an executor, then log what the script wrote.
+
+The script never talks to the tracking store; this module does, on the host.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainchain import task
+from trainchain.config import LoadedConfig
+from trainchain.executors import AttemptResult, AttemptSpec, Executor, LineSink
+from trainchain.settings import Settings
+from trainchain.tracking import MODEL_ARTIFACT, Tracker
+
+log = logging.getLogger(__name__)
+
+PARAMS_TAG = "trainchain.params"
+
+
+@dataclass(frozen=True)
+class Lineage:
+    repository: str
+    commit: str
+    data_digest: str
+    image: str
+    executor: str
+    family: str = ""
+    jenkins_build_url: str | None = None
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            "trainchain.repository": self.repository,
+            "trainchain.commit": self.commit,
+            "trainchain.data_digest": self.data_digest,
+            "trainchain.image": self.image,
+            "trainchain.executor": self.executor,
+            "trainchain.family": self.family,
+        }
+        if self.jenkins_build_url:
+            tags["trainchain.jenkins_build_url"] = self.jenkins_build_url
+        return tags
+
+
+@dataclass(frozen=True)
+class TrialOutcome:
+    number: int
+    params: dict[str, Any]
+    ok: bool
+    metrics: dict[str, float]
+    run_id: str
+    attempts: tuple[AttemptResult, ...]
+    duration_s: float
+    error: str | None = None
+    output_dir: Path | None = None
+    report_rows: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def log_tail(self) -> str:
+        return self.attempts[-1].log_tail if self.attempts else ""
+
+
+@dataclass(frozen=True)
+class TrialContext:
+    """What every trial of one chain shares."""
+
+    loaded: LoadedConfig
+    settings: Settings
+    tracker: Tracker
+    executor: Executor
+    lineage: Lineage
+    chain_id: str
+    experiment_id: str
+    data_dir: Path
+    val_metric: str
+    parent_run_id: str | None = None
+
+
+def read_report(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if not path.exists():
+        return rows
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
+    path = output_dir / task.METRICS_FILE
+    if not path.exists():
+        return {}, f"the script wrote no {task.METRICS_FILE} into TRAINCHAIN_OUTPUT_DIR"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as err:
+        return {}, f"{task.METRICS_FILE} is not valid JSON: {err}"
+    if not isinstance(raw, dict):
+        return {}, f"{task.METRICS_FILE} must hold a JSON object of metric names to numbers"
+    metrics = {
+        str(k): float(v)
+        for k, v in raw.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    return metrics, None
+
+
+def run_trial(
+    ctx: TrialContext,
+    number: int,
+    params: Mapping[str, Any],
+    *,
+    checkpoint_key: int | None = None,
+    on_line: LineSink | None = None,
+    on_attempt: Any = None,
+    extra_tags: Mapping[str, str] | None = None,
+) -> TrialOutcome:
+    """Run trial ``number`` to success or to its attempt cap, and log it as one MLflow run."""
+    model = ctx.loaded.model
+    trial_dir = ctx.settings.runs_dir / ctx.chain_id / f"trial-{number:04d}"
+    ckpt_dir = ctx.settings.checkpoints / ctx.chain_id / (
+        f"trial-{checkpoint_key if checkpoint_key is not None else number:04d}"
+    )
+    report_file = trial_dir / "report.jsonl"
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    tags = ctx.lineage.tags() | {
+        "trainchain.chain": ctx.chain_id,
+        "trainchain.trial": str(number),
+        PARAMS_TAG: json.dumps(dict(params), sort_keys=True),
+    } | dict(extra_tags or {})
+    run_id = ctx.tracker.start_run(
+        ctx.experiment_id, f"trial-{number}", tags, parent_run_id=ctx.parent_run_id
+    )
+    ctx.tracker.log(run_id, params=params)
+
+    attempts: list[AttemptResult] = []
+    metrics: dict[str, float] = {}
+    error: str | None = None
+    output_dir = trial_dir
+    start = time.monotonic()
+    for attempt in range(1, model.train.max_attempts + 1):
+        attempt_dir = trial_dir / f"attempt-{attempt}"
+        if attempt_dir.exists():
+            shutil.rmtree(attempt_dir)  # a half-written attempt from a killed run
+        output_dir = attempt_dir / "output"
+        output_dir.mkdir(parents=True)
+        params_file = attempt_dir / "params.json"
+        params_file.write_text(json.dumps(dict(params), indent=2), encoding="utf-8")
+        options_file = attempt_dir / "data_options.json"
+        options_file.write_text(json.dumps(model.data.options, indent=2), encoding="utf-8")
+        spec = AttemptSpec(
+            repo_root=ctx.loaded.root,
+            entrypoint=model.entrypoint,
+            params_file=params_file,
+            data_dir=ctx.data_dir,
+            data_options_file=options_file,
+            checkpoint_dir=ckpt_dir,
+            output_dir=output_dir,
+            report_file=report_file,
+            log_file=attempt_dir / "train.log",
+            trial=number,
+            attempt=attempt,
+            timeout=model.train.timeout,
+            image=ctx.lineage.image,
+            labels={
+                "trainchain.model": model.name,
+                "trainchain.run": run_id,
+                "trainchain.chain": ctx.chain_id,
+                "trainchain.trial": str(number),
+                "trainchain.attempt": str(attempt),
+            },
+        )
+        if on_attempt is not None:
+            on_attempt(number, attempt)
+        result = ctx.executor.run(spec, on_line)
+        attempts.append(result)
+        if result.ok:
+            metrics, error = read_metrics(output_dir)
+            if error is None and ctx.val_metric not in metrics:
+                error = (
+                    f"{task.METRICS_FILE} has no {ctx.val_metric!r} (it has: "
+                    f"{', '.join(sorted(metrics)) or 'nothing'}); the goal metric must be there"
+                )
+            if error is None:
+                break
+        else:
+            error = f"attempt {attempt} {result.describe()}"
+        log.warning("trial %d attempt %d failed: %s", number, attempt, error)
+        if attempt < model.train.max_attempts:
+            log.warning("trial %d: retrying (attempt %d of %d), resuming from %s",
+                        number, attempt + 1, model.train.max_attempts, ckpt_dir)
+
+    ok = error is None
+    rows = read_report(report_file)
+    ctx.tracker.log(
+        run_id,
+        metrics=metrics,
+        tags={"trainchain.attempts": str(len(attempts)), "trainchain.status": "ok" if ok else "failed"}
+        | ({"trainchain.error": error[:4000]} if error else {}),
+    )
+    if rows:
+        ctx.tracker.log_step_metrics(run_id, rows)
+    _log_outputs(ctx.tracker, run_id, output_dir, trial_dir)
+    ctx.tracker.finish(run_id, ok)
+    return TrialOutcome(
+        number=number,
+        params=dict(params),
+        ok=ok,
+        metrics=metrics,
+        run_id=run_id,
+        attempts=tuple(attempts),
+        duration_s=time.monotonic() - start,
+        error=error,
+        output_dir=output_dir,
+        report_rows=rows,
+    )
+
+
+def _log_outputs(tracker: Tracker, run_id: str, output_dir: Path, trial_dir: Path) -> None:
+    model_dir = output_dir / task.MODEL_DIR
+    if (model_dir / "MLmodel").exists():
+        tracker.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
+    elif model_dir.exists():
+        log.warning("%s has no MLmodel file: the model is logged as plain files", model_dir)
+        tracker.log_artifacts(run_id, model_dir, "model-files")
+    for name in (task.HELDOUT_FILE, task.METRICS_FILE):
+        if (output_dir / name).exists():
+            tracker.log_artifact(run_id, output_dir / name)
+    for path in sorted(trial_dir.glob("attempt-*/train.log")):
+        tracker.log_artifact(run_id, path, f"logs/{path.parent.name}")
+    if (trial_dir / "report.jsonl").exists():
+        tracker.log_artifact(run_id, trial_dir / "report.jsonl")

@@ -1,0 +1,341 @@
+"""Job 4: tune until the goal, within the budget, resumable after any kill.
+
+An Optuna study (seeded TPE) in the study store; each trial is an MLflow child
+run under one parent run for the chain. A tune started again continues the
+same study: finished trials are kept, the count goes on, and a trial that was
+running when the process died is retried with its parameters and checkpoints.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from trainchain.config import Direction
+from trainchain.context import Prepared
+from trainchain.errors import TrainchainError
+from trainchain.executors import Executor
+from trainchain.progress import TuneDisplay
+from trainchain.report import ChainReport, TrialSummary
+from trainchain.space import fit_to_space
+from trainchain.studies import open_study, study_names, suggest
+from trainchain.tracking import CHAMPION, Tracker
+from trainchain.training import PARAMS_TAG, TrialContext, run_trial
+
+log = logging.getLogger(__name__)
+
+FINISHED_ATTR = "finished"
+PARENT_ATTR = "mlflow_parent_run_id"
+ELAPSED_ATTR = "elapsed_s"
+
+
+class Busy(TrainchainError):
+    exit_code = 9
+
+
+@contextmanager
+def model_lock(locks: Path, name: str) -> Iterator[None]:
+    """One chain at a time per model: a second one is refused, not interleaved."""
+    locks.mkdir(parents=True, exist_ok=True)
+    path = locks / f"{name}.lock"
+    with path.open("a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(
+                f"another trainchain process is tuning {name} (lock {path} is held)",
+                hint="wait for it to finish, or stop it; the study resumes where it stopped",
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _state(trial: Any) -> str:
+    return str(trial.state.name)
+
+
+def _budget_used(study: Any) -> int:
+    retried = {t.user_attrs.get("retry_of") for t in study.trials}
+    return sum(
+        1 for t in study.trials
+        if _state(t) in {"COMPLETE", "PRUNED", "FAIL"} and t.number not in retried
+    )
+
+
+def _best(study: Any, direction: Direction) -> Any | None:
+    complete = [t for t in study.trials if _state(t) == "COMPLETE" and t.value is not None]
+    if not complete:
+        return None
+    key = (lambda t: t.value) if direction is Direction.MAXIMIZE else (lambda t: -t.value)
+    return max(complete, key=key)
+
+
+def choose_study(prep: Prepared) -> tuple[str, bool]:
+    """The study to use: the newest of this code/data/goal if unfinished, else a new one."""
+    base = prep.study_base()
+    storage = prep.settings.study_storage
+    existing = [n for n in study_names(storage) if n == base or n.startswith(base + "-r")]
+    if not existing:
+        return base, False
+    newest = max(existing, key=lambda n: int(n.rsplit("-r", 1)[1]) if n != base else 1)
+    study = open_study(storage, newest, prep.loaded.model.goal.direction, 0)
+    if FINISHED_ATTR not in study.user_attrs:
+        return newest, True
+    index = int(newest.rsplit("-r", 1)[1]) + 1 if newest != base else 2
+    return f"{base}-r{index}", False
+
+
+def _first_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str]:
+    model = prep.loaded.model
+    version = None
+    try:
+        version = tracker.alias_version(model.name, CHAMPION)
+    except Exception:  # noqa: BLE001 - a fresh registry
+        version = None
+    if version is not None:
+        run_id = tracker.version_run_id(model.name, version)
+        if run_id:
+            import json
+
+            _, _, tags = tracker.run_data(run_id)
+            champion = fit_to_space(model, json.loads(tags.get(PARAMS_TAG, "{}")))
+            if champion is not None:
+                return champion, f"champion v{version}"
+    return model.defaults(), "defaults"
+
+
+def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> list[int]:
+    """Trials left RUNNING by a killed process: mark them failed and enqueue them again."""
+    from optuna.trial import TrialState
+
+    retried = []
+    for t in study.trials:
+        if _state(t) != "RUNNING":
+            continue
+        key = t.user_attrs.get("checkpoint_key", t.number)
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(
+            dict(t.params), user_attrs={"retry_of": t.number, "checkpoint_key": key}
+        )
+        retried.append(t.number)
+    if retried:
+        runs = tracker.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+        )
+        for run in runs:
+            tracker.log(run.info.run_id, tags={"trainchain.status": "interrupted"})
+            tracker.finish(run.info.run_id, ok=False)
+    return retried
+
+
+def _summaries(study: Any, val_metric: str) -> tuple[TrialSummary, ...]:
+    retried = {t.user_attrs.get("retry_of"): t.number for t in study.trials}
+    out = []
+    for t in study.trials:
+        state = _state(t)
+        if state == "RUNNING" or state == "WAITING":
+            continue
+        if t.number in retried and retried[t.number] is not None:
+            state = "INTERRUPTED"
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        out.append(TrialSummary(
+            number=t.number,
+            state=state,
+            value=t.value if state == "COMPLETE" else None,
+            params=dict(t.params),
+            test_value=t.user_attrs.get("test_value"),
+            run_id=t.user_attrs.get("mlflow_run_id"),
+            duration_s=duration,
+        ))
+    return tuple(out)
+
+
+def tune(
+    prep: Prepared,
+    executor: Executor,
+    *,
+    display: TuneDisplay | None = None,
+    stream_logs: bool = False,
+) -> ChainReport:
+    """Tune ``prep``'s model until the goal or the end of the budget; return the chain report."""
+    model = prep.loaded.model
+    goal = model.goal
+    settings = prep.settings
+    op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
+    display = display or TuneDisplay(goal.val_metric, goal.threshold, op)
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    with model_lock(settings.locks, model.name):
+        chain_id, resumed = choose_study(prep)
+        study = open_study(settings.study_storage, chain_id, goal.direction, model.budget.seed)
+        experiment_id = tracker.experiment_id(model.name)
+        parent = study.user_attrs.get(PARENT_ATTR)
+        if parent:
+            tracker.reopen(parent)
+        else:
+            parent = tracker.start_run(
+                experiment_id, f"chain {chain_id}",
+                prep.lineage.tags() | {"trainchain.chain": chain_id},
+            )
+            tracker.log(parent, params={"goal_metric": goal.val_metric,
+                                        "goal_threshold": goal.threshold,
+                                        "max_trials": model.budget.max_trials,
+                                        "seed": model.budget.seed})
+            study.set_user_attr(PARENT_ATTR, parent)
+        retried = _recover(study, tracker, experiment_id, parent)
+        if not study.trials:
+            first, source = _first_params(prep, tracker)
+            study.enqueue_trial(first, user_attrs={"source": source})
+            display.note(f"  first trial uses the {source}' parameters".replace("defaults'",
+                                                                                 "defaults"))
+        display.start(chain_id, resumed, _budget_used(study), model.budget.max_trials)
+        for number in retried:
+            display.note(f"  trial {number} was interrupted: it is retried with its parameters "
+                         "and checkpoints")
+
+        ctx = TrialContext(
+            loaded=prep.loaded, settings=settings, tracker=tracker, executor=executor,
+            lineage=prep.lineage, chain_id=chain_id, experiment_id=experiment_id,
+            data_dir=prep.data_dir, val_metric=goal.val_metric, parent_run_id=parent,
+        )
+        elapsed_before = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
+        session_start = time.monotonic()
+        failures = 0
+        error: str | None = None
+        last_tail = ""
+        stop_reason = ""
+        try:
+            while True:
+                best = _best(study, goal.direction)
+                used = _budget_used(study)
+                elapsed = elapsed_before + time.monotonic() - session_start
+                if best is not None and goal.reached(best.value):
+                    stop_reason = "goal reached"
+                    break
+                if used >= model.budget.max_trials:
+                    stop_reason = f"budget spent: {used} of {model.budget.max_trials} trials"
+                    break
+                if elapsed >= model.budget.timeout:
+                    stop_reason = f"budget spent: {elapsed:.0f} s of {model.budget.timeout:.0f} s"
+                    break
+                trial = study.ask()
+                params = suggest(trial, model)
+                key = trial.user_attrs.get("checkpoint_key", trial.number)
+                trial.set_user_attr("checkpoint_key", key)
+                n = used + 1
+                display.trial_started(n, model.budget.max_trials, params)
+
+                def on_attempt(_number: int, attempt: int, n: int = n,
+                               params: dict[str, Any] = params) -> None:
+                    if attempt > 1:
+                        display.trial_started(n, model.budget.max_trials, params, attempt)
+
+                outcome = run_trial(
+                    ctx, trial.number, params, checkpoint_key=key,
+                    on_line=(display.console.print if stream_logs else display.line),
+                    on_attempt=on_attempt,
+                )
+                trial.set_user_attr("mlflow_run_id", outcome.run_id)
+                test_value = outcome.metrics.get(goal.test_metric)
+                if test_value is not None:
+                    trial.set_user_attr("test_value", test_value)
+                study.set_user_attr(
+                    ELAPSED_ATTR, elapsed_before + time.monotonic() - session_start
+                )
+                if outcome.ok:
+                    value = outcome.metrics[goal.val_metric]
+                    study.tell(trial, value)
+                    failures = 0
+                else:
+                    from optuna.trial import TrialState
+
+                    study.tell(trial, state=TrialState.FAIL)
+                    failures += 1
+                    last_tail = outcome.log_tail
+                    error = outcome.error
+                best = _best(study, goal.direction)
+                display.trial_finished(
+                    n, model.budget.max_trials,
+                    outcome.metrics.get(goal.val_metric) if outcome.ok else None,
+                    best.value if best else None, best.number if best else None,
+                    None if outcome.ok else outcome.error, test_value,
+                )
+                if failures >= model.budget.max_consecutive_failures:
+                    stop_reason = f"{failures} trials in a row failed"
+                    break
+        finally:
+            display.close()
+
+        best = _best(study, goal.direction)
+        reached = best is not None and goal.reached(best.value)
+        failed = failures >= model.budget.max_consecutive_failures and not reached
+        status = "succeeded" if reached else ("failed" if failed else "goal_not_reached")
+        if not failed:
+            study.set_user_attr(FINISHED_ATTR, status)
+        tracker.log(parent, metrics={"best_" + goal.val_metric: best.value} if best else {},
+                    tags={"trainchain.status": status, "trainchain.stop_reason": stop_reason})
+        tracker.finish(parent, ok=reached)
+        display.note(f"tune: {stop_reason}")
+        report = ChainReport(
+            chain_id=chain_id,
+            model_name=model.name,
+            repository=prep.lineage.repository,
+            commit=prep.lineage.commit,
+            goal_metric=goal.val_metric,
+            threshold=goal.threshold,
+            direction=goal.direction.value,
+            status=status,  # type: ignore[arg-type]
+            max_trials=model.budget.max_trials,
+            promotion_margin=model.promotion.margin,
+            trials=_summaries(study, goal.val_metric),
+            best_trial=best.number if best else None,
+            best_value=best.value if best else None,
+            best_test_value=best.user_attrs.get("test_value") if best else None,
+            best_params=dict(best.params) if best else {},
+            best_run_id=best.user_attrs.get("mlflow_run_id") if best else None,
+            tracking_uri=settings.tracking_uri,
+            parent_run_id=parent,
+            family=prep.detection.family,
+            image=prep.lineage.image,
+            executor=executor.name,
+            error=(f"{failures} trials in a row failed; last: {error}" if failed else None),
+            log_tail=last_tail if failed else "",
+            recipients=model.notify.to,
+            jenkins_build_url=settings.jenkins_build_url,
+            elapsed_s=elapsed_before + time.monotonic() - session_start,
+        )
+        save_report(settings.chains_dir, report)
+        return report
+
+
+def save_report(chains_dir: Path, report: ChainReport) -> Path:
+    path = report.save(chains_dir / f"{report.chain_id}.json")
+    (chains_dir / f"{report.model_name}.latest").write_text(report.chain_id, encoding="utf-8")
+    return path
+
+
+def latest_report(chains_dir: Path, model_name: str | None = None) -> ChainReport:
+    from trainchain.errors import ConfigError
+
+    if model_name:
+        pointer = chains_dir / f"{model_name}.latest"
+        if not pointer.exists():
+            raise ConfigError(
+                f"no chain has run for model {model_name!r} under {chains_dir.parent}",
+                hint="run `trainchain tune PATH` or `trainchain run PATH` first",
+            )
+        return ChainReport.load(chains_dir / f"{pointer.read_text().strip()}.json")
+    reports = sorted(chains_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        raise ConfigError(
+            f"no chain report under {chains_dir}",
+            hint="run `trainchain tune PATH` or `trainchain run PATH` first",
+        )
+    return ChainReport.load(reports[-1])

@@ -1,0 +1,128 @@
+"""Shared fixtures: a private TRAINCHAIN_HOME per test, and small real model repositories."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from trainchain.settings import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+# A stdlib-only training script: its validation accuracy is a known function of its
+# hyperparameters, so tuning outcomes are checkable. It honours the whole contract:
+# params, data, checkpoints (resume), report lines, metrics.
+TOY_TRAIN = '''
+import json, os, sys, time
+from pathlib import Path
+from trainchain import task
+
+p = task.params()
+ckpt = task.checkpoint_dir() / "state.json"
+start = json.loads(ckpt.read_text())["step"] + 1 if ckpt.exists() else 0
+print(f"toy: trial {task.trial()} attempt {task.attempt()} starting at step {start}", flush=True)
+hang_trial = os.environ.get("TOY_HANG_TRIAL")
+for step in range(start, 3):
+    task.atomic_write_bytes(ckpt, json.dumps({"step": step}).encode())
+    task.report(step, val_accuracy=0.5)
+    if step == 1 and hang_trial is not None and int(hang_trial) == task.trial():
+        print("toy: hanging", flush=True)
+        time.sleep(600)
+if p.get("mode") == "crash":
+    print("toy: crashing on purpose", flush=True)
+    sys.exit(2)
+value = max(0.0, 1.0 - abs(float(p["x"]) - 0.7))
+task.write_metrics({"val_accuracy": value, "test_accuracy": value - 0.01})
+(task.output_dir() / "data_seen.txt").write_text(str(task.data_dir()))
+'''
+
+TOY_YAML = '''
+name: {name}
+entrypoint: train.py
+image: python:3.11-slim   # stdlib only: no family to detect
+data:
+  path: data
+goal: {{metric: accuracy, threshold: {threshold}, direction: maximize}}
+budget: {{max_trials: {max_trials}, timeout: 600, seed: 1}}
+search_space:
+  x: {{type: float, low: 0.0, high: 1.0, default: 0.1}}
+  mode: {{type: categorical, choices: [{mode}], default: {mode}}}
+train: {{timeout: 120, max_attempts: {attempts}}}
+notify: {{to: [ml-team@example.com]}}
+'''
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private TRAINCHAIN_HOME; no SMTP, so email goes to the outbox."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("TRAINCHAIN_HOME", str(h))
+    for var in list(os.environ):
+        if var.startswith(("TRAINCHAIN_SMTP_", "MLFLOW_")) or var == "BUILD_URL":
+            monkeypatch.delenv(var, raising=False)
+    return h
+
+
+@pytest.fixture
+def settings(home: Path) -> Settings:
+    return load_settings()
+
+
+ToyRepo = Callable[..., Path]
+
+
+@pytest.fixture
+def toy_repo(tmp_path: Path) -> ToyRepo:
+    def make(name: str = "toy", threshold: float = 0.95, max_trials: int = 12,
+             mode: str = "ok", attempts: int = 1, git: bool = True) -> Path:
+        root = tmp_path / f"repo-{name}"
+        (root / "data").mkdir(parents=True)
+        (root / "data" / "values.txt").write_text("1 2 3\n")
+        (root / "train.py").write_text(textwrap.dedent(TOY_TRAIN))
+        (root / "trainchain.yaml").write_text(TOY_YAML.format(
+            name=name, threshold=threshold, max_trials=max_trials, mode=mode, attempts=attempts))
+        if git:
+            git_init(root)
+        return root
+
+    return make
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
+               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def git_init(root: Path) -> str:
+    git(root, "init", "-q", "-b", "main")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "model code")
+    return git(root, "rev-parse", "HEAD")
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600
+            ) -> subprocess.CompletedProcess[str]:
+    """Run the real `trainchain` entry point in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "trainchain", *args], capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, timeout=timeout, check=False,
+    )
+
+
+@pytest.fixture
+def no_cwd_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Run from an empty folder and check nothing was written into it."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield cwd
+    assert list(cwd.iterdir()) == [], "trainchain wrote into the current directory"

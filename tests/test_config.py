@@ -1,0 +1,121 @@
+"""trainchain.yaml: loaded into frozen typed objects; bad files refused with a precise message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from trainchain.config import (
+    CategoricalParam,
+    Direction,
+    FloatParam,
+    IntParam,
+    load_config,
+    parse_config,
+    resolve_data_dir,
+    with_overrides,
+)
+from trainchain.errors import ConfigError
+
+GOOD = {
+    "name": "m",
+    "entrypoint": "train.py",
+    "goal": {"metric": "accuracy", "threshold": 0.8},
+    "search_space": {
+        "n": {"type": "int", "low": 2, "high": 8, "default": 4},
+        "C": {"type": "float", "low": 0.01, "high": 100, "log": True, "default": 1},
+        "kernel": {"type": "categorical", "choices": ["linear", "rbf"], "default": "rbf"},
+    },
+}
+
+
+def _with(**changes: object) -> dict[str, object]:
+    data = yaml.safe_load(yaml.safe_dump(GOOD))
+    for dotted, value in changes.items():
+        node = data
+        keys = dotted.split("__")
+        for k in keys[:-1]:
+            node = node[k]
+        node[keys[-1]] = value
+    return data
+
+
+def test_good_config_is_typed_and_frozen() -> None:
+    """A valid file becomes frozen objects with typed params and defaults."""
+    cfg = parse_config(GOOD)
+    assert isinstance(cfg.search_space["n"], IntParam)
+    assert isinstance(cfg.search_space["C"], FloatParam) and cfg.search_space["C"].log
+    assert isinstance(cfg.search_space["kernel"], CategoricalParam)
+    assert cfg.goal.direction is Direction.MAXIMIZE
+    assert cfg.goal.val_metric == "val_accuracy" and cfg.goal.test_metric == "test_accuracy"
+    assert cfg.defaults() == {"n": 4, "C": 1.0, "kernel": "rbf"}
+    with pytest.raises(ValueError, match="frozen"):
+        cfg.goal.threshold = 0.5  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (_with(colour="blue"), r"colour: unknown key \(got 'blue'\)"),
+        (_with(goal__thresold=0.8), r"goal.thresold: unknown key"),
+        (_with(goal__threshold="high"), r"goal.threshold: .*got 'high'"),
+        (_with(goal__threshold=1.5), r"threshold 1.5 is outside the range of metric 'accuracy'"),
+        (_with(goal__direction="up"), r"expected 'maximize' or 'minimize', got 'up'"),
+        (_with(search_space={}), r"search_space: the search space is empty"),
+        (_with(search_space__n={"type": "int", "low": 2, "high": 8, "default": 9}),
+         r"search_space.n: default 9 is outside \[2, 8\]"),
+        (_with(search_space__C={"type": "float", "low": 0, "high": 1, "log": True,
+                                "default": 0.5}), r"log scale needs low > 0"),
+        (_with(search_space__kernel={"type": "categorical", "choices": ["a"], "default": "b"}),
+         r"default 'b' is not one of the choices \['a'\]"),
+        (_with(search_space__n={"type": "integer", "low": 1, "high": 2, "default": 1}),
+         r"search_space.n"),
+        (_with(budget={"max_trials": 0}), r"budget.max_trials: .*greater than or equal to 1"),
+        (_with(budget={"max_trials": "ten"}), r"budget.max_trials: .*got 'ten'"),
+        (_with(notify={"to": ["not-an-address"]}), r"'not-an-address' is not an email address"),
+        (_with(name="bad name!"), r"name: "),
+    ],
+)
+def test_bad_config_names_key_value_and_expectation(data: dict[str, object], expected: str
+                                                    ) -> None:
+    """Each bad value is refused with the key, the value and what was expected."""
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(data, "trainchain.yaml")
+
+
+def test_load_checks_file_yaml_and_entrypoint(tmp_path: Path) -> None:
+    """Missing file, broken YAML and a missing entrypoint are each one clear error."""
+    with pytest.raises(ConfigError, match="no trainchain.yaml"):
+        load_config(tmp_path)
+    (tmp_path / "trainchain.yaml").write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path)
+    (tmp_path / "trainchain.yaml").write_text(yaml.safe_dump(GOOD))
+    with pytest.raises(ConfigError, match="entrypoint: 'train.py' does not exist"):
+        load_config(tmp_path)
+    (tmp_path / "train.py").write_text("")
+    assert load_config(tmp_path).model.name == "m"
+
+
+def test_data_path_expands_variables_and_is_relative_to_repo(tmp_path: Path) -> None:
+    """data.path expands ${VAR:-default} and resolves against the repository."""
+    (tmp_path / "train.py").write_text("")
+    (tmp_path / "trainchain.yaml").write_text(
+        yaml.safe_dump(_with(data={"path": "${MY_DATA:-data}/eeg"})))
+    loaded = load_config(tmp_path)
+    assert resolve_data_dir(loaded, {}) == (tmp_path / "data" / "eeg").resolve()
+    assert resolve_data_dir(loaded, {"MY_DATA": "/srv"}) == Path("/srv/eeg")
+    assert resolve_data_dir(loaded, {}, override="/x") == Path("/x")
+    (tmp_path / "trainchain.yaml").write_text(yaml.safe_dump(_with(data={"path": "${NOPE}"})))
+    with pytest.raises(ConfigError, match="NOPE is not set"):
+        resolve_data_dir(load_config(tmp_path), {})
+
+
+def test_overrides_are_validated_like_the_file() -> None:
+    """--threshold/--max-trials go through the same checks as the file."""
+    cfg = with_overrides(parse_config(GOOD), threshold=0.9, max_trials=3)
+    assert cfg.goal.threshold == 0.9 and cfg.budget.max_trials == 3
+    with pytest.raises(ConfigError, match="outside the range"):
+        with_overrides(cfg, threshold=2.0)
