@@ -19,7 +19,7 @@ SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 # A stdlib-only training script: its validation accuracy is a known function of its
 # hyperparameters, so tuning outcomes are checkable. It honours the whole contract:
 # params, data, checkpoints (resume), report lines, metrics.
-TOY_TRAIN = '''
+TOY_TRAIN = """
 import json, os, sys, time
 from pathlib import Path
 from trainchain import task
@@ -41,9 +41,9 @@ if p.get("mode") == "crash":
 value = max(0.0, 1.0 - abs(float(p["x"]) - 0.7))
 task.write_metrics({"val_accuracy": value, "test_accuracy": value - 0.01})
 (task.output_dir() / "data_seen.txt").write_text(str(task.data_dir()))
-'''
+"""
 
-TOY_YAML = '''
+TOY_YAML = """
 name: {name}
 entrypoint: train.py
 image: python:3.11-slim   # stdlib only: no family to detect
@@ -56,7 +56,7 @@ search_space:
   mode: {{type: categorical, choices: [{mode}], default: {mode}}}
 train: {{timeout: 120, max_attempts: {attempts}}}
 notify: {{to: [ml-team@example.com]}}
-'''
+"""
 
 
 @pytest.fixture
@@ -80,14 +80,24 @@ ToyRepo = Callable[..., Path]
 
 @pytest.fixture
 def toy_repo(tmp_path: Path) -> ToyRepo:
-    def make(name: str = "toy", threshold: float = 0.95, max_trials: int = 12,
-             mode: str = "ok", attempts: int = 1, git: bool = True) -> Path:
+    def make(
+        *,
+        name: str = "toy",
+        threshold: float = 0.95,
+        max_trials: int = 12,
+        mode: str = "ok",
+        attempts: int = 1,
+        git: bool = True,
+    ) -> Path:
         root = tmp_path / f"repo-{name}"
         (root / "data").mkdir(parents=True)
         (root / "data" / "values.txt").write_text("1 2 3\n")
         (root / "train.py").write_text(textwrap.dedent(TOY_TRAIN))
-        (root / "trainchain.yaml").write_text(TOY_YAML.format(
-            name=name, threshold=threshold, max_trials=max_trials, mode=mode, attempts=attempts))
+        (root / "trainchain.yaml").write_text(
+            TOY_YAML.format(
+                name=name, threshold=threshold, max_trials=max_trials, mode=mode, attempts=attempts
+            )
+        )
         if git:
             git_init(root)
         return root
@@ -96,10 +106,16 @@ def toy_repo(tmp_path: Path) -> ToyRepo:
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = dict(os.environ, GIT_AUTHOR_NAME="t", GIT_AUTHOR_EMAIL="t@example.com",
-               GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.com")
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    env = dict(
+        os.environ,
+        GIT_AUTHOR_NAME="t",
+        GIT_AUTHOR_EMAIL="t@example.com",
+        GIT_COMMITTER_NAME="t",
+        GIT_COMMITTER_EMAIL="t@example.com",
+    )
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 def git_init(root: Path) -> str:
@@ -109,12 +125,17 @@ def git_init(root: Path) -> str:
     return git(root, "rev-parse", "HEAD")
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600
-            ) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """Run the real `trainchain` entry point in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "trainchain", *args], capture_output=True, text=True,
-        env={**os.environ, **(env or {})}, timeout=timeout, check=False,
+        [sys.executable, "-m", "trainchain", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
     )
 
 

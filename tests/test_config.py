@@ -64,22 +64,31 @@ def test_good_config_is_typed_and_frozen() -> None:
         (_with(goal__threshold=1.5), r"threshold 1.5 is outside the range of metric 'accuracy'"),
         (_with(goal__direction="up"), r"expected 'maximize' or 'minimize', got 'up'"),
         (_with(search_space={}), r"search_space: the search space is empty"),
-        (_with(search_space__n={"type": "int", "low": 2, "high": 8, "default": 9}),
-         r"search_space.n: default 9 is outside \[2, 8\]"),
-        (_with(search_space__C={"type": "float", "low": 0, "high": 1, "log": True,
-                                "default": 0.5}), r"log scale needs low > 0"),
-        (_with(search_space__kernel={"type": "categorical", "choices": ["a"], "default": "b"}),
-         r"default 'b' is not one of the choices \['a'\]"),
-        (_with(search_space__n={"type": "integer", "low": 1, "high": 2, "default": 1}),
-         r"search_space.n"),
+        (
+            _with(search_space__n={"type": "int", "low": 2, "high": 8, "default": 9}),
+            r"search_space.n: default 9 is outside \[2, 8\]",
+        ),
+        (
+            _with(
+                search_space__C={"type": "float", "low": 0, "high": 1, "log": True, "default": 0.5}
+            ),
+            r"log scale needs low > 0",
+        ),
+        (
+            _with(search_space__kernel={"type": "categorical", "choices": ["a"], "default": "b"}),
+            r"default 'b' is not one of the choices \['a'\]",
+        ),
+        (
+            _with(search_space__n={"type": "integer", "low": 1, "high": 2, "default": 1}),
+            r"search_space.n",
+        ),
         (_with(budget={"max_trials": 0}), r"budget.max_trials: .*greater than or equal to 1"),
         (_with(budget={"max_trials": "ten"}), r"budget.max_trials: .*got 'ten'"),
         (_with(notify={"to": ["not-an-address"]}), r"'not-an-address' is not an email address"),
         (_with(name="bad name!"), r"name: "),
     ],
 )
-def test_bad_config_names_key_value_and_expectation(data: dict[str, object], expected: str
-                                                    ) -> None:
+def test_bad_config_names_key_value_and_expectation(data: dict[str, object], expected: str) -> None:
     """Each bad value is refused with the key, the value and what was expected."""
     with pytest.raises(ConfigError, match=expected):
         parse_config(data, "trainchain.yaml")
@@ -87,13 +96,13 @@ def test_bad_config_names_key_value_and_expectation(data: dict[str, object], exp
 
 def test_load_checks_file_yaml_and_entrypoint(tmp_path: Path) -> None:
     """Missing file, broken YAML and a missing entrypoint are each one clear error."""
-    with pytest.raises(ConfigError, match="no trainchain.yaml"):
+    with pytest.raises(ConfigError, match=r"no trainchain\.yaml"):
         load_config(tmp_path)
     (tmp_path / "trainchain.yaml").write_text("name: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(tmp_path)
     (tmp_path / "trainchain.yaml").write_text(yaml.safe_dump(GOOD))
-    with pytest.raises(ConfigError, match="entrypoint: 'train.py' does not exist"):
+    with pytest.raises(ConfigError, match=r"entrypoint: 'train\.py' does not exist"):
         load_config(tmp_path)
     (tmp_path / "train.py").write_text("")
     assert load_config(tmp_path).model.name == "m"
@@ -103,7 +112,8 @@ def test_data_path_expands_variables_and_is_relative_to_repo(tmp_path: Path) -> 
     """data.path expands ${VAR:-default} and resolves against the repository."""
     (tmp_path / "train.py").write_text("")
     (tmp_path / "trainchain.yaml").write_text(
-        yaml.safe_dump(_with(data={"path": "${MY_DATA:-data}/eeg"})))
+        yaml.safe_dump(_with(data={"path": "${MY_DATA:-data}/eeg"}))
+    )
     loaded = load_config(tmp_path)
     assert resolve_data_dir(loaded, {}) == (tmp_path / "data" / "eeg").resolve()
     assert resolve_data_dir(loaded, {"MY_DATA": "/srv"}) == Path("/srv/eeg")

@@ -40,7 +40,8 @@ def test_tune_reaches_goal_and_logs_every_trial(toy_repo: ToyRepo, settings: Set
     client = MlflowClient(settings.tracking_uri)
     children = client.search_runs(
         [client.get_experiment_by_name("toy").experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{report.parent_run_id}'")
+        filter_string=f"tags.mlflow.parentRunId = '{report.parent_run_id}'",
+    )
     assert len(children) == len(report.trials)
     tags = children[0].data.tags
     for key in ("repository", "commit", "data_digest", "trial", "executor", "image"):
@@ -59,8 +60,9 @@ def test_budget_runs_out_below_goal(toy_repo: ToyRepo, settings: Settings) -> No
     assert report.best_value is not None and report.best_value < 0.9999
 
 
-def test_failing_script_stops_after_consecutive_failures(toy_repo: ToyRepo,
-                                                         settings: Settings) -> None:
+def test_failing_script_stops_after_consecutive_failures(
+    toy_repo: ToyRepo, settings: Settings
+) -> None:
     """A script that always fails ends the tune with its error and last log lines."""
     prep = prepare(toy_repo(mode="crash", attempts=2), settings)
     report = tune(prep, LocalExecutor(), display=_quiet())
@@ -93,8 +95,9 @@ def _wait_for(predicate: object, timeout: float = 120) -> None:
 
 
 @pytest.mark.slow
-def test_tune_killed_with_sigkill_resumes_the_same_study(toy_repo: ToyRepo, settings: Settings,
-                                                         home: Path) -> None:
+def test_tune_killed_with_sigkill_resumes_the_same_study(
+    toy_repo: ToyRepo, settings: Settings, home: Path
+) -> None:
     """SIGKILL mid-trial, then tune again: finished trials stay, the count goes on, and the
     interrupted trial is retried with its parameters from its last checkpoint."""
     repo = toy_repo(threshold=0.9999, max_trials=5)
@@ -102,23 +105,21 @@ def test_tune_killed_with_sigkill_resumes_the_same_study(toy_repo: ToyRepo, sett
     env = {**os.environ, "TRAINCHAIN_HOME": str(home), "TOY_HANG_TRIAL": "2"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+
         def hanging() -> bool:
             logs = list(settings.runs_dir.glob("*/trial-0002/attempt-1/train.log"))
             return bool(logs) and "toy: hanging" in logs[0].read_text()
 
         _wait_for(hanging)
         chain_dir = next(settings.runs_dir.glob("*/trial-0002")).parent
-        child_pids = subprocess.run(["pgrep", "-f", str(repo / "train.py")],
-                                    capture_output=True, text=True).stdout.split()
-        assert child_pids, "the training subprocess should be running"
+        assert _training_pids(repo), "the training subprocess should be running"
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
     # the orphaned training process dies with its parent
-    _wait_for(lambda: not subprocess.run(["pgrep", "-f", str(repo / "train.py")],
-                                         capture_output=True).stdout)
+    _wait_for(lambda: not _training_pids(repo))
 
     chain_id = chain_dir.name
     study = open_study(settings.study_storage, chain_id, prep_direction(), 0)
@@ -126,7 +127,7 @@ def test_tune_killed_with_sigkill_resumes_the_same_study(toy_repo: ToyRepo, sett
     assert before[0][0] == before[1][0] == "COMPLETE" and before[2][0] == "RUNNING"
 
     env.pop("TOY_HANG_TRIAL")
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 3, done.stdout + done.stderr  # budget spent below the goal
 
     study = open_study(settings.study_storage, chain_id, prep_direction(), 0)
@@ -146,16 +147,26 @@ def test_tune_killed_with_sigkill_resumes_the_same_study(toy_repo: ToyRepo, sett
     report = json.loads((settings.chains_dir / f"{chain_id}.json").read_text())
     assert [t["state"] for t in report["trials"]].count("INTERRUPTED") == 1
     client = MlflowClient(settings.tracking_uri)
-    run = client.get_run(trials[2].user_attrs.get("mlflow_run_id") or _interrupted_run(
-        client, report["parent_run_id"]))
+    run = client.get_run(
+        trials[2].user_attrs.get("mlflow_run_id")
+        or _interrupted_run(client, report["parent_run_id"])
+    )
     assert run.info.status == "FAILED"
+
+
+def _training_pids(repo: Path) -> list[str]:
+    found = subprocess.run(
+        ["pgrep", "-f", str(repo / "train.py")], capture_output=True, text=True, check=False
+    )
+    return found.stdout.split()
 
 
 def _interrupted_run(client: MlflowClient, parent: str) -> str:
     runs = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`trainchain.status` = "
-                      "'interrupted'")
+        "'interrupted'",
+    )
     assert len(runs) == 1
     return str(runs[0].info.run_id)
 

@@ -53,15 +53,16 @@ def send_report(report: ChainReport, settings: Settings) -> Delivery:
         from trainchain.plots import metric_plot
 
         png = metric_plot(report)
-    except Exception as err:  # noqa: BLE001 - an email without its plot beats no email
+    except Exception as err:
         log.warning("could not draw the metric plot: %s", err)
         png = None
     message = render(report, sender=sender, recipients=recipients, plot_png=png)
     return deliver(message, settings.smtp, settings.outbox)
 
 
-def resolve_source(source: str, ref: str | None, settings: Settings, subdir: str = ""
-                   ) -> tuple[Path, str | None, str | None]:
+def resolve_source(
+    source: str, ref: str | None, settings: Settings, subdir: str = ""
+) -> tuple[Path, str | None, str | None]:
     """A folder with trainchain.yaml is used in place; anything else is pulled (job 1)."""
     path = Path(source)
     if ref is None and (path / subdir / CONFIG_FILE).is_file():
@@ -86,8 +87,15 @@ def run_chain(
 ) -> ChainOutcome:
     path, repository, commit = resolve_source(source, ref, settings, subdir)
     prep = prepare(
-        path, settings, data=data, executor=executor, threshold=threshold,
-        max_trials=max_trials, timeout=timeout, repository=repository, commit=commit,
+        path,
+        settings,
+        data=data,
+        executor=executor,
+        threshold=threshold,
+        max_trials=max_trials,
+        timeout=timeout,
+        repository=repository,
+        commit=commit,
     )
     if display is not None:
         display.note(

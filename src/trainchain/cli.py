@@ -24,7 +24,7 @@ log = logging.getLogger("trainchain")
 
 
 def _out(text: str = "") -> None:
-    print(text, flush=True)  # noqa: T201 - the CLI's own output
+    print(text, flush=True)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -41,8 +41,16 @@ def cmd_pull(args: argparse.Namespace) -> int:
     settings = _settings(args)
     result = pull(args.repo, args.ref, settings.workspaces)
     if args.json:
-        _out(json.dumps({"path": str(result.path), "commit": result.commit,
-                         "repository": result.repository, "ref": result.ref}))
+        _out(
+            json.dumps(
+                {
+                    "path": str(result.path),
+                    "commit": result.commit,
+                    "repository": result.repository,
+                    "ref": result.ref,
+                }
+            )
+        )
     else:
         _out(f"workspace: {result.path}")
         _out(f"commit:    {result.commit}")
@@ -80,9 +88,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
     chain_id = f"train-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     ctx = TrialContext(
-        loaded=prep.loaded, settings=settings, tracker=tracker,
-        executor=get_executor(args.executor), lineage=prep.lineage, chain_id=chain_id,
-        experiment_id=tracker.experiment_id(model.name), data_dir=prep.data_dir,
+        loaded=prep.loaded,
+        settings=settings,
+        tracker=tracker,
+        executor=get_executor(args.executor),
+        lineage=prep.lineage,
+        chain_id=chain_id,
+        experiment_id=tracker.experiment_id(model.name),
+        data_dir=prep.data_dir,
         val_metric=model.goal.val_metric,
     )
     _out(f"train: {model.name} with " + ", ".join(f"{k}={v}" for k, v in params.items()))
@@ -113,11 +126,12 @@ def _tune_display(prep: Any, quiet: bool) -> Any:
 def _print_summary(report: Any) -> None:
     op = ">=" if report.direction == "maximize" else "<="
     best = "none" if report.best_value is None else f"{report.best_value:.4f}"
-    test = "" if report.best_test_value is None else f" (held-out test {report.best_test_value:.4f})"
+    test = (
+        "" if report.best_test_value is None else f" (held-out test {report.best_test_value:.4f})"
+    )
     used = sum(1 for t in report.trials if t.state != "INTERRUPTED")
     reached = "reached" if report.status == "succeeded" else "NOT reached"
-    _out(f"goal:      {report.goal_metric} {op} {report.threshold}: {reached}, "
-         f"best {best}{test}")
+    _out(f"goal:      {report.goal_metric} {op} {report.threshold}: {reached}, best {best}{test}")
     _out(f"trials:    {used} of {report.max_trials}")
     if report.best_params:
         _out("best:      " + ", ".join(f"{k}={v}" for k, v in report.best_params.items()))
@@ -129,10 +143,21 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from trainchain.tune import tune
 
     settings = _settings(args)
-    prep = prepare(args.path, settings, data=args.data, executor=args.executor,
-                   threshold=args.threshold, max_trials=args.max_trials, timeout=args.timeout)
-    report = tune(prep, get_executor(args.executor), display=_tune_display(prep, args.quiet),
-                  stream_logs=args.verbose)
+    prep = prepare(
+        args.path,
+        settings,
+        data=args.data,
+        executor=args.executor,
+        threshold=args.threshold,
+        max_trials=args.max_trials,
+        timeout=args.timeout,
+    )
+    report = tune(
+        prep,
+        get_executor(args.executor),
+        display=_tune_display(prep, args.quiet),
+        stream_logs=args.verbose,
+    )
     _print_summary(report)
     _out(f"chain:     {report.chain_id}")
     return {"succeeded": 0, "goal_not_reached": 3}.get(report.status, 6)
@@ -146,8 +171,11 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from trainchain.tune import latest_report, save_report
 
     settings = _settings(args)
-    report = (ChainReport.load(settings.chains_dir / f"{args.chain}.json") if args.chain
-              else latest_report(settings.chains_dir, args.model))
+    report = (
+        ChainReport.load(settings.chains_dir / f"{args.chain}.json")
+        if args.chain
+        else latest_report(settings.chains_dir, args.model)
+    )
     report = promote(report, Tracker(settings.tracking_uri, settings.artifacts))
     save_report(settings.chains_dir, report)
     if report.registry_version:
@@ -180,12 +208,17 @@ def cmd_models(args: argparse.Namespace) -> int:
     for col in ("version", "aliases", "val", "test", "commit", "chain", "created"):
         table.add_column(col)
     for v in versions:
-        val = next((m for k, m in v.metrics.items() if k.startswith("val_")
-                    and not k.endswith("_std")), None)
+        val = next(
+            (m for k, m in v.metrics.items() if k.startswith("val_") and not k.endswith("_std")),
+            None,
+        )
         test = next((m for k, m in v.metrics.items() if k.startswith("test_")), None)
         table.add_row(
-            v.version, ", ".join(v.aliases), "-" if val is None else f"{val:.4f}",
-            "-" if test is None else f"{test:.4f}", v.tags.get("trainchain.commit", "")[:12],
+            v.version,
+            ", ".join(v.aliases),
+            "-" if val is None else f"{val:.4f}",
+            "-" if test is None else f"{test:.4f}",
+            v.tags.get("trainchain.commit", "")[:12],
             v.tags.get("trainchain.chain", ""),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created / 1000)),
         )
@@ -200,8 +233,11 @@ def cmd_notify(args: argparse.Namespace) -> int:
     from trainchain.tune import latest_report
 
     settings = _settings(args)
-    report = (ChainReport.load(settings.chains_dir / f"{args.chain}.json") if args.chain
-              else latest_report(settings.chains_dir, args.model))
+    report = (
+        ChainReport.load(settings.chains_dir / f"{args.chain}.json")
+        if args.chain
+        else latest_report(settings.chains_dir, args.model)
+    )
     delivery = send_report(report, settings)
     _print_delivery(delivery)
     return 0
@@ -216,7 +252,7 @@ def _print_delivery(delivery: Any) -> None:
 
 # ---- the whole chain ------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from trainchain.chain import run_chain, resolve_source
+    from trainchain.chain import resolve_source, run_chain
     from trainchain.config import Direction, load_config
     from trainchain.progress import TuneDisplay
 
@@ -224,12 +260,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     path, _, _ = resolve_source(args.source, args.ref, settings, args.subdir)
     goal = load_config(path).model.goal
     op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
-    display = TuneDisplay(goal.val_metric, args.threshold if args.threshold is not None
-                          else goal.threshold, op, quiet=args.quiet)
+    display = TuneDisplay(
+        goal.val_metric,
+        args.threshold if args.threshold is not None else goal.threshold,
+        op,
+        quiet=args.quiet,
+    )
     outcome = run_chain(
-        str(path), settings, subdir="", data=args.data, executor=args.executor,
-        threshold=args.threshold, max_trials=args.max_trials, timeout=args.timeout,
-        display=display, stream_logs=args.verbose,
+        str(path),
+        settings,
+        subdir="",
+        data=args.data,
+        executor=args.executor,
+        threshold=args.threshold,
+        max_trials=args.max_trials,
+        timeout=args.timeout,
+        display=display,
+        stream_logs=args.verbose,
     )
     report = outcome.report
     _out("")
@@ -237,14 +284,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     _print_summary(report)
     if report.registry_version:
         role = "champion" if report.became_champion else "challenger"
-        _out(f"registry:  {report.model_name} v{report.registry_version} ({role}); "
-             f"{report.promotion_reason}")
+        _out(
+            f"registry:  {report.model_name} v{report.registry_version} ({role}); "
+            f"{report.promotion_reason}"
+        )
     else:
         _out(f"registry:  {report.promotion_reason}")
     from trainchain.tracking import CHAMPION, Tracker
 
     champion = Tracker(settings.tracking_uri, settings.artifacts).alias_version(
-        report.model_name, CHAMPION)
+        report.model_name, CHAMPION
+    )
     _out(f"champion:  {report.model_name} v{champion}" if champion else "champion:  none")
     if report.error:
         _out(f"error:     {report.error}")
@@ -269,11 +319,12 @@ def cmd_synth_eeg(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations only
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--home", help="state folder (default: $TRAINCHAIN_HOME or ~/.trainchain)")
-    common.add_argument("-v", "--verbose", action="store_true",
-                        help="more logging; stream training output")
+    common.add_argument(
+        "-v", "--verbose", action="store_true", help="more logging; stream training output"
+    )
     common.add_argument("-q", "--quiet", action="store_true", help="only results and errors")
 
     p = argparse.ArgumentParser(
@@ -292,8 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_run_opts(sp: argparse.ArgumentParser, budget: bool = True) -> None:
         sp.add_argument("--data", help="data folder (overrides data.path)")
-        sp.add_argument("--executor", default="local", choices=["auto", "local"],
-                        help="where training runs (default: local)")
+        sp.add_argument(
+            "--executor",
+            default="local",
+            choices=["auto", "local"],
+            help="where training runs (default: local)",
+        )
         if budget:
             sp.add_argument("--threshold", type=float, help="goal threshold (overrides goal)")
             sp.add_argument("--max-trials", type=int, help="trial budget (overrides budget)")
@@ -310,16 +365,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("train", cmd_train, "job 3: one training run with the defaults plus --set")
     sp.add_argument("path")
-    sp.add_argument("--set", action="append", metavar="NAME=VALUE",
-                    help="override a hyperparameter (repeatable)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a hyperparameter (repeatable)",
+    )
     add_run_opts(sp, budget=False)
 
     sp = add("tune", cmd_tune, "job 4: tune until the goal or the end of the budget")
     sp.add_argument("path")
     add_run_opts(sp)
 
-    sp = add("promote", cmd_promote,
-             "register the chain's best model; make it champion if it earns it")
+    sp = add(
+        "promote", cmd_promote, "register the chain's best model; make it champion if it earns it"
+    )
     sp.add_argument("--chain", help="chain id (default: the latest chain)")
     sp.add_argument("--model", help="the latest chain of this model")
 
@@ -342,8 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = add("data", lambda a: 0, "data helpers")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
-    sp = dsub.add_parser("synth-eeg", parents=[common],
-                         help="write synthetic motor-imagery EEG recordings")
+    sp = dsub.add_parser(
+        "synth-eeg", parents=[common], help="write synthetic motor-imagery EEG recordings"
+    )
     sp.set_defaults(func=cmd_synth_eeg)
     sp.add_argument("--out", required=True, help="folder to write into")
     sp.add_argument("--subjects", type=int, default=1)
@@ -355,14 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else (logging.ERROR if args.quiet else logging.WARNING)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
     try:
         return int(args.func(args))
     except TrainchainError as err:
-        print(f"error: {err}", file=sys.stderr)  # noqa: T201
+        print(f"error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)  # noqa: T201
+        print("interrupted", file=sys.stderr)
         return 130

@@ -76,9 +76,7 @@ class Goal(_Frozen):
             try:
                 return Direction(v)
             except ValueError:
-                raise ValueError(
-                    f"expected 'maximize' or 'minimize', got {v!r}"
-                ) from None
+                raise ValueError(f"expected 'maximize' or 'minimize', got {v!r}") from None
         return v
 
     @model_validator(mode="after")
@@ -399,8 +397,10 @@ def resolve_data_dir(
     """The data folder: ``--data`` wins, then ``data.path`` (``${VAR}`` expanded, relative to
     the repository)."""
     env = dict(os.environ if environ is None else environ)
-    raw = override if override is not None else expand_vars(
-        loaded.model.data.path, env, where="data.path"
+    raw = (
+        override
+        if override is not None
+        else expand_vars(loaded.model.data.path, env, where="data.path")
     )
     path = Path(raw).expanduser()
     if not path.is_absolute():

@@ -40,8 +40,10 @@ class Prepared:
         """Runs of the same code, data and goal continue one study."""
         model = self.loaded.model
         goal = json.dumps(
-            {"goal": model.goal.model_dump(mode="json"),
-             "space": model.model_dump(mode="json")["search_space"]},
+            {
+                "goal": model.goal.model_dump(mode="json"),
+                "space": model.model_dump(mode="json")["search_space"],
+            },
             sort_keys=True,
         )
         config_key = hashlib.sha256(goal.encode()).hexdigest()[:8]
@@ -53,8 +55,9 @@ def code_digest(root: Path, skip: Path | None = None) -> str:
     h = hashlib.sha256()
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
-        if any(part.startswith(".") or part in {"__pycache__", "node_modules"}
-               for part in rel.parts):
+        if any(
+            part.startswith(".") or part in {"__pycache__", "node_modules"} for part in rel.parts
+        ):
             continue
         if skip is not None and (p == skip or skip in p.parents):
             continue
@@ -97,11 +100,15 @@ def prepare(
     source = describe(loaded.root)
     repo = repository or source.repository
     sha = commit or source.commit
-    code_key = sha if (commit or not source.dirty) and sha != "none" else (
-        "dirty-" + code_digest(loaded.root, skip=data_dir)[:12]
+    code_key = (
+        sha
+        if (commit or not source.dirty) and sha != "none"
+        else ("dirty-" + code_digest(loaded.root, skip=data_dir)[:12])
     )
-    image = detection.image if executor != "local" else (
-        f"local:python{sys.version_info.major}.{sys.version_info.minor}"
+    image = (
+        detection.image
+        if executor != "local"
+        else (f"local:python{sys.version_info.major}.{sys.version_info.minor}")
     )
     lineage = Lineage(
         repository=repo,

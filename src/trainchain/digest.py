@@ -17,9 +17,14 @@ def data_digest(path: Path) -> str:
     if not root.exists():
         return "missing"
     h = hashlib.sha256()
-    files = [root] if root.is_file() else sorted(
-        p for p in root.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+    files = (
+        [root]
+        if root.is_file()
+        else sorted(
+            p
+            for p in root.rglob("*")
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
+        )
     )
     for file in files:
         rel = file.name if file == root else file.relative_to(root).as_posix()

@@ -20,8 +20,15 @@ def _fmt(value: float | None) -> str:
 
 
 class TuneDisplay:
-    def __init__(self, metric: str, threshold: float, op: str, *, quiet: bool = False,
-                 console: Console | None = None) -> None:
+    def __init__(
+        self,
+        metric: str,
+        threshold: float,
+        op: str,
+        *,
+        quiet: bool = False,
+        console: Console | None = None,
+    ) -> None:
         self.console = console or Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.metric = metric
         self.goal = f"{op} {threshold}"
@@ -65,8 +72,17 @@ class TuneDisplay:
         if self._status is not None:
             self._status.update(f"{self._label} running: {json.dumps(row)[-100:]}")
 
-    def trial_finished(self, n: int, total: int, value: float | None, best: float | None,
-                       best_trial: int | None, error: str | None, test: float | None) -> None:
+    def trial_finished(
+        self,
+        n: int,
+        total: int,
+        *,
+        value: float | None,
+        best: float | None,
+        best_trial: int | None,
+        error: str | None,
+        test: float | None,
+    ) -> None:
         self._stop_status()
         if self.quiet:
             return
@@ -76,9 +92,12 @@ class TuneDisplay:
             result = f"{self.metric} {_fmt(value)}"
             if test is not None:
                 result += f" (test {_fmt(test)})"
-        best_text = f"best {_fmt(best)}" + (f" (trial {best_trial})" if best_trial is not None else "")
-        self.console.print(f"  {self._label or f'trial {n}/{total}'}: {result} | {best_text} | "
-                           f"goal {self.goal}")
+        best_text = f"best {_fmt(best)}" + (
+            f" (trial {best_trial})" if best_trial is not None else ""
+        )
+        self.console.print(
+            f"  {self._label or f'trial {n}/{total}'}: {result} | {best_text} | goal {self.goal}"
+        )
 
     def close(self) -> None:
         self._stop_status()

@@ -23,7 +23,7 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}"
 
 
-def decide(
+def decide(  # noqa: PLR0911 - a decision table: each return is one rule
     *,
     goal: Goal,
     margin: float,
@@ -47,7 +47,9 @@ def decide(
     if champion_version is None:
         return Decision(True, "promoted: first model to reach the goal")
     if candidate_heldout is None or champion_heldout is None:
-        return Decision(False, "not promoted: could not score both models on the same held-out data")
+        return Decision(
+            False, "not promoted: could not score both models on the same held-out data"
+        )
     if not (math.isfinite(candidate_heldout) and math.isfinite(champion_heldout)):
         return Decision(False, "not promoted: a held-out score is not a finite number")
     gain = candidate_heldout - champion_heldout

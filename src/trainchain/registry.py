@@ -10,7 +10,7 @@ from typing import Any
 
 from trainchain import task
 from trainchain.config import Direction, Goal
-from trainchain.promotion import Decision, decide
+from trainchain.promotion import decide
 from trainchain.report import ChainReport
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
 
@@ -77,8 +77,14 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
         return report
     goal = _goal(report)
     if report.best_run_id is None or not goal.reached(report.best_value):
-        decision = decide(goal=goal, margin=report.promotion_margin, goal_value=report.best_value,
-                          candidate_heldout=None, champion_version=None, champion_heldout=None)
+        decision = decide(
+            goal=goal,
+            margin=report.promotion_margin,
+            goal_value=report.best_value,
+            candidate_heldout=None,
+            champion_version=None,
+            champion_heldout=None,
+        )
         reason = decision.reason + "; nothing registered, the best trial stays in MLflow"
         return report.with_(became_champion=False, promotion_reason=reason)
 
@@ -97,13 +103,18 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     if champion is not None:
         try:
             cand, champ = _compare_on_heldout(tracker, name, report.best_run_id, champion, metric)
-        except Exception as err:  # noqa: BLE001 - any failure here must not promote
+        except Exception as err:
             error = f"{type(err).__name__}: {err}"
             log.error("could not compare v%s with champion v%s: %s", version, champion, error)
-    decision: Decision = decide(
-        goal=goal, margin=report.promotion_margin, goal_value=report.best_value,
-        candidate_heldout=cand, champion_version=champion, champion_heldout=champ,
-        error=error, heldout_metric=metric,
+    decision = decide(
+        goal=goal,
+        margin=report.promotion_margin,
+        goal_value=report.best_value,
+        candidate_heldout=cand,
+        champion_version=champion,
+        champion_heldout=champ,
+        error=error,
+        heldout_metric=metric,
     )
     if decision.promote:
         tracker.make_champion(name, version)

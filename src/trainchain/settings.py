@@ -15,9 +15,9 @@ from trainchain.errors import ConfigError
 
 
 class TlsMode(enum.StrEnum):
-    NONE = "none"          # plain SMTP (a relay on loopback, a test catcher)
+    NONE = "none"  # plain SMTP (a relay on loopback, a test catcher)
     STARTTLS = "starttls"  # SMTP then STARTTLS (port 587)
-    SSL = "ssl"            # SMTP over TLS from the start (port 465)
+    SSL = "ssl"  # SMTP over TLS from the start (port 465)
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,10 @@ def smtp_from_env(env: Mapping[str, str]) -> SmtpSettings | None:
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     home = Path(env.get("TRAINCHAIN_HOME") or "~/.trainchain").expanduser().resolve()
-    tracking = env.get("TRAINCHAIN_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI") or (
-        f"sqlite:///{home / 'mlflow.db'}"
+    tracking = (
+        env.get("TRAINCHAIN_TRACKING_URI")
+        or env.get("MLFLOW_TRACKING_URI")
+        or (f"sqlite:///{home / 'mlflow.db'}")
     )
     studies = env.get("TRAINCHAIN_STUDY_STORAGE") or f"sqlite:///{home / 'optuna.db'}"
     return Settings(

@@ -36,9 +36,7 @@ def _convert(name: str, raw: str, param: Param) -> Any:
     parsed = yaml.safe_load(raw) if raw else raw
     if parsed in param.choices:
         return parsed
-    raise ConfigError(
-        f"--set {name}={raw!r}: expected one of {list(param.choices)}"
-    )
+    raise ConfigError(f"--set {name}={raw!r}: expected one of {list(param.choices)}")
 
 
 def parse_overrides(config: ModelConfig, pairs: Iterable[str]) -> dict[str, Any]:

@@ -19,8 +19,8 @@ def open_study(storage_url: str, name: str, direction: Direction, seed: int) -> 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(
-        storage_url, engine_kwargs={"connect_args": {"timeout": 60}}
-        if storage_url.startswith("sqlite") else {},
+        storage_url,
+        engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {},
     )
     with warnings.catch_warnings():
         # multivariate TPE is marked experimental; it models the search space jointly,
@@ -44,7 +44,7 @@ def study_names(storage_url: str) -> list[str]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return [s.study_name for s in optuna.get_all_study_summaries(storage=storage_url)]
-    except Exception:  # noqa: BLE001 - a fresh store has no tables yet
+    except Exception:
         return []
 
 

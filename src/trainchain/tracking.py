@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,9 +84,8 @@ class Tracker:
         tags: Mapping[str, str] | None = None,
     ) -> None:
         from mlflow.entities import Metric, Param, RunTag
-        from mlflow.utils.time import get_current_time_millis
 
-        now = get_current_time_millis()
+        now = int(time.time() * 1000)
         self.client.log_batch(
             run_id,
             metrics=[
@@ -132,7 +132,9 @@ class Tracker:
         dst.mkdir(parents=True, exist_ok=True)
         return Path(
             download_artifacts(
-                run_id=run_id, artifact_path=path, dst_path=str(dst),
+                run_id=run_id,
+                artifact_path=path,
+                dst_path=str(dst),
                 tracking_uri=self.tracking_uri,
             )
         )
@@ -229,7 +231,7 @@ class Tracker:
                     version=str(mv.version),
                     aliases=tuple(sorted(aliases.get(str(mv.version), []))),
                     run_id=mv.run_id,
-                    source=mv.source,
+                    source=mv.source or "",
                     tags=dict(mv.tags or {}),
                     metrics=metrics,
                     created=int(mv.creation_timestamp or 0),

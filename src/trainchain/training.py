@@ -129,18 +129,24 @@ def run_trial(
     """Run trial ``number`` to success or to its attempt cap, and log it as one MLflow run."""
     model = ctx.loaded.model
     trial_dir = ctx.settings.runs_dir / ctx.chain_id / f"trial-{number:04d}"
-    ckpt_dir = ctx.settings.checkpoints / ctx.chain_id / (
-        f"trial-{checkpoint_key if checkpoint_key is not None else number:04d}"
+    ckpt_dir = (
+        ctx.settings.checkpoints
+        / ctx.chain_id
+        / (f"trial-{checkpoint_key if checkpoint_key is not None else number:04d}")
     )
     report_file = trial_dir / "report.jsonl"
     trial_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
 
-    tags = ctx.lineage.tags() | {
-        "trainchain.chain": ctx.chain_id,
-        "trainchain.trial": str(number),
-        PARAMS_TAG: json.dumps(dict(params), sort_keys=True),
-    } | dict(extra_tags or {})
+    tags = (
+        ctx.lineage.tags()
+        | {
+            "trainchain.chain": ctx.chain_id,
+            "trainchain.trial": str(number),
+            PARAMS_TAG: json.dumps(dict(params), sort_keys=True),
+        }
+        | dict(extra_tags or {})
+    )
     run_id = ctx.tracker.start_run(
         ctx.experiment_id, f"trial-{number}", tags, parent_run_id=ctx.parent_run_id
     )
@@ -200,15 +206,23 @@ def run_trial(
             error = f"attempt {attempt} {result.describe()}"
         log.warning("trial %d attempt %d failed: %s", number, attempt, error)
         if attempt < model.train.max_attempts:
-            log.warning("trial %d: retrying (attempt %d of %d), resuming from %s",
-                        number, attempt + 1, model.train.max_attempts, ckpt_dir)
+            log.warning(
+                "trial %d: retrying (attempt %d of %d), resuming from %s",
+                number,
+                attempt + 1,
+                model.train.max_attempts,
+                ckpt_dir,
+            )
 
     ok = error is None
     rows = read_report(report_file)
     ctx.tracker.log(
         run_id,
         metrics=metrics,
-        tags={"trainchain.attempts": str(len(attempts)), "trainchain.status": "ok" if ok else "failed"}
+        tags={
+            "trainchain.attempts": str(len(attempts)),
+            "trainchain.status": "ok" if ok else "failed",
+        }
         | ({"trainchain.error": error[:4000]} if error else {}),
     )
     if rows:

@@ -64,7 +64,8 @@ def _state(trial: Any) -> str:
 def _budget_used(study: Any) -> int:
     retried = {t.user_attrs.get("retry_of") for t in study.trials}
     return sum(
-        1 for t in study.trials
+        1
+        for t in study.trials
         if _state(t) in {"COMPLETE", "PRUNED", "FAIL"} and t.number not in retried
     )
 
@@ -97,7 +98,7 @@ def _first_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str
     version = None
     try:
         version = tracker.alias_version(model.name, CHAMPION)
-    except Exception:  # noqa: BLE001 - a fresh registry
+    except Exception:
         version = None
     if version is not None:
         run_id = tracker.version_run_id(model.name, version)
@@ -136,26 +137,213 @@ def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> l
     return retried
 
 
-def _summaries(study: Any, val_metric: str) -> tuple[TrialSummary, ...]:
+def _summaries(study: Any) -> tuple[TrialSummary, ...]:
     retried = {t.user_attrs.get("retry_of"): t.number for t in study.trials}
     out = []
     for t in study.trials:
         state = _state(t)
-        if state == "RUNNING" or state == "WAITING":
+        if state in {"RUNNING", "WAITING"}:
             continue
         if t.number in retried and retried[t.number] is not None:
             state = "INTERRUPTED"
         duration = t.duration.total_seconds() if t.duration is not None else None
-        out.append(TrialSummary(
-            number=t.number,
-            state=state,
-            value=t.value if state == "COMPLETE" else None,
-            params=dict(t.params),
-            test_value=t.user_attrs.get("test_value"),
-            run_id=t.user_attrs.get("mlflow_run_id"),
-            duration_s=duration,
-        ))
+        out.append(
+            TrialSummary(
+                number=t.number,
+                state=state,
+                value=t.value if state == "COMPLETE" else None,
+                params=dict(t.params),
+                test_value=t.user_attrs.get("test_value"),
+                run_id=t.user_attrs.get("mlflow_run_id"),
+                duration_s=duration,
+            )
+        )
     return tuple(out)
+
+
+class _Session:
+    """One invocation of tune on one study: its state between trials."""
+
+    def __init__(
+        self, prep: Prepared, executor: Executor, display: TuneDisplay, stream_logs: bool
+    ) -> None:
+        self.prep = prep
+        self.model = prep.loaded.model
+        self.goal = self.model.goal
+        self.display = display
+        self.stream_logs = stream_logs
+        self.executor = executor
+        self.tracker = Tracker(prep.settings.tracking_uri, prep.settings.artifacts)
+        self.failures = 0
+        self.error: str | None = None
+        self.last_tail = ""
+        self.started = time.monotonic()
+
+    def open(self) -> None:
+        """Open (or create) the study and its parent run; recover interrupted trials."""
+        prep, model, goal = self.prep, self.model, self.goal
+        self.chain_id, resumed = choose_study(prep)
+        self.study = open_study(
+            prep.settings.study_storage, self.chain_id, goal.direction, model.budget.seed
+        )
+        experiment_id = self.tracker.experiment_id(model.name)
+        parent = self.study.user_attrs.get(PARENT_ATTR)
+        if parent:
+            self.tracker.reopen(parent)
+        else:
+            parent = self.tracker.start_run(
+                experiment_id,
+                f"chain {self.chain_id}",
+                prep.lineage.tags() | {"trainchain.chain": self.chain_id},
+            )
+            self.tracker.log(
+                parent,
+                params={
+                    "goal_metric": goal.val_metric,
+                    "goal_threshold": goal.threshold,
+                    "max_trials": model.budget.max_trials,
+                    "seed": model.budget.seed,
+                },
+            )
+            self.study.set_user_attr(PARENT_ATTR, parent)
+        self.parent: str = parent
+        retried = _recover(self.study, self.tracker, experiment_id, parent)
+        if not self.study.trials:
+            first, source = _first_params(prep, self.tracker)
+            self.study.enqueue_trial(first, user_attrs={"source": source})
+            self.display.note(f"  the first trial uses the {source} parameters")
+        self.display.start(
+            self.chain_id, resumed, _budget_used(self.study), model.budget.max_trials
+        )
+        for number in retried:
+            self.display.note(
+                f"  trial {number} was interrupted: it is retried with its "
+                "parameters and checkpoints"
+            )
+        self.elapsed_before = float(self.study.user_attrs.get(ELAPSED_ATTR, 0.0))
+        self.ctx = TrialContext(
+            loaded=prep.loaded,
+            settings=prep.settings,
+            tracker=self.tracker,
+            executor=self.executor,
+            lineage=prep.lineage,
+            chain_id=self.chain_id,
+            experiment_id=experiment_id,
+            data_dir=prep.data_dir,
+            val_metric=goal.val_metric,
+            parent_run_id=parent,
+        )
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def stop_reason(self) -> str | None:
+        """Why to stop before the next trial, or None to go on."""
+        budget = self.model.budget
+        best = _best(self.study, self.goal.direction)
+        used = _budget_used(self.study)
+        if best is not None and self.goal.reached(best.value):
+            return "goal reached"
+        if self.failures >= budget.max_consecutive_failures:
+            return f"{self.failures} trials in a row failed"
+        if used >= budget.max_trials:
+            return f"budget spent: {used} of {budget.max_trials} trials"
+        if self.elapsed >= budget.timeout:
+            return f"budget spent: {self.elapsed:.0f} s of {budget.timeout:.0f} s"
+        return None
+
+    def run_one(self) -> None:
+        from optuna.trial import TrialState
+
+        goal, total = self.goal, self.model.budget.max_trials
+        n = _budget_used(self.study) + 1
+        trial = self.study.ask()
+        params = suggest(trial, self.model)
+        key = trial.user_attrs.get("checkpoint_key", trial.number)
+        trial.set_user_attr("checkpoint_key", key)
+        self.display.trial_started(n, total, params)
+
+        def on_attempt(_number: int, attempt: int) -> None:
+            if attempt > 1:
+                self.display.trial_started(n, total, params, attempt)
+
+        outcome = run_trial(
+            self.ctx,
+            trial.number,
+            params,
+            checkpoint_key=key,
+            on_line=self.display.console.print if self.stream_logs else self.display.line,
+            on_attempt=on_attempt,
+        )
+        trial.set_user_attr("mlflow_run_id", outcome.run_id)
+        test_value = outcome.metrics.get(goal.test_metric)
+        if test_value is not None:
+            trial.set_user_attr("test_value", test_value)
+        self.study.set_user_attr(ELAPSED_ATTR, self.elapsed)
+        if outcome.ok:
+            self.study.tell(trial, outcome.metrics[goal.val_metric])
+            self.failures = 0
+        else:
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.failures += 1
+            self.last_tail, self.error = outcome.log_tail, outcome.error
+        best = _best(self.study, goal.direction)
+        self.display.trial_finished(
+            n,
+            total,
+            value=outcome.metrics.get(goal.val_metric) if outcome.ok else None,
+            best=best.value if best else None,
+            best_trial=best.number if best else None,
+            error=None if outcome.ok else outcome.error,
+            test=test_value,
+        )
+
+    def finish(self, stop_reason: str) -> ChainReport:
+        model, goal, settings = self.model, self.goal, self.prep.settings
+        best = _best(self.study, goal.direction)
+        reached = best is not None and goal.reached(best.value)
+        failed = self.failures >= model.budget.max_consecutive_failures and not reached
+        status = "succeeded" if reached else ("failed" if failed else "goal_not_reached")
+        if not failed:  # a failed chain stays open: fixing the cause and rerunning resumes it
+            self.study.set_user_attr(FINISHED_ATTR, status)
+        self.tracker.log(
+            self.parent,
+            metrics={"best_" + goal.val_metric: best.value} if best else {},
+            tags={"trainchain.status": status, "trainchain.stop_reason": stop_reason},
+        )
+        self.tracker.finish(self.parent, ok=reached)
+        self.display.note(f"tune: {stop_reason}")
+        report = ChainReport(
+            chain_id=self.chain_id,
+            model_name=model.name,
+            repository=self.prep.lineage.repository,
+            commit=self.prep.lineage.commit,
+            goal_metric=goal.val_metric,
+            threshold=goal.threshold,
+            direction=goal.direction.value,
+            status=status,  # type: ignore[arg-type]
+            max_trials=model.budget.max_trials,
+            promotion_margin=model.promotion.margin,
+            trials=_summaries(self.study),
+            best_trial=best.number if best else None,
+            best_value=best.value if best else None,
+            best_test_value=best.user_attrs.get("test_value") if best else None,
+            best_params=dict(best.params) if best else {},
+            best_run_id=best.user_attrs.get("mlflow_run_id") if best else None,
+            tracking_uri=settings.tracking_uri,
+            parent_run_id=self.parent,
+            family=self.prep.detection.family,
+            image=self.prep.lineage.image,
+            executor=self.executor.name,
+            error=f"{self.failures} trials in a row failed; last: {self.error}" if failed else None,
+            log_tail=self.last_tail if failed else "",
+            recipients=model.notify.to,
+            jenkins_build_url=settings.jenkins_build_url,
+            elapsed_s=self.elapsed,
+        )
+        save_report(settings.chains_dir, report)
+        return report
 
 
 def tune(
@@ -166,153 +354,19 @@ def tune(
     stream_logs: bool = False,
 ) -> ChainReport:
     """Tune ``prep``'s model until the goal or the end of the budget; return the chain report."""
-    model = prep.loaded.model
-    goal = model.goal
-    settings = prep.settings
+    goal = prep.loaded.model.goal
     op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
-    display = display or TuneDisplay(goal.val_metric, goal.threshold, op)
-    tracker = Tracker(settings.tracking_uri, settings.artifacts)
-    with model_lock(settings.locks, model.name):
-        chain_id, resumed = choose_study(prep)
-        study = open_study(settings.study_storage, chain_id, goal.direction, model.budget.seed)
-        experiment_id = tracker.experiment_id(model.name)
-        parent = study.user_attrs.get(PARENT_ATTR)
-        if parent:
-            tracker.reopen(parent)
-        else:
-            parent = tracker.start_run(
-                experiment_id, f"chain {chain_id}",
-                prep.lineage.tags() | {"trainchain.chain": chain_id},
-            )
-            tracker.log(parent, params={"goal_metric": goal.val_metric,
-                                        "goal_threshold": goal.threshold,
-                                        "max_trials": model.budget.max_trials,
-                                        "seed": model.budget.seed})
-            study.set_user_attr(PARENT_ATTR, parent)
-        retried = _recover(study, tracker, experiment_id, parent)
-        if not study.trials:
-            first, source = _first_params(prep, tracker)
-            study.enqueue_trial(first, user_attrs={"source": source})
-            display.note(f"  first trial uses the {source}' parameters".replace("defaults'",
-                                                                                 "defaults"))
-        display.start(chain_id, resumed, _budget_used(study), model.budget.max_trials)
-        for number in retried:
-            display.note(f"  trial {number} was interrupted: it is retried with its parameters "
-                         "and checkpoints")
-
-        ctx = TrialContext(
-            loaded=prep.loaded, settings=settings, tracker=tracker, executor=executor,
-            lineage=prep.lineage, chain_id=chain_id, experiment_id=experiment_id,
-            data_dir=prep.data_dir, val_metric=goal.val_metric, parent_run_id=parent,
-        )
-        elapsed_before = float(study.user_attrs.get(ELAPSED_ATTR, 0.0))
-        session_start = time.monotonic()
-        failures = 0
-        error: str | None = None
-        last_tail = ""
-        stop_reason = ""
+    session = _Session(
+        prep, executor, display or TuneDisplay(goal.val_metric, goal.threshold, op), stream_logs
+    )
+    with model_lock(prep.settings.locks, prep.loaded.model.name):
+        session.open()
         try:
-            while True:
-                best = _best(study, goal.direction)
-                used = _budget_used(study)
-                elapsed = elapsed_before + time.monotonic() - session_start
-                if best is not None and goal.reached(best.value):
-                    stop_reason = "goal reached"
-                    break
-                if used >= model.budget.max_trials:
-                    stop_reason = f"budget spent: {used} of {model.budget.max_trials} trials"
-                    break
-                if elapsed >= model.budget.timeout:
-                    stop_reason = f"budget spent: {elapsed:.0f} s of {model.budget.timeout:.0f} s"
-                    break
-                trial = study.ask()
-                params = suggest(trial, model)
-                key = trial.user_attrs.get("checkpoint_key", trial.number)
-                trial.set_user_attr("checkpoint_key", key)
-                n = used + 1
-                display.trial_started(n, model.budget.max_trials, params)
-
-                def on_attempt(_number: int, attempt: int, n: int = n,
-                               params: dict[str, Any] = params) -> None:
-                    if attempt > 1:
-                        display.trial_started(n, model.budget.max_trials, params, attempt)
-
-                outcome = run_trial(
-                    ctx, trial.number, params, checkpoint_key=key,
-                    on_line=(display.console.print if stream_logs else display.line),
-                    on_attempt=on_attempt,
-                )
-                trial.set_user_attr("mlflow_run_id", outcome.run_id)
-                test_value = outcome.metrics.get(goal.test_metric)
-                if test_value is not None:
-                    trial.set_user_attr("test_value", test_value)
-                study.set_user_attr(
-                    ELAPSED_ATTR, elapsed_before + time.monotonic() - session_start
-                )
-                if outcome.ok:
-                    value = outcome.metrics[goal.val_metric]
-                    study.tell(trial, value)
-                    failures = 0
-                else:
-                    from optuna.trial import TrialState
-
-                    study.tell(trial, state=TrialState.FAIL)
-                    failures += 1
-                    last_tail = outcome.log_tail
-                    error = outcome.error
-                best = _best(study, goal.direction)
-                display.trial_finished(
-                    n, model.budget.max_trials,
-                    outcome.metrics.get(goal.val_metric) if outcome.ok else None,
-                    best.value if best else None, best.number if best else None,
-                    None if outcome.ok else outcome.error, test_value,
-                )
-                if failures >= model.budget.max_consecutive_failures:
-                    stop_reason = f"{failures} trials in a row failed"
-                    break
+            while (reason := session.stop_reason()) is None:
+                session.run_one()
         finally:
-            display.close()
-
-        best = _best(study, goal.direction)
-        reached = best is not None and goal.reached(best.value)
-        failed = failures >= model.budget.max_consecutive_failures and not reached
-        status = "succeeded" if reached else ("failed" if failed else "goal_not_reached")
-        if not failed:
-            study.set_user_attr(FINISHED_ATTR, status)
-        tracker.log(parent, metrics={"best_" + goal.val_metric: best.value} if best else {},
-                    tags={"trainchain.status": status, "trainchain.stop_reason": stop_reason})
-        tracker.finish(parent, ok=reached)
-        display.note(f"tune: {stop_reason}")
-        report = ChainReport(
-            chain_id=chain_id,
-            model_name=model.name,
-            repository=prep.lineage.repository,
-            commit=prep.lineage.commit,
-            goal_metric=goal.val_metric,
-            threshold=goal.threshold,
-            direction=goal.direction.value,
-            status=status,  # type: ignore[arg-type]
-            max_trials=model.budget.max_trials,
-            promotion_margin=model.promotion.margin,
-            trials=_summaries(study, goal.val_metric),
-            best_trial=best.number if best else None,
-            best_value=best.value if best else None,
-            best_test_value=best.user_attrs.get("test_value") if best else None,
-            best_params=dict(best.params) if best else {},
-            best_run_id=best.user_attrs.get("mlflow_run_id") if best else None,
-            tracking_uri=settings.tracking_uri,
-            parent_run_id=parent,
-            family=prep.detection.family,
-            image=prep.lineage.image,
-            executor=executor.name,
-            error=(f"{failures} trials in a row failed; last: {error}" if failed else None),
-            log_tail=last_tail if failed else "",
-            recipients=model.notify.to,
-            jenkins_build_url=settings.jenkins_build_url,
-            elapsed_s=elapsed_before + time.monotonic() - session_start,
-        )
-        save_report(settings.chains_dir, report)
-        return report
+            session.display.close()
+        return session.finish(reason)
 
 
 def save_report(chains_dir: Path, report: ChainReport) -> Path:

@@ -58,7 +58,8 @@ class LocalExecutor:
             )
         except OSError as err:
             return AttemptResult(None, 0.0, "", error=f"could not start {cmd[0]}: {err}")
-        assert proc.stdout is not None
+        if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives a stream
+            raise RuntimeError("subprocess has no stdout pipe")
         with spec.log_file.open("a", encoding="utf-8") as log_file:
             reader = threading.Thread(
                 target=_pump, args=(proc.stdout, log_file, tail, on_line), daemon=True
@@ -69,8 +70,12 @@ class LocalExecutor:
                 proc.wait(timeout=spec.timeout)
             except subprocess.TimeoutExpired:
                 timed_out = True
-                log.warning("trial %s attempt %s: timed out after %.0f s, stopping it",
-                            spec.trial, spec.attempt, spec.timeout)
+                log.warning(
+                    "trial %s attempt %s: timed out after %.0f s, stopping it",
+                    spec.trial,
+                    spec.attempt,
+                    spec.timeout,
+                )
                 _kill_group(proc)
             except BaseException:
                 _kill_group(proc)  # Ctrl-C or SIGTERM of trainchain: never leave it running

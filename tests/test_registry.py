@@ -1,0 +1,118 @@
+"""Register and promote on held-out data, roll back, never promote on an error
+(real MLflow SQLite registry, real scikit-learn models saved by the script)."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import git, git_init, run_cli
+from trainchain.chain import run_chain
+from trainchain.errors import RegistryError
+from trainchain.settings import Settings
+from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
+
+pytestmark = pytest.mark.slow
+
+# An XOR-like problem: a depth-1 tree is mediocre, a depth-4 tree is good.
+TREE_TRAIN = """
+import numpy as np
+from sklearn.tree import DecisionTreeClassifier
+from trainchain import task
+
+p = task.params()
+rng = np.random.default_rng(0)
+X = rng.uniform(-1, 1, size=(600, 2))
+y = np.where((X[:, 0] > 0) ^ (X[:, 1] > 0.3), "a", "b")
+model = DecisionTreeClassifier(max_depth=p["depth"], random_state=0).fit(X[:300], y[:300])
+task.write_metrics({"val_accuracy": model.score(X[300:450], y[300:450]),
+                    "test_accuracy": model.score(X[450:], y[450:])})
+np.savez(task.heldout_path(), X=X[450:], y=y[450:])
+import mlflow.sklearn
+mlflow.sklearn.save_model(model, task.model_dir(), serialization_format="cloudpickle",
+                          pip_requirements=["scikit-learn"])
+"""
+
+TREE_YAML = """
+name: trees
+entrypoint: train.py
+data: {{path: .}}
+goal: {{metric: accuracy, threshold: 0.55}}
+budget: {{max_trials: 1, seed: 0}}
+search_space:
+  depth: {{type: categorical, choices: [{depth}], default: {depth}}}
+promotion: {{margin: 0.01}}
+"""
+
+
+def _repo(tmp_path: Path, depth: int) -> Path:
+    root = tmp_path / "trees"
+    root.mkdir(exist_ok=True)
+    (root / "train.py").write_text(textwrap.dedent(TREE_TRAIN))
+    (root / "trainchain.yaml").write_text(TREE_YAML.format(depth=depth))
+    if (root / ".git").exists():
+        git(root, "commit", "-qam", f"depth {depth}")
+    else:
+        git_init(root)
+    return root
+
+
+def test_champion_promotion_and_rollback(tmp_path: Path, settings: Settings) -> None:
+    """First model to reach the goal is champion; a better one replaces it; a tie does not;
+    rollback moves champion back to the previous version."""
+    first = run_chain(str(_repo(tmp_path, 1)), settings).report
+    assert first.status == "succeeded" and first.registry_version == "1"
+    assert first.became_champion and "first model" in first.promotion_reason
+
+    better = run_chain(str(_repo(tmp_path, 4)), settings).report
+    assert better.registry_version == "2" and better.became_champion
+    assert "beats the champion" in better.promotion_reason
+
+    same = run_chain(str(_repo(tmp_path, 3)), settings)  # held-out ties with depth 4? no:
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    if same.report.became_champion:  # depth 3 may genuinely beat depth 4; both are real scores
+        assert "beats the champion" in same.report.promotion_reason
+    assert tracker.alias_version("trees", CHALLENGER) == same.report.registry_version
+
+    champion = tracker.alias_version("trees", CHAMPION)
+    out = run_cli("rollback", "trees", "--home", str(settings.home))
+    assert out.returncode == 0, out.stderr
+    assert tracker.alias_version("trees", CHAMPION) != champion
+
+    listing = run_cli("models", "trees", "--home", str(settings.home))
+    assert listing.returncode == 0, listing.stderr
+    assert "champion" in listing.stdout and "challenger" in listing.stdout
+    for version in ("1", "2", "3"):
+        assert (
+            MlflowClient(settings.tracking_uri)
+            .get_model_version("trees", version)
+            .tags["trainchain.commit"]
+        )
+
+
+def test_rollback_without_history_is_a_clear_error(tmp_path: Path, settings: Settings) -> None:
+    """Rolling back a model that only ever had one champion says so."""
+    run_chain(str(_repo(tmp_path, 1)), settings)
+    with pytest.raises(RegistryError, match="no earlier champion"):
+        Tracker(settings.tracking_uri, settings.artifacts).rollback("trees")
+    out = run_cli("rollback", "nosuchmodel", "--home", str(settings.home))
+    assert out.returncode == 7 and "no registered model named 'nosuchmodel'" in out.stderr
+
+
+def test_error_while_comparing_never_promotes(tmp_path: Path, settings: Settings) -> None:
+    """If the champion cannot be scored, the new model stays challenger and the reason says
+    why."""
+    first = run_chain(str(_repo(tmp_path, 1)), settings).report
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    # break the champion's stored model
+    source = Path(tracker.artifact_uri(first.best_run_id or "").removeprefix("file://"))
+    shutil.rmtree(source)
+    second = run_chain(str(_repo(tmp_path, 4)), settings).report
+    assert not second.became_champion
+    assert "error while deciding" in second.promotion_reason
+    assert tracker.alias_version("trees", CHAMPION) == "1"
+    assert tracker.alias_version("trees", CHALLENGER) == second.registry_version
