@@ -88,6 +88,12 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
         reason = decision.reason + "; nothing registered, the best trial stays in MLflow"
         return report.with_(became_champion=False, promotion_reason=reason)
 
+    if not tracker.has_model(report.best_run_id):
+        return report.with_(
+            became_champion=False,
+            promotion_reason=f"not promoted: the best trial (run {report.best_run_id}) saved no "
+            "model in an MLflow flavor's format under TRAINCHAIN_OUTPUT_DIR/model",
+        )
     _, metrics, run_tags = tracker.run_data(report.best_run_id)
     tags = {k: v for k, v in run_tags.items() if k.startswith("trainchain.")}
     tags["trainchain.chain"] = report.chain_id

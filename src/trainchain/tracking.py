@@ -139,6 +139,11 @@ class Tracker:
             )
         )
 
+    def has_model(self, run_id: str) -> bool:
+        return any(
+            a.path.endswith("MLmodel") for a in self.client.list_artifacts(run_id, MODEL_ARTIFACT)
+        )
+
     def artifact_uri(self, run_id: str, path: str = MODEL_ARTIFACT) -> str:
         return f"{self.client.get_run(run_id).info.artifact_uri}/{path}"
 

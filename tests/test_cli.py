@@ -1,0 +1,104 @@
+"""The `trainchain` command as a user runs it: real subprocesses, real git, real stores."""
+
+from __future__ import annotations
+
+import email
+import json
+from pathlib import Path
+
+from tests.conftest import ToyRepo, git, run_cli
+
+
+def _home(home: Path) -> list[str]:
+    return ["--home", str(home)]
+
+
+def test_run_below_goal_exits_3_with_failure_email(toy_repo: ToyRepo, home: Path,
+                                                   no_cwd_writes: Path) -> None:
+    """Budget spent below the goal: exit 3, a failure email in the outbox, nothing promoted,
+    and nothing written into the current directory."""
+    repo = toy_repo(threshold=0.9999, max_trials=3)
+    out = run_cli("run", str(repo), "--home", str(home))
+    assert out.returncode == 3, out.stderr
+    assert "NOT reached" in out.stdout and "trials:    3 of 3" in out.stdout
+    assert "champion:  none" in out.stdout
+    emails = sorted((home / "outbox").glob("*.eml"))
+    assert len(emails) == 1
+    msg = email.message_from_bytes(emails[0].read_bytes())
+    assert "NOT reached" in msg["Subject"] and msg["X-Trainchain-Status"] == "goal_not_reached"
+    assert str(emails[0]) in out.stdout
+
+
+def test_threshold_override_on_the_command_line(toy_repo: ToyRepo, home: Path) -> None:
+    """--threshold and --max-trials override trainchain.yaml and are validated."""
+    repo = toy_repo(threshold=0.5)
+    out = run_cli("tune", str(repo), "--threshold", "1.5", *_home(home))
+    assert out.returncode == 2
+    assert "threshold 1.5 is outside the range of metric 'accuracy'" in out.stderr
+
+
+def test_run_pulls_a_git_repository_at_a_ref(toy_repo: ToyRepo, home: Path,
+                                             tmp_path: Path) -> None:
+    """Given a repository URL, run pulls it at the ref and tags runs with that commit."""
+    repo = toy_repo(threshold=0.3)  # the defaults reach it
+    sha = git(repo, "rev-parse", "HEAD")
+    out = run_cli("run", f"file://{repo}", "--ref", "main", *_home(home))
+    assert out.returncode == 0, out.stderr
+    assert f"@ {sha[:12]}" in out.stdout
+    # the toy script saves no model: the goal is reached but nothing can be registered
+    assert "champion:  none" in out.stdout and "saved no model" in out.stdout
+    report = json.loads(next((home / "chains").glob("*.json")).read_text())
+    assert report["commit"] == sha and report["repository"] == f"file://{repo}"
+    assert (home / "workspaces").is_dir()
+
+
+def test_pull_bad_ref_is_one_clear_error(toy_repo: ToyRepo, home: Path) -> None:
+    """An unknown ref exits non-zero with one line naming it."""
+    out = run_cli("pull", str(toy_repo()), "--ref", "no-such-branch", *_home(home))
+    assert out.returncode == 5
+    assert "ref 'no-such-branch' not found" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_pull_prints_workspace_and_commit(toy_repo: ToyRepo, home: Path) -> None:
+    """pull prints the workspace path and the commit."""
+    repo = toy_repo()
+    out = run_cli("pull", str(repo), "--json", *_home(home))
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["commit"] == git(repo, "rev-parse", "HEAD")
+    assert (Path(info["path"]) / "train.py").exists()
+
+
+def test_train_once_with_overrides_and_failing_script(toy_repo: ToyRepo, home: Path) -> None:
+    """train runs once with --set; a failing script exits non-zero showing its last lines."""
+    out = run_cli("train", str(toy_repo()), "--set", "x=0.7", *_home(home))
+    assert out.returncode == 0, out.stderr
+    assert "val_accuracy=1" in out.stdout and "mlflow run:" in out.stdout
+
+    bad = run_cli("train", str(toy_repo(name="bad", mode="crash")), *_home(home))
+    assert bad.returncode == 6
+    assert "exited with status 2" in bad.stderr
+    assert "toy: crashing on purpose" in bad.stderr  # the last log lines
+
+    wrong = run_cli("train", str(toy_repo(name="w")), "--set", "x=2", *_home(home))
+    assert wrong.returncode == 2 and r"expected a float in [0.0, 1.0]" in wrong.stderr
+
+
+def test_notify_resends_the_latest_chain(toy_repo: ToyRepo, home: Path) -> None:
+    """notify (job 5 on its own) emails the latest chain's outcome again."""
+    assert run_cli("tune", str(toy_repo(threshold=0.3)), *_home(home)).returncode == 0
+    out = run_cli("notify", "--model", "toy", *_home(home))
+    assert out.returncode == 0, out.stderr
+    path = Path(out.stdout.split("email:")[1].strip())
+    msg = email.message_from_bytes(path.read_bytes())
+    assert msg["X-Trainchain-Status"] == "succeeded"
+
+
+def test_missing_data_and_missing_config_are_clear(tmp_path: Path, toy_repo: ToyRepo,
+                                                   home: Path) -> None:
+    """A missing data folder or trainchain.yaml is one clear error with a hint."""
+    out = run_cli("tune", str(toy_repo()), "--data", str(tmp_path / "nope"), *_home(home))
+    assert out.returncode == 2 and "does not exist" in out.stderr and "hint:" in out.stderr
+    out = run_cli("detect", str(tmp_path), *_home(home))
+    assert out.returncode == 4 and "set `image:`" in out.stderr
