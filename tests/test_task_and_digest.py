@@ -1,0 +1,74 @@
+"""The script-side helper (stdlib only) and the data digest."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainchain import task
+from trainchain.digest import data_digest
+
+
+def test_task_helper_imports_nothing_outside_the_stdlib() -> None:
+    """Any image can use trainchain.task: importing it loads no third-party package."""
+    code = (
+        "import sys; from trainchain import task; "
+        "bad = [m for m in sys.modules if m.split('.')[0] in "
+        "{'numpy','yaml','pydantic','mlflow','optuna','rich','sklearn','mne'}]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_contract_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Params in, metrics and report lines out, through the environment contract."""
+    (tmp_path / "p.json").write_text(json.dumps({"C": 1.5}))
+    monkeypatch.setenv(task.ENV_PARAMS, str(tmp_path / "p.json"))
+    monkeypatch.setenv(task.ENV_OUTPUT_DIR, str(tmp_path / "out"))
+    monkeypatch.setenv(task.ENV_REPORT, str(tmp_path / "report.jsonl"))
+    monkeypatch.setenv(task.ENV_TRIAL, "4")
+    monkeypatch.setenv(task.ENV_ATTEMPT, "2")
+    assert task.params() == {"C": 1.5}
+    assert task.data_options() == {}
+    task.report(0, loss=0.5)
+    task.report(1, loss=float("nan"))
+    rows = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["trial"], r["attempt"], r["loss"]) for r in rows] == [
+        (0, 4, 2, 0.5), (1, 4, 2, None)]
+    path = task.write_metrics({"val_accuracy": 0.9, "n": 3})
+    assert json.loads(path.read_text()) == {"val_accuracy": 0.9, "n": 3.0}
+
+
+def test_missing_contract_says_how_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A script run by hand without trainchain gets an error that says what to run."""
+    monkeypatch.delenv(task.ENV_PARAMS, raising=False)
+    with pytest.raises(task.ContractError, match="trainchain train PATH"):
+        task.params()
+
+
+def test_atomic_write_leaves_old_or_new(tmp_path: Path) -> None:
+    """A checkpoint is replaced whole; no temporary file is left behind."""
+    target = tmp_path / "ckpt" / "state.bin"
+    task.atomic_write_bytes(target, b"one")
+    task.atomic_write_bytes(target, b"two")
+    assert target.read_bytes() == b"two"
+    assert [p.name for p in target.parent.iterdir()] == ["state.bin"]
+
+
+def test_data_digest_follows_content(tmp_path: Path) -> None:
+    """The digest changes with content or names, not with hidden files or timestamps."""
+    (tmp_path / "a.txt").write_text("1")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.txt").write_text("2")
+    first = data_digest(tmp_path)
+    (tmp_path / ".hidden").write_text("x")
+    (tmp_path / "a.txt").touch()
+    assert data_digest(tmp_path) == first
+    (tmp_path / "a.txt").write_text("3")
+    assert data_digest(tmp_path) != first
+    assert data_digest(tmp_path / "nope") == "missing"
