@@ -41,7 +41,7 @@ def test_contract_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert [(r["step"], r["trial"], r["attempt"], r["loss"]) for r in rows] == [
         (0, 4, 2, 0.5), (1, 4, 2, None)]
     path = task.write_metrics({"val_accuracy": 0.9, "n": 3})
-    assert json.loads(path.read_text()) == {"val_accuracy": 0.9, "n": 3.0}
+    assert json.loads(path.read_text()) == {"val_accuracy": 0.9, "n": 3}
 
 
 def test_missing_contract_says_how_to_run(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -118,6 +118,8 @@ def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             out[key] = value
+        elif isinstance(value, int):
+            out[key] = value
         elif math.isfinite(value):
             out[key] = float(value)
         else:

@@ -1,0 +1,465 @@
+"""EEG motor imagery: epochs from recordings, and the band-pass + CSP + SVM pipeline.
+
+``load_epochs`` reads every recording of a folder with mne (GDF, EDF, BDF, FIF),
+picks the channels, resamples, and cuts one epoch per cue annotation (matched by
+the annotation's *description*, such as ``"769"`` for a left-hand cue in BCI
+Competition IV 2a or ``"T1"`` in PhysioNet eegmmidb). ``build_pipeline`` makes the
+scikit-learn pipeline that takes raw epochs ``(n, channels, samples)`` and predicts
+the string labels; that fitted pipeline is what gets registered and served.
+
+mne and scikit-learn are imported here, not in the rest of trainchain.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import mne
+import numpy as np
+import numpy.typing as npt
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.pipeline import Pipeline
+
+from trainchain.errors import TrainchainError
+
+__all__ = [
+    "CHANNELS_BCI_IV_2A",
+    "DEFAULT_CUES",
+    "DEFAULT_FILES",
+    "DEFAULT_PARAMS",
+    "LOAD_OPTIONS",
+    "PIPELINE_PARAMS",
+    "BandPass",
+    "EEGDataError",
+    "build_pipeline",
+    "load_epochs",
+    "parse_band",
+]
+
+# The 22 EEG channels of BCI Competition IV 2a, in the dataset's order.
+CHANNELS_BCI_IV_2A: tuple[str, ...] = (
+    "Fz",
+    "FC3",
+    "FC1",
+    "FCz",
+    "FC2",
+    "FC4",
+    "C5",
+    "C3",
+    "C1",
+    "Cz",
+    "C2",
+    "C4",
+    "C6",
+    "CP3",
+    "CP1",
+    "CPz",
+    "CP2",
+    "CP4",
+    "P1",
+    "Pz",
+    "P2",
+    "POz",
+)
+DEFAULT_FILES: tuple[str, ...] = ("*.gdf", "*.edf", "*.bdf", "*.fif")
+# BCI Competition IV 2a event codes: 769 left hand, 770 right hand.
+DEFAULT_CUES: Mapping[str, str] = {"left": "769", "right": "770"}
+
+# The keyword arguments of load_epochs: what ``data.options`` of trainchain.yaml may hold
+# (besides the split settings the training script pops itself).
+LOAD_OPTIONS: tuple[str, ...] = (
+    "files",
+    "cues",
+    "channels",
+    "sfreq",
+    "tmin",
+    "tmax",
+    "subjects",
+)
+
+# Hyperparameters build_pipeline understands, with the textbook defaults.
+DEFAULT_PARAMS: Mapping[str, Any] = {
+    "band": "8-30",
+    "csp_components": 4,
+    "csp_reg": None,
+    "C": 1.0,
+    "kernel": "rbf",
+    "gamma": "scale",
+}
+PIPELINE_PARAMS: tuple[str, ...] = (*DEFAULT_PARAMS, "l_freq", "h_freq")
+_KERNELS = ("linear", "rbf", "poly", "sigmoid")
+_IIR_PARAMS: Mapping[str, Any] = {"order": 4, "ftype": "butter", "output": "sos"}
+
+FloatArray = npt.NDArray[np.float64]
+Labels = npt.NDArray[np.str_]
+
+
+class EEGDataError(TrainchainError, ValueError):
+    """Recordings, options or hyperparameters of the EEG family are wrong."""
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _str_list(name: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Sequence) and value and all(isinstance(v, str) and v for v in value):
+        return list(value)
+    raise EEGDataError(
+        f"data option {name!r}: expected a string or a non-empty list of strings, got {value!r}"
+    )
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EEGDataError(f"data option {name!r}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _check_cues(cues: Any) -> dict[str, str]:
+    if not isinstance(cues, Mapping) or len(cues) < 2:
+        raise EEGDataError(
+            "data option 'cues': expected a mapping of at least two labels to annotation "
+            f"descriptions (for example {{left: '769', right: '770'}}), got {cues!r}"
+        )
+    out: dict[str, str] = {}
+    for label, desc in cues.items():
+        if not isinstance(label, str) or not label:
+            raise EEGDataError(f"data option 'cues': labels must be strings, got {label!r}")
+        if isinstance(desc, bool) or not isinstance(desc, str | int):
+            raise EEGDataError(
+                f"data option 'cues': the description of {label!r} must be a string "
+                f"(an annotation description such as '769' or 'T1'), got {desc!r}"
+            )
+        out[label] = str(desc)
+    if len(set(out.values())) != len(out):
+        raise EEGDataError(f"data option 'cues': two labels share one description: {out}")
+    return out
+
+
+def _norm_channel(name: str) -> str:
+    """Channel name for lenient matching: ``'C3..'``, ``'EEG-C3'`` and ``'c3'`` all become C3."""
+    upper = name.strip().upper()
+    for prefix in ("EEG-", "EEG "):
+        upper = upper.removeprefix(prefix)
+    return upper.rstrip(". ").strip()
+
+
+def _pick_names(raw: Any, channels: list[str] | None, path: Path) -> list[str]:
+    """The recording's channel names to use, in the requested order."""
+    present: list[str] = list(raw.ch_names)
+    if channels is None:
+        picks = mne.pick_types(raw.info, eeg=True, exclude=())
+        names = [present[i] for i in picks]
+        if not names:
+            raise EEGDataError(
+                f"{path}: no EEG channels (channel types: {sorted(set(raw.get_channel_types()))})",
+                hint="list the channels to use in data.options.channels",
+            )
+        return names
+    by_norm: dict[str, list[str]] = {}
+    for name in present:
+        by_norm.setdefault(_norm_channel(name), []).append(name)
+    chosen: list[str] = []
+    missing: list[str] = []
+    for wanted in channels:
+        if wanted in present:
+            chosen.append(wanted)
+        elif len(by_norm.get(_norm_channel(wanted), [])) == 1:
+            chosen.append(by_norm[_norm_channel(wanted)][0])
+        else:
+            missing.append(wanted)
+    if missing:
+        raise EEGDataError(
+            f"{path}: channel(s) {missing} not in the recording; it has {len(present)} "
+            f"channels: {present}",
+            hint="fix data.options.channels in trainchain.yaml, or set it to null to use "
+            "every EEG channel",
+        )
+    if len(set(chosen)) != len(chosen):
+        raise EEGDataError(f"{path}: data option 'channels' names a channel twice: {channels}")
+    return chosen
+
+
+def _find_recordings(data_dir: Path, patterns: list[str], subjects: list[str] | None) -> list[Path]:
+    if not data_dir.is_dir():
+        raise EEGDataError(
+            f"the data folder {data_dir} does not exist or is not a folder",
+            hint="set data.path in trainchain.yaml (or pass --data); for synthetic data run "
+            "trainchain.families.eeg_synth.write_synthetic_dataset",
+        )
+    found = sorted({p for pattern in patterns for p in data_dir.rglob(pattern) if p.is_file()})
+    if not found:
+        raise EEGDataError(
+            f"no recordings in {data_dir} matching {patterns} (searched recursively)",
+            hint="put GDF/EDF/BDF/FIF recordings there, or set data.options.files",
+        )
+    if subjects is None:
+        return found
+    chosen = [p for p in found if any(p.stem.startswith(s) for s in subjects)]
+    if not chosen:
+        raise EEGDataError(
+            f"no recording in {data_dir} has a file name starting with one of the subjects "
+            f"{subjects}; found: {[p.name for p in found[:20]]}"
+        )
+    return chosen
+
+
+def _read(path: Path, wanted: list[str] | None, rate: float) -> tuple[Any, list[str]]:
+    """One recording with the chosen channels (in order), at ``rate`` Hz."""
+    raw = mne.io.read_raw(path, preload=True, verbose="error")
+    picked = _pick_names(raw, wanted, path)
+    raw.pick(picked, verbose="error")
+    raw.reorder_channels(picked)
+    if not math.isclose(raw.info["sfreq"], rate):
+        raw.resample(rate, verbose="error")
+    return raw, picked
+
+
+def _cut(
+    raw: Any, cues: Mapping[str, str], offset: int, n_samples: int
+) -> tuple[list[FloatArray], list[str], int]:
+    """Epochs at the annotations whose description is a cue; also how many fell outside."""
+    present = {str(d) for d in raw.annotations.description} & set(cues.values())
+    if not present:
+        return [], [], 0
+    # Onsets come from the annotations' descriptions; the integer ids are ours, by label.
+    code_of = {desc: i + 1 for i, desc in enumerate(sorted(present))}
+    label_of = {code_of[desc]: label for label, desc in cues.items() if desc in present}
+    events, _ = mne.events_from_annotations(raw, event_id=code_of, regexp=None, verbose="error")
+    data = raw.get_data()
+    epochs: list[FloatArray] = []
+    labels: list[str] = []
+    dropped = 0
+    for sample, _, code in events:
+        start = int(sample) - raw.first_samp + offset
+        if start < 0 or start + n_samples > data.shape[1]:
+            dropped += 1
+            continue
+        epochs.append(data[:, start : start + n_samples])
+        labels.append(label_of[int(code)])
+    return epochs, labels, dropped
+
+
+def load_epochs(
+    data_dir: Path | str,
+    *,
+    files: str | Sequence[str] = DEFAULT_FILES,
+    cues: Mapping[str, str] = DEFAULT_CUES,
+    channels: Sequence[str] | None = CHANNELS_BCI_IV_2A,
+    sfreq: float = 250.0,
+    tmin: float = 0.5,
+    tmax: float = 3.5,
+    subjects: str | Sequence[str] | None = None,
+    **unknown: Any,
+) -> tuple[FloatArray, Labels, dict[str, Any]]:
+    """Epochs ``X`` (n, channels, samples), their labels ``y`` and a description ``meta``.
+
+    Every recording under ``data_dir`` matching ``files`` (recursively, sorted) is read;
+    ``channels`` are picked in that order (``None``: every EEG channel); recordings at
+    another rate are resampled to ``sfreq``; one epoch ``[tmin, tmax)`` seconds after
+    each annotation whose description is one of ``cues``' values, labelled with its key,
+    ``round((tmax - tmin) * sfreq)`` samples long, no baseline correction. ``subjects``
+    keeps only files whose name starts with one of these prefixes.
+    """
+    if unknown:
+        raise EEGDataError(
+            f"unknown data option(s) {sorted(unknown)}: expected some of {list(LOAD_OPTIONS)} "
+            "(plus test_size, split_seed, cv_folds, which the training script reads)",
+            hint="fix data.options in trainchain.yaml",
+        )
+    patterns = _str_list("files", files)
+    cue_map = _check_cues(cues)
+    wanted = None if channels is None else _str_list("channels", channels)
+    rate = _number("sfreq", sfreq)
+    start_s, stop_s = _number("tmin", tmin), _number("tmax", tmax)
+    if rate <= 0:
+        raise EEGDataError(f"data option 'sfreq': expected a rate > 0 Hz, got {sfreq!r}")
+    if stop_s <= start_s:
+        raise EEGDataError(
+            f"data options 'tmin'/'tmax': expected tmin < tmax, got tmin={tmin!r}, tmax={tmax!r}"
+        )
+    n_samples = round((stop_s - start_s) * rate)
+    subject_list = None if subjects is None else _str_list("subjects", subjects)
+    paths = _find_recordings(Path(data_dir), patterns, subject_list)
+
+    epochs: list[FloatArray] = []
+    labels: list[str] = []
+    names: list[str] | None = None
+    per_file: dict[str, int] = {}
+    skipped: dict[str, list[str]] = {}
+    dropped = 0
+    for path in paths:
+        raw, picked = _read(path, wanted, rate)
+        if names is not None and [_norm_channel(n) for n in picked] != [
+            _norm_channel(n) for n in names
+        ]:
+            raise EEGDataError(
+                f"{path}: its EEG channels {picked} differ from those of the first recording "
+                f"{names}",
+                hint="list the channels to use in data.options.channels",
+            )
+        names = names or picked
+        file_epochs, file_labels, file_dropped = _cut(
+            raw, cue_map, round(start_s * rate), n_samples
+        )
+        if not file_epochs and not file_dropped:
+            skipped[str(path)] = sorted({str(d) for d in raw.annotations.description})
+            continue
+        epochs += file_epochs
+        labels += file_labels
+        dropped += file_dropped
+        per_file[str(path)] = len(file_epochs)
+
+    if not epochs:
+        seen = {Path(p).name: d[:12] for p, d in skipped.items()}
+        raise EEGDataError(
+            f"no cue annotations {sorted(cue_map.values())} in the {len(paths)} recording(s) "
+            f"under {data_dir} (annotation descriptions found, per file: {seen}"
+            + (f"; {dropped} epoch(s) fell outside the recordings" if dropped else "")
+            + ")",
+            hint="set data.options.cues to the annotation descriptions of your cues "
+            "(BCI IV 2a: {left: '769', right: '770'}; PhysioNet eegmmidb: "
+            "{left: T1, right: T2})",
+        )
+    y = np.asarray(labels, dtype=np.str_)
+    meta: dict[str, Any] = {
+        "files": [str(p) for p in paths],
+        "epochs_per_file": per_file,
+        "skipped_files": skipped,
+        "dropped_epochs": dropped,
+        "channels": list(names or []),
+        "sfreq": rate,
+        "tmin": start_s,
+        "tmax": stop_s,
+        "n_samples": n_samples,
+        "cues": cue_map,
+        "counts": {label: int(np.sum(y == label)) for label in cue_map},
+    }
+    return np.stack(epochs).astype(np.float64, copy=False), y, meta
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def parse_band(band: Any) -> tuple[float, float]:
+    """``"8-30"`` or ``[8, 30]`` as ``(8.0, 30.0)``."""
+    parts: Sequence[Any]
+    if isinstance(band, str):
+        parts = band.replace(" ", "").split("-")
+    elif isinstance(band, Sequence):
+        parts = band
+    else:
+        parts = ()
+    try:
+        low, high = (float(p) for p in parts)
+    except (TypeError, ValueError):
+        raise EEGDataError(
+            f"hyperparameter 'band': expected 'LOW-HIGH' in Hz (for example '8-30'), got {band!r}"
+        ) from None
+    return low, high
+
+
+class BandPass(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """Zero-phase Butterworth band-pass of epochs ``(n, channels, samples)`` (mne IIR)."""
+
+    def __init__(self, l_freq: float = 8.0, h_freq: float = 30.0, sfreq: float = 250.0) -> None:
+        self.l_freq = l_freq
+        self.h_freq = h_freq
+        self.sfreq = sfreq
+
+    def _check(self) -> None:
+        nyquist = float(self.sfreq) / 2
+        if not 0 < float(self.l_freq) < float(self.h_freq) < nyquist:
+            raise EEGDataError(
+                f"band-pass {self.l_freq}-{self.h_freq} Hz at {self.sfreq} Hz: expected "
+                f"0 < l_freq < h_freq < {nyquist} (the Nyquist frequency)"
+            )
+
+    def fit(self, X: Any, y: Any = None) -> BandPass:
+        self._check()
+        return self
+
+    def transform(self, X: Any) -> FloatArray:
+        self._check()
+        data = np.asarray(X, dtype=np.float64)
+        if data.ndim != 3:
+            raise EEGDataError(
+                f"expected epochs shaped (n_epochs, n_channels, n_samples), got shape {data.shape}"
+            )
+        filtered: FloatArray = mne.filter.filter_data(
+            data,
+            float(self.sfreq),
+            float(self.l_freq),
+            float(self.h_freq),
+            method="iir",
+            iir_params=dict(_IIR_PARAMS),
+            verbose="error",
+        )
+        return filtered
+
+
+def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
+    """Band-pass -> CSP (log-variance) -> standard scaling -> SVC, from hyperparameters.
+
+    ``params`` may hold ``band`` ('8-30') or ``l_freq``/``h_freq``, ``csp_components``,
+    ``csp_reg`` (None, a shrinkage in [0, 1] or an mne estimator name such as
+    'ledoit_wolf'), ``C``, ``kernel`` and ``gamma``; missing ones take ``DEFAULT_PARAMS``.
+    """
+    from mne.decoding import CSP
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
+    unknown = sorted(set(params) - set(PIPELINE_PARAMS))
+    if unknown:
+        raise EEGDataError(
+            f"unknown hyperparameter(s) {unknown}: the EEG pipeline understands "
+            f"{list(PIPELINE_PARAMS)}",
+            hint="rename them in search_space of trainchain.yaml",
+        )
+    p = {**DEFAULT_PARAMS, **params}
+    if "l_freq" in params or "h_freq" in params:
+        if "band" in params:
+            raise EEGDataError(
+                "hyperparameters 'band' and 'l_freq'/'h_freq' both given: expected one of them"
+            )
+        low = float(params.get("l_freq", parse_band(DEFAULT_PARAMS["band"])[0]))
+        high = float(params.get("h_freq", parse_band(DEFAULT_PARAMS["band"])[1]))
+    else:
+        low, high = parse_band(p["band"])
+    n_components = p["csp_components"]
+    if isinstance(n_components, bool) or not isinstance(n_components, int) or n_components < 1:
+        raise EEGDataError(
+            f"hyperparameter 'csp_components': expected an integer >= 1, got {n_components!r}"
+        )
+    C = p["C"]
+    if isinstance(C, bool) or not isinstance(C, int | float) or not C > 0:
+        raise EEGDataError(f"hyperparameter 'C': expected a number > 0, got {C!r}")
+    if p["kernel"] not in _KERNELS:
+        raise EEGDataError(
+            f"hyperparameter 'kernel': expected one of {list(_KERNELS)}, got {p['kernel']!r}"
+        )
+    gamma = p["gamma"]
+    if gamma not in ("scale", "auto") and (
+        isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma > 0
+    ):
+        raise EEGDataError(
+            f"hyperparameter 'gamma': expected 'scale', 'auto' or a number > 0, got {gamma!r}"
+        )
+    reg = p["csp_reg"]
+    if isinstance(reg, str) and reg.lower() in ("none", "null", ""):
+        reg = None
+    bandpass = BandPass(l_freq=low, h_freq=high, sfreq=float(sfreq))
+    bandpass._check()  # a bad band fails here, before any data is touched
+    return Pipeline(
+        [
+            ("bandpass", bandpass),
+            ("csp", CSP(n_components=n_components, reg=reg, log=True, rank="full")),
+            ("scale", StandardScaler()),
+            ("svc", SVC(C=float(C), kernel=p["kernel"], gamma=gamma)),
+        ]
+    )
