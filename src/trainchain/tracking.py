@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -45,6 +46,8 @@ class VersionInfo:
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path) -> None:
         _quiet_mlflow()
+        # a progress bar per download is noise in a chain's log
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri

@@ -108,7 +108,7 @@ def _first_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str
             _, _, tags = tracker.run_data(run_id)
             champion = fit_to_space(model, json.loads(tags.get(PARAMS_TAG, "{}")))
             if champion is not None:
-                return champion, f"champion v{version}"
+                return champion, f"parameters of champion v{version}"
     return model.defaults(), "defaults"
 
 
@@ -211,7 +211,7 @@ class _Session:
         if not self.study.trials:
             first, source = _first_params(prep, self.tracker)
             self.study.enqueue_trial(first, user_attrs={"source": source})
-            self.display.note(f"  the first trial uses the {source} parameters")
+            self.display.note(f"  the first trial uses the {source}")
         self.display.start(
             self.chain_id, resumed, _budget_used(self.study), model.budget.max_trials
         )
