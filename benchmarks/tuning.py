@@ -2,12 +2,12 @@
 
 The problem is the EEG example on synthetic `medium` recordings (goal: cross-validated
 accuracy >= 0.80; the defaults fall short), and the same search to a stretch goal
-(0.90) where a model-based tuner has room to differ from random search. For each seed, new recordings are made
-with that seed and each strategy proposes hyperparameters until one reaches the goal
-or the cap. Every strategy starts from the defaults, as the chain does. The objective
-is the example's own code (its split and cross-validation functions, imported from
-examples/eeg-motor-imagery/train.py), evaluated in-process; the subprocess and
-MLflow overhead of a real trial does not change how many trials are needed, and the
+(0.90) where a model-based tuner has room to differ from random search. For each
+seed, new recordings are made with that seed and each strategy proposes
+hyperparameters until one reaches the goal or the cap. Every strategy starts from the
+defaults, as the chain does. The objective is the example's own code (its split and
+cross-validation functions, imported from examples/eeg-motor-imagery/train.py),
+evaluated in-process; the subprocess and MLflow overhead of a real trial does not change how many trials are needed, and the
 last step checks that: it runs the real `tune` for the first seed and compares.
 
     .venv/bin/python benchmarks/tuning.py [--seeds 8] [--cap 40] [--no-chain-check]
@@ -116,8 +116,8 @@ def trials_to_goals(
         value = objective(params)
         tell(value)
         best = max(best, value)
-        for goal in hits:
-            if hits[goal] is None and value >= goal:
+        for goal, hit in hits.items():
+            if hit is None and value >= goal:
                 hits[goal] = n
         if all(hits.values()):
             break

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 
 echo "==> ruff"
 .venv/bin/ruff check src tests benchmarks examples
+.venv/bin/ruff format --check src tests benchmarks examples
 echo "==> mypy (strict, on the package)"
 .venv/bin/mypy
 echo "==> pytest"

@@ -39,18 +39,21 @@ def smtp() -> Iterator[tuple[LoopbackController, Inbox]]:
         yield controller, inbox
 
 
-def test_chain_registers_champion_and_emails_it(eeg_data: dict[str, Path], home: Path,
-                                                smtp: tuple[LoopbackController, Inbox]) -> None:
+def test_chain_registers_champion_and_emails_it(
+    eeg_data: dict[str, Path], home: Path, smtp: tuple[LoopbackController, Inbox]
+) -> None:
     """Easy data: the chain reaches the goal, registers v1 as champion and challenger, the
     champion classifies raw 22 x 750 epochs, and the success email arrives by SMTP."""
     controller, inbox = smtp
-    settings = load_settings({
-        "TRAINCHAIN_HOME": str(home),
-        "TRAINCHAIN_SMTP_HOST": "127.0.0.1",
-        "TRAINCHAIN_SMTP_PORT": str(controller.port),
-        "TRAINCHAIN_SMTP_TO": "ml-team@example.com",
-        "TRAINCHAIN_SMTP_FROM": "trainchain@example.com",
-    })
+    settings = load_settings(
+        {
+            "TRAINCHAIN_HOME": str(home),
+            "TRAINCHAIN_SMTP_HOST": "127.0.0.1",
+            "TRAINCHAIN_SMTP_PORT": str(controller.port),
+            "TRAINCHAIN_SMTP_TO": "ml-team@example.com",
+            "TRAINCHAIN_SMTP_FROM": "trainchain@example.com",
+        }
+    )
     outcome = run_chain(str(EXAMPLE), settings, data=str(eeg_data["easy"]))
     report = outcome.report
     assert outcome.exit_code == 0, report
@@ -64,7 +67,8 @@ def test_chain_registers_champion_and_emails_it(eeg_data: dict[str, Path], home:
     import mlflow.pyfunc
 
     model = mlflow.pyfunc.load_model(
-        str(tracker.download(report.best_run_id or "", "model", home / "dl")))
+        str(tracker.download(report.best_run_id or "", "model", home / "dl"))
+    )
     heldout = np.load(tracker.download(report.best_run_id or "", "heldout.npz", home / "dl2"))
     assert heldout["X"].shape[1:] == (22, 750)
     labels = model.predict(heldout["X"])
@@ -83,8 +87,9 @@ def test_chain_registers_champion_and_emails_it(eeg_data: dict[str, Path], home:
     assert len(pngs) == 1 and pngs[0].get_content().startswith(b"\x89PNG")
 
 
-def test_medium_data_needs_tuning_and_rerun_keeps_champion(eeg_data: dict[str, Path],
-                                                           home: Path) -> None:
+def test_medium_data_needs_tuning_and_rerun_keeps_champion(
+    eeg_data: dict[str, Path], home: Path
+) -> None:
     """Medium data: the defaults fall short of 0.80 and tuning reaches it; a second run of
     the chain starts from the champion's parameters and, tying it, keeps it champion."""
     settings = load_settings({"TRAINCHAIN_HOME": str(home)})
@@ -104,13 +109,22 @@ def test_medium_data_needs_tuning_and_rerun_keeps_champion(eeg_data: dict[str, P
     assert len(list((home / "outbox").glob("*.eml"))) == 2
 
 
-def test_unreachable_goal_exits_3_and_keeps_champion(eeg_data: dict[str, Path],
-                                                     home: Path) -> None:
+def test_unreachable_goal_exits_3_and_keeps_champion(eeg_data: dict[str, Path], home: Path) -> None:
     """--threshold 0.999 --max-trials 2: exit 3, failure email, champion unchanged."""
     data = str(eeg_data["easy"])
     assert run_cli("run", str(EXAMPLE), "--data", data, "--home", str(home)).returncode == 0
-    out = run_cli("run", str(EXAMPLE), "--data", data, "--threshold", "0.999",
-                  "--max-trials", "2", "--home", str(home))
+    out = run_cli(
+        "run",
+        str(EXAMPLE),
+        "--data",
+        data,
+        "--threshold",
+        "0.999",
+        "--max-trials",
+        "2",
+        "--home",
+        str(home),
+    )
     assert out.returncode == 3, out.stderr
     assert "champion:  eeg-motor-imagery v1" in out.stdout
     failure = sorted((home / "outbox").glob("*goal_not_reached*.eml"))

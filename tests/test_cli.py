@@ -13,8 +13,9 @@ def _home(home: Path) -> list[str]:
     return ["--home", str(home)]
 
 
-def test_run_below_goal_exits_3_with_failure_email(toy_repo: ToyRepo, home: Path,
-                                                   no_cwd_writes: Path) -> None:
+def test_run_below_goal_exits_3_with_failure_email(
+    toy_repo: ToyRepo, home: Path, no_cwd_writes: Path
+) -> None:
     """Budget spent below the goal: exit 3, a failure email in the outbox, nothing promoted,
     and nothing written into the current directory."""
     repo = toy_repo(threshold=0.9999, max_trials=3)
@@ -37,8 +38,7 @@ def test_threshold_override_on_the_command_line(toy_repo: ToyRepo, home: Path) -
     assert "threshold 1.5 is outside the range of metric 'accuracy'" in out.stderr
 
 
-def test_run_pulls_a_git_repository_at_a_ref(toy_repo: ToyRepo, home: Path,
-                                             tmp_path: Path) -> None:
+def test_run_pulls_a_git_repository_at_a_ref(toy_repo: ToyRepo, home: Path, tmp_path: Path) -> None:
     """Given a repository URL, run pulls it at the ref and tags runs with that commit."""
     repo = toy_repo(threshold=0.3)  # the defaults reach it
     sha = git(repo, "rev-parse", "HEAD")
@@ -95,8 +95,9 @@ def test_notify_resends_the_latest_chain(toy_repo: ToyRepo, home: Path) -> None:
     assert msg["X-Trainchain-Status"] == "succeeded"
 
 
-def test_missing_data_and_missing_config_are_clear(tmp_path: Path, toy_repo: ToyRepo,
-                                                   home: Path) -> None:
+def test_missing_data_and_missing_config_are_clear(
+    tmp_path: Path, toy_repo: ToyRepo, home: Path
+) -> None:
     """A missing data folder or trainchain.yaml is one clear error with a hint."""
     out = run_cli("tune", str(toy_repo()), "--data", str(tmp_path / "nope"), *_home(home))
     assert out.returncode == 2 and "does not exist" in out.stderr and "hint:" in out.stderr

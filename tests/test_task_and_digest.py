@@ -20,8 +20,7 @@ def test_task_helper_imports_nothing_outside_the_stdlib() -> None:
         "bad = [m for m in sys.modules if m.split('.')[0] in "
         "{'numpy','yaml','pydantic','mlflow','optuna','rich','sklearn','mne'}]; print(bad)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
 
@@ -39,7 +38,9 @@ def test_contract_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     task.report(1, loss=float("nan"))
     rows = [json.loads(line) for line in (tmp_path / "report.jsonl").read_text().splitlines()]
     assert [(r["step"], r["trial"], r["attempt"], r["loss"]) for r in rows] == [
-        (0, 4, 2, 0.5), (1, 4, 2, None)]
+        (0, 4, 2, 0.5),
+        (1, 4, 2, None),
+    ]
     path = task.write_metrics({"val_accuracy": 0.9, "n": 3})
     assert json.loads(path.read_text()) == {"val_accuracy": 0.9, "n": 3}
 

@@ -115,13 +115,13 @@ def attempt() -> int:
 
 def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            out[key] = value
-        elif isinstance(value, int):
-            out[key] = value
+    for key, raw in values.items():
+        # numpy scalars (np.int64, np.float32) as plain numbers
+        value = raw.item() if type(raw).__module__ == "numpy" and hasattr(raw, "item") else raw
+        if not isinstance(value, float):
+            out[key] = value  # ints, bools, strings as they are
         elif math.isfinite(value):
-            out[key] = float(value)
+            out[key] = value
         else:
             out[key] = None
     return out
