@@ -7,8 +7,9 @@ seed, new recordings are made with that seed and each strategy proposes
 hyperparameters until one reaches the goal or the cap. Every strategy starts from the
 defaults, as the chain does. The objective is the example's own code (its split and
 cross-validation functions, imported from examples/eeg-motor-imagery/train.py),
-evaluated in-process; the subprocess and MLflow overhead of a real trial does not change how many trials are needed, and the
-last step checks that: it runs the real `tune` for the first seed and compares.
+evaluated in-process; the subprocess and MLflow overhead of a real trial does not
+change how many trials are needed, and the last step checks that: it runs the real
+`tune` for the first seed and compares.
 
     .venv/bin/python benchmarks/tuning.py [--seeds 8] [--cap 40] [--no-chain-check]
 """
