@@ -24,9 +24,15 @@ stamp=.venv/.trainchain-installed
 want=$(cat "$reqs" requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)-$reqs
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing pinned requirements ($reqs); the first time takes a few minutes"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r "$reqs"
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+  pip_install() {
+    # A machine-wide pip.conf may name local indexes that do not exist; pip then warns
+    # once per package. Those lines are noise, every other line of pip's is kept.
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" \
+      2> >(grep -v "^WARNING: Location 'file:" >&2)
+  }
+  pip_install --upgrade "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
+  pip_install -r "$reqs"
+  pip_install --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 else
   echo "==> .venv is up to date"

@@ -134,7 +134,11 @@ def _print_summary(report: Any) -> None:
     _out(f"goal:      {report.goal_metric} {op} {report.threshold}: {reached}, best {best}{test}")
     _out(f"trials:    {used} of {report.max_trials}")
     if report.best_params:
-        _out("best:      " + ", ".join(f"{k}={v}" for k, v in report.best_params.items()))
+        shown = ", ".join(
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in report.best_params.items()
+        )
+        _out(f"best:      #{report.best_trial}: {shown}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

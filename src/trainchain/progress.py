@@ -49,10 +49,13 @@ class TuneDisplay:
         if not self.quiet:
             self.console.print(text)
 
-    def trial_started(self, n: int, total: int, params: dict[str, Any], attempt: int = 1) -> None:
+    def trial_started(
+        self, n: int, total: int, params: dict[str, Any], *, number: int, attempt: int = 1
+    ) -> None:
+        """Trial ``n`` of ``total`` (the budget's count) is Optuna's trial ``#number``."""
         if self.quiet:
             return
-        self._label = f"trial {n}/{total}"
+        self._label = f"trial {n}/{total} #{number}"
         shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         extra = f" (attempt {attempt})" if attempt > 1 else ""
         self.console.print(f"  {self._label}{extra}: {shown}")
@@ -92,9 +95,7 @@ class TuneDisplay:
             result = f"{self.metric} {_fmt(value)}"
             if test is not None:
                 result += f" (test {_fmt(test)})"
-        best_text = f"best {_fmt(best)}" + (
-            f" (trial {best_trial})" if best_trial is not None else ""
-        )
+        best_text = f"best {_fmt(best)}" + (f" (#{best_trial})" if best_trial is not None else "")
         self.console.print(
             f"  {self._label or f'trial {n}/{total}'}: {result} | {best_text} | goal {self.goal}"
         )

@@ -262,11 +262,11 @@ class _Session:
         params = suggest(trial, self.model)
         key = trial.user_attrs.get("checkpoint_key", trial.number)
         trial.set_user_attr("checkpoint_key", key)
-        self.display.trial_started(n, total, params)
+        self.display.trial_started(n, total, params, number=trial.number)
 
         def on_attempt(_number: int, attempt: int) -> None:
             if attempt > 1:
-                self.display.trial_started(n, total, params, attempt)
+                self.display.trial_started(n, total, params, number=trial.number, attempt=attempt)
 
         outcome = run_trial(
             self.ctx,
