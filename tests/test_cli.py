@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.policy
 import json
 from pathlib import Path
 
@@ -25,9 +26,11 @@ def test_run_below_goal_exits_3_with_failure_email(
     assert "champion:  none" in out.stdout
     emails = sorted((home / "outbox").glob("*.eml"))
     assert len(emails) == 1
-    msg = email.message_from_bytes(emails[0].read_bytes())
+    msg = email.message_from_bytes(emails[0].read_bytes(), policy=email.policy.default)
     assert "NOT reached" in msg["Subject"] and msg["X-Trainchain-Status"] == "goal_not_reached"
     assert str(emails[0]) in out.stdout
+    body = msg.get_body(("plain",)).get_content()
+    assert "toy: trial 2 attempt 1 starting at step 0" in body  # the last log lines
 
 
 def test_threshold_override_on_the_command_line(toy_repo: ToyRepo, home: Path) -> None:

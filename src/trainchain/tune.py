@@ -281,13 +281,14 @@ class _Session:
         if test_value is not None:
             trial.set_user_attr("test_value", test_value)
         self.study.set_user_attr(ELAPSED_ATTR, self.elapsed)
+        self.last_tail = outcome.log_tail
         if outcome.ok:
             self.study.tell(trial, outcome.metrics[goal.val_metric])
             self.failures = 0
         else:
             self.study.tell(trial, state=TrialState.FAIL)
             self.failures += 1
-            self.last_tail, self.error = outcome.log_tail, outcome.error
+            self.error = outcome.error
         best = _best(self.study, goal.direction)
         self.display.trial_finished(
             n,
@@ -337,7 +338,7 @@ class _Session:
             image=self.prep.lineage.image,
             executor=self.executor.name,
             error=f"{self.failures} trials in a row failed; last: {self.error}" if failed else None,
-            log_tail=self.last_tail if failed else "",
+            log_tail=self.last_tail if not reached else "",
             recipients=model.notify.to,
             jenkins_build_url=settings.jenkins_build_url,
             elapsed_s=self.elapsed,
