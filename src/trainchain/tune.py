@@ -208,13 +208,13 @@ class _Session:
             self.study.set_user_attr(PARENT_ATTR, parent)
         self.parent: str = parent
         retried = _recover(self.study, self.tracker, experiment_id, parent)
+        self.display.start(
+            self.chain_id, resumed, _budget_used(self.study), model.budget.max_trials
+        )
         if not self.study.trials:
             first, source = _first_params(prep, self.tracker)
             self.study.enqueue_trial(first, user_attrs={"source": source})
             self.display.note(f"  the first trial uses the {source}")
-        self.display.start(
-            self.chain_id, resumed, _budget_used(self.study), model.budget.max_trials
-        )
         for number in retried:
             self.display.note(
                 f"  trial {number} was interrupted: it is retried with its "
