@@ -106,3 +106,13 @@ def test_missing_data_and_missing_config_are_clear(
     assert out.returncode == 2 and "does not exist" in out.stderr and "hint:" in out.stderr
     out = run_cli("detect", str(tmp_path), *_home(home))
     assert out.returncode == 4 and "set `image:`" in out.stderr
+
+
+def test_promote_job_on_its_own(toy_repo: ToyRepo, home: Path) -> None:
+    """promote (as its own Jenkins job) reads the chain report; an unknown chain is clear."""
+    assert run_cli("tune", str(toy_repo(threshold=0.3)), *_home(home)).returncode == 0
+    out = run_cli("promote", "--model", "toy", *_home(home))
+    assert out.returncode == 0, out.stderr
+    assert "saved no model" in out.stdout  # the toy script writes metrics only
+    out = run_cli("promote", "--chain", "nope", *_home(home))
+    assert out.returncode == 2 and "no chain 'nope'" in out.stderr

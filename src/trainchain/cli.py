@@ -168,19 +168,31 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 # ---- promote / rollback / models ------------------------------------------
+def _chain_report(settings: Settings, args: argparse.Namespace) -> Any:
+    """The chain named by --chain, else the latest (of --model, when given)."""
+    from trainchain.errors import ConfigError
+    from trainchain.report import ChainReport
+    from trainchain.tune import latest_report
+
+    if not args.chain:
+        return latest_report(settings.chains_dir, args.model)
+    path = settings.chains_dir / f"{args.chain}.json"
+    if not path.exists():
+        raise ConfigError(
+            f"no chain {args.chain!r} under {settings.chains_dir}",
+            hint="chain ids are printed by `trainchain tune` and named in each email",
+        )
+    return ChainReport.load(path)
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     from trainchain.registry import promote
-    from trainchain.report import ChainReport
     from trainchain.tracking import Tracker
-    from trainchain.tune import latest_report, save_report
+    from trainchain.tune import save_report
 
     settings = _settings(args)
-    report = (
-        ChainReport.load(settings.chains_dir / f"{args.chain}.json")
-        if args.chain
-        else latest_report(settings.chains_dir, args.model)
-    )
-    report = promote(report, Tracker(settings.tracking_uri, settings.artifacts))
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    report = promote(_chain_report(settings, args), tracker)
     save_report(settings.chains_dir, report)
     if report.registry_version:
         _out(f"registered {report.model_name} v{report.registry_version} (alias challenger)")
@@ -233,16 +245,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 # ---- job 5 ------------------------------------------------------------------
 def cmd_notify(args: argparse.Namespace) -> int:
     from trainchain.chain import send_report
-    from trainchain.report import ChainReport
-    from trainchain.tune import latest_report
 
     settings = _settings(args)
-    report = (
-        ChainReport.load(settings.chains_dir / f"{args.chain}.json")
-        if args.chain
-        else latest_report(settings.chains_dir, args.model)
-    )
-    delivery = send_report(report, settings)
+    delivery = send_report(_chain_report(settings, args), settings)
     _print_delivery(delivery)
     return 0
 

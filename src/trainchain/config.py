@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from trainchain.errors import ConfigError
 
@@ -55,19 +63,22 @@ def metric_range(metric: str) -> tuple[float, float] | None:
     return METRIC_RANGES.get(base)
 
 
+def _int_as_float(v: Any) -> Any:
+    """Strict mode keeps ``1`` from being a float; in YAML ``1`` and ``1.0`` mean the same."""
+    return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
+Real = Annotated[float, BeforeValidator(_int_as_float)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Goal(_Frozen):
     metric: str = "accuracy"
-    threshold: float
+    threshold: Real
     direction: Direction = Direction.MAXIMIZE
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _int_is_float(cls, v: Any) -> Any:
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @field_validator("direction", mode="before")
     @classmethod
@@ -114,14 +125,9 @@ class Goal(_Frozen):
 
 class Budget(_Frozen):
     max_trials: int = Field(20, ge=1, le=10_000)
-    timeout: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
+    timeout: Real = Field(3600.0, gt=0, le=7 * 24 * 3600)
     seed: int = 0
     max_consecutive_failures: int = Field(3, ge=1, le=100)
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _int_is_float(cls, v: Any) -> Any:
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class IntParam(_Frozen):
@@ -140,15 +146,10 @@ class IntParam(_Frozen):
 
 class FloatParam(_Frozen):
     type: Literal["float"]
-    low: float
-    high: float
-    default: float
+    low: Real
+    high: Real
+    default: Real
     log: bool = False
-
-    @field_validator("low", "high", "default", mode="before")
-    @classmethod
-    def _int_is_float(cls, v: Any) -> Any:
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @model_validator(mode="after")
     def _check(self) -> FloatParam:
@@ -196,12 +197,7 @@ class Data(_Frozen):
 
 
 class Promotion(_Frozen):
-    margin: float = Field(0.0, ge=0.0)
-
-    @field_validator("margin", mode="before")
-    @classmethod
-    def _int_is_float(cls, v: Any) -> Any:
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    margin: Real = Field(0.0, ge=0.0)
 
 
 class Notify(_Frozen):
@@ -224,13 +220,8 @@ class Notify(_Frozen):
 
 
 class Train(_Frozen):
-    timeout: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
+    timeout: Real = Field(3600.0, gt=0, le=7 * 24 * 3600)
     max_attempts: int = Field(2, ge=1, le=10)
-
-    @field_validator("timeout", mode="before")
-    @classmethod
-    def _int_is_float(cls, v: Any) -> Any:
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class Rule(_Frozen):
