@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REPO_ROOT, run_cli
-from tests.test_mailer import Inbox, LoopbackController, _serve
+from tests.smtp_server import Inbox, LoopbackController, serve
 from trainchain.chain import run_chain
 from trainchain.families.eeg_synth import write_synthetic_dataset
 from trainchain.settings import load_settings
@@ -35,7 +35,7 @@ def eeg_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture
 def smtp() -> Iterator[tuple[LoopbackController, Inbox]]:
     inbox = Inbox()
-    for controller in _serve(inbox):
+    for controller in serve(inbox):
         yield controller, inbox
 
 

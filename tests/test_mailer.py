@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email
 import email.policy
@@ -19,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.smtp_server import Inbox, LoopbackController, serve
 from trainchain.errors import NotifyError
 from trainchain.mailer import Delivery, deliver, write_outbox
 from trainchain.notify import render
@@ -35,30 +34,6 @@ PASSWORD = "Sup3r-Secret-pw!"
 
 
 # --- a real SMTP server on loopback ------------------------------------------------------
-
-
-@dataclass
-class Inbox:
-    """aiosmtpd handler: keeps every envelope it accepts."""
-
-    envelopes: list[Envelope] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        with self.lock:
-            self.envelopes.append(envelope)
-        return "250 Message accepted for delivery"
-
-    def messages(self) -> list[EmailMessage]:
-        with self.lock:
-            contents = [e.content for e in self.envelopes]
-        parsed = []
-        for content in contents:
-            assert isinstance(content, bytes)
-            msg = email.message_from_bytes(content, policy=email.policy.default)
-            assert isinstance(msg, EmailMessage)
-            parsed.append(msg)
-        return parsed
 
 
 @dataclass
@@ -80,43 +55,14 @@ class Authenticator:
         return AuthResult(success=ok, handled=False)
 
 
-class LoopbackController(Controller):
-    """Controller bound to 127.0.0.1 on a port the OS picks (no race for a "free" port).
-
-    aiosmtpd's Controller connects to ``self.port`` once the server is up, so port 0
-    needs the bound port written back before that; ``_create_server`` is the hook
-    aiosmtpd documents for subclasses.
-    """
-
-    def _create_server(self) -> Any:
-        creating = super()._create_server()
-
-        async def create_and_learn_port() -> Any:
-            server = await creating
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
-            return server
-
-        return create_and_learn_port()
-
-
 @pytest.fixture
 def inbox() -> Inbox:
     return Inbox()
 
 
-def _serve(handler: Inbox, **kwargs: Any) -> Iterator[LoopbackController]:
-    controller = LoopbackController(handler, hostname="127.0.0.1", port=0, **kwargs)
-    controller.start()
-    try:
-        yield controller
-    finally:
-        controller.stop()
-
-
 @pytest.fixture
 def server(inbox: Inbox) -> Iterator[LoopbackController]:
-    yield from _serve(inbox)
+    yield from serve(inbox)
 
 
 @pytest.fixture
@@ -129,7 +75,7 @@ def auth_server(inbox: Inbox, authenticator: Authenticator) -> Iterator[Loopback
     # auth_require_tls=False: the test server speaks plain SMTP on loopback, and AUTH
     # would otherwise be refused before STARTTLS. auth_required stays False, so
     # aiosmtpd does not warn about "AUTH without TLS".
-    yield from _serve(inbox, authenticator=authenticator, auth_require_tls=False)
+    yield from serve(inbox, authenticator=authenticator, auth_require_tls=False)
 
 
 @pytest.fixture
@@ -613,12 +559,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 
 @pytest.fixture
 def starttls_server(inbox: Inbox, pki: Pki) -> Iterator[LoopbackController]:
-    yield from _serve(inbox, tls_context=pki.server_context(), require_starttls=True)
+    yield from serve(inbox, tls_context=pki.server_context(), require_starttls=True)
 
 
 @pytest.fixture
 def ssl_server(inbox: Inbox, pki: Pki) -> Iterator[LoopbackController]:
-    yield from _serve(inbox, ssl_context=pki.server_context())
+    yield from serve(inbox, ssl_context=pki.server_context())
 
 
 @pytest.fixture
