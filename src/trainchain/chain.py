@@ -82,9 +82,10 @@ def run_chain(
     threshold: float | None = None,
     max_trials: int | None = None,
     timeout: float | None = None,
-    display: TuneDisplay | None = None,
+    quiet: bool = False,
     stream_logs: bool = False,
 ) -> ChainOutcome:
+    """Run the chain; the source is a model folder (used in place) or a repository to pull."""
     path, repository, commit = resolve_source(source, ref, settings, subdir)
     prep = prepare(
         path,
@@ -97,11 +98,11 @@ def run_chain(
         repository=repository,
         commit=commit,
     )
-    if display is not None:
-        display.note(
-            f"detect: {prep.detection.family} family, image {prep.detection.image} "
-            f"({len(prep.detection.evidence)} pieces of evidence)"
-        )
+    display = TuneDisplay.for_goal(prep.loaded.model.goal, quiet=quiet)
+    display.note(
+        f"detect: {prep.detection.family} family, image {prep.detection.image} "
+        f"({len(prep.detection.evidence)} pieces of evidence)"
+    )
     report = tune(prep, get_executor(executor), display=display, stream_logs=stream_logs)
     if report.status == "succeeded":
         report = promote(report, Tracker(settings.tracking_uri, settings.artifacts))

@@ -114,15 +114,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 # ---- job 4 ------------------------------------------------------------------
-def _tune_display(prep: Any, quiet: bool) -> Any:
-    from trainchain.config import Direction
-    from trainchain.progress import TuneDisplay
-
-    goal = prep.loaded.model.goal
-    op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
-    return TuneDisplay(goal.val_metric, goal.threshold, op, quiet=quiet)
-
-
 def _print_summary(report: Any) -> None:
     op = ">=" if report.direction == "maximize" else "<="
     best = "none" if report.best_value is None else f"{report.best_value:.4f}"
@@ -144,6 +135,7 @@ def _print_summary(report: Any) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from trainchain.context import prepare
     from trainchain.executors import get_executor
+    from trainchain.progress import TuneDisplay
     from trainchain.tune import tune
 
     settings = _settings(args)
@@ -159,7 +151,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     report = tune(
         prep,
         get_executor(args.executor),
-        display=_tune_display(prep, args.quiet),
+        display=TuneDisplay.for_goal(prep.loaded.model.goal, quiet=args.quiet),
         stream_logs=args.verbose,
     )
     _print_summary(report)
@@ -261,30 +253,20 @@ def _print_delivery(delivery: Any) -> None:
 
 # ---- the whole chain ------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from trainchain.chain import resolve_source, run_chain
-    from trainchain.config import Direction, load_config
-    from trainchain.progress import TuneDisplay
+    from trainchain.chain import run_chain
 
     settings = _settings(args)
-    path, _, _ = resolve_source(args.source, args.ref, settings, args.subdir)
-    goal = load_config(path).model.goal
-    op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
-    display = TuneDisplay(
-        goal.val_metric,
-        args.threshold if args.threshold is not None else goal.threshold,
-        op,
-        quiet=args.quiet,
-    )
     outcome = run_chain(
-        str(path),
+        args.source,
         settings,
-        subdir="",
+        ref=args.ref,
+        subdir=args.subdir,
         data=args.data,
         executor=args.executor,
         threshold=args.threshold,
         max_trials=args.max_trials,
         timeout=args.timeout,
-        display=display,
+        quiet=args.quiet,
         stream_logs=args.verbose,
     )
     report = outcome.report

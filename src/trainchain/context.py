@@ -14,6 +14,7 @@ from trainchain.config import LoadedConfig, load_config, resolve_data_dir, with_
 from trainchain.detect import DetectionResult, detect
 from trainchain.digest import data_digest
 from trainchain.errors import ConfigError
+from trainchain.executors import get_executor
 from trainchain.gitrepo import describe
 from trainchain.settings import Settings
 from trainchain.training import Lineage
@@ -105,10 +106,12 @@ def prepare(
         if (commit or not source.dirty) and sha != "none"
         else ("dirty-" + code_digest(loaded.root, skip=data_dir)[:12])
     )
+    executor = get_executor(executor).name  # "auto" resolves to what will really run
+    executor = get_executor(executor).name  # "auto" resolves to what will really run
     image = (
         detection.image
         if executor != "local"
-        else (f"local:python{sys.version_info.major}.{sys.version_info.minor}")
+        else f"local:python{sys.version_info.major}.{sys.version_info.minor}"
     )
     lineage = Lineage(
         repository=repo,

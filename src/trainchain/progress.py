@@ -14,6 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.status import Status
 
+from trainchain.config import Direction, Goal
+
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
@@ -35,6 +37,11 @@ class TuneDisplay:
         self.quiet = quiet
         self._status: Status | None = None
         self._label = ""
+
+    @classmethod
+    def for_goal(cls, goal: Goal, *, quiet: bool = False) -> TuneDisplay:
+        op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
+        return cls(goal.val_metric, goal.threshold, op, quiet=quiet)
 
     def start(self, chain_id: str, resumed: bool, used: int, max_trials: int) -> None:
         if self.quiet:

@@ -10,7 +10,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def run_trial(
     *,
     checkpoint_key: int | None = None,
     on_line: LineSink | None = None,
-    on_attempt: Any = None,
+    on_attempt: Callable[[int, int], None] | None = None,
     extra_tags: Mapping[str, str] | None = None,
 ) -> TrialOutcome:
     """Run trial ``number`` to success or to its attempt cap, and log it as one MLflow run."""

@@ -9,6 +9,7 @@ running when the process died is retried with its parameters and checkpoints.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import time
 from collections.abc import Iterator
@@ -103,8 +104,6 @@ def _first_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str
     if version is not None:
         run_id = tracker.version_run_id(model.name, version)
         if run_id:
-            import json
-
             _, _, tags = tracker.run_data(run_id)
             champion = fit_to_space(model, json.loads(tags.get(PARAMS_TAG, "{}")))
             if champion is not None:
@@ -355,11 +354,8 @@ def tune(
     stream_logs: bool = False,
 ) -> ChainReport:
     """Tune ``prep``'s model until the goal or the end of the budget; return the chain report."""
-    goal = prep.loaded.model.goal
-    op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
-    session = _Session(
-        prep, executor, display or TuneDisplay(goal.val_metric, goal.threshold, op), stream_logs
-    )
+    display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
+    session = _Session(prep, executor, display, stream_logs)
     with model_lock(prep.settings.locks, prep.loaded.model.name):
         session.open()
         try:
