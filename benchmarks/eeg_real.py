@@ -133,8 +133,11 @@ def main() -> int:
             )
             if outcome.delivery is not None and outcome.delivery.path is not None:
                 import email
+                import email.policy
 
-                msg = email.message_from_bytes(outcome.delivery.path.read_bytes())
+                msg = email.message_from_bytes(
+                    outcome.delivery.path.read_bytes(), policy=email.policy.default
+                )
                 print(f"  email: {msg['Subject']}", flush=True)
 
     print()
