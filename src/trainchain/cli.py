@@ -230,7 +230,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             v.tags.get("trainchain.chain", ""),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created / 1000)),
         )
-    Console(highlight=False).print(table)
+    console = Console(highlight=False)
+    if not console.is_terminal:  # logs and pipes get the whole table, not 80 columns
+        console = Console(highlight=False, width=160)
+    console.print(table)
     return 0
 
 
