@@ -20,12 +20,13 @@ from typing import Any
 import pytest
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from tests.sample_reports import not_reached, report
 from tests.smtp_server import Inbox, LoopbackController, serve
 from trainchain.errors import NotifyError
 from trainchain.mailer import Delivery, deliver, write_outbox
 from trainchain.notify import render
 from trainchain.plots import metric_plot
-from trainchain.report import ChainReport, TrialSummary
+from trainchain.report import ChainReport
 from trainchain.settings import SmtpSettings, TlsMode
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,46 +104,13 @@ def smtp_settings(port: int, **changes: Any) -> SmtpSettings:
 
 
 def success_report() -> ChainReport:
-    return ChainReport(
-        chain_id="eeg-motor-imagery-20250101T120000Z-1a2b3c",
-        model_name="eeg-motor-imagery",
-        repository="https://git.example.org/lab/eeg-motor-imagery.git",
-        commit="9f1c2e3d4b5a69788796a5b4c3d2e1f0a9b8c7d6",
-        goal_metric="val_accuracy",
-        threshold=0.8,
-        direction="maximize",
-        status="succeeded",
-        max_trials=10,
-        trials=(
-            TrialSummary(0, "COMPLETE", 0.71, {"C": 1.0, "n_components": 4}, 0.70, "run0", 31.0),
-            TrialSummary(1, "FAIL", None, {"C": 100.0, "n_components": 8}),
-            TrialSummary(2, "COMPLETE", 0.84, {"C": 3.5, "n_components": 6}, 0.82, "run2", 29.5),
-        ),
-        best_trial=2,
-        best_value=0.84,
-        best_test_value=0.82,
-        best_params={"C": 3.5, "n_components": 6},
-        best_run_id="run2",
-        registry_version="3",
-        became_champion=True,
-        promotion_reason="test_accuracy 0.82 beats champion v2 (0.79) by more than 0.01",
-        model_uri="models:/eeg-motor-imagery/3",
-        tracking_uri="sqlite:////root/.trainchain/mlflow.db",
-        jenkins_build_url="http://jenkins.example.org/job/trainchain-notify/17/",
-    )
+    return report()
 
 
 def failure_report() -> ChainReport:
-    return success_report().with_(
-        status="goal_not_reached",
-        threshold=0.999,
-        registry_version=None,
-        became_champion=False,
-        promotion_reason="",
-        model_uri=None,
+    return not_reached(
         log_tail="\n".join(f"epoch {i}: val_accuracy=0.{60 + i}" for i in range(12))
-        + "\nbudget exhausted: 3 of 3 trials",
-        max_trials=3,
+        + "\nbudget exhausted: 4 of 4 trials",
     )
 
 
@@ -189,7 +157,7 @@ def test_success_email_arrives_with_subject_facts_and_a_real_png(
     body = plain_body(received)
     assert "Registry version:  3" in body
     assert "Champion:          yes" in body
-    assert "C = 3.5" in body and "n_components = 6" in body
+    assert "C = 3.5" in body and "kernel = 'rbf'" in body
     assert "9f1c2e3d4b5a69788796a5b4c3d2e1f0a9b8c7d6" in body
     [attachment] = list(received.iter_attachments())
     assert attachment.get_filename() == "metric-per-trial.png"
@@ -212,11 +180,11 @@ def test_failure_email_arrives_with_the_last_log_lines(
     [received] = inbox.messages()
     assert received["Subject"] == (
         "[trainchain] eeg-motor-imagery: goal NOT reached "
-        "(best val_accuracy 0.84 < 0.999 after 3 trials)"
+        "(best val_accuracy 0.84 < 0.999 after 4 trials)"
     )
     body = plain_body(received)
     assert "epoch 11: val_accuracy=0.71" in body
-    assert "budget exhausted: 3 of 3 trials" in body
+    assert "budget exhausted: 4 of 4 trials" in body
     assert "Nothing was promoted" in body
 
 
