@@ -118,10 +118,6 @@ class Goal(_Frozen):
             return value >= self.threshold
         return value <= self.threshold
 
-    def better(self, a: float, b: float) -> bool:
-        """Is ``a`` strictly better than ``b``?"""
-        return a > b if self.direction is Direction.MAXIMIZE else a < b
-
 
 class Budget(_Frozen):
     max_trials: int = Field(20, ge=1, le=10_000)
@@ -290,10 +286,6 @@ class LoadedConfig(BaseModel):
 
     model: ModelConfig
     root: Path
-
-    @property
-    def entrypoint_path(self) -> Path:
-        return self.root / self.model.entrypoint
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

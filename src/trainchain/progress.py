@@ -6,7 +6,6 @@ a log (Jenkins, CI) each event is one plain line.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from typing import Any
@@ -77,10 +76,6 @@ class TuneDisplay:
         """A line the training script printed; the spinner shows the latest."""
         if self._status is not None:
             self._status.update(f"{self._label} running: {text[-100:]}")
-
-    def report_row(self, row: dict[str, Any]) -> None:
-        if self._status is not None:
-            self._status.update(f"{self._label} running: {json.dumps(row)[-100:]}")
 
     def trial_finished(
         self,

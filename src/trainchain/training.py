@@ -11,7 +11,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,6 @@ class TrialOutcome:
     duration_s: float
     error: str | None = None
     output_dir: Path | None = None
-    report_rows: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def log_tail(self) -> str:
@@ -239,7 +238,6 @@ def run_trial(
         duration_s=time.monotonic() - start,
         error=error,
         output_dir=output_dir,
-        report_rows=rows,
     )
 
 
