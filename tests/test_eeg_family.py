@@ -417,3 +417,36 @@ def test_example_train_script_honours_the_contract(medium: Path, tmp_path: Path)
     predicted = mlflow.pyfunc.load_model(str(out / "model")).predict(heldout["X"])
     assert set(np.asarray(predicted).tolist()) <= {"left", "right"}
     assert np.mean(np.asarray(predicted) == heldout["y"]) == pytest.approx(metrics["test_accuracy"])
+
+
+def test_sgd_trains_over_epochs_and_resumes_after_the_last_checkpoint(
+    medium: Path, tmp_path: Path
+) -> None:
+    """An interrupted epoch run resumes after its checkpoint: no finished epoch runs twice."""
+    from trainchain.families.eeg import build_pipeline, train_epochs
+
+    x, y, meta = load_epochs(medium)
+    params = {"band": "8-13", "classifier": "sgd"}
+    checkpoint = tmp_path / "ckpt" / "sgd.pkl"
+    rows: list[tuple[int, int]] = []
+
+    def run(epochs: int, attempt: int) -> float:
+        pipe = build_pipeline(params, meta["sfreq"])
+        _, val = train_epochs(
+            pipe,
+            x[:80],
+            y[:80],
+            x[80:],
+            y[80:],
+            epochs=epochs,
+            checkpoint=checkpoint,
+            report=lambda step, **_: rows.append((attempt, step)),
+            log=lambda _m: None,
+        )
+        return val
+
+    run(3, attempt=1)  # stands for an attempt killed after its third epoch
+    val = run(6, attempt=2)
+    assert rows == [(1, 0), (1, 1), (1, 2), (2, 3), (2, 4), (2, 5)]
+    assert 0.5 < val <= 1.0
+    assert [p.name for p in checkpoint.parent.iterdir()] == ["sgd.pkl"]  # written atomically

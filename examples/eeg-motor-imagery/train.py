@@ -17,7 +17,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from trainchain import task
-from trainchain.families.eeg import build_pipeline, load_epochs
+from trainchain.families.eeg import build_pipeline, load_epochs, train_epochs
 
 # Exact versions of the libraries the pickled pipeline needs (as in requirements.txt).
 PIP_REQUIREMENTS = [
@@ -64,12 +64,27 @@ def main():
     X_dev, X_test, y_dev, y_test = split(X, y, test_size, split_seed)
 
     print(f"params {params}")
-    scores = cross_validate(
-        params, X_dev, y_dev, sfreq=sfreq, folds=folds, seed=split_seed, report=task.report
-    )
-    print(f"val_accuracy {np.mean(scores):.3f} +- {np.std(scores):.3f} over {folds} folds")
-
-    pipe = build_pipeline(params, sfreq).fit(X_dev, y_dev)
+    if params.get("classifier") == "sgd":
+        # Trained over epochs on a fit/validation split of the development part, with a
+        # checkpoint after each epoch: a restarted attempt resumes after the last one.
+        X_fit, X_val, y_fit, y_val = split(X_dev, y_dev, 0.25, split_seed)
+        pipe, val = train_epochs(
+            build_pipeline(params, sfreq),
+            X_fit,
+            y_fit,
+            X_val,
+            y_val,
+            epochs=params.get("epochs", 20),
+            checkpoint=task.checkpoint_dir() / "sgd.pkl",
+            report=task.report,
+        )
+        scores = [val]
+    else:
+        scores = cross_validate(
+            params, X_dev, y_dev, sfreq=sfreq, folds=folds, seed=split_seed, report=task.report
+        )
+        print(f"val_accuracy {np.mean(scores):.3f} +- {np.std(scores):.3f} over {folds} folds")
+        pipe = build_pipeline(params, sfreq).fit(X_dev, y_dev)
     test_accuracy = float(np.mean(pipe.predict(X_test) == y_test))
     print(f"test_accuracy {test_accuracy:.3f} on {len(y_test)} held-out epochs")
 

@@ -88,9 +88,14 @@ DEFAULT_PARAMS: Mapping[str, Any] = {
     "C": 1.0,
     "kernel": "rbf",
     "gamma": "scale",
+    # "sgd": a linear classifier trained over epochs (checkpointed, resumable)
+    "classifier": "svc",
+    "epochs": 20,
+    "alpha": 1e-3,
 }
 PIPELINE_PARAMS: tuple[str, ...] = (*DEFAULT_PARAMS, "l_freq", "h_freq")
 _KERNELS = ("linear", "rbf", "poly", "sigmoid")
+_CLASSIFIERS = ("svc", "sgd")
 _IIR_PARAMS: Mapping[str, Any] = {"order": 4, "ftype": "butter", "output": "sos"}
 
 FloatArray = npt.NDArray[np.float64]
@@ -412,7 +417,6 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
     """
     from mne.decoding import CSP
     from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import SVC
 
     unknown = sorted(set(params) - set(PIPELINE_PARAMS))
     if unknown:
@@ -450,6 +454,11 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
         raise EEGDataError(
             f"hyperparameter 'gamma': expected 'scale', 'auto' or a number > 0, got {gamma!r}"
         )
+    if p["classifier"] not in _CLASSIFIERS:
+        raise EEGDataError(
+            f"hyperparameter 'classifier': expected one of {list(_CLASSIFIERS)}, "
+            f"got {p['classifier']!r}"
+        )
     reg = p["csp_reg"]
     if isinstance(reg, str) and reg.lower() in ("none", "null", ""):
         reg = None
@@ -460,6 +469,69 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
             ("bandpass", bandpass),
             ("csp", CSP(n_components=n_components, reg=reg, log=True, rank="full")),
             ("scale", StandardScaler()),
-            ("svc", SVC(C=float(C), kernel=p["kernel"], gamma=gamma)),
+            ("clf", _classifier(p, float(C), gamma)),
         ]
     )
+
+
+def _classifier(p: Mapping[str, Any], C: float, gamma: Any) -> Any:
+    if p["classifier"] == "sgd":
+        from sklearn.linear_model import SGDClassifier
+
+        alpha = p["alpha"]
+        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
+            raise EEGDataError(f"hyperparameter 'alpha': expected a number > 0, got {alpha!r}")
+        return SGDClassifier(loss="hinge", alpha=float(alpha), random_state=0)
+    from sklearn.svm import SVC
+
+    return SVC(C=C, kernel=p["kernel"], gamma=gamma)
+
+
+def train_epochs(
+    pipe: Pipeline,
+    x_fit: Any,
+    y_fit: Any,
+    x_val: Any,
+    y_val: Any,
+    *,
+    epochs: int,
+    checkpoint: Path,
+    report: Any = None,
+    log: Any = print,
+) -> tuple[Pipeline, float]:
+    """Train the pipeline's last step over epochs with ``partial_fit``.
+
+    The feature steps (band-pass, CSP, scaling) are fitted once; each epoch then
+    passes over the shuffled training features, scores the validation part, writes
+    the classifier and the epoch number to ``checkpoint`` atomically, and reports.
+    Started with a checkpoint present, it resumes after the epoch it holds, so no
+    finished epoch runs twice. Returns the fitted pipeline and the last val accuracy.
+    """
+    import pickle
+
+    from trainchain.task import atomic_write_bytes
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise EEGDataError(f"hyperparameter 'epochs': expected an integer >= 1, got {epochs!r}")
+    features = pipe[:-1].fit(x_fit, y_fit)
+    f_fit, f_val = features.transform(x_fit), features.transform(x_val)
+    clf = pipe.steps[-1][1]
+    classes = np.unique(y_fit)
+    start, val = 0, float("nan")
+    if checkpoint.exists():
+        with checkpoint.open("rb") as f:
+            state = pickle.load(f)  # noqa: S301 - our own checkpoint, written below
+        clf, start, val = state["clf"], state["epoch"] + 1, state["val_accuracy"]
+        pipe.steps[-1] = (pipe.steps[-1][0], clf)
+        log(f"resuming after epoch {state['epoch']} (val_accuracy {val:.3f})")
+    for epoch in range(start, epochs):
+        order = np.random.default_rng([0, epoch]).permutation(len(y_fit))  # same on resume
+        clf.partial_fit(f_fit[order], y_fit[order], classes=classes)
+        val = float(np.mean(clf.predict(f_val) == y_val))
+        atomic_write_bytes(
+            checkpoint, pickle.dumps({"epoch": epoch, "clf": clf, "val_accuracy": val})
+        )
+        if report is not None:
+            report(step=epoch, val_accuracy=val)
+        log(f"epoch {epoch + 1}/{epochs}: val_accuracy {val:.3f}")
+    return pipe, val
