@@ -218,6 +218,20 @@ class Notify(_Frozen):
 class Train(_Frozen):
     timeout: Real = Field(3600.0, gt=0, le=7 * 24 * 3600)
     max_attempts: int = Field(2, ge=1, le=10)
+    # container limits (Docker executor): memory as Docker writes it, CPUs as a number
+    memory: str = Field("4g", pattern=r"^[0-9]+(\.[0-9]+)?[bkmg]$")
+    cpus: Real = Field(2.0, gt=0, le=256)
+    # None: no network in the training container; "host" or a network name to allow one
+    network: str | None = None
+
+
+class WatchdogPolicy(_Frozen):
+    """How the watchdog treats a dead or hung training container of this model."""
+
+    max_restarts: int = Field(3, ge=0, le=20)
+    heartbeat_limit: Real = Field(900.0, gt=0, le=7 * 24 * 3600)  # seconds without a report
+    backoff: Real = Field(2.0, ge=0, le=600)  # first restart delay, doubled each time
+    backoff_max: Real = Field(60.0, ge=0, le=3600)
 
 
 class Rule(_Frozen):
@@ -263,6 +277,7 @@ class ModelConfig(_Frozen):
     promotion: Promotion = Field(default_factory=Promotion)  # type: ignore[arg-type]
     notify: Notify = Field(default_factory=Notify)
     train: Train = Field(default_factory=Train)  # type: ignore[arg-type]
+    watchdog: WatchdogPolicy = Field(default_factory=WatchdogPolicy)  # type: ignore[arg-type]
     detection: Detection = Field(default_factory=Detection)
 
     @field_validator("search_space")
