@@ -57,9 +57,20 @@ def make_objective(data_dir: Path, config: Any) -> Callable[[dict[str, Any]], fl
     x, y, meta = load_epochs(data_dir, **options)
     x_dev, _, y_dev, _ = train.split(x, y, test_size, split_seed)
 
+    scratch = Path(tempfile.mkdtemp(prefix="trainchain-objective-"))
+    calls = itertools.count()
+
     def objective(params: dict[str, Any]) -> float:
-        scores = train.cross_validate(
-            params, x_dev, y_dev, sfreq=meta["sfreq"], folds=folds, seed=split_seed
+        # a fresh checkpoint path per call: every evaluation trains from scratch
+        scores, _ = train.validate(
+            params,
+            x_dev,
+            y_dev,
+            sfreq=meta["sfreq"],
+            folds=folds,
+            seed=split_seed,
+            checkpoint=scratch / f"{next(calls)}.pkl",
+            log=lambda _message: None,
         )
         return float(sum(scores) / len(scores))
 

@@ -46,6 +46,34 @@ def cross_validate(params, X, y, *, sfreq, folds, seed, report=None):
     return scores
 
 
+def validate(params, X_dev, y_dev, *, sfreq, folds, seed, checkpoint, report=None, log=print):
+    """Validation scores on the development part, and the pipeline when already fitted.
+
+    svc: stratified k-fold cross-validation (the pipeline is fitted afterwards on the
+    whole development part). sgd: trained over epochs on a fit/validation split, with
+    a checkpoint after each epoch, so a restarted attempt resumes after the last one.
+    """
+    if params.get("classifier") == "sgd":
+        X_fit, X_val, y_fit, y_val = split(X_dev, y_dev, 0.25, seed)
+        pipe, val = train_epochs(
+            build_pipeline(params, sfreq),
+            X_fit,
+            y_fit,
+            X_val,
+            y_val,
+            epochs=params.get("epochs", 20),
+            checkpoint=checkpoint,
+            report=report,
+            log=log,
+        )
+        return [val], pipe
+    scores = cross_validate(
+        params, X_dev, y_dev, sfreq=sfreq, folds=folds, seed=seed, report=report
+    )
+    log(f"val_accuracy {np.mean(scores):.3f} +- {np.std(scores):.3f} over {folds} folds")
+    return scores, None
+
+
 def main():
     started = time.perf_counter()
     mne.set_log_level("ERROR")
@@ -64,26 +92,17 @@ def main():
     X_dev, X_test, y_dev, y_test = split(X, y, test_size, split_seed)
 
     print(f"params {params}")
-    if params.get("classifier") == "sgd":
-        # Trained over epochs on a fit/validation split of the development part, with a
-        # checkpoint after each epoch: a restarted attempt resumes after the last one.
-        X_fit, X_val, y_fit, y_val = split(X_dev, y_dev, 0.25, split_seed)
-        pipe, val = train_epochs(
-            build_pipeline(params, sfreq),
-            X_fit,
-            y_fit,
-            X_val,
-            y_val,
-            epochs=params.get("epochs", 20),
-            checkpoint=task.checkpoint_dir() / "sgd.pkl",
-            report=task.report,
-        )
-        scores = [val]
-    else:
-        scores = cross_validate(
-            params, X_dev, y_dev, sfreq=sfreq, folds=folds, seed=split_seed, report=task.report
-        )
-        print(f"val_accuracy {np.mean(scores):.3f} +- {np.std(scores):.3f} over {folds} folds")
+    scores, pipe = validate(
+        params,
+        X_dev,
+        y_dev,
+        sfreq=sfreq,
+        folds=folds,
+        seed=split_seed,
+        checkpoint=task.checkpoint_dir() / "sgd.pkl",
+        report=task.report,
+    )
+    if pipe is None:
         pipe = build_pipeline(params, sfreq).fit(X_dev, y_dev)
     test_accuracy = float(np.mean(pipe.predict(X_test) == y_test))
     print(f"test_accuracy {test_accuracy:.3f} on {len(y_test)} held-out epochs")
