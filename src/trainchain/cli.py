@@ -297,6 +297,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return outcome.exit_code
 
 
+# ---- images -------------------------------------------------------------------
+def cmd_images_list(args: argparse.Namespace) -> int:
+    from trainchain.config import load_config
+    from trainchain.detect import effective_rules
+    from trainchain.images import list_images
+
+    detection = load_config(args.path).model.detection if args.path else None
+    infos = list_images(effective_rules(detection))
+    width = max(len(i.image) for i in infos)
+    _out(f"{'family':<10} {'image':<{width}}  status")
+    for info in infos:
+        status = (
+            f"built {info.created}, {info.size_mb:.0f} MB"
+            if info.present
+            else "missing: run scripts/build-images.sh " + info.build_name
+        )
+        _out(f"{info.family:<10} {info.image:<{width}}  {status}")
+    return 0
+
+
+def cmd_images_build(args: argparse.Namespace) -> int:
+    from trainchain.images import build
+
+    return build(args.families)
+
+
 # ---- data -------------------------------------------------------------------
 def cmd_synth_eeg(args: argparse.Namespace) -> int:
     from trainchain.families.eeg_synth import write_synthetic_dataset
@@ -393,6 +419,21 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     sp.add_argument("--ref", help="branch, tag or commit to pull")
     sp.add_argument("--subdir", default="", help="the model's folder inside the repository")
     add_run_opts(sp)
+
+    images = add("images", lambda a: 0, "training images: list and build")
+    isub = images.add_subparsers(dest="images_command", required=True, metavar="COMMAND")
+    sp = isub.add_parser(
+        "list", parents=[common], help="each detection rule's image and whether it is built"
+    )
+    sp.set_defaults(func=cmd_images_list)
+    sp.add_argument("path", nargs="?", help="a model repository (its detection rules count)")
+    sp = isub.add_parser(
+        "build", parents=[common], help="build training images (scripts/build-images.sh)"
+    )
+    sp.set_defaults(func=cmd_images_build)
+    sp.add_argument(
+        "families", nargs="*", help="eeg, sklearn, tensorflow or all (default: eeg sklearn)"
+    )
 
     data = add("data", lambda a: 0, "data helpers")
     dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
