@@ -213,6 +213,9 @@ def main() -> int:
                 row.append(f"{cell:>18}")
             print(" ".join(row), flush=True)
 
+        def mean(values: list[int | None]) -> float:
+            return statistics.mean(v if v is not None else args.cap + 1 for v in values)
+
         def med(values: list[int | None]) -> float:
             # a run that never reached the goal counts as cap + 1 (so the median is honest)
             return statistics.median(v if v is not None else args.cap + 1 for v in values)
@@ -223,7 +226,7 @@ def main() -> int:
                 values = results[(strategy, goal)]
                 misses = sum(v is None for v in values)
                 print(
-                    f"  median trials, {strategy:>6}: {med(values):5.1f}"
+                    f"  trials, {strategy:>6}: median {med(values):5.1f}, mean {mean(values):5.1f}"
                     + (
                         f"  ({misses} of {args.seeds} seeds not within {args.cap})"
                         if misses
@@ -231,7 +234,11 @@ def main() -> int:
                     )
                 )
             ratio = med(results[("ours", goal)]) / med(results[("random", goal)])
-            print(f"  ratio ours/random: {ratio:.2f} (below 1: fewer trials than random search)")
+            ratio_mean = mean(results[("ours", goal)]) / mean(results[("random", goal)])
+            print(
+                f"  ratio ours/random: {ratio:.2f} by median, {ratio_mean:.2f} by mean "
+                "(below 1: fewer trials than random search)"
+            )
             print(
                 f"  ratio ours/grid:   "
                 f"{med(results[('ours', goal)]) / med(results[('grid', goal)]):.2f}"
