@@ -103,7 +103,12 @@ def run_chain(
         f"detect: {prep.detection.family} family, image {prep.detection.image} "
         f"({len(prep.detection.evidence)} pieces of evidence)"
     )
-    report = tune(prep, get_executor(executor), display=display, stream_logs=stream_logs)
+    report = tune(
+        prep,
+        get_executor(prep.lineage.executor, prep.loaded.model, settings),
+        display=display,
+        stream_logs=stream_logs,
+    )
     if report.status == "succeeded":
         report = promote(report, Tracker(settings.tracking_uri, settings.artifacts))
     elif report.status == "goal_not_reached":

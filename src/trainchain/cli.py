@@ -91,7 +91,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         loaded=prep.loaded,
         settings=settings,
         tracker=tracker,
-        executor=get_executor(args.executor),
+        executor=get_executor(prep.lineage.executor, model, settings),
         lineage=prep.lineage,
         chain_id=chain_id,
         experiment_id=tracker.experiment_id(model.name),
@@ -150,7 +150,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     report = tune(
         prep,
-        get_executor(args.executor),
+        get_executor(prep.lineage.executor, prep.loaded.model, settings),
         display=TuneDisplay.for_goal(prep.loaded.model.goal, quiet=args.quiet),
         stream_logs=args.verbose,
     )
@@ -338,6 +338,43 @@ def cmd_synth_eeg(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- job 6 ------------------------------------------------------------------
+def cmd_watchdog(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from trainchain.executors.docker import connect
+    from trainchain.watchdog import Watchdog, WatchdogPolicy
+
+    settings = _settings(args)
+
+    def on_give_up(labels: Any, reason: str) -> None:  # the lead wires Optuna/MLflow/email here
+        _out(
+            f"gave up: {labels.get('trainchain.model')} trial {labels.get('trainchain.trial')} "
+            f"(run {labels.get('trainchain.run')}): {reason}"
+        )
+
+    dog = Watchdog(
+        connect(),
+        locks_dir=settings.locks,
+        policy=WatchdogPolicy(heartbeat_limit=args.heartbeat_limit, max_restarts=args.max_restarts),
+        on_give_up=on_give_up,
+    )
+    if args.once:
+        for entry in dog.scan_once():
+            done = "done" if entry.handled else "waiting"
+            _out(f"{entry.name}: {entry.action.kind.value} ({done}): {entry.action.reason}")
+        return 0
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _out(f"watchdog: supervising trainchain containers (a scan every {args.interval:g} s)")
+    try:
+        dog.run(args.interval, stop)
+    except KeyboardInterrupt:
+        stop.set()
+    return 0
+
+
 # ---- parser -------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations only
     common = argparse.ArgumentParser(add_help=False)
@@ -365,9 +402,10 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
         sp.add_argument("--data", help="data folder (overrides data.path)")
         sp.add_argument(
             "--executor",
-            default="local",
-            choices=["auto", "local"],
-            help="where training runs (default: local)",
+            default="auto",
+            choices=["auto", "docker", "local"],
+            help="where training runs: docker, local, or auto (docker when an engine "
+            "answers; the default)",
         )
         if budget:
             sp.add_argument("--threshold", type=float, help="goal threshold (overrides goal)")
@@ -419,6 +457,23 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     sp.add_argument("--ref", help="branch, tag or commit to pull")
     sp.add_argument("--subdir", default="", help="the model's folder inside the repository")
     add_run_opts(sp)
+
+    sp = add("watchdog", cmd_watchdog, "job 6: restart dead or hung training containers")
+    sp.add_argument("--once", action="store_true", help="scan once and exit")
+    sp.add_argument("--interval", type=float, default=30.0, help="seconds between scans")
+    sp.add_argument(
+        "--heartbeat-limit",
+        type=float,
+        default=900.0,
+        help="seconds without a report line before a running container counts as hung "
+        "(a container's own watchdog.heartbeat_limit wins)",
+    )
+    sp.add_argument(
+        "--max-restarts",
+        type=int,
+        default=3,
+        help="restarts of a trial before giving up (a container's own watchdog.max_restarts wins)",
+    )
 
     images = add("images", lambda a: 0, "training images: list and build")
     isub = images.add_subparsers(dest="images_command", required=True, metavar="COMMAND")

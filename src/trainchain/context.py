@@ -14,7 +14,7 @@ from trainchain.config import LoadedConfig, load_config, resolve_data_dir, with_
 from trainchain.detect import DetectionResult, detect
 from trainchain.digest import data_digest
 from trainchain.errors import ConfigError
-from trainchain.executors import get_executor
+from trainchain.executors import resolve_executor
 from trainchain.gitrepo import describe
 from trainchain.settings import Settings
 from trainchain.training import Lineage
@@ -106,8 +106,8 @@ def prepare(
         if (commit or not source.dirty) and sha != "none"
         else ("dirty-" + code_digest(loaded.root, skip=data_dir)[:12])
     )
-    executor = get_executor(executor).name  # "auto" resolves to what will really run
-    executor = get_executor(executor).name  # "auto" resolves to what will really run
+    # "auto" resolves to what will really run
+    executor = resolve_executor(executor, detection.image)
     image = (
         detection.image
         if executor != "local"

@@ -156,7 +156,9 @@ def run_trial(
     error: str | None = None
     output_dir = trial_dir
     start = time.monotonic()
-    for attempt in range(1, model.train.max_attempts + 1):
+    # an executor that supervises restarts (docker) returns one result for the whole trial
+    max_attempts = 1 if ctx.executor.supervises_restarts else model.train.max_attempts
+    for attempt in range(1, max_attempts + 1):
         attempt_dir = trial_dir / f"attempt-{attempt}"
         if attempt_dir.exists():
             shutil.rmtree(attempt_dir)  # a half-written attempt from a killed run
@@ -204,12 +206,12 @@ def run_trial(
         else:
             error = f"attempt {attempt} {result.describe()}"
         log.warning("trial %d attempt %d failed: %s", number, attempt, error)
-        if attempt < model.train.max_attempts:
+        if attempt < max_attempts:
             log.warning(
                 "trial %d: retrying (attempt %d of %d), resuming from %s",
                 number,
                 attempt + 1,
-                model.train.max_attempts,
+                max_attempts,
                 ckpt_dir,
             )
 
@@ -219,7 +221,7 @@ def run_trial(
         run_id,
         metrics=metrics,
         tags={
-            "trainchain.attempts": str(len(attempts)),
+            "trainchain.attempts": str(sum(1 + a.restarts for a in attempts)),
             "trainchain.status": "ok" if ok else "failed",
         }
         | ({"trainchain.error": error[:4000]} if error else {}),

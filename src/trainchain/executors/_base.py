@@ -53,6 +53,7 @@ class AttemptResult:
     timed_out: bool = False
     oom_killed: bool = False
     error: str | None = None  # the executor's own failure (could not start, ...)
+    restarts: int = 0  # restarts inside this result (an executor that supervises them)
 
     @property
     def ok(self) -> bool:
@@ -72,6 +73,8 @@ class AttemptResult:
 
 class Executor(Protocol):
     name: str
+    # True: run() restarts failed attempts itself and returns one result per trial
+    supervises_restarts: bool
 
     def run(self, spec: AttemptSpec, on_line: LineSink | None = None) -> AttemptResult:
         """Run the attempt to its end; stream each log line to ``on_line``."""

@@ -32,6 +32,7 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
 
 class LocalExecutor:
     name = "local"
+    supervises_restarts = False
 
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
