@@ -348,11 +348,14 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
 
-    def on_give_up(labels: Any, reason: str) -> None:  # the lead wires Optuna/MLflow/email here
+    def on_give_up(labels: Any, reason: str) -> None:
+        from trainchain.giveup import record_give_up
+
         _out(
             f"gave up: {labels.get('trainchain.model')} trial {labels.get('trainchain.trial')} "
             f"(run {labels.get('trainchain.run')}): {reason}"
         )
+        record_give_up(settings, labels, reason)
 
     dog = Watchdog(
         connect(),

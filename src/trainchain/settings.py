@@ -72,6 +72,14 @@ class Settings:
         return self.home / "locks"
 
 
+def ensure_sqlite_folder(url: str) -> None:
+    """A ``sqlite:///path`` store needs its folder; other URLs are left alone."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        if str(path) not in {"", ":memory:"}:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+
 def _split(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 

@@ -7,6 +7,7 @@ import warnings
 from typing import Any
 
 from trainchain.config import CategoricalParam, Direction, FloatParam, IntParam, ModelConfig
+from trainchain.settings import ensure_sqlite_folder
 
 log = logging.getLogger(__name__)
 
@@ -18,6 +19,7 @@ def open_study(storage_url: str, name: str, direction: Direction, seed: int) -> 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ensure_sqlite_folder(storage_url)
     storage = optuna.storages.RDBStorage(
         storage_url,
         engine_kwargs={"connect_args": {"timeout": 60}} if storage_url.startswith("sqlite") else {},

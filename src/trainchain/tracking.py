@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from trainchain.errors import RegistryError
+from trainchain.settings import ensure_sqlite_folder
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class Tracker:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         from mlflow import MlflowClient
 
+        ensure_sqlite_folder(tracking_uri)
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

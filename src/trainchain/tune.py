@@ -285,7 +285,9 @@ class _Session:
             self.study.tell(trial, outcome.metrics[goal.val_metric])
             self.failures = 0
         else:
-            self.study.tell(trial, state=TrialState.FAIL)
+            if self.study.trials[trial.number].state is TrialState.RUNNING:
+                self.study.tell(trial, state=TrialState.FAIL)
+            # else: a watchdog that gave up on it already marked it failed
             self.failures += 1
             self.error = outcome.error
         best = _best(self.study, goal.direction)

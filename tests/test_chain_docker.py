@@ -1,0 +1,70 @@
+"""The chain with training in containers of the real EEG image (the Docker tier).
+
+Needs a Docker engine and `trainchain/train-eeg:0.1.0` (scripts/start-docker.sh and
+scripts/build-images.sh eeg, as .ci/run does). Skipped with the reason where either is
+missing, except where CI is set: there a missing engine or image fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO_ROOT, run_cli
+from trainchain.families.eeg_synth import write_synthetic_dataset
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+IMAGE = "trainchain/train-eeg:0.1.0"
+
+
+def _missing() -> str | None:
+    from trainchain.images import docker_client
+
+    try:
+        client = docker_client(timeout=10)
+    except Exception as err:
+        return f"no Docker engine ({err})"
+    import docker
+
+    try:
+        client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        return f"{IMAGE} is not built (scripts/build-images.sh eeg)"
+    return None
+
+
+WHY = _missing()
+if WHY is not None:
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {WHY}: the Docker tier must run in CI", pytrace=False)
+    pytest.skip(WHY, allow_module_level=True)
+
+
+def test_chain_trains_in_the_eeg_image(tmp_path: Path, home: Path) -> None:
+    """`run --executor docker`: every trial ran in a container of the detected image, and
+    the champion is registered with the image in its lineage."""
+    data = tmp_path / "easy"
+    write_synthetic_dataset(data, subjects=1, difficulty="easy", seed=0)
+    out = run_cli(
+        "run",
+        str(REPO_ROOT / "examples" / "eeg-motor-imagery"),
+        "--executor",
+        "docker",
+        "--data",
+        str(data),
+        "--home",
+        str(home),
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "champion:  eeg-motor-imagery v1" in out.stdout
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    version = client.get_model_version("eeg-motor-imagery", "1")
+    assert version.tags["trainchain.image"] == IMAGE
+    assert version.tags["trainchain.executor"] == "docker"
+    records = list((home / "runs").glob("*/trial-*/attempt-*/container.json"))
+    assert records, "each attempt keeps its container's exit state"
+    assert '"ExitCode": 0' in records[0].read_text() or '"exit_code": 0' in records[0].read_text()
