@@ -68,10 +68,7 @@ if [ -z "$running" ] && ! command -v dockerd >/dev/null 2>&1; then
   echo "    installed $(dpkg-query -W -f '${Package} ${Version}' docker.io) in $((SECONDS - started)) s"
 fi
 
-if [ -n "$running" ]; then
-  echo "==> dockerd is already running (pid $running) but does not answer yet; waiting for it"
-  pid=${running%%$'\n'*}
-else
+start_dockerd() {
   mkdir -p "$(dirname "$LOG")"
   echo "==> starting dockerd --iptables=false --bridge=none (log: $LOG)"
   printf '\n=== %s scripts/start-docker.sh starts dockerd\n' "$(date -u +%FT%TZ)" >> "$LOG"
@@ -81,6 +78,15 @@ else
   sleep 0.5
   pid=$(pgrep -x -n dockerd || true)
   [ -n "$pid" ] || pid=$launched
+  ours=1
+}
+
+ours=0
+if [ -n "$running" ]; then
+  echo "==> dockerd is already running (pid $running) but does not answer yet; waiting for it"
+  pid=${running%%$'\n'*}
+else
+  start_dockerd
 fi
 dockerd_alive() { kill -0 "$pid" 2>/dev/null || [ -n "$(pgrep -x dockerd || true)" ]; }
 
@@ -91,6 +97,12 @@ while [ "$SECONDS" -lt "$deadline" ]; do
     exit 0
   fi
   if ! dockerd_alive; then
+    if [ "$ours" = 0 ]; then
+      # the dockerd we found was on its way out (killed with its session): start ours, once
+      echo "==> dockerd (pid $pid) went away without answering; starting a new one"
+      start_dockerd
+      continue
+    fi
     echo "error: dockerd (pid $pid) exited before answering; the end of $LOG:" >&2
     tail -n 30 "$LOG" >&2 || true
     exit 1
