@@ -68,3 +68,34 @@ def test_chain_trains_in_the_eeg_image(tmp_path: Path, home: Path) -> None:
     records = list((home / "runs").glob("*/trial-*/attempt-*/container.json"))
     assert records, "each attempt keeps its container's exit state"
     assert '"ExitCode": 0' in records[0].read_text() or '"exit_code": 0' in records[0].read_text()
+
+
+def test_restart_cap_in_a_tune_fails_the_trial_and_emails(tmp_path: Path, home: Path) -> None:
+    """A script that always dies: restarted up to watchdog.max_restarts, then the trial is
+    failed (exit 6 from train), its MLflow run FAILED, and a failure email is written."""
+    repo = tmp_path / "dies"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "x.txt").write_text("x")
+    (repo / "train.py").write_text(
+        "import sys\nfrom trainchain import task\n"
+        "print(f'attempt {task.attempt()} dying', flush=True)\nsys.exit(2)\n"
+    )
+    (repo / "trainchain.yaml").write_text(
+        f"name: dies\nentrypoint: train.py\nimage: {IMAGE}\ndata: {{path: data}}\n"
+        "goal: {metric: accuracy, threshold: 0.5}\n"
+        "search_space: {x: {type: float, low: 0, high: 1, default: 0.5}}\n"
+        "watchdog: {max_restarts: 1, backoff: 0}\n"
+    )
+    out = run_cli("train", str(repo), "--executor", "docker", "--home", str(home))
+    assert out.returncode == 6, out.stdout + out.stderr
+    assert "attempt 2 dying" in out.stdout + out.stderr  # restarted once, then gave up
+    runs = MlflowClient(f"sqlite:///{home / 'mlflow.db'}").search_runs(
+        [
+            MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+            .get_experiment_by_name("dies")
+            .experiment_id
+        ]
+    )
+    assert [r.info.status for r in runs] == ["FAILED"]
+    emails = list((home / "outbox").glob("*failed.eml"))
+    assert len(emails) == 1 and "gave up" in emails[0].read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from trainchain.executors._base import AttemptResult, AttemptSpec, Executor, LineSink
@@ -75,4 +76,11 @@ def get_executor(
         )
     from trainchain.executors.docker import DockerExecutor
 
-    return DockerExecutor.from_config(model.train, model.watchdog, locks_dir=settings.locks)
+    def on_give_up(labels: Mapping[str, str], reason: str) -> None:
+        from trainchain.giveup import record_give_up
+
+        record_give_up(settings, labels, reason)
+
+    return DockerExecutor.from_config(
+        model.train, model.watchdog, locks_dir=settings.locks, on_give_up=on_give_up
+    )

@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -584,6 +584,7 @@ class DockerExecutor:
         successor_wait: float = 60.0,
         base_url: str | None = None,
         client_timeout: float = 30.0,
+        on_give_up: Callable[[Mapping[str, str], str], None] | None = None,
     ) -> None:
         from trainchain.watchdog import WatchdogPolicy
 
@@ -604,6 +605,7 @@ class DockerExecutor:
         self.user = user
         self.python = python
         self.stop_grace = stop_grace
+        self.on_give_up = on_give_up  # past the cap: mark the trial failed, send the email
         self.successor_wait = successor_wait
         self.base_url = base_url
         self.client_timeout = client_timeout
@@ -807,7 +809,12 @@ class DockerExecutor:
                     return None
                 continue
             return watchdog.handle(
-                client, container, action, locks_dir=self.locks_dir, stop_grace=self.stop_grace
+                client,
+                container,
+                action,
+                locks_dir=self.locks_dir,
+                stop_grace=self.stop_grace,
+                on_give_up=self.on_give_up,
             )
 
     def _await_successor(
