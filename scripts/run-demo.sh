@@ -16,4 +16,5 @@ if [ ! -d "$data" ]; then
 fi
 
 echo "==> trainchain run examples/eeg-motor-imagery (state in $TRAINCHAIN_HOME)"
-.venv/bin/trainchain run examples/eeg-motor-imagery --data "$data" "$@"
+# the local executor, so the demo needs no Docker engine; --executor docker overrides it
+.venv/bin/trainchain run examples/eeg-motor-imagery --data "$data" --executor local "$@"
