@@ -43,6 +43,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "trainchain/test-base:bookworm"
 TOY_IMAGE = "trainchain/test-toy:latest"
 SOURCE_LABEL = "trainchain.test.source"
+BUILD_BASE = "trainchain/python-base:3.11-bookworm"
 
 pytestmark = pytest.mark.docker
 
@@ -122,6 +123,11 @@ def _ensure_base(client: Any) -> None:
 
     try:
         client.images.get(BASE_IMAGE)
+        return
+    except docker.errors.ImageNotFound:
+        pass
+    try:  # the base scripts/build-images.sh made (as in CI) is the same Debian + Python
+        client.images.get(BUILD_BASE).tag(BASE_IMAGE)
         return
     except docker.errors.ImageNotFound:
         pass
