@@ -58,9 +58,13 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
 }
 
 
+def base_metric(metric: str) -> str:
+    """``val_accuracy`` and ``test_accuracy`` are both the metric ``accuracy``."""
+    return re.sub(r"^(val|test)_", "", metric)
+
+
 def metric_range(metric: str) -> tuple[float, float] | None:
-    base = re.sub(r"^(val|test)_", "", metric)
-    return METRIC_RANGES.get(base)
+    return METRIC_RANGES.get(base_metric(metric))
 
 
 def _int_as_float(v: Any) -> Any:
@@ -109,7 +113,7 @@ class Goal(_Frozen):
 
     @property
     def test_metric(self) -> str:
-        return "test_" + re.sub(r"^(val|test)_", "", self.metric)
+        return "test_" + base_metric(self.metric)
 
     def reached(self, value: float | None) -> bool:
         if value is None or not math.isfinite(value):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from trainchain import task
-from trainchain.config import Direction, Goal
+from trainchain.config import Direction, Goal, base_metric
 from trainchain.promotion import decide
 from trainchain.report import ChainReport
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
@@ -97,13 +96,13 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     _, metrics, run_tags = tracker.run_data(report.best_run_id)
     tags = {k: v for k, v in run_tags.items() if k.startswith("trainchain.")}
     tags["trainchain.chain"] = report.chain_id
-    for k in (report.goal_metric, "test_" + re.sub(r"^(val|test)_", "", report.goal_metric)):
+    for k in (report.goal_metric, goal.test_metric):
         if k in metrics:
             tags[f"metric.{k}"] = f"{metrics[k]:.6g}"
     version = tracker.register(name, report.best_run_id, tags)
     tracker.set_alias(name, CHALLENGER, version)
     champion = tracker.alias_version(name, CHAMPION)
-    metric = re.sub(r"^(val|test)_", "", report.goal_metric)
+    metric = base_metric(report.goal_metric)
     cand = champ = None
     error = None
     if champion is not None:
