@@ -238,6 +238,33 @@ class WatchdogPolicy(_Frozen):
     backoff_max: Real = Field(60.0, ge=0, le=3600)
 
 
+class Pruning(_Frozen):
+    """Stop a trial whose per-step reports fall below the median of earlier trials.
+
+    Optuna's MedianPruner: a trial is pruned at a step when its best value so far is
+    worse than the median of the completed trials' values at that step.
+    """
+
+    enabled: bool = True
+    startup_trials: int = Field(3, ge=0, le=1000)  # completed trials before any pruning
+    warmup_steps: int = Field(2, ge=0, le=100_000)  # a trial's first steps are never pruned
+
+
+class EarlyStopping(_Frozen):
+    """The policy passed to the script (``TRAINCHAIN_EARLY_STOPPING``); the script stops."""
+
+    enabled: bool = True
+    patience: int = Field(5, ge=1, le=1000)  # steps without improvement before stopping
+    min_delta: Real = Field(0.0, ge=0.0)  # the least change that counts as an improvement
+
+    @field_validator("min_delta")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("expected a finite number >= 0")
+        return v
+
+
 class Rule(_Frozen):
     """A detection rule: any of ``symbols`` in the code means ``family`` and ``image``.
 
@@ -283,6 +310,8 @@ class ModelConfig(_Frozen):
     train: Train = Field(default_factory=Train)  # type: ignore[arg-type]
     watchdog: WatchdogPolicy = Field(default_factory=WatchdogPolicy)  # type: ignore[arg-type]
     detection: Detection = Field(default_factory=Detection)
+    pruning: Pruning = Field(default_factory=Pruning)  # type: ignore[arg-type]
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)  # type: ignore[arg-type]
 
     @field_validator("search_space")
     @classmethod
@@ -296,6 +325,18 @@ class ModelConfig(_Frozen):
 
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.search_space.items()}
+
+    def early_stopping_policy(self) -> dict[str, Any] | None:
+        """What ``TRAINCHAIN_EARLY_STOPPING`` holds for the script; None when disabled."""
+        policy = self.early_stopping
+        if not policy.enabled:
+            return None
+        return {
+            "monitor": self.goal.val_metric,
+            "mode": "max" if self.goal.direction is Direction.MAXIMIZE else "min",
+            "patience": policy.patience,
+            "min_delta": policy.min_delta,
+        }
 
 
 class LoadedConfig(BaseModel):
