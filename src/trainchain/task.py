@@ -10,6 +10,11 @@ In:
   ``TRAINCHAIN_DATA_OPTIONS``  JSON file: ``data.options`` of trainchain.yaml (may be absent)
   ``TRAINCHAIN_CHECKPOINT_DIR`` survives restarts: resume from it when it holds a checkpoint
   ``TRAINCHAIN_TRIAL``, ``TRAINCHAIN_ATTEMPT``  trial number and attempt (1, 2, ...)
+  ``TRAINCHAIN_EARLY_STOPPING`` a JSON string (not a file), absent when disabled:
+                               ``{"monitor": "val_accuracy", "mode": "max", "patience": 5,
+                               "min_delta": 0.0}``; the script stops itself when ``monitor``
+                               has not improved by more than ``min_delta`` for ``patience``
+                               steps (``task.early_stopping()``)
 Out:
   ``TRAINCHAIN_OUTPUT_DIR/metrics.json``  final metrics (``val_<metric>``, ``test_<metric>``)
   ``TRAINCHAIN_OUTPUT_DIR/model/``        the model, saved in an MLflow flavor's format
@@ -38,6 +43,7 @@ ENV_OUTPUT_DIR = "TRAINCHAIN_OUTPUT_DIR"
 ENV_REPORT = "TRAINCHAIN_REPORT"
 ENV_TRIAL = "TRAINCHAIN_TRIAL"
 ENV_ATTEMPT = "TRAINCHAIN_ATTEMPT"
+ENV_EARLY_STOPPING = "TRAINCHAIN_EARLY_STOPPING"
 
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
@@ -111,6 +117,26 @@ def trial() -> int:
 
 def attempt() -> int:
     return int(os.environ.get(ENV_ATTEMPT, "1"))
+
+
+def early_stopping() -> dict[str, Any] | None:
+    """The early-stopping policy (``monitor``, ``mode``, ``patience``, ``min_delta``), or
+    None when trainchain passed none (disabled in trainchain.yaml, or run by hand)."""
+    value = os.environ.get(ENV_EARLY_STOPPING, "")
+    if not value.strip():
+        return None
+    try:
+        loaded = json.loads(value)
+    except ValueError as err:
+        raise ContractError(
+            f"{ENV_EARLY_STOPPING} must hold a JSON object (the policy itself, not a file "
+            f"name), got {value[:80]!r}: {err}"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ContractError(
+            f"{ENV_EARLY_STOPPING} must hold a JSON object, got {type(loaded).__name__}"
+        )
+    return loaded
 
 
 def _finite(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from trainchain import task
 
@@ -30,10 +32,19 @@ class AttemptSpec:
     timeout: float
     image: str | None = None
     labels: dict[str, str] = field(default_factory=dict)
+    # the policy the script applies itself (TRAINCHAIN_EARLY_STOPPING); None: disabled
+    early_stopping: dict[str, Any] | None = None
+
+    def early_stopping_env(self) -> dict[str, str]:
+        """``TRAINCHAIN_EARLY_STOPPING`` (a JSON string, the same on the host and in a
+        container), or nothing when early stopping is disabled."""
+        if self.early_stopping is None:
+            return {}
+        return {task.ENV_EARLY_STOPPING: json.dumps(self.early_stopping, sort_keys=True)}
 
     def contract_env(self) -> dict[str, str]:
         """The environment of the training contract, with host paths."""
-        return {
+        return self.early_stopping_env() | {
             task.ENV_PARAMS: str(self.params_file),
             task.ENV_DATA_DIR: str(self.data_dir),
             task.ENV_DATA_OPTIONS: str(self.data_options_file),
@@ -54,12 +65,17 @@ class AttemptResult:
     oom_killed: bool = False
     error: str | None = None  # the executor's own failure (could not start, ...)
     restarts: int = 0  # restarts inside this result (an executor that supervises them)
+    stopped: bool = False  # ended from outside through the ``stop`` event (a pruned trial)
 
     @property
     def ok(self) -> bool:
-        return self.exit_code == 0 and not self.timed_out and self.error is None
+        return (
+            self.exit_code == 0 and not self.timed_out and not self.stopped and self.error is None
+        )
 
     def describe(self) -> str:
+        if self.stopped:
+            return "stopped by trainchain (pruned)"
         if self.error:
             return self.error
         if self.timed_out:
@@ -76,6 +92,14 @@ class Executor(Protocol):
     # True: run() restarts failed attempts itself and returns one result per trial
     supervises_restarts: bool
 
-    def run(self, spec: AttemptSpec, on_line: LineSink | None = None) -> AttemptResult:
-        """Run the attempt to its end; stream each log line to ``on_line``."""
+    def run(
+        self,
+        spec: AttemptSpec,
+        on_line: LineSink | None = None,
+        stop: threading.Event | None = None,
+    ) -> AttemptResult:
+        """Run the attempt to its end; stream each log line to ``on_line``.
+
+        When ``stop`` is set, end the attempt promptly (no restart) and return a result
+        with ``stopped=True``."""
         ...

@@ -178,6 +178,7 @@ def container_env(spec: AttemptSpec) -> dict[str, str]:
         "HOME": "/tmp",  # noqa: S108
         "MPLCONFIGDIR": "/tmp/matplotlib",  # noqa: S108
     }
+    env.update(spec.early_stopping_env())  # a JSON string, not a path: passed unchanged
     if spec.data_options_file.exists():
         env[task.ENV_DATA_OPTIONS] = C_DATA_OPTIONS
     return env
@@ -527,6 +528,7 @@ def attempt_result(
     timed_out: bool = False,
     error: str | None = None,
     restarts: int = 0,
+    stopped: bool = False,
 ) -> AttemptResult:
     """An :class:`AttemptResult`; a signal death (init exits 128+N) reads as ``-N`` like local."""
     code = None if info is None else info.exit_code
@@ -540,6 +542,7 @@ def attempt_result(
         oom_killed=bool(info and info.oom_killed),
         error=error,
         restarts=restarts,
+        stopped=stopped,
     )
 
 
@@ -553,12 +556,14 @@ class _Current:
 
 @dataclass
 class _Followed:
-    end: str  # "exited", "gone" (removed by another supervisor), "hung", "timeout"
+    end: str  # "exited", "gone" (removed by another supervisor), "hung", "timeout", "stopped"
     info: ContainerInfo | None
     tail: collections.deque[str]
 
 
 # --- the executor -------------------------------------------------------------------------------
+
+_STOPPED = object()  # _handle_failure: the stop event was set before anything was restarted
 
 
 class DockerExecutor:
@@ -674,7 +679,12 @@ class DockerExecutor:
         )
         return container
 
-    def run(self, spec: AttemptSpec, on_line: LineSink | None = None) -> AttemptResult:
+    def run(
+        self,
+        spec: AttemptSpec,
+        on_line: LineSink | None = None,
+        stop: threading.Event | None = None,
+    ) -> AttemptResult:
         docker = _docker()
         client = self.client()
         started = time.monotonic()
@@ -686,7 +696,7 @@ class DockerExecutor:
                 return AttemptResult(None, 0.0, "", error=f"could not start the container: {why}")
             current = _Current(container, spec.log_file)
             try:
-                return self._supervise(client, current, spec, on_line, started)
+                return self._supervise(client, current, spec, on_line, started, stop_event=stop)
             except BaseException:
                 # Ctrl-C or SIGTERM of trainchain: stop the container before going away
                 self._abandon(current.container, current.log_path.parent)
@@ -699,16 +709,21 @@ class DockerExecutor:
         spec: AttemptSpec,
         on_line: LineSink | None,
         started: float,
+        *,
+        stop_event: threading.Event | None = None,
     ) -> AttemptResult:
-        """Follow the container and its replacements until one succeeds or restarts run out."""
+        """Follow the container and its replacements until one succeeds, restarts run out,
+        or ``stop_event`` is set."""
         from trainchain import watchdog
 
         while True:
             container = current.container
             restarts = int(container.labels.get(LABEL_RESTARTS, "0"))
-            followed = self._follow(container, current.log_path, on_line, spec.timeout)
+            followed = self._follow(container, current.log_path, on_line, spec.timeout, stop_event)
             info = followed.info
             elapsed = time.monotonic() - started
+            if followed.end == "stopped":
+                return self._stop_for_good(container, current.log_path.parent, elapsed, restarts)
             if followed.end == "timeout":
                 watchdog.claim(self.locks_dir, container.id)  # nobody restarts what timed out
                 log.warning("container %s timed out after %.0f s", container.name, spec.timeout)
@@ -725,7 +740,13 @@ class DockerExecutor:
                     last or info, time.monotonic() - started, tail, restarts=restarts
                 )
 
-            handled = None if info is None else self._handle_failure(client, container, info)
+            handled = (
+                None if info is None else self._handle_failure(client, container, info, stop_event)
+            )
+            if handled is _STOPPED:  # stopped while waiting out the backoff
+                return self._stop_for_good(
+                    container, current.log_path.parent, time.monotonic() - started, restarts
+                )
             if handled is not None and handled.kind is watchdog.ActionKind.GIVE_UP:
                 return attempt_result(
                     handled.info,
@@ -753,8 +774,31 @@ class DockerExecutor:
                     f"(container {successor.name}), resuming from the checkpoint"
                 )
 
+    def _stop_for_good(
+        self, container: Any, fallback_dir: Path, elapsed: float, restarts: int
+    ) -> AttemptResult:
+        """Stopped from outside (a pruned trial): claim the container first so neither this
+        executor nor a watchdog restarts it, stop it with its grace, keep its log and exit
+        state, remove it."""
+        from trainchain import watchdog
+
+        if not watchdog.claim(self.locks_dir, container.id):
+            log.warning(
+                "container %s is being handled by another supervisor; stopping it anyway",
+                container.name,
+            )
+        log.info("container %s: stopped by trainchain (pruned)", container.name)
+        stop(container, self.stop_grace)
+        last, tail = self._finish(container, fallback_dir, reason="stopped by trainchain (pruned)")
+        return attempt_result(last, elapsed, tail, restarts=restarts, stopped=True)
+
     def _follow(
-        self, container: Any, log_path: Path, on_line: LineSink | None, timeout: float
+        self,
+        container: Any,
+        log_path: Path,
+        on_line: LineSink | None,
+        timeout: float,
+        stop_event: threading.Event | None = None,
     ) -> _Followed:
         from trainchain import watchdog
 
@@ -782,6 +826,8 @@ class DockerExecutor:
                     pump.start()
             if info.status in {"exited", "dead"}:
                 return ended("exited", info)
+            if stop_event is not None and stop_event.is_set():
+                return _Followed("stopped", info, tail)
             if info.status == "running" and policy.heartbeat_limit is not None:
                 action = watchdog.decide(watchdog.state_of(info), time.time(), policy)
                 if action.kind is not watchdog.ActionKind.LEAVE:
@@ -789,10 +835,20 @@ class DockerExecutor:
                     return _Followed("hung", info, tail)
             if time.monotonic() >= deadline:
                 return _Followed("timeout", info, tail)
-            time.sleep(POLL_S)
+            if stop_event is not None:
+                stop_event.wait(POLL_S)
+            else:
+                time.sleep(POLL_S)
 
-    def _handle_failure(self, client: Any, container: Any, info: ContainerInfo) -> Any:
-        """Claim and restart (after the backoff) or give up; None when another supervisor has it."""
+    def _handle_failure(
+        self,
+        client: Any,
+        container: Any,
+        info: ContainerInfo,
+        stop_event: threading.Event | None = None,
+    ) -> Any:
+        """Claim and restart (after the backoff) or give up; None when another supervisor has
+        it; ``_STOPPED`` when ``stop_event`` is set during the backoff (nothing restarted)."""
         from trainchain import watchdog
 
         docker = _docker()
@@ -801,6 +857,8 @@ class DockerExecutor:
             action = watchdog.decide(watchdog.state_of(info), time.time(), policy)
             if action.kind is watchdog.ActionKind.LEAVE:  # pragma: no cover - a failure was seen
                 return None
+            if stop_event is not None and stop_event.is_set():
+                return _STOPPED
             if action.delay > 0:
                 time.sleep(min(action.delay, POLL_S))
                 try:

@@ -13,11 +13,13 @@ import threading
 import time
 from typing import IO
 
+from trainchain import task
 from trainchain.executors._base import AttemptResult, AttemptSpec, LineSink
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 30
+POLL_S = 0.2  # how often the attempt is checked for its end, its timeout and a stop
 _PR_SET_PDEATHSIG = 1
 
 
@@ -37,8 +39,14 @@ class LocalExecutor:
     def __init__(self, python: str | None = None) -> None:
         self.python = python or sys.executable
 
-    def run(self, spec: AttemptSpec, on_line: LineSink | None = None) -> AttemptResult:
+    def run(
+        self,
+        spec: AttemptSpec,
+        on_line: LineSink | None = None,
+        stop: threading.Event | None = None,
+    ) -> AttemptResult:
         env = dict(os.environ)
+        env.pop(task.ENV_EARLY_STOPPING, None)  # only this attempt's policy, or none
         env.update(spec.contract_env())
         env.setdefault("MNE_LOGGING_LEVEL", "ERROR")
         env["PYTHONUNBUFFERED"] = "1"
@@ -66,18 +74,8 @@ class LocalExecutor:
                 target=_pump, args=(proc.stdout, log_file, tail, on_line), daemon=True
             )
             reader.start()
-            timed_out = False
             try:
-                proc.wait(timeout=spec.timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                log.warning(
-                    "trial %s attempt %s: timed out after %.0f s, stopping it",
-                    spec.trial,
-                    spec.attempt,
-                    spec.timeout,
-                )
-                _kill_group(proc)
+                timed_out, stopped = _wait(proc, spec, start, stop)
             except BaseException:
                 _kill_group(proc)  # Ctrl-C or SIGTERM of trainchain: never leave it running
                 raise
@@ -88,7 +86,38 @@ class LocalExecutor:
             duration_s=time.monotonic() - start,
             log_tail="\n".join(tail),
             timed_out=timed_out,
+            stopped=stopped,
         )
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    spec: AttemptSpec,
+    start: float,
+    stop: threading.Event | None,
+) -> tuple[bool, bool]:
+    """Wait for the process to end, its timeout, or ``stop``; return (timed out, stopped)."""
+    deadline = start + spec.timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            proc.wait(timeout=max(0.0, min(POLL_S, remaining)))
+            return False, False
+        except subprocess.TimeoutExpired:
+            pass
+        if stop is not None and stop.is_set():
+            log.info("trial %s attempt %s: stopped by trainchain", spec.trial, spec.attempt)
+            _kill_group(proc)
+            return False, True
+        if time.monotonic() >= deadline:
+            log.warning(
+                "trial %s attempt %s: timed out after %.0f s, stopping it",
+                spec.trial,
+                spec.attempt,
+                spec.timeout,
+            )
+            _kill_group(proc)
+            return True, False
 
 
 def _pump(
