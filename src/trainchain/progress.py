@@ -33,6 +33,7 @@ class TuneDisplay:
         self.console = console or Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.metric = metric
         self.goal = f"{op} {threshold}"
+        self.better = "higher" if op == ">=" else "lower"
         self.quiet = quiet
         self._status: Status | None = None
         self._label = ""
@@ -100,6 +101,29 @@ class TuneDisplay:
         best_text = f"best {_fmt(best)}" + (f" (#{best_trial})" if best_trial is not None else "")
         self.console.print(
             f"  {self._label or f'trial {n}/{total}'}: {result} | {best_text} | goal {self.goal}"
+        )
+
+    def trial_pruned(
+        self,
+        n: int,
+        total: int,
+        *,
+        step: int | None,
+        value: float | None,
+        best: float | None,
+        best_trial: int | None,
+    ) -> None:
+        """The trial was stopped at ``step``: its value there was worse than the median of
+        the earlier trials at the same step."""
+        self._stop_status()
+        if self.quiet:
+            return
+        at = f" at epoch {step}" if step is not None else ""
+        best_text = f"best {_fmt(best)}" + (f" (#{best_trial})" if best_trial is not None else "")
+        self.console.print(
+            f"  {self._label or f'trial {n}/{total}'} [yellow]pruned[/yellow]{at}: "
+            f"{self.metric} {_fmt(value)} (median of earlier trials {self.better}) "
+            f"| {best_text} | goal {self.goal}"
         )
 
     def close(self) -> None:

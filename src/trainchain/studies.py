@@ -6,7 +6,14 @@ import logging
 import warnings
 from typing import Any
 
-from trainchain.config import CategoricalParam, Direction, FloatParam, IntParam, ModelConfig
+from trainchain.config import (
+    CategoricalParam,
+    Direction,
+    FloatParam,
+    IntParam,
+    ModelConfig,
+    Pruning,
+)
 from trainchain.settings import ensure_sqlite_folder
 
 log = logging.getLogger(__name__)
@@ -15,7 +22,22 @@ log = logging.getLogger(__name__)
 STARTUP_TRIALS = 5
 
 
-def open_study(storage_url: str, name: str, direction: Direction, seed: int) -> Any:
+def make_pruner(pruning: Pruning) -> Any:
+    """``pruning:`` of trainchain.yaml as an Optuna pruner (median rule, or none)."""
+    import optuna
+
+    if not pruning.enabled:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=pruning.startup_trials, n_warmup_steps=pruning.warmup_steps
+    )
+
+
+def open_study(
+    storage_url: str, name: str, direction: Direction, seed: int, *, pruner: Any = None
+) -> Any:
+    """Create or load study ``name``. The pruner is not stored with the study: pass it
+    (:func:`make_pruner`) each time; None means no pruning."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -36,6 +58,7 @@ def open_study(storage_url: str, name: str, direction: Direction, seed: int) -> 
         study_name=name,
         direction=direction.value,
         sampler=sampler,
+        pruner=pruner if pruner is not None else optuna.pruners.NopPruner(),
         load_if_exists=True,
     )
 

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,6 +25,10 @@ from trainchain.tracking import MODEL_ARTIFACT, Tracker
 log = logging.getLogger(__name__)
 
 PARAMS_TAG = "trainchain.params"
+REPORT_POLL_S = 0.25  # how often the report file is read for new steps (pruning)
+
+# (step, value of the goal's val metric) -> True to prune the trial now
+ReportSink = Callable[[int, float], bool]
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,9 @@ class TrialOutcome:
     duration_s: float
     error: str | None = None
     output_dir: Path | None = None
+    pruned: bool = False  # stopped by trainchain because on_report said so (not a failure)
+    pruned_step: int | None = None  # the step whose report decided it
+    pruned_value: float | None = None  # the val metric at that step
 
     @property
     def log_tail(self) -> str:
@@ -97,6 +105,111 @@ def read_report(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+class ReportWatcher:
+    """Tail a trial's report file and pass each new step's val metric to ``on_report``.
+
+    Rows may come from several attempts (a resumed attempt goes on after its
+    checkpoint; one started over repeats steps): each step is passed once, in
+    increasing order, and rows without a finite ``metric`` are skipped. When
+    ``on_report`` returns True the trial is to be pruned: ``stop`` is set and
+    nothing more is passed on. An exception in ``on_report`` is logged, and
+    counts as "do not prune".
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        metric: str,
+        on_report: ReportSink,
+        stop: threading.Event,
+        *,
+        poll_s: float = REPORT_POLL_S,
+    ) -> None:
+        self.path = path
+        self.metric = metric
+        self.on_report = on_report
+        self.stop = stop
+        self.poll_s = poll_s
+        self.last_step: int | None = None
+        self.pruned_step: int | None = None
+        self.pruned_value: float | None = None
+        self._offset = 0
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="report-watcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread, then pass on what the last poll had not seen yet."""
+        self._done.set()
+        self._thread.join(timeout=timeout)
+        if self._thread.is_alive():
+            log.warning("the report watcher of %s did not stop within %.0f s", self.path, timeout)
+            return
+        self.poll()
+
+    def _loop(self) -> None:
+        while not self._done.is_set():
+            self.poll()
+            self._done.wait(self.poll_s)
+
+    def poll(self) -> None:
+        """Read the lines appended since the last poll (complete lines only)."""
+        with self._lock:
+            if self.pruned_step is not None:
+                return
+            try:
+                with self.path.open("rb") as f:
+                    f.seek(self._offset)
+                    chunk = f.read()
+            except OSError:
+                return  # not written yet
+            end = chunk.rfind(b"\n")
+            if end < 0:
+                return
+            self._offset += end + 1
+            for raw in chunk[: end + 1].splitlines():
+                if self._take(raw):
+                    return
+
+    def _take(self, raw: bytes) -> bool:
+        """Pass one line on; True when it pruned the trial."""
+        parsed = _step_value(raw, self.metric)
+        if parsed is None:
+            return False
+        step, value = parsed
+        if self.last_step is not None and step <= self.last_step:
+            return False  # seen already (an attempt that started over repeats steps)
+        self.last_step = step
+        try:
+            prune = bool(self.on_report(step, value))
+        except Exception:
+            log.exception("on_report failed at step %d of %s; the trial goes on", step, self.path)
+            return False
+        if prune:
+            self.pruned_step, self.pruned_value = step, value
+            self.stop.set()
+        return prune
+
+
+def _step_value(raw: bytes, metric: str) -> tuple[int, float] | None:
+    """``(step, metric)`` of one report line; None when either is missing or not finite."""
+    try:
+        row = json.loads(raw)
+    except ValueError:
+        return None  # a line cut short by a kill
+    if not isinstance(row, dict):
+        return None
+    step, value = row.get("step"), row.get(metric)
+    if isinstance(step, bool) or not isinstance(step, int):
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return step, float(value)
+
+
 def read_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
     path = output_dir / task.METRICS_FILE
     if not path.exists():
@@ -124,8 +237,14 @@ def run_trial(
     on_line: LineSink | None = None,
     on_attempt: Callable[[int, int], None] | None = None,
     extra_tags: Mapping[str, str] | None = None,
+    on_report: ReportSink | None = None,
 ) -> TrialOutcome:
-    """Run trial ``number`` to success or to its attempt cap, and log it as one MLflow run."""
+    """Run trial ``number`` to success or to its attempt cap, and log it as one MLflow run.
+
+    With ``on_report``, each new step of the report file is passed to it while the trial
+    runs (its goal metric's value); when it returns True the attempt is stopped and the
+    trial ends pruned: not retried, ``pruned=True``, tagged ``trainchain.status=pruned``.
+    """
     model = ctx.loaded.model
     trial_dir = ctx.settings.runs_dir / ctx.chain_id / f"trial-{number:04d}"
     ckpt_dir = (
@@ -152,12 +271,95 @@ def run_trial(
     ctx.tracker.log(run_id, params=params)
 
     attempts: list[AttemptResult] = []
-    metrics: dict[str, float] = {}
-    error: str | None = None
-    output_dir = trial_dir
     start = time.monotonic()
     # an executor that supervises restarts (docker) returns one result for the whole trial
     max_attempts = 1 if ctx.executor.supervises_restarts else model.train.max_attempts
+    stop = threading.Event()
+    watcher = None
+    if on_report is not None:
+        watcher = ReportWatcher(report_file, ctx.val_metric, on_report, stop)
+        watcher.start()
+    try:
+        metrics, error, output_dir = _run_attempts(
+            ctx,
+            number,
+            params,
+            run_id=run_id,
+            trial_dir=trial_dir,
+            ckpt_dir=ckpt_dir,
+            max_attempts=max_attempts,
+            attempts=attempts,
+            on_line=on_line,
+            on_attempt=on_attempt,
+            stop=stop,
+        )
+    finally:
+        if watcher is not None:
+            watcher.close()
+    pruned = bool(attempts) and attempts[-1].stopped and watcher is not None
+    pruned_step = watcher.pruned_step if watcher is not None and pruned else None
+    pruned_value = watcher.pruned_value if watcher is not None and pruned else None
+    if pruned:
+        error = None
+        log.info("trial %d: pruned at step %s", number, pruned_step)
+
+    ok = error is None and not pruned
+    rows = read_report(report_file)
+    status = "pruned" if pruned else ("ok" if ok else "failed")
+    ctx.tracker.log(
+        run_id,
+        metrics=metrics,
+        tags={
+            "trainchain.attempts": str(sum(1 + a.restarts for a in attempts)),
+            "trainchain.status": status,
+        }
+        | ({"trainchain.error": error[:4000]} if error else {})
+        | ({"trainchain.pruned_step": str(pruned_step)} if pruned else {}),
+    )
+    if rows:
+        ctx.tracker.log_step_metrics(run_id, rows)
+    _log_outputs(ctx.tracker, run_id, output_dir, trial_dir)
+    if pruned:  # ended on purpose: neither finished nor failed
+        ctx.tracker.client.set_terminated(run_id, status="KILLED")
+    else:
+        ctx.tracker.finish(run_id, ok)
+    return TrialOutcome(
+        number=number,
+        params=dict(params),
+        ok=ok,
+        metrics=metrics,
+        run_id=run_id,
+        attempts=tuple(attempts),
+        duration_s=time.monotonic() - start,
+        error=error,
+        output_dir=output_dir,
+        pruned=pruned,
+        pruned_step=pruned_step,
+        pruned_value=pruned_value,
+    )
+
+
+def _run_attempts(
+    ctx: TrialContext,
+    number: int,
+    params: Mapping[str, Any],
+    *,
+    run_id: str,
+    trial_dir: Path,
+    ckpt_dir: Path,
+    max_attempts: int,
+    attempts: list[AttemptResult],
+    on_line: LineSink | None,
+    on_attempt: Callable[[int, int], None] | None,
+    stop: threading.Event,
+) -> tuple[dict[str, float], str | None, Path]:
+    """The attempts of one trial, until one succeeds, the cap, or ``stop``; appends each
+    result to ``attempts`` and returns the metrics, the error and the last output folder."""
+    model = ctx.loaded.model
+    report_file = trial_dir / "report.jsonl"
+    metrics: dict[str, float] = {}
+    error: str | None = None
+    output_dir = trial_dir
     for attempt in range(1, max_attempts + 1):
         attempt_dir = trial_dir / f"attempt-{attempt}"
         if attempt_dir.exists():
@@ -182,6 +384,7 @@ def run_trial(
             attempt=attempt,
             timeout=model.train.timeout,
             image=ctx.lineage.image,
+            early_stopping=model.early_stopping_policy(),
             labels={
                 "trainchain.model": model.name,
                 "trainchain.run": run_id,
@@ -192,8 +395,11 @@ def run_trial(
         )
         if on_attempt is not None:
             on_attempt(number, attempt)
-        result = ctx.executor.run(spec, on_line)
+        result = ctx.executor.run(spec, on_line, stop)
         attempts.append(result)
+        if result.stopped:  # pruned: not a failure, and never retried
+            error = f"attempt {attempt} {result.describe()}"
+            break
         if result.ok:
             metrics, error = read_metrics(output_dir)
             if error is None and ctx.val_metric not in metrics:
@@ -215,32 +421,7 @@ def run_trial(
                 ckpt_dir,
             )
 
-    ok = error is None
-    rows = read_report(report_file)
-    ctx.tracker.log(
-        run_id,
-        metrics=metrics,
-        tags={
-            "trainchain.attempts": str(sum(1 + a.restarts for a in attempts)),
-            "trainchain.status": "ok" if ok else "failed",
-        }
-        | ({"trainchain.error": error[:4000]} if error else {}),
-    )
-    if rows:
-        ctx.tracker.log_step_metrics(run_id, rows)
-    _log_outputs(ctx.tracker, run_id, output_dir, trial_dir)
-    ctx.tracker.finish(run_id, ok)
-    return TrialOutcome(
-        number=number,
-        params=dict(params),
-        ok=ok,
-        metrics=metrics,
-        run_id=run_id,
-        attempts=tuple(attempts),
-        duration_s=time.monotonic() - start,
-        error=error,
-        output_dir=output_dir,
-    )
+    return metrics, error, output_dir
 
 
 def _log_outputs(tracker: Tracker, run_id: str, output_dir: Path, trial_dir: Path) -> None:

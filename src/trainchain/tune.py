@@ -24,7 +24,7 @@ from trainchain.executors import Executor
 from trainchain.progress import TuneDisplay
 from trainchain.report import ChainReport, TrialSummary
 from trainchain.space import fit_to_space
-from trainchain.studies import open_study, study_names, suggest
+from trainchain.studies import make_pruner, open_study, study_names, suggest
 from trainchain.tracking import CHAMPION, Tracker
 from trainchain.training import PARAMS_TAG, TrialContext, run_trial
 
@@ -87,7 +87,8 @@ def choose_study(prep: Prepared) -> tuple[str, bool]:
     if not existing:
         return base, False
     newest = max(existing, key=lambda n: int(n.rsplit("-r", 1)[1]) if n != base else 1)
-    study = open_study(storage, newest, prep.loaded.model.goal.direction, 0)
+    model = prep.loaded.model
+    study = open_study(storage, newest, model.goal.direction, 0, pruner=make_pruner(model.pruning))
     if FINISHED_ATTR not in study.user_attrs:
         return newest, True
     index = int(newest.rsplit("-r", 1)[1]) + 1 if newest != base else 2
@@ -150,7 +151,8 @@ def _summaries(study: Any) -> tuple[TrialSummary, ...]:
             TrialSummary(
                 number=t.number,
                 state=state,
-                value=t.value if state == "COMPLETE" else None,
+                # a pruned trial's value is its last reported one (Optuna keeps it)
+                value=t.value if state in {"COMPLETE", "PRUNED"} else None,
                 params=dict(t.params),
                 test_value=t.user_attrs.get("test_value"),
                 run_id=t.user_attrs.get("mlflow_run_id"),
@@ -183,7 +185,11 @@ class _Session:
         prep, model, goal = self.prep, self.model, self.goal
         self.chain_id, resumed = choose_study(prep)
         self.study = open_study(
-            prep.settings.study_storage, self.chain_id, goal.direction, model.budget.seed
+            prep.settings.study_storage,
+            self.chain_id,
+            goal.direction,
+            model.budget.seed,
+            pruner=make_pruner(model.pruning),
         )
         experiment_id = self.tracker.experiment_id(model.name)
         parent = self.study.user_attrs.get(PARENT_ATTR)
@@ -267,6 +273,11 @@ class _Session:
             if attempt > 1:
                 self.display.trial_started(n, total, params, number=trial.number, attempt=attempt)
 
+        def on_report(step: int, value: float) -> bool:
+            # called once per step, in increasing order (Optuna warns on a repeated step)
+            trial.report(value, step)
+            return bool(trial.should_prune())
+
         outcome = run_trial(
             self.ctx,
             trial.number,
@@ -274,6 +285,7 @@ class _Session:
             checkpoint_key=key,
             on_line=self.display.console.print if self.stream_logs else self.display.line,
             on_attempt=on_attempt,
+            on_report=on_report,
         )
         trial.set_user_attr("mlflow_run_id", outcome.run_id)
         test_value = outcome.metrics.get(goal.test_metric)
@@ -284,6 +296,9 @@ class _Session:
         if outcome.ok:
             self.study.tell(trial, outcome.metrics[goal.val_metric])
             self.failures = 0
+        elif outcome.pruned:  # not a failure: the median rule stopped it
+            if self.study.trials[trial.number].state is TrialState.RUNNING:
+                self.study.tell(trial, state=TrialState.PRUNED)
         else:
             if self.study.trials[trial.number].state is TrialState.RUNNING:
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -291,6 +306,16 @@ class _Session:
             self.failures += 1
             self.error = outcome.error
         best = _best(self.study, goal.direction)
+        if outcome.pruned:
+            self.display.trial_pruned(
+                n,
+                total,
+                step=outcome.pruned_step,
+                value=outcome.pruned_value,
+                best=best.value if best else None,
+                best_trial=best.number if best else None,
+            )
+            return
         self.display.trial_finished(
             n,
             total,
