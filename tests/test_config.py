@@ -94,6 +94,69 @@ def test_bad_config_names_key_value_and_expectation(data: dict[str, object], exp
         parse_config(data, "trainchain.yaml")
 
 
+def test_pruning_and_early_stopping_defaults() -> None:
+    """Without the keys: median pruning after 3 trials and 2 warm-up steps; early stopping
+    with patience 5 on the goal's val metric, its direction as the mode."""
+    cfg = parse_config(GOOD)
+    assert (cfg.pruning.enabled, cfg.pruning.startup_trials, cfg.pruning.warmup_steps) == (
+        True,
+        3,
+        2,
+    )
+    assert cfg.early_stopping_policy() == {
+        "monitor": "val_accuracy",
+        "mode": "max",
+        "patience": 5,
+        "min_delta": 0.0,
+    }
+    minimize = parse_config(
+        _with(
+            goal={"metric": "loss", "threshold": 0.2, "direction": "minimize"},
+            early_stopping={"patience": 2, "min_delta": 1},
+        )
+    )
+    assert minimize.early_stopping_policy() == {
+        "monitor": "val_loss",
+        "mode": "min",
+        "patience": 2,
+        "min_delta": 1.0,
+    }
+    off = parse_config(_with(early_stopping={"enabled": False}, pruning={"enabled": False}))
+    assert off.early_stopping_policy() is None and not off.pruning.enabled
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (
+            _with(pruning={"startup_trials": -1}),
+            r"pruning.startup_trials: .*greater than or equal to 0 \(got -1\)",
+        ),
+        (_with(pruning={"startup_trials": 1001}), r"pruning.startup_trials: .*got 1001"),
+        (_with(pruning={"warmup_steps": 2.5}), r"pruning.warmup_steps: .*integer.*got 2.5"),
+        (_with(pruning={"enabled": "yes"}), r"pruning.enabled: .*boolean.*got 'yes'"),
+        (_with(pruning={"interval": 2}), r"pruning.interval: unknown key \(got 2\)"),
+        (
+            _with(early_stopping={"patience": 0}),
+            r"early_stopping.patience: .*greater than or equal to 1 \(got 0\)",
+        ),
+        (_with(early_stopping={"patience": 1001}), r"early_stopping.patience: .*got 1001"),
+        (_with(early_stopping={"min_delta": -0.1}), r"early_stopping.min_delta: .*got -0.1"),
+        (_with(early_stopping={"min_delta": "small"}), r"early_stopping.min_delta: .*'small'"),
+        (
+            _with(early_stopping={"min_delta": float("inf")}),
+            r"early_stopping.min_delta: expected a finite number >= 0 \(got inf\)",
+        ),
+    ],
+)
+def test_bad_pruning_or_early_stopping_names_key_and_value(
+    data: dict[str, object], expected: str
+) -> None:
+    """Out-of-range or mistyped pruning/early-stopping values are refused with key and value."""
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(data, "trainchain.yaml")
+
+
 def test_load_checks_file_yaml_and_entrypoint(tmp_path: Path) -> None:
     """Missing file, broken YAML and a missing entrypoint are each one clear error."""
     with pytest.raises(ConfigError, match=r"no trainchain\.yaml"):
