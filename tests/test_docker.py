@@ -633,3 +633,70 @@ def test_watchdog_loop_restarts_on_the_die_event_and_stops_when_told(
     assert not loop.is_alive()
     assert containers_of(spec, attempt=1) == []
     assert record(spec, 1)["exit_code"] == 2
+
+
+def test_pruned_trial_container_is_stopped_and_never_restarted(
+    client: Any, toy_image: str, tmp_path: Path, home: Path
+) -> None:
+    """A tune in containers with a watchdog scanning alongside: a pruned trial's container
+    is stopped, recorded and removed, and neither the executor nor the watchdog starts a
+    next attempt; the script saw the early-stopping policy inside the container."""
+    from tests.test_pruning import EXPECTED_POLICY, make_prune_repo
+    from trainchain.context import prepare
+    from trainchain.progress import TuneDisplay
+    from trainchain.settings import load_settings
+    from trainchain.tune import tune
+
+    name = f"prunable-{uuid.uuid4().hex[:8]}"
+    repo = make_prune_repo(tmp_path / "repo", name=name, image=toy_image, max_trials=3)
+    settings = load_settings({"TRAINCHAIN_HOME": str(home)})
+    dog = Watchdog(
+        CLIENT,
+        locks_dir=settings.locks,
+        policy=WatchdogPolicy(heartbeat_limit=None, backoff_base=0.0),
+        selector={"trainchain.model": name},
+        stop_grace=2.0,
+    )
+    scans: list[Any] = []
+    done = threading.Event()
+
+    def scan() -> None:
+        while not done.is_set():
+            scans.extend(dog.scan_once())
+            done.wait(0.2)
+
+    scanner = threading.Thread(target=scan, daemon=True)
+    scanner.start()
+    try:
+        report = tune(
+            prepare(repo, settings, executor="docker"),
+            DockerExecutor(locks_dir=settings.locks, stop_grace=2.0, backoff_base=0.0),
+            display=TuneDisplay("val_accuracy", 1.0, ">=", quiet=True),
+        )
+        time.sleep(1.0)  # give the watchdog a few more scans after the last trial
+    finally:
+        done.set()
+        scanner.join(timeout=30)
+        mine = {"label": f"trainchain.model={name}"}
+        leftovers = client.containers.list(all=True, filters=mine, ignore_removed=True)
+        for container in leftovers:
+            container.remove(force=True)
+
+    assert leftovers == []
+    assert report.status == "goal_not_reached", report.error
+    pruned = [t for t in report.trials if t.state == "PRUNED"]
+    assert pruned, [t.state for t in report.trials]
+    # the watchdog may see the stopped container die and want a restart: the executor's
+    # claim, taken before the stop, refuses it
+    assert [
+        e for e in scans if e.handled is not None and e.handled.kind is ActionKind.RESTART
+    ] == []
+    for trial in pruned:
+        trial_dir = home / "runs" / report.chain_id / f"trial-{trial.number:04d}"
+        kept = json.loads((trial_dir / "attempt-1" / CONTAINER_RECORD).read_text())
+        assert kept["reason"] == "stopped by trainchain (pruned)"
+        assert kept["labels"]["trainchain.restarts"] == "0"
+        assert not (trial_dir / "attempt-2").exists()
+        assert len(read_report(trial_dir / "report.jsonl")) < 10  # stopped early
+    output = home / "runs" / report.chain_id / "trial-0000" / "attempt-1" / "output"
+    assert json.loads((output / "early_stopping.json").read_text()) == EXPECTED_POLICY
