@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Make .venv (if missing) and install the pinned requirements and trainchain into it.
 # Idempotent: a second run only checks that the pins are already satisfied.
-# Usage: scripts/setup.sh [--dev]    (--dev adds the test and lint tools)
+# Usage: scripts/setup.sh [--dev | --tensorflow]
+#   --tensorflow  adds TensorFlow (the CNN family on the host: --executor local, held-out
+#                 comparison of Keras champions, serving them); about 1.3 GB
+#   --dev         adds TensorFlow and the test and lint tools
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,8 +14,12 @@ if ! command -v "$PYTHON" >/dev/null 2>&1; then
   exit 1
 fi
 
-reqs=requirements.txt
-[ "${1:-}" = "--dev" ] && reqs=requirements-dev.txt
+case "${1:-}" in
+  "") reqs=requirements.txt ;;
+  --dev) reqs=requirements-dev.txt ;;
+  --tensorflow) reqs=requirements-tensorflow.txt ;;
+  *) echo "usage: scripts/setup.sh [--dev | --tensorflow] (got ${1})" >&2; exit 2 ;;
+esac
 
 if [ ! -x .venv/bin/python ]; then
   echo "==> creating .venv with $("$PYTHON" --version)"
@@ -21,7 +28,7 @@ fi
 
 # Reinstall only when the pins or the package metadata changed since the last install.
 stamp=.venv/.trainchain-installed
-want=$(cat "$reqs" requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)-$reqs
+want=$(cat "$reqs" requirements.txt requirements-tensorflow.txt pyproject.toml | sha256sum | cut -d' ' -f1)-$reqs
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing pinned requirements ($reqs); the first time takes a few minutes"
   pip_install() {

@@ -197,3 +197,27 @@ def test_build_script_names_the_images_detection_uses() -> None:
     assert "image=trainchain/train-$1:$VERSION" in text
     assert "--network none" in text
     assert f"OFFICIAL_BASE={DEFAULT_BASE}" in text
+
+
+def test_host_tensorflow_lock_matches_the_tensorflow_image() -> None:
+    """requirements-tensorflow.txt installs on the host exactly the TF image's versions."""
+    lines = (REPO_ROOT / "requirements-tensorflow.txt").read_text(encoding="utf-8").splitlines()
+    assert "-r requirements.txt" in lines
+    host = REPO_ROOT / "requirements-tensorflow.txt"
+    stripped = "\n".join(line for line in lines if not line.startswith("-r "))
+    only_pins = host.with_name(".tf-pins-for-test.txt")
+    try:
+        only_pins.write_text(stripped, encoding="utf-8")
+        host_pins = pins(only_pins)
+    finally:
+        only_pins.unlink(missing_ok=True)
+    image_pins = pins(IMAGES / "tensorflow" / "requirements.txt")
+    repo_pins = pins(REPO_ROOT / "requirements.txt")
+    assert {"tensorflow-cpu", "keras", "h5py"} <= set(host_pins)
+    for name, version in host_pins.items():
+        assert image_pins.get(name) == version, (
+            f"{name}=={version}: the image has {image_pins.get(name)}"
+        )
+    # together with requirements.txt, the host has every package the image has
+    missing = set(image_pins) - set(host_pins) - set(repo_pins) - {"setuptools", "wheel"}
+    assert not missing, f"requirements-tensorflow.txt lacks {sorted(missing)}"

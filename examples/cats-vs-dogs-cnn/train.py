@@ -1,0 +1,110 @@
+"""Cats vs dogs: a small convnet trained from scratch, with augmentation and dropout.
+
+The classic "small convnet on 2,000 images" (Chollet, Deep Learning with Python, 5.2):
+four Conv2D + MaxPooling2D blocks, dropout, a dense layer and a softmax. Run by
+trainchain (`trainchain train .`, `tune .`, `run .`): it reads this trial's
+hyperparameters, trains on the training folder minus a seeded validation share
+(val_accuracy, what tuning looks at), scores the test folder once (test_accuracy) and
+saves the model, preprocessing included, as an MLflow Keras model. After every epoch it
+writes a checkpoint and a report line, so a restarted attempt resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+
+import keras
+from keras import layers
+
+from trainchain import task
+from trainchain.families.cnn import (
+    Checkpoints,
+    Preprocessing,
+    input_layers,
+    load_images,
+    save_heldout,
+    save_model,
+)
+
+
+def build_model(p, prep):
+    """The convnet: preprocessing and augmentation layers, then the network."""
+    inputs, x = input_layers(prep)  # any size, uint8 -> resized to image_size, scaled to 0-1
+    strength = p["augmentation"]
+    if strength > 0:  # active in training only
+        x = layers.RandomFlip("horizontal")(x)
+        x = layers.RandomRotation(strength * 0.2)(x)
+        x = layers.RandomZoom(strength * 0.2)(x)
+    filters = p["filters"]
+    for multiplier in (1, 2, 4, 4):
+        x = layers.Conv2D(filters * multiplier, 3, activation="relu")(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(p["dropout"])(x)
+    x = layers.Dense(p["dense_units"], activation="relu")(x)
+    outputs = layers.Dense(len(prep.class_names), activation="softmax")(x)
+    model = keras.Model(inputs, outputs, name="small_convnet")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=p["learning_rate"]),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def main():
+    started = time.perf_counter()
+    p = task.params()
+    opts = task.data_options()
+    keras.utils.set_random_seed(opts.get("seed", 0) + task.trial())
+    size = p["image_size"]
+    data = load_images(
+        task.data_dir(),
+        image_size=size,
+        color_mode="rgb",
+        train=opts.get("train", "train"),
+        test=opts.get("test", "test"),
+        validation_split=opts.get("validation_split", 0.2),
+        seed=opts.get("seed", 0),
+        test_image_size=opts.get("test_image_size", 150),
+    )
+    print(f"data: {data.describe()} ({time.perf_counter() - started:.1f} s)", flush=True)
+    prep = Preprocessing(image_size=(size, size), color_mode="rgb", class_names=data.class_names)
+
+    checkpoints = Checkpoints()
+    model, initial_epoch = checkpoints.restore(lambda: build_model(p, prep))
+    if not checkpoints.finished_early and initial_epoch < p["epochs"]:
+        model.fit(
+            data.x_train,
+            data.y_train,
+            validation_data=(data.x_val, data.y_val),
+            batch_size=p["batch_size"],
+            epochs=p["epochs"],
+            initial_epoch=initial_epoch,
+            shuffle=True,
+            callbacks=[checkpoints.callback()],
+            verbose=2,
+        )
+    best_epoch = checkpoints.restore_best(model)
+
+    _, val_accuracy = model.evaluate(data.x_val, data.y_val, batch_size=64, verbose=0)
+    _, test_accuracy = model.evaluate(data.x_test, data.y_test, batch_size=64, verbose=0)
+    print(
+        f"best epoch {best_epoch}: val_accuracy {val_accuracy:.4f}, "
+        f"test_accuracy {test_accuracy:.4f}",
+        flush=True,
+    )
+    save_model(model, task.model_dir(), prep)
+    save_heldout(data)
+    task.write_metrics(
+        {
+            "val_accuracy": val_accuracy,
+            "test_accuracy": test_accuracy,
+            "best_epoch": best_epoch,
+            "train_seconds": time.perf_counter() - started,
+        }
+    )
+
+
+if __name__ == "__main__":
+    main()

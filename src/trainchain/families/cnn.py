@@ -1,0 +1,497 @@
+"""The image CNN family (Keras 3 on TensorFlow): image folders, epoch checkpoints, the model.
+
+Training scripts stay plain Keras; this module gives them what the training contract
+asks for and Keras does not do by itself:
+
+- :func:`load_images`: a folder-per-class dataset as ``uint8`` arrays, with a seeded
+  validation split of the training folder and a separate held-out test folder;
+- :class:`Checkpoints` and :meth:`Checkpoints.callback`: after every epoch an atomic
+  checkpoint (model with optimizer state, the epoch, the early-stopping state) and a
+  report line; a restarted attempt resumes after the last finished epoch, and early
+  stopping (``TRAINCHAIN_EARLY_STOPPING``) survives the restart;
+- :func:`save_model`: the model in MLflow's ``keras`` flavor, with the preprocessing
+  serving must apply (image size, colour mode, scaling, class names) in its metadata.
+
+Keras and TensorFlow are imported inside the functions: importing this module costs
+nothing, and only the TensorFlow image (or a host with TensorFlow) runs them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+from trainchain import task
+
+log = logging.getLogger(__name__)
+
+COLOR_MODES = {"rgb": 3, "grayscale": 1}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+STATE_FILE = "state.json"
+BEST_WEIGHTS = "best.weights.h5"
+METADATA_KEY = "trainchain"
+
+
+class ImageDataError(ValueError):
+    """The image folders are not laid out as the family expects."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What turns an image file into the model's input, recorded with the model.
+
+    The model itself resizes (bilinear) to ``image_size`` and scales by ``scale``, so
+    its input is an image of any size as ``uint8`` values 0-255 with ``channels``
+    channels. Serving decodes with ``color_mode`` and may resize to ``image_size``
+    first: the result is the same.
+    """
+
+    image_size: tuple[int, int]
+    color_mode: str
+    class_names: tuple[str, ...]
+    scale: float = 1.0 / 255.0
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        if self.color_mode not in COLOR_MODES:
+            raise ValueError(
+                f"color_mode must be one of {sorted(COLOR_MODES)}, got {self.color_mode!r}"
+            )
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size must be (height, width) >= 1, got {self.image_size}")
+
+    @property
+    def channels(self) -> int:
+        return COLOR_MODES[self.color_mode]
+
+    def as_metadata(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["image_size"] = list(self.image_size)
+        out["class_names"] = list(self.class_names)
+        out["channels"] = self.channels
+        out["input"] = "image: uint8 0-255, shape (n, height, width, channels), any size"
+        out["output"] = "class probabilities in the order of class_names"
+        return out
+
+
+@dataclass(frozen=True)
+class ImageData:
+    """A folder-per-class dataset as arrays: train and validation from the training
+    folder (a seeded split, the same in every trial), test from the held-out folder."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+    x_test: Any
+    y_test: Any
+    class_names: tuple[str, ...]
+    image_size: tuple[int, int]
+    color_mode: str
+    test_image_size: tuple[int, int]
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def describe(self) -> str:
+        return (
+            f"{len(self.y_train)} training, {len(self.y_val)} validation and "
+            f"{len(self.y_test)} test images; classes {', '.join(self.class_names)}; "
+            f"{self.image_size[0]}x{self.image_size[1]} {self.color_mode}"
+        )
+
+
+def _size(name: str, value: Any) -> tuple[int, int]:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    if (
+        not isinstance(value, Sequence)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+    ):
+        raise ImageDataError(f"{name} must be a size in pixels (48 or [48, 48]), got {value!r}")
+    return int(value[0]), int(value[1])
+
+
+def class_folders(folder: Path) -> list[str]:
+    """The class names: the sub-folders of ``folder`` that hold at least one image."""
+    if not folder.is_dir():
+        raise ImageDataError(
+            f"{folder} is not a folder: expected one sub-folder of images per class "
+            "(train/cats/*.jpg, train/dogs/*.jpg, ...)"
+        )
+    names = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir()
+        and not p.name.startswith(".")
+        and any(f.suffix.lower() in IMAGE_EXTENSIONS for f in p.iterdir())
+    )
+    if len(names) < 2:
+        raise ImageDataError(
+            f"{folder} has {len(names)} class folder(s) with images: expected at least two "
+            f"sub-folders holding {', '.join(IMAGE_EXTENSIONS)} files, one per class"
+        )
+    return names
+
+
+def _read_folder(
+    folder: Path, class_names: Sequence[str], image_size: tuple[int, int], color_mode: str
+) -> tuple[Any, Any]:
+    import keras
+    import numpy as np
+
+    dataset = keras.utils.image_dataset_from_directory(
+        str(folder),
+        labels="inferred",
+        label_mode="int",
+        class_names=list(class_names),
+        color_mode=color_mode,
+        batch_size=None,
+        image_size=image_size,
+        shuffle=False,
+        interpolation="bilinear",
+        verbose=False,
+    )
+    xs, ys = [], []
+    for image, label in dataset.as_numpy_iterator():
+        xs.append(np.clip(np.rint(image), 0, 255).astype(np.uint8))
+        ys.append(int(label))
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+def stratified_split(labels: Any, share: float, seed: int) -> tuple[Any, Any]:
+    """Indices of the kept and the split-off part: ``share`` of each class, seeded."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    kept, split_off = [], []
+    for label in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == label))
+        n = round(len(idx) * share)
+        if n < 1 or n >= len(idx):
+            raise ImageDataError(
+                f"class {label} has {len(idx)} images: too few to split off {share:.0%} "
+                "for validation; add images or change validation_split"
+            )
+        split_off.append(idx[:n])
+        kept.append(idx[n:])
+    return rng.permutation(np.concatenate(kept)), np.sort(np.concatenate(split_off))
+
+
+def load_images(
+    root: Path,
+    *,
+    image_size: int | Sequence[int],
+    color_mode: str = "rgb",
+    train: str = "train",
+    test: str = "test",
+    validation_split: float = 0.2,
+    seed: int = 0,
+    test_image_size: int | Sequence[int] | None = None,
+) -> ImageData:
+    """Read ``root/train/<class>/*`` and ``root/test/<class>/*`` into ``uint8`` arrays.
+
+    The validation part is a stratified, seeded share of the training folder, the same
+    in every trial; tuning looks only at it. The test folder is the held-out data:
+    read at ``test_image_size`` (default ``image_size``), which should not depend on a
+    hyperparameter, so that models of different input sizes are compared on the same
+    arrays (each model resizes its input itself).
+    """
+    import numpy as np
+
+    size = _size("image_size", image_size)
+    test_size = _size("test_image_size", test_image_size or size)
+    if color_mode not in COLOR_MODES:
+        raise ImageDataError(f"color_mode must be one of {sorted(COLOR_MODES)}, got {color_mode!r}")
+    if not 0.0 < validation_split < 1.0:
+        raise ImageDataError(f"validation_split must be between 0 and 1, got {validation_split}")
+    root = Path(root)
+    train_dir, test_dir = root / train, root / test
+    names = class_folders(train_dir)
+    test_names = class_folders(test_dir)
+    if test_names != names:
+        raise ImageDataError(
+            f"the class folders differ: {train_dir} has {names}, {test_dir} has {test_names}; "
+            "expected the same classes in both"
+        )
+    x, y = _read_folder(train_dir, names, size, color_mode)
+    train_idx, val_idx = stratified_split(y, validation_split, seed)
+    x_train, y_train, x_val, y_val = x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+    x_test, y_test = _read_folder(test_dir, names, test_size, color_mode)
+    return ImageData(
+        x_train=np.ascontiguousarray(x_train),
+        y_train=y_train,
+        x_val=np.ascontiguousarray(x_val),
+        y_val=y_val,
+        x_test=x_test,
+        y_test=y_test,
+        class_names=tuple(names),
+        image_size=size,
+        color_mode=color_mode,
+        test_image_size=test_size,
+        sources={"train": str(train_dir), "test": str(test_dir)},
+    )
+
+
+def input_layers(preprocessing: Preprocessing) -> tuple[Any, Any]:
+    """The model's input and its preprocessing: images of any size, resized and scaled.
+
+    Returns ``(inputs, x)``: build the rest of the network on ``x`` and make the model
+    with ``keras.Model(inputs, outputs)``; the preprocessing is then part of the model.
+    """
+    import keras
+    from keras import layers
+
+    height, width = preprocessing.image_size
+    inputs = keras.Input(shape=(None, None, preprocessing.channels), name="image")
+    x = layers.Resizing(height, width, interpolation=preprocessing.interpolation)(inputs)
+    x = layers.Rescaling(preprocessing.scale)(x)
+    return inputs, x
+
+
+# --- checkpoints, reports, early stopping ---------------------------------------------
+
+
+@dataclass
+class _State:
+    epoch: int = 0  # epochs finished
+    checkpoint: str | None = None  # file name of the model saved after ``epoch``
+    monitor: str = "val_accuracy"
+    mode: str = "max"
+    best: float | None = None
+    best_epoch: int = 0
+    wait: int = 0
+    stopped_early: bool = False
+
+
+class Checkpoints:
+    """Epoch checkpoints in ``TRAINCHAIN_CHECKPOINT_DIR``, written so a kill at any moment
+    leaves the last finished epoch loadable.
+
+    Each epoch: the model (weights and optimizer state) to a new file, the best weights
+    so far when they improved, then ``state.json`` naming them, each replaced atomically;
+    older epoch files are removed after. Resuming loads what ``state.json`` names.
+    """
+
+    def __init__(
+        self,
+        folder: Path | None = None,
+        *,
+        monitor: str = "val_accuracy",
+        mode: str = "max",
+        early_stopping: Mapping[str, Any] | bool | None = True,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.folder = Path(folder) if folder is not None else task.checkpoint_dir()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        policy = task.early_stopping() if early_stopping is True else early_stopping or None
+        self.patience: int | None = None
+        self.min_delta = 0.0
+        if policy:
+            monitor = str(policy.get("monitor", monitor))
+            mode = str(policy.get("mode", mode))
+            self.patience = int(policy.get("patience", 5))
+            self.min_delta = float(policy.get("min_delta", 0.0))
+        if mode not in {"max", "min"}:
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.log = log
+        self.state = _State(monitor=monitor, mode=mode)
+
+    @property
+    def state_file(self) -> Path:
+        return self.folder / STATE_FILE
+
+    def load_state(self) -> _State | None:
+        if not self.state_file.exists():
+            return None
+        raw = json.loads(self.state_file.read_text(encoding="utf-8"))
+        known = {k: v for k, v in raw.items() if k in _State.__dataclass_fields__}
+        return _State(**known)
+
+    def restore(self, build: Callable[[], Any]) -> tuple[Any, int]:
+        """The model and the epoch to start from: the checkpoint's, or ``build()`` and 0."""
+        import keras
+
+        saved = self.load_state()
+        if saved is None or saved.checkpoint is None:
+            return build(), 0
+        path = self.folder / saved.checkpoint
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{self.state_file} names {saved.checkpoint}, which is missing: the "
+                "checkpoint folder was changed by hand; empty it to start over"
+            )
+        # our own monitor and policy win; the counters come from the checkpoint
+        saved.monitor, saved.mode = self.state.monitor, self.state.mode
+        self.state = saved
+        model = keras.models.load_model(path)
+        self.log(
+            f"resuming after epoch {saved.epoch} from {path.name}"
+            + (
+                f" (best {saved.monitor} {saved.best:.4f} at epoch {saved.best_epoch})"
+                if saved.best is not None
+                else ""
+            )
+        )
+        return model, saved.epoch
+
+    @property
+    def finished_early(self) -> bool:
+        return self.state.stopped_early
+
+    def _improved(self, value: float) -> bool:
+        best = self.state.best
+        if best is None:
+            return True
+        if self.state.mode == "max":
+            return value > best + self.min_delta
+        return value < best - self.min_delta
+
+    def _save(self, model: Any, epoch: int, logs: Mapping[str, Any]) -> None:
+        value = logs.get(self.state.monitor)
+        improved = False
+        if value is not None and math.isfinite(float(value)):
+            improved = self._improved(float(value))
+        if improved:
+            weights_tmp = self.folder / f"tmp-{BEST_WEIGHTS}"
+            model.save_weights(str(weights_tmp))
+            os.replace(weights_tmp, self.folder / BEST_WEIGHTS)
+            self.state.best = float(value)  # type: ignore[arg-type]
+            self.state.best_epoch = epoch
+            self.state.wait = 0
+        else:
+            self.state.wait += 1
+        if self.patience is not None and self.state.wait >= self.patience:
+            self.state.stopped_early = True
+        name = f"epoch-{epoch:04d}.keras"
+        tmp = self.folder / f"tmp-{name}"
+        model.save(str(tmp))
+        _fsync(tmp)
+        os.replace(tmp, self.folder / name)
+        previous = self.state.checkpoint
+        self.state.epoch = epoch
+        self.state.checkpoint = name
+        task.atomic_write_bytes(
+            self.state_file, json.dumps(asdict(self.state), indent=2).encode("utf-8")
+        )
+        if previous and previous != name:
+            (self.folder / previous).unlink(missing_ok=True)
+
+    def callback(self) -> Any:
+        """A Keras callback: checkpoint, then report, after every epoch; early stopping."""
+        import keras
+
+        owner = self
+
+        class _TrainchainEpochs(keras.callbacks.Callback):  # type: ignore[misc]
+            def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+                logs = dict(logs or {})
+                finished = epoch + 1
+                owner._save(self.model, finished, logs)
+                values = {k: float(v) for k, v in logs.items() if _is_number(v)}
+                task.report(finished, **values)
+                if owner.state.stopped_early:
+                    owner.log(
+                        f"early stopping after epoch {finished}: {owner.state.monitor} has not "
+                        f"improved for {owner.state.wait} epochs (best "
+                        f"{owner.state.best} at epoch {owner.state.best_epoch})"
+                    )
+                    self.model.stop_training = True
+
+        return _TrainchainEpochs()
+
+    def restore_best(self, model: Any) -> int:
+        """Load the best weights seen (by the monitored value); return their epoch."""
+        path = self.folder / BEST_WEIGHTS
+        if self.state.best is None or not path.exists():
+            return self.state.epoch
+        model.load_weights(str(path))
+        return self.state.best_epoch
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _fsync(path: Path) -> None:
+    with path.open("rb") as f:
+        os.fsync(f.fileno())
+
+
+# --- the model for MLflow -----------------------------------------------------------
+
+
+def pip_requirements() -> list[str]:
+    """The exact libraries the saved model needs to load (those of this environment)."""
+    out = []
+    for dist in ("keras", "tensorflow-cpu", "tensorflow", "numpy"):
+        try:
+            out.append(f"{dist}=={importlib_metadata.version(dist)}")
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def save_model(model: Any, path: Path, preprocessing: Preprocessing) -> Path:
+    """Save ``model`` in MLflow's ``keras`` flavor, its preprocessing in the metadata."""
+    import mlflow.keras
+    import numpy as np
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, -1, -1, preprocessing.channels))]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(preprocessing.class_names)))]),
+    )
+    mlflow.keras.save_model(
+        model,
+        str(path),
+        signature=signature,
+        pip_requirements=pip_requirements(),
+        metadata={METADATA_KEY: preprocessing.as_metadata()},
+    )
+    return Path(path)
+
+
+def read_preprocessing(model_path: Path) -> Preprocessing:
+    """The preprocessing recorded with a saved model (what serving must apply)."""
+    import yaml
+
+    mlmodel = yaml.safe_load((Path(model_path) / "MLmodel").read_text(encoding="utf-8"))
+    meta = (mlmodel.get("metadata") or {}).get(METADATA_KEY)
+    if not meta:
+        raise ValueError(f"{model_path}/MLmodel records no {METADATA_KEY} preprocessing")
+    return Preprocessing(
+        image_size=(int(meta["image_size"][0]), int(meta["image_size"][1])),
+        color_mode=str(meta["color_mode"]),
+        class_names=tuple(str(c) for c in meta["class_names"]),
+        scale=float(meta["scale"]),
+        interpolation=str(meta["interpolation"]),
+    )
+
+
+def save_heldout(data: ImageData, path: Path | None = None) -> Path:
+    """The held-out test arrays for trainchain's champion/challenger comparison."""
+    import numpy as np
+
+    target = Path(path) if path is not None else task.heldout_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"tmp-{target.name}")
+    with tmp.open("wb") as f:
+        np.savez_compressed(f, X=data.x_test, y=data.y_test)
+    os.replace(tmp, target)
+    return target

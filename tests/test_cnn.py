@@ -1,0 +1,267 @@
+"""The image CNN family: detection of the examples, the folder loader's contract, epoch
+checkpoints with resume and early stopping, and the whole chain on real images.
+
+The real images are scikit-learn's bundled handwritten digits (8x8 grayscale, 1,797
+of them, no download), written as PNG files one folder per class, and trained with the
+emotion example's own train.py. Only the tests marked ``tensorflow`` import Keras.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, git_init, run_cli
+from trainchain.families import cnn
+
+EXAMPLES = REPO_ROOT / "examples"
+CNN_EXAMPLES = ("cats-vs-dogs-cnn", "emotion-cnn")
+
+
+def write_digits(root: Path, *, test_share: float = 0.25) -> Path:
+    """scikit-learn's digits as PNGs: root/train/<digit>/*.png and root/test/<digit>/*.png."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)  # 0-16 -> 0-255
+    labels = digits.target
+    keep, held_out = cnn.stratified_split(labels, test_share, seed=0)
+    for part, indices in (("train", keep), ("test", held_out)):
+        for i in indices:
+            folder = root / part / str(labels[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i], mode="L").save(folder / f"{i:04d}.png")
+    return root
+
+
+DIGITS_YAML = """\
+name: digits-cnn
+entrypoint: train.py
+data:
+  path: {data}
+  options: {{train: train, test: test, validation_split: 0.2, seed: 0, image_size: 16}}
+goal: {{metric: accuracy, threshold: {threshold}, direction: maximize}}
+budget: {{max_trials: {max_trials}, timeout: 900, seed: 0}}
+pruning: {{enabled: true, startup_trials: 1, warmup_steps: 2}}
+early_stopping: {{enabled: true, patience: 3, min_delta: 0.0}}
+search_space:
+  learning_rate: {{type: float, low: 0.001, high: 0.003, log: true, default: 0.002}}
+  filters: {{type: categorical, choices: [8, 16], default: 16}}
+  dense_units: {{type: categorical, choices: [32, 64], default: 64}}
+  dropout: {{type: float, low: 0.0, high: 0.2, default: 0.1}}
+  augmentation: {{type: categorical, choices: [0.0], default: 0.0}}
+  batch_size: {{type: categorical, choices: [32], default: 32}}
+  epochs: {{type: int, low: 4, high: {epochs}, default: {epochs}}}
+train: {{timeout: 600, max_attempts: 2, memory: 3g, cpus: 2}}
+"""
+
+
+@pytest.fixture(scope="session")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_digits(tmp_path_factory.mktemp("digits"))
+
+
+DigitsRepo = Callable[..., Path]
+
+
+@pytest.fixture
+def digits_repo(tmp_path: Path, digits: Path) -> DigitsRepo:
+    """A model repository holding the emotion example's train.py, set up for the digits."""
+
+    def make(*, threshold: float = 0.9, max_trials: int = 3, epochs: int = 8) -> Path:
+        root = tmp_path / "digits-cnn"
+        root.mkdir()
+        shutil.copy(EXAMPLES / "emotion-cnn" / "train.py", root / "train.py")
+        (root / "trainchain.yaml").write_text(
+            DIGITS_YAML.format(
+                data=digits, threshold=threshold, max_trials=max_trials, epochs=epochs
+            ),
+            encoding="utf-8",
+        )
+        git_init(root)
+        return root
+
+    return make
+
+
+# --- without TensorFlow ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("example", CNN_EXAMPLES)
+def test_detect_picks_the_tensorflow_image_from_the_code(example: str) -> None:
+    """Both CNN examples are detected as cnn, by Conv2D and keras in train.py."""
+    done = run_cli("detect", str(EXAMPLES / example), "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["family"] == "cnn"
+    assert result["image"] == "trainchain/train-tensorflow:0.1.0"
+    symbols = {e["symbol"] for e in result["evidence"] if e["family"] == "cnn"}
+    assert {"Conv2D", "keras"} <= symbols
+    assert all(e["file"] == "train.py" for e in result["evidence"])
+
+
+@pytest.mark.parametrize("example", CNN_EXAMPLES)
+def test_example_config_is_valid_and_its_defaults_are_in_its_space(example: str) -> None:
+    """Each CNN example's trainchain.yaml loads, with pruning and early stopping on."""
+    from trainchain.config import load_config
+
+    model = load_config(EXAMPLES / example).model
+    assert model.goal.val_metric == "val_accuracy"
+    assert model.pruning.enabled and model.early_stopping.enabled
+    assert {"learning_rate", "filters", "dense_units", "dropout", "augmentation"} <= set(
+        model.search_space
+    )
+    assert {"batch_size", "epochs"} <= set(model.search_space)
+
+
+def test_stratified_split_is_seeded_and_keeps_every_class() -> None:
+    """The validation split takes the same share of each class, the same way each time."""
+    labels = np.repeat([0, 1, 2], [50, 30, 20])
+    keep, held = cnn.stratified_split(labels, 0.2, seed=3)
+    again_keep, again_held = cnn.stratified_split(labels, 0.2, seed=3)
+    assert np.array_equal(held, again_held) and np.array_equal(keep, again_keep)
+    assert sorted(np.concatenate([keep, held]).tolist()) == list(range(100))
+    assert np.bincount(labels[held]).tolist() == [10, 6, 4]
+    with pytest.raises(cnn.ImageDataError, match="too few to split"):
+        cnn.stratified_split(np.array([0, 0, 1]), 0.2, seed=0)
+
+
+def test_folder_without_classes_is_refused_with_the_layout_expected(tmp_path: Path) -> None:
+    """A data folder that is not one sub-folder per class says what layout it needs."""
+    with pytest.raises(cnn.ImageDataError, match="is not a folder"):
+        cnn.class_folders(tmp_path / "missing")
+    (tmp_path / "train" / "cats").mkdir(parents=True)
+    (tmp_path / "train" / "cats" / "a.jpg").write_bytes(b"x")
+    (tmp_path / "train" / "notes").mkdir()
+    (tmp_path / "train" / "notes" / "readme.txt").write_text("no images here")
+    with pytest.raises(cnn.ImageDataError, match="1 class folder"):
+        cnn.class_folders(tmp_path / "train")
+
+
+def test_preprocessing_refuses_an_unknown_colour_mode() -> None:
+    """Preprocessing names the allowed colour modes."""
+    with pytest.raises(ValueError, match="grayscale"):
+        cnn.Preprocessing(image_size=(48, 48), color_mode="cmyk", class_names=("a", "b"))
+    prep = cnn.Preprocessing(image_size=(48, 48), color_mode="grayscale", class_names=("a", "b"))
+    assert prep.as_metadata()["channels"] == 1
+
+
+# --- with TensorFlow ---------------------------------------------------------------------
+
+
+def _tiny_model(prep: cnn.Preprocessing) -> Any:
+    import keras
+    from keras import layers
+
+    inputs, x = cnn.input_layers(prep)
+    x = layers.Conv2D(4, 3, activation="relu")(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(len(prep.class_names), activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+@pytest.mark.tensorflow
+def test_checkpoints_resume_after_the_last_finished_epoch_with_optimizer_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second process-like start resumes at epoch 2 with the optimizer's step count, and
+    reports continue at step 3: nothing is redone."""
+    report = tmp_path / "report.jsonl"
+    monkeypatch.setenv("TRAINCHAIN_REPORT", str(report))
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (40, 10, 10, 1), dtype=np.uint8)
+    y = rng.integers(0, 2, 40)
+    prep = cnn.Preprocessing(image_size=(8, 8), color_mode="grayscale", class_names=("a", "b"))
+    folder = tmp_path / "ckpt"
+
+    first = cnn.Checkpoints(folder, early_stopping=None, log=lambda _: None)
+    model, start = first.restore(lambda: _tiny_model(prep))
+    assert start == 0
+    model.fit(x, y, validation_data=(x, y), epochs=2, batch_size=10, verbose=0,
+              callbacks=[first.callback()])  # fmt: skip
+    steps_after_two = int(model.optimizer.iterations.numpy())
+    assert sorted(p.name for p in folder.glob("epoch-*.keras")) == ["epoch-0002.keras"]
+
+    second = cnn.Checkpoints(folder, early_stopping=None, log=lambda _: None)
+    resumed, start = second.restore(lambda: pytest.fail("must not build a new model"))
+    assert start == 2
+    assert int(resumed.optimizer.iterations.numpy()) == steps_after_two == 8
+    resumed.fit(x, y, validation_data=(x, y), epochs=4, initial_epoch=start, batch_size=10,
+                verbose=0, callbacks=[second.callback()])  # fmt: skip
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert all("val_accuracy" in r for r in rows)
+
+
+@pytest.mark.tensorflow
+def test_early_stopping_ends_training_and_its_state_survives_a_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no possible improvement (min_delta 1.0) and patience 2, training stops after
+    epoch 3; a restarted attempt sees it finished and trains no more."""
+    policy = {"monitor": "val_accuracy", "mode": "max", "patience": 2, "min_delta": 1.0}
+    monkeypatch.setenv("TRAINCHAIN_EARLY_STOPPING", json.dumps(policy))
+    monkeypatch.setenv("TRAINCHAIN_REPORT", str(tmp_path / "report.jsonl"))
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 255, (30, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 2, 30)
+    prep = cnn.Preprocessing(image_size=(8, 8), color_mode="grayscale", class_names=("a", "b"))
+    messages: list[str] = []
+    first = cnn.Checkpoints(tmp_path / "ckpt", log=messages.append)
+    model, _ = first.restore(lambda: _tiny_model(prep))
+    history = model.fit(x, y, validation_data=(x, y), epochs=20, batch_size=10, verbose=0,
+                        callbacks=[first.callback()])  # fmt: skip
+    assert len(history.history["loss"]) == 3
+    assert first.finished_early and "early stopping after epoch 3" in messages[-1]
+    assert first.restore_best(model) == 1  # the first epoch set the best value
+
+    again = cnn.Checkpoints(tmp_path / "ckpt", log=messages.append)
+    _, start = again.restore(lambda: pytest.fail("must resume"))
+    assert (start, again.finished_early) == (3, True)
+
+
+@pytest.mark.tensorflow
+@pytest.mark.slow
+def test_chain_trains_a_real_cnn_on_digits_and_registers_it_with_its_preprocessing(
+    digits_repo: DigitsRepo, home: Path
+) -> None:
+    """The chain runs the emotion example's script on the digits (local executor): it
+    reaches val_accuracy 0.9, the champion scores >= 0.9 on the held-out folder when
+    loaded from the registry, and its MLmodel records the preprocessing."""
+    from mlflow.models import Model
+
+    from trainchain.chain import run_chain
+    from trainchain.settings import load_settings
+    from trainchain.tracking import CHAMPION, Tracker
+
+    settings = load_settings({"TRAINCHAIN_HOME": str(home)})
+    outcome = run_chain(str(digits_repo()), settings, executor="local", quiet=True)
+    report = outcome.report
+    assert outcome.exit_code == 0, (report.status, report.error, report.log_tail)
+    assert report.best_value is not None and report.best_value >= 0.9
+    assert report.best_test_value is not None and report.best_test_value >= 0.9
+    assert report.became_champion and report.registry_version == "1"
+
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    assert tracker.alias_version("digits-cnn", CHAMPION) == "1"
+    local = Path(tracker.client.download_artifacts(report.best_run_id, "", str(home / "dl")))
+    meta = Model.load(str(local / "model")).metadata["trainchain"]
+    assert meta["image_size"] == [16, 16] and meta["color_mode"] == "grayscale"
+    assert meta["class_names"] == [str(d) for d in range(10)] and meta["channels"] == 1
+    with np.load(local / "heldout.npz") as held:
+        x, y = held["X"], held["y"]
+    assert x.dtype == np.uint8 and x.shape[1:] == (16, 16, 1) and len(y) == 450
+    champion_run = tracker.version_run_id("digits-cnn", "1")
+    assert champion_run == report.best_run_id
+    champion = tracker.load_model(champion_run, home / "load")
+    predicted = np.asarray(champion.predict(x.astype(np.float32))).argmax(axis=1)
+    assert float(np.mean(predicted == y)) >= 0.9
