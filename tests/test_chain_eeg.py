@@ -14,6 +14,7 @@ from tests.conftest import REPO_ROOT, run_cli
 from tests.smtp_server import Inbox, LoopbackController, serve
 from trainchain.chain import run_chain
 from trainchain.families.eeg_synth import write_synthetic_dataset
+from trainchain.registry import download_heldout
 from trainchain.settings import load_settings
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
 
@@ -69,7 +70,7 @@ def test_chain_registers_champion_and_emails_it(
     model = mlflow.pyfunc.load_model(
         str(tracker.download(report.best_run_id or "", "model", home / "dl"))
     )
-    heldout = np.load(tracker.download(report.best_run_id or "", "heldout.npz", home / "dl2"))
+    heldout = np.load(download_heldout(tracker, report.best_run_id or "", home / "dl2"))
     assert heldout["X"].shape[1:] == (22, 750)
     labels = model.predict(heldout["X"])
     assert set(labels) <= {"left", "right"}

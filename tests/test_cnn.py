@@ -240,6 +240,7 @@ def test_chain_trains_a_real_cnn_on_digits_and_registers_it_with_its_preprocessi
     from mlflow.models import Model
 
     from trainchain.chain import run_chain
+    from trainchain.registry import download_heldout
     from trainchain.settings import load_settings
     from trainchain.tracking import CHAMPION, Tracker
 
@@ -257,7 +258,7 @@ def test_chain_trains_a_real_cnn_on_digits_and_registers_it_with_its_preprocessi
     meta = Model.load(str(local / "model")).metadata["trainchain"]
     assert meta["image_size"] == [16, 16] and meta["color_mode"] == "grayscale"
     assert meta["class_names"] == [str(d) for d in range(10)] and meta["channels"] == 1
-    with np.load(local / "heldout.npz") as held:
+    with np.load(download_heldout(tracker, report.best_run_id, home / "held")) as held:
         x, y = held["X"], held["y"]
     assert x.dtype == np.uint8 and x.shape[1:] == (16, 16, 1) and len(y) == 450
     champion_run = tracker.version_run_id("digits-cnn", "1")

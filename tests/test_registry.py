@@ -7,14 +7,17 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import git, git_init, run_cli
 from trainchain.chain import run_chain
 from trainchain.errors import RegistryError
+from trainchain.registry import download_heldout
 from trainchain.settings import Settings
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
+from trainchain.training import HELDOUT_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -116,3 +119,31 @@ def test_error_while_comparing_never_promotes(tmp_path: Path, settings: Settings
     assert "error while deciding" in second.promotion_reason
     assert tracker.alias_version("trees", CHAMPION) == "1"
     assert tracker.alias_version("trees", CHALLENGER) == second.registry_version
+
+
+def test_trials_of_a_chain_store_their_shared_heldout_split_once(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Three trials writing the same held-out arrays leave one copy, under the chain's run,
+    and each trial's run points to it; promotion reads it from there."""
+    root = _repo(tmp_path, 1)
+    (root / "trainchain.yaml").write_text(
+        TREE_YAML.format(depth=1)
+        .replace("max_trials: 1", "max_trials: 3")
+        .replace("choices: [1]", "choices: [1, 2, 3]")
+        .replace("threshold: 0.55", "threshold: 0.999")
+    )
+    git(root, "commit", "-qam", "three depths")
+    report = run_chain(str(root), settings).report  # 0.999: out of reach, three trials
+    assert len(report.trials) == 3 and report.parent_run_id
+    client = MlflowClient(settings.tracking_uri)
+    stored = [f.path for f in client.list_artifacts(report.parent_run_id, "heldout")]
+    assert len(stored) == 1
+    for trial in report.trials:
+        assert trial.run_id
+        tags = client.get_run(trial.run_id).data.tags
+        assert tags[HELDOUT_TAG] == f"{report.parent_run_id}:{stored[0]}/heldout.npz"
+        assert "heldout.npz" not in {f.path for f in client.list_artifacts(trial.run_id)}
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    path = download_heldout(tracker, report.trials[0].run_id or "", tmp_path / "dl")
+    assert np.load(path)["X"].shape == (150, 2)

@@ -12,6 +12,7 @@ from trainchain.config import Direction, Goal, base_metric
 from trainchain.promotion import decide
 from trainchain.report import ChainReport
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
+from trainchain.training import HELDOUT_TAG
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,16 @@ def score(model: Any, x: Any, y: Any, metric: str) -> float:
     return float(scorers[metric](y, pred))
 
 
+def download_heldout(tracker: Tracker, run_id: str, dst: Path) -> Path:
+    """The held-out arrays a run was scored on: shared by its chain, or its own."""
+    _, _, tags = tracker.run_data(run_id)
+    shared = tags.get(HELDOUT_TAG)
+    if shared and ":" in shared:
+        owner, path = shared.split(":", 1)
+        return tracker.download(owner, path, dst)
+    return tracker.download(run_id, task.HELDOUT_FILE, dst)
+
+
 def _compare_on_heldout(
     tracker: Tracker, name: str, candidate_run: str, champion_version: str, metric: str
 ) -> tuple[float, float]:
@@ -60,7 +71,7 @@ def _compare_on_heldout(
         raise ValueError(f"champion v{champion_version} has no run to load its model from")
     with tempfile.TemporaryDirectory(prefix="trainchain-promote-") as tmp:
         work = Path(tmp)
-        heldout = tracker.download(candidate_run, task.HELDOUT_FILE, work / "heldout")
+        heldout = download_heldout(tracker, candidate_run, work / "heldout")
         with np.load(heldout, allow_pickle=False) as data:
             x, y = data["X"], data["y"]
         candidate = score(tracker.load_model(candidate_run, work), x, y, metric)

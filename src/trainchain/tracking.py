@@ -124,6 +124,15 @@ class Tracker:
     def log_artifact(self, run_id: str, local_file: Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(run_id, str(local_file), artifact_path)
 
+    def log_artifact_once(self, run_id: str, local_file: Path, artifact_dir: str) -> str:
+        """Log ``local_file`` under ``artifact_dir`` of ``run_id`` unless it is there already;
+        return its artifact path."""
+        target = f"{artifact_dir}/{local_file.name}"
+        present = {f.path for f in self.client.list_artifacts(run_id, artifact_dir)}
+        if target not in present:
+            self.client.log_artifact(run_id, str(local_file), artifact_dir)
+        return target
+
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 

@@ -5,6 +5,7 @@ The script never talks to the tracking store; this module does, on the host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -25,6 +26,9 @@ from trainchain.tracking import MODEL_ARTIFACT, Tracker
 log = logging.getLogger(__name__)
 
 PARAMS_TAG = "trainchain.params"
+# "<run id>:<artifact path>" of the held-out arrays a trial was scored on: the trials of
+# a chain usually share one split, which is then stored once, under the chain's run
+HELDOUT_TAG = "trainchain.heldout"
 REPORT_POLL_S = 0.25  # how often the report file is read for new steps (pruning)
 
 # (step, value of the goal's val metric) -> True to prune the trial now
@@ -318,7 +322,7 @@ def run_trial(
     )
     if rows:
         ctx.tracker.log_step_metrics(run_id, rows)
-    _log_outputs(ctx.tracker, run_id, output_dir, trial_dir)
+    _log_outputs(ctx.tracker, run_id, output_dir, trial_dir, ctx.parent_run_id)
     if pruned:  # ended on purpose: neither finished nor failed
         ctx.tracker.client.set_terminated(run_id, status="KILLED")
     else:
@@ -424,16 +428,47 @@ def _run_attempts(
     return metrics, error, output_dir
 
 
-def _log_outputs(tracker: Tracker, run_id: str, output_dir: Path, trial_dir: Path) -> None:
+def heldout_digest(path: Path) -> str:
+    """A digest of the held-out arrays themselves (the .npz file's bytes differ each time:
+    its zip entries carry the time they were written)."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    with np.load(path, allow_pickle=False) as data:
+        for key in sorted(data.files):
+            array = np.ascontiguousarray(data[key])
+            digest.update(f"{key}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()[:20]
+
+
+def _log_heldout(tracker: Tracker, run_id: str, path: Path, parent_run_id: str | None) -> None:
+    if parent_run_id is None:
+        tracker.log_artifact(run_id, path)
+        return
+    try:
+        digest = heldout_digest(path)
+    except Exception as err:  # not readable as arrays: keep the file with its run
+        log.warning("%s is not a readable .npz of arrays (%s); logged as it is", path, err)
+        tracker.log_artifact(run_id, path)
+        return
+    target = tracker.log_artifact_once(parent_run_id, path, f"heldout/{digest}")
+    tracker.log(run_id, tags={HELDOUT_TAG: f"{parent_run_id}:{target}"})
+
+
+def _log_outputs(
+    tracker: Tracker, run_id: str, output_dir: Path, trial_dir: Path, parent_run_id: str | None
+) -> None:
     model_dir = output_dir / task.MODEL_DIR
     if (model_dir / "MLmodel").exists():
         tracker.log_artifacts(run_id, model_dir, MODEL_ARTIFACT)
     elif model_dir.exists():
         log.warning("%s has no MLmodel file: the model is logged as plain files", model_dir)
         tracker.log_artifacts(run_id, model_dir, "model-files")
-    for name in (task.HELDOUT_FILE, task.METRICS_FILE):
-        if (output_dir / name).exists():
-            tracker.log_artifact(run_id, output_dir / name)
+    if (output_dir / task.HELDOUT_FILE).exists():
+        _log_heldout(tracker, run_id, output_dir / task.HELDOUT_FILE, parent_run_id)
+    if (output_dir / task.METRICS_FILE).exists():
+        tracker.log_artifact(run_id, output_dir / task.METRICS_FILE)
     for path in sorted(trial_dir.glob("attempt-*/train.log")):
         tracker.log_artifact(run_id, path, f"logs/{path.parent.name}")
     if (trial_dir / "report.jsonl").exists():
