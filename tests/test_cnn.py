@@ -71,22 +71,24 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 DigitsRepo = Callable[..., Path]
 
 
+def make_digits_repo(
+    root: Path, data: Path, *, threshold: float = 0.9, max_trials: int = 3, epochs: int = 8
+) -> Path:
+    """A model repository holding the emotion example's train.py, set up for the digits."""
+    root.mkdir(parents=True)
+    shutil.copy(EXAMPLES / "emotion-cnn" / "train.py", root / "train.py")
+    (root / "trainchain.yaml").write_text(
+        DIGITS_YAML.format(data=data, threshold=threshold, max_trials=max_trials, epochs=epochs),
+        encoding="utf-8",
+    )
+    git_init(root)
+    return root
+
+
 @pytest.fixture
 def digits_repo(tmp_path: Path, digits: Path) -> DigitsRepo:
-    """A model repository holding the emotion example's train.py, set up for the digits."""
-
-    def make(*, threshold: float = 0.9, max_trials: int = 3, epochs: int = 8) -> Path:
-        root = tmp_path / "digits-cnn"
-        root.mkdir()
-        shutil.copy(EXAMPLES / "emotion-cnn" / "train.py", root / "train.py")
-        (root / "trainchain.yaml").write_text(
-            DIGITS_YAML.format(
-                data=digits, threshold=threshold, max_trials=max_trials, epochs=epochs
-            ),
-            encoding="utf-8",
-        )
-        git_init(root)
-        return root
+    def make(**options: Any) -> Path:
+        return make_digits_repo(tmp_path / "digits-cnn", digits, **options)
 
     return make
 
