@@ -119,6 +119,12 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     if champion is not None:
         try:
             cand, champ = _compare_on_heldout(tracker, name, report.best_run_id, champion, metric)
+        except ImportError as err:
+            error = (
+                f"this host cannot load the models ({type(err).__name__}: {err}); for Keras "
+                "models install TensorFlow here: scripts/setup.sh --tensorflow"
+            )
+            log.error("could not compare v%s with champion v%s: %s", version, champion, error)
         except Exception as err:
             error = f"{type(err).__name__}: {err}"
             log.error("could not compare v%s with champion v%s: %s", version, champion, error)
