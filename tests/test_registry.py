@@ -121,6 +121,27 @@ def test_error_while_comparing_never_promotes(tmp_path: Path, settings: Settings
     assert tracker.alias_version("trees", CHALLENGER) == second.registry_version
 
 
+def test_champion_whose_flavor_the_host_lacks_is_not_compared_and_says_what_to_install(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """A champion whose loader module is not installed here (as a Keras model on a host
+    without TensorFlow): no promotion, and the reason names the install command."""
+    first = run_chain(str(_repo(tmp_path, 1)), settings).report
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    source = Path(tracker.artifact_uri(first.best_run_id or "").removeprefix("file://"))
+    mlmodel = source / "MLmodel"
+    text = mlmodel.read_text().replace(
+        "loader_module: mlflow.sklearn", "loader_module: no_such_flavor"
+    )
+    assert "no_such_flavor" in text
+    mlmodel.write_text(text)
+    second = run_chain(str(_repo(tmp_path, 4)), settings).report
+    assert not second.became_champion
+    assert "cannot load the models" in second.promotion_reason
+    assert "scripts/setup.sh --tensorflow" in second.promotion_reason
+    assert tracker.alias_version("trees", CHAMPION) == "1"
+
+
 def test_trials_of_a_chain_store_their_shared_heldout_split_once(
     tmp_path: Path, settings: Settings
 ) -> None:
