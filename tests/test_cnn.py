@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,20 @@ def test_example_config_is_valid_and_its_defaults_are_in_its_space(example: str)
         model.search_space
     )
     assert {"batch_size", "epochs"} <= set(model.search_space)
+
+
+def test_importing_trainchain_does_not_load_tensorflow() -> None:
+    """The CLI, the chain and the CNN family module import without TensorFlow or Keras:
+    only the code that trains or loads a Keras model does."""
+    code = (
+        "import sys, trainchain.cli, trainchain.chain, trainchain.registry, "
+        "trainchain.families.cnn\n"
+        "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_stratified_split_is_seeded_and_keeps_every_class() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import sys
+import time
 from typing import Any
 
 from rich.console import Console
@@ -29,6 +30,7 @@ class TuneDisplay:
         *,
         quiet: bool = False,
         console: Console | None = None,
+        every: float = 60.0,
     ) -> None:
         self.console = console or Console(file=sys.stderr, highlight=False, soft_wrap=True)
         self.metric = metric
@@ -37,6 +39,8 @@ class TuneDisplay:
         self.quiet = quiet
         self._status: Status | None = None
         self._label = ""
+        self.every = every  # in a log: at most one line of a running trial per this many s
+        self._started = self._shown = 0.0
 
     @classmethod
     def for_goal(cls, goal: Goal, *, quiet: bool = False) -> TuneDisplay:
@@ -66,6 +70,7 @@ class TuneDisplay:
         shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         extra = f" (attempt {attempt})" if attempt > 1 else ""
         self.console.print(f"  {self._label}{extra}: {shown}")
+        self._started = self._shown = time.monotonic()
         if self.console.is_terminal:
             if self._status is None:
                 self._status = self.console.status(f"{self._label} running")
@@ -74,9 +79,16 @@ class TuneDisplay:
                 self._status.update(f"{self._label} running{extra}")
 
     def line(self, text: str) -> None:
-        """A line the training script printed; the spinner shows the latest."""
+        """A line the training script printed: the spinner shows the latest; in a log
+        (Jenkins) one is printed now and then, so a long trial shows it is alive."""
         if self._status is not None:
             self._status.update(f"{self._label} running: {text[-100:]}")
+        elif not self.quiet and self._label and text.strip():
+            now = time.monotonic()
+            if now - self._shown >= self.every:
+                self._shown = now
+                minutes = (now - self._started) / 60
+                self.console.print(f"    {self._label} running {minutes:.1f} min: {text[-160:]}")
 
     def trial_finished(
         self,
