@@ -67,6 +67,18 @@ def code_digest(root: Path, skip: Path | None = None) -> str:
     return h.hexdigest()
 
 
+def _data_hint(loaded: LoadedConfig, data_dir: Path) -> str:
+    hint = "point --data, or data.path (its ${VARIABLES}), at the data"
+    if "${" in loaded.model.data.path:
+        hint += f" (data.path is {loaded.model.data.path!r})"
+    code = (loaded.root / loaded.model.entrypoint).read_text(encoding="utf-8", errors="replace")
+    if "trainchain.families.eeg" in code:
+        hint += f"; synthetic EEG recordings: `trainchain data synth-eeg --out {data_dir}`"
+    elif "trainchain.families.cnn" in code:
+        hint += "; image data is one folder per class under train/ and the held-out folder"
+    return hint
+
+
 def prepare(
     path: str | Path,
     settings: Settings,
@@ -94,8 +106,7 @@ def prepare(
         raise ConfigError(
             f"the data folder {data_dir} does not exist (data.path in "
             f"{loaded.root / 'trainchain.yaml'}, or --data)",
-            hint="point data.path or --data at the data; for the EEG example make synthetic "
-            f"data with `trainchain data synth-eeg --out {data_dir}`",
+            hint=_data_hint(loaded, data_dir),
         )
     detection = detect(loaded.root, loaded.model)
     source = describe(loaded.root)
