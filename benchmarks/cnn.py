@@ -80,6 +80,21 @@ def fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def print_summary(row: tuple[str, Any, int, float, list[float], str]) -> None:
+    name, report, code, wall, per_epoch, anchors = row
+    reached = "goal reached" if code == 0 else f"goal not reached (exit {code})"
+    median = statistics.median(per_epoch) if per_epoch else None
+    pruned = sum(t.state == "PRUNED" for t in report.trials)
+    print(
+        f"{name}: {reached}; best val_accuracy {fmt(report.best_value)}, its test accuracy "
+        f"{fmt(report.best_test_value)}; {len(report.trials)} trials ({pruned} pruned) in "
+        f"{wall / 60:.1f} min; median {fmt(median, '.1f')} s per epoch",
+        flush=True,
+    )
+    print(f"  registry: {report.promotion_reason}")
+    print(f"  anchors: {anchors}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=sorted(DATASETS), action="append")
@@ -135,16 +150,8 @@ def main() -> int:
             summary.append((name, report, outcome.exit_code, wall, per_epoch_all, spec["anchors"]))
 
     print("\n=== summary (test = the held-out folder, never used for tuning)")
-    for name, report, code, wall, per_epoch_all, anchors in summary:
-        reached = "goal reached" if code == 0 else f"goal not reached (exit {code})"
-        print(
-            f"{name}: {reached}; best val_accuracy {fmt(report.best_value)}, its test "
-            f"accuracy {fmt(report.best_test_value)}; {len(report.trials)} trials "
-            f"({sum(t.state == 'PRUNED' for t in report.trials)} pruned) in "
-            f"{wall / 60:.1f} min; median {fmt(statistics.median(per_epoch_all) if per_epoch_all else None, '.1f')} s per epoch"  # noqa: E501
-        )
-        print(f"  registry: {report.promotion_reason}")
-        print(f"  anchors: {anchors}")
+    for row in summary:
+        print_summary(row)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Facial emotions (angry, fear, happy, sad) from 48x48 grayscale faces: a CNN.
 
 Six hidden layers with ReLU (four Conv2D, two Dense) and a softmax output, with batch
-normalisation, pooling, dropout and light augmentation. Run by trainchain
+normalisation and pooling after the convolutions, dropout before the dense layers, and
+light augmentation. Run by trainchain
 (`trainchain train .`, `tune .`, `run .`): it reads this trial's hyperparameters, trains
 on the training folder minus a seeded validation share (val_accuracy, what tuning looks
 at), scores the held-out folder once (test_accuracy) and saves the model, preprocessing
@@ -46,7 +47,6 @@ def build_model(p, prep):
         x = layers.Conv2D(filters, 3, padding="same", activation="relu")(x)
         x = layers.BatchNormalization(momentum=0.9)(x)
         x = layers.MaxPooling2D()(x)
-        x = layers.Dropout(p["dropout"] / 2)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(p["dense_units"], activation="relu")(x)
     x = layers.Dropout(p["dropout"])(x)
