@@ -269,6 +269,7 @@ def test_chain_trains_a_real_cnn_on_digits_and_registers_it_with_its_preprocessi
     assert report.best_value is not None and report.best_value >= 0.9
     assert report.best_test_value is not None and report.best_test_value >= 0.9
     assert report.became_champion and report.registry_version == "1"
+    assert not list((home / "checkpoints").rglob("*.keras")), "finished trials keep none"
 
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
     assert tracker.alias_version("digits-cnn", CHAMPION) == "1"

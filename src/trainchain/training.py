@@ -327,6 +327,10 @@ def run_trial(
         ctx.tracker.client.set_terminated(run_id, status="KILLED")
     else:
         ctx.tracker.finish(run_id, ok)
+    if ok or pruned:
+        # the trial is over and its model logged; checkpoints only serve a resume (a CNN's
+        # are tens of MB). A failed trial keeps them, to look at or to resume by hand.
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
     return TrialOutcome(
         number=number,
         params=dict(params),
