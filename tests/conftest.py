@@ -147,3 +147,28 @@ def no_cwd_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     monkeypatch.chdir(cwd)
     yield cwd
     assert list(cwd.iterdir()) == [], "trainchain wrote into the current directory"
+
+
+def require_image(image: str, build: str) -> None:
+    """Gate a Docker-tier test module on an engine and ``image``: skip with the reason where
+    either is missing, except where CI is set, where that fails the run (the Docker tier
+    must run in CI). ``build`` is the command that builds the image."""
+    from trainchain.images import docker_client
+
+    why = None
+    try:
+        client = docker_client(timeout=10)
+    except Exception as err:
+        why = f"no Docker engine ({err})"
+    else:
+        import docker
+
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            why = f"{image} is not built ({build})"
+    if why is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {why}: the Docker tier must run in CI", pytrace=False)
+    pytest.skip(why, allow_module_level=True)

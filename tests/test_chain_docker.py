@@ -7,13 +7,12 @@ missing, except where CI is set: there a missing engine or image fails the run.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO_ROOT, run_cli
+from tests.conftest import REPO_ROOT, require_image, run_cli
 from trainchain.families.eeg_synth import write_synthetic_dataset
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -21,27 +20,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE = "trainchain/train-eeg:0.1.0"
 
 
-def _missing() -> str | None:
-    from trainchain.images import docker_client
-
-    try:
-        client = docker_client(timeout=10)
-    except Exception as err:
-        return f"no Docker engine ({err})"
-    import docker
-
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        return f"{IMAGE} is not built (scripts/build-images.sh eeg)"
-    return None
-
-
-WHY = _missing()
-if WHY is not None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {WHY}: the Docker tier must run in CI", pytrace=False)
-    pytest.skip(WHY, allow_module_level=True)
+require_image(IMAGE, "scripts/build-images.sh eeg")
 
 
 def test_chain_trains_in_the_eeg_image(tmp_path: Path, home: Path) -> None:

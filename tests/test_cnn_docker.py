@@ -10,7 +10,6 @@ TensorFlow runs only inside the container; this process never imports it.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require_image
 from tests.test_cnn import make_digits_repo, write_digits
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -26,27 +26,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow]
 IMAGE = "trainchain/train-tensorflow:0.1.0"
 
 
-def _missing() -> str | None:
-    from trainchain.images import docker_client
-
-    try:
-        client = docker_client(timeout=10)
-    except Exception as err:
-        return f"no Docker engine ({err})"
-    import docker
-
-    try:
-        client.images.get(IMAGE)
-    except docker.errors.ImageNotFound:
-        return f"{IMAGE} is not built (scripts/build-images.sh tensorflow)"
-    return None
-
-
-WHY = _missing()
-if WHY is not None:
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {WHY}: the Docker tier must run in CI", pytrace=False)
-    pytest.skip(WHY, allow_module_level=True)
+require_image(IMAGE, "scripts/build-images.sh tensorflow")
 
 
 def _rows(home: Path) -> list[dict[str, Any]]:
