@@ -147,7 +147,10 @@ def main() -> int:
                       f"{n_epochs:>7}{fmt(per_epoch, '.1f'):>8}{fmt(minutes, '.1f'):>8}"
                       f"  {params}")  # fmt: skip
             per_epoch_all = [e for _, e in epochs.values() if e is not None]
-            summary.append((name, report, outcome.exit_code, wall, per_epoch_all, spec["anchors"]))
+            row = (name, report, outcome.exit_code, wall, per_epoch_all, spec["anchors"])
+            summary.append(row)
+            print()
+            print_summary(row)
 
     print("\n=== summary (test = the held-out folder, never used for tuning)")
     for row in summary:
