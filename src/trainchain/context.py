@@ -10,7 +10,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainchain.config import LoadedConfig, load_config, resolve_data_dir, with_overrides
+from trainchain.config import (
+    Family,
+    LoadedConfig,
+    load_config,
+    resolve_data_dir,
+    with_overrides,
+)
 from trainchain.detect import DetectionResult, detect
 from trainchain.digest import data_digest
 from trainchain.errors import ConfigError
@@ -67,14 +73,13 @@ def code_digest(root: Path, skip: Path | None = None) -> str:
     return h.hexdigest()
 
 
-def _data_hint(loaded: LoadedConfig, data_dir: Path) -> str:
+def _data_hint(loaded: LoadedConfig, data_dir: Path, family: str) -> str:
     hint = "point --data, or data.path (its ${VARIABLES}), at the data"
     if "${" in loaded.model.data.path:
         hint += f" (data.path is {loaded.model.data.path!r})"
-    code = (loaded.root / loaded.model.entrypoint).read_text(encoding="utf-8", errors="replace")
-    if "trainchain.families.eeg" in code:
+    if family == Family.EEG:
         hint += f"; synthetic EEG recordings: `trainchain data synth-eeg --out {data_dir}`"
-    elif "trainchain.families.cnn" in code:
+    elif family == Family.CNN:
         hint += "; image data is one folder per class under train/ and the held-out folder"
     return hint
 
@@ -102,13 +107,13 @@ def prepare(
         )
     env = dict(os.environ) | {"TRAINCHAIN_HOME": str(settings.home)}
     data_dir = resolve_data_dir(loaded, env, data)
+    detection = detect(loaded.root, loaded.model)
     if require_data and not data_dir.exists():
         raise ConfigError(
             f"the data folder {data_dir} does not exist (data.path in "
             f"{loaded.root / 'trainchain.yaml'}, or --data)",
-            hint=_data_hint(loaded, data_dir),
+            hint=_data_hint(loaded, data_dir, detection.family),
         )
-    detection = detect(loaded.root, loaded.model)
     source = describe(loaded.root)
     repo = repository or source.repository
     sha = commit or source.commit
