@@ -277,6 +277,9 @@ def test_chain_trains_a_real_cnn_on_digits_and_registers_it_with_its_preprocessi
     meta = Model.load(str(local / "model")).metadata["trainchain"]
     assert meta["image_size"] == [16, 16] and meta["color_mode"] == "grayscale"
     assert meta["class_names"] == [str(d) for d in range(10)] and meta["channels"] == 1
+    prep = cnn.read_preprocessing(local / "model")  # what serving will read
+    assert (prep.image_size, prep.channels, prep.scale) == ((16, 16), 1, 1.0 / 255.0)
+    assert prep.class_names == tuple(str(d) for d in range(10))
     with np.load(download_heldout(tracker, report.best_run_id, home / "held")) as held:
         x, y = held["X"], held["y"]
     assert x.dtype == np.uint8 and x.shape[1:] == (16, 16, 1) and len(y) == 450

@@ -18,6 +18,7 @@ nothing, and only the TensorFlow image (or a host with TensorFlow) runs them.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -364,9 +365,7 @@ class Checkpoints:
         if value is not None and math.isfinite(float(value)):
             improved = self._improved(float(value))
         if improved:
-            weights_tmp = self.folder / f"tmp-{BEST_WEIGHTS}"
-            model.save_weights(str(weights_tmp))
-            os.replace(weights_tmp, self.folder / BEST_WEIGHTS)
+            _save_atomically(self.folder / BEST_WEIGHTS, model.save_weights)
             self.state.best = float(value)  # type: ignore[arg-type]
             self.state.best_epoch = epoch
             self.state.wait = 0
@@ -375,10 +374,7 @@ class Checkpoints:
         if self.patience is not None and self.state.wait >= self.patience:
             self.state.stopped_early = True
         name = f"epoch-{epoch:04d}.keras"
-        tmp = self.folder / f"tmp-{name}"
-        model.save(str(tmp))
-        _fsync(tmp)
-        os.replace(tmp, self.folder / name)
+        _save_atomically(self.folder / name, model.save)
         previous = self.state.checkpoint
         self.state.epoch = epoch
         self.state.checkpoint = name
@@ -427,9 +423,20 @@ def _is_number(value: Any) -> bool:
         return False
 
 
-def _fsync(path: Path) -> None:
-    with path.open("rb") as f:
-        os.fsync(f.fileno())
+def _save_atomically(path: Path, save: Callable[[str], Any]) -> None:
+    """``save(name)`` to a temporary file beside ``path``, then replace ``path`` with it.
+
+    Keras picks the format by the file's suffix, so the temporary name keeps it.
+    """
+    tmp = path.with_name(f"tmp-{path.name}")
+    try:
+        save(str(tmp))
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # --- the model for MLflow -----------------------------------------------------------
@@ -489,9 +496,7 @@ def save_heldout(data: ImageData, path: Path | None = None) -> Path:
     import numpy as np
 
     target = Path(path) if path is not None else task.heldout_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f"tmp-{target.name}")
-    with tmp.open("wb") as f:
-        np.savez_compressed(f, X=data.x_test, y=data.y_test)
-    os.replace(tmp, target)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, X=data.x_test, y=data.y_test)
+    task.atomic_write_bytes(target, buffer.getvalue())
     return target
