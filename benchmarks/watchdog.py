@@ -170,24 +170,17 @@ class Workspace:
     def spec(
         self, name: str, *, epochs: int, epoch_seconds: float, image: str | None, timeout: float
     ) -> AttemptSpec:
-        trial_dir = self.root / name / "trial-0001"
-        attempt_dir = trial_dir / "attempt-1"
-        (attempt_dir / "output").mkdir(parents=True)
         params = {"epochs": epochs, "epoch_seconds": epoch_seconds}
-        (attempt_dir / "params.json").write_text(json.dumps(params))
-        (attempt_dir / "data_options.json").write_text("{}")
-        return AttemptSpec(
+        return AttemptSpec.in_trial_dir(
+            self.root / name / "trial-0001",
+            1,
+            params=params,
+            data_options={},
             repo_root=self.repo,
             entrypoint="train.py",
-            params_file=attempt_dir / "params.json",
             data_dir=self.data,
-            data_options_file=attempt_dir / "data_options.json",
             checkpoint_dir=self.root / name / "checkpoint",
-            output_dir=attempt_dir / "output",
-            report_file=trial_dir / "report.jsonl",
-            log_file=attempt_dir / "train.log",
             trial=1,
-            attempt=1,
             timeout=timeout,
             image=image,
             labels={

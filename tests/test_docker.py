@@ -211,24 +211,17 @@ def make_spec(tmp_path: Path, home: Path, chain: str, toy_image: str) -> SpecFac
         data = tmp_path / "data"
         data.mkdir(exist_ok=True)
         (data / "values.txt").write_text("1 2 3\n")
-        trial_dir = home / "runs" / chain / "trial-0001"
-        attempt_dir = trial_dir / "attempt-1"
-        (attempt_dir / "output").mkdir(parents=True)
         params = {"mode": mode, "epochs": epochs, "epoch_seconds": epoch_seconds}
-        (attempt_dir / "params.json").write_text(json.dumps(params))
-        (attempt_dir / "data_options.json").write_text("{}")
-        return AttemptSpec(
+        return AttemptSpec.in_trial_dir(
+            home / "runs" / chain / "trial-0001",
+            1,
+            params=params,
+            data_options={},
             repo_root=repo,
             entrypoint="train.py",
-            params_file=attempt_dir / "params.json",
             data_dir=data,
-            data_options_file=attempt_dir / "data_options.json",
             checkpoint_dir=home / "checkpoints" / chain / "trial-0001",
-            output_dir=attempt_dir / "output",
-            report_file=trial_dir / "report.jsonl",
-            log_file=attempt_dir / "train.log",
             trial=1,
-            attempt=1,
             timeout=timeout,
             image=toy_image,
             labels={

@@ -364,32 +364,20 @@ def _run_attempts(
     """The attempts of one trial, until one succeeds, the cap, or ``stop``; appends each
     result to ``attempts`` and returns the metrics, the error and the last output folder."""
     model = ctx.loaded.model
-    report_file = trial_dir / "report.jsonl"
     metrics: dict[str, float] = {}
     error: str | None = None
     output_dir = trial_dir
     for attempt in range(1, max_attempts + 1):
-        attempt_dir = trial_dir / f"attempt-{attempt}"
-        if attempt_dir.exists():
-            shutil.rmtree(attempt_dir)  # a half-written attempt from a killed run
-        output_dir = attempt_dir / "output"
-        output_dir.mkdir(parents=True)
-        params_file = attempt_dir / "params.json"
-        params_file.write_text(json.dumps(dict(params), indent=2), encoding="utf-8")
-        options_file = attempt_dir / "data_options.json"
-        options_file.write_text(json.dumps(model.data.options, indent=2), encoding="utf-8")
-        spec = AttemptSpec(
+        spec = AttemptSpec.in_trial_dir(
+            trial_dir,
+            attempt,
+            params=params,
+            data_options=model.data.options,
             repo_root=ctx.loaded.root,
             entrypoint=model.entrypoint,
-            params_file=params_file,
             data_dir=ctx.data_dir,
-            data_options_file=options_file,
             checkpoint_dir=ckpt_dir,
-            output_dir=output_dir,
-            report_file=report_file,
-            log_file=attempt_dir / "train.log",
             trial=number,
-            attempt=attempt,
             timeout=model.train.timeout,
             image=ctx.lineage.image,
             early_stopping=model.early_stopping_policy(),
@@ -401,6 +389,7 @@ def _run_attempts(
                 "trainchain.attempt": str(attempt),
             },
         )
+        output_dir = spec.output_dir
         if on_attempt is not None:
             on_attempt(number, attempt)
         result = ctx.executor.run(spec, on_line, stop)

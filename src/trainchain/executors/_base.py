@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -34,6 +35,37 @@ class AttemptSpec:
     labels: dict[str, str] = field(default_factory=dict)
     # the policy the script applies itself (TRAINCHAIN_EARLY_STOPPING); None: disabled
     early_stopping: dict[str, Any] | None = None
+
+    @classmethod
+    def in_trial_dir(
+        cls,
+        trial_dir: Path,
+        attempt: int,
+        *,
+        params: Mapping[str, Any],
+        data_options: Mapping[str, Any],
+        **fields: Any,
+    ) -> AttemptSpec:
+        """Attempt ``attempt`` laid out under ``trial_dir``: a fresh ``attempt-N/`` holding
+        params.json, data_options.json, output/ and train.log; the trial's report.jsonl
+        beside them (it spans attempts). ``fields`` are the other fields of the spec."""
+        attempt_dir = trial_dir / f"attempt-{attempt}"
+        if attempt_dir.exists():
+            shutil.rmtree(attempt_dir)  # a half-written attempt from a killed run
+        (attempt_dir / "output").mkdir(parents=True)
+        params_file = attempt_dir / "params.json"
+        params_file.write_text(json.dumps(dict(params), indent=2), encoding="utf-8")
+        options_file = attempt_dir / "data_options.json"
+        options_file.write_text(json.dumps(dict(data_options), indent=2), encoding="utf-8")
+        return cls(
+            params_file=params_file,
+            data_options_file=options_file,
+            output_dir=attempt_dir / "output",
+            report_file=trial_dir / "report.jsonl",
+            log_file=attempt_dir / "train.log",
+            attempt=attempt,
+            **fields,
+        )
 
     def early_stopping_env(self) -> dict[str, str]:
         """``TRAINCHAIN_EARLY_STOPPING`` (a JSON string, the same on the host and in a
