@@ -28,7 +28,7 @@ fi
 
 # Reinstall only when the pins or the package metadata changed since the last install.
 stamp=.venv/.trainchain-installed
-want=$(cat "$reqs" requirements.txt requirements-tensorflow.txt pyproject.toml | sha256sum | cut -d' ' -f1)-$reqs
+want=$(cat "$reqs" requirements.txt requirements-tensorflow.txt pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$reqs
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "==> installing pinned requirements ($reqs); the first time takes a few minutes"
   pip_install() {
@@ -37,7 +37,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/python -m pip install --quiet --disable-pip-version-check "$@" \
       2> >(grep -v "^WARNING: Location 'file:" >&2)
   }
-  pip_install --upgrade "pip==26.3" "setuptools==84.2.1" "wheel==0.48.0"
+  # setuptools below 81: Jenkins Job Builder 6.5 imports pkg_resources, which 81 removed
+  pip_install --upgrade "pip==26.3" "setuptools==80.10.2" "wheel==0.48.0"
   pip_install -r "$reqs"
   pip_install --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
