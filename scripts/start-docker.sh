@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Make a Docker engine answer on this machine (CI, a fresh Debian box), idempotently:
+#   - no docker-compose installed: install Debian's docker-compose (1.29, which reads
+#     docker-compose.yml), guarded like docker.io below; without root, only say so;
 #   - an engine already answers: print its version and stop (never a second daemon);
 #   - no dockerd installed: install Debian's docker.io without letting its package
 #     scripts start services (a policy-rc.d that exits 101, put back afterwards);
@@ -25,6 +27,44 @@ engine_version() {
   echo "$v"
 }
 
+# apt-get install PACKAGES... without letting their package scripts start services:
+# invoke-rc.d asks policy-rc.d, and a policy-rc.d that exits 101 says no. Whatever
+# policy-rc.d was there before is put back afterwards.
+apt_install_guarded() {
+  backup=""
+  if [ -e "$POLICY" ]; then
+    backup=$(mktemp)
+    cp -p "$POLICY" "$backup"
+  fi
+  restore_policy() {
+    if [ -n "$backup" ]; then
+      cp -p "$backup" "$POLICY" && rm -f "$backup"
+    else
+      rm -f "$POLICY"
+    fi
+  }
+  trap restore_policy EXIT
+  printf '#!/bin/sh\nexit 101\n' > "$POLICY"
+  chmod 755 "$POLICY"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  restore_policy
+  trap - EXIT
+}
+
+if ! command -v docker-compose >/dev/null 2>&1; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "note: docker-compose is not installed, and installing it needs root (this is uid $(id -u));" >&2
+    echo "      docker-compose.yml cannot be checked or started here. Run: sudo $0" >&2
+  else
+    echo "==> installing Debian's docker-compose (docker-compose is not installed)"
+    started=$SECONDS
+    apt_install_guarded docker-compose
+    echo "    installed $(dpkg-query -W -f '${Package} ${Version}' docker-compose) in $((SECONDS - started)) s"
+  fi
+fi
+
 if v=$(engine_version); then
   echo "docker engine $v answers; nothing to start"
   exit 0
@@ -44,27 +84,8 @@ if [ -z "$running" ] && ! command -v dockerd >/dev/null 2>&1; then
   echo "==> installing Debian's docker.io (dockerd is not installed)"
   started=$SECONDS
   # Package scripts would try to start the daemon through invoke-rc.d; the guard tells
-  # them not to. Whatever policy-rc.d was there before is put back afterwards.
-  backup=""
-  if [ -e "$POLICY" ]; then
-    backup=$(mktemp)
-    cp -p "$POLICY" "$backup"
-  fi
-  restore_policy() {
-    if [ -n "$backup" ]; then
-      cp -p "$backup" "$POLICY" && rm -f "$backup"
-    else
-      rm -f "$POLICY"
-    fi
-  }
-  trap restore_policy EXIT
-  printf '#!/bin/sh\nexit 101\n' > "$POLICY"
-  chmod 755 "$POLICY"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends docker.io ca-certificates >/dev/null
-  restore_policy
-  trap - EXIT
+  # them not to.
+  apt_install_guarded docker.io ca-certificates
   echo "    installed $(dpkg-query -W -f '${Package} ${Version}' docker.io) in $((SECONDS - started)) s"
 fi
 
