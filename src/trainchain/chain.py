@@ -60,6 +60,20 @@ def send_report(report: ChainReport, settings: Settings) -> Delivery:
     return deliver(message, settings.smtp, settings.outbox)
 
 
+def conclude(report: ChainReport, settings: Settings) -> ChainReport:
+    """After tuning: promote a chain that reached its goal, else say why not; save the report."""
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    if report.status == "succeeded":
+        report = promote(report, tracker)
+    elif report.status == "goal_not_reached":
+        report = report.with_(
+            promotion_reason="not promoted: the goal was not reached; the best trial is kept in "
+            "MLflow"
+        )
+    save_report(settings.chains_dir, report, tracker)
+    return report
+
+
 def resolve_source(
     source: str, ref: str | None, settings: Settings, subdir: str = ""
 ) -> tuple[Path, str | None, str | None]:
@@ -82,6 +96,7 @@ def run_chain(
     threshold: float | None = None,
     max_trials: int | None = None,
     timeout: float | None = None,
+    image: str | None = None,
     quiet: bool = False,
     stream_logs: bool = False,
 ) -> ChainOutcome:
@@ -95,6 +110,7 @@ def run_chain(
         threshold=threshold,
         max_trials=max_trials,
         timeout=timeout,
+        image=image,
         repository=repository,
         commit=commit,
     )
@@ -109,13 +125,6 @@ def run_chain(
         display=display,
         stream_logs=stream_logs,
     )
-    if report.status == "succeeded":
-        report = promote(report, Tracker(settings.tracking_uri, settings.artifacts))
-    elif report.status == "goal_not_reached":
-        report = report.with_(
-            promotion_reason="not promoted: the goal was not reached; the best trial is kept in "
-            "MLflow"
-        )
-    save_report(settings.chains_dir, report)
+    report = conclude(report, settings)
     delivery = send_report(report, settings)
     return ChainOutcome(report, delivery, prep)

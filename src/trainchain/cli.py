@@ -34,12 +34,29 @@ def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(env)
 
 
+def _hand_on(args: argparse.Namespace, values: dict[str, str]) -> None:
+    """--properties FILE: the values the next Jenkins job receives as parameters."""
+    if getattr(args, "properties", None):
+        from trainchain import properties
+
+        path = properties.write(args.properties, values)
+        log.info("wrote %s for the next job", path)
+
+
+def _source(args: argparse.Namespace, settings: Settings) -> tuple[Path, str | None, str | None]:
+    """SOURCE [--ref] [--subdir]: a model folder used in place, or a repository pulled (job 1)."""
+    from trainchain.chain import resolve_source
+
+    return resolve_source(args.source, args.ref, settings, args.subdir)
+
+
 # ---- job 1 ------------------------------------------------------------------
 def cmd_pull(args: argparse.Namespace) -> int:
     from trainchain.gitrepo import pull
 
     settings = _settings(args)
     result = pull(args.repo, args.ref, settings.workspaces)
+    _hand_on(args, {"REPOSITORY": args.repo, "COMMIT": result.commit})
     if args.json:
         _out(
             json.dumps(
@@ -62,13 +79,14 @@ def cmd_detect(args: argparse.Namespace) -> int:
     from trainchain.config import load_config
     from trainchain.detect import detect, format_text
 
-    path = Path(args.path)
+    path = Path(args.source) / args.subdir
+    if args.ref is not None or not path.is_dir():  # not a folder here: a repository to pull
+        path = _source(args, _settings(args))[0]
     config = None
     if (path / "trainchain.yaml").is_file():
         config = load_config(path).model
-    elif not path.is_dir():
-        raise TrainchainError(f"{path} is not a folder", hint="pass a model repository folder")
     result = detect(path, config)
+    _hand_on(args, {"FAMILY": str(result.family), "IMAGE": result.image})
     _out(json.dumps(result.to_dict(), indent=2) if args.json else format_text(result))
     return 0
 
@@ -82,7 +100,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainchain.training import TrialContext, run_trial
 
     settings = _settings(args)
-    prep = prepare(args.path, settings, data=args.data, executor=args.executor)
+    path, repository, commit = _source(args, settings)
+    prep = prepare(
+        path,
+        settings,
+        data=args.data,
+        executor=args.executor,
+        image=args.image,
+        repository=repository,
+        commit=commit,
+    )
     model = prep.loaded.model
     params = model.defaults() | parse_overrides(model, args.set or [])
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
@@ -110,6 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     _out("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(outcome.metrics.items())))
     _out(f"mlflow run: {outcome.run_id} ({settings.tracking_uri})")
+    _hand_on(args, {"RUN_ID": outcome.run_id or ""})
     return 0
 
 
@@ -139,14 +167,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from trainchain.tune import tune
 
     settings = _settings(args)
+    path, repository, commit = _source(args, settings)
     prep = prepare(
-        args.path,
+        path,
         settings,
         data=args.data,
         executor=args.executor,
         threshold=args.threshold,
         max_trials=args.max_trials,
         timeout=args.timeout,
+        image=args.image,
+        repository=repository,
+        commit=commit,
     )
     report = tune(
         prep,
@@ -156,6 +188,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     _print_summary(report)
     _out(f"chain:     {report.chain_id}")
+    _hand_on(args, {"CHAIN": report.chain_id, "STATUS": report.status})
+    if args.promote:
+        from trainchain.chain import conclude
+
+        report = conclude(report, settings)
+        _print_registry(report, settings)
     return {"succeeded": 0, "goal_not_reached": 3}.get(report.status, 6)
 
 
@@ -163,18 +201,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
 def _chain_report(settings: Settings, args: argparse.Namespace) -> Any:
     """The chain named by --chain, else the latest (of --model, when given)."""
     from trainchain.errors import ConfigError
-    from trainchain.report import ChainReport
-    from trainchain.tune import latest_report
+    from trainchain.tracking import Tracker
+    from trainchain.tune import latest_report, load_report
 
+    if args.chain is not None and not args.chain.strip():
+        raise ConfigError(
+            "--chain is empty: no chain id was handed on",
+            hint="the tune job (job 4) stopped before a chain started; its console says why",
+        )
     if not args.chain:
         return latest_report(settings.chains_dir, args.model)
-    path = settings.chains_dir / f"{args.chain}.json"
-    if not path.exists():
-        raise ConfigError(
-            f"no chain {args.chain!r} under {settings.chains_dir}",
-            hint="chain ids are printed by `trainchain tune` and named in each email",
-        )
-    return ChainReport.load(path)
+    return load_report(
+        settings.chains_dir, args.chain, Tracker(settings.tracking_uri, settings.artifacts)
+    )
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -185,7 +224,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
     settings = _settings(args)
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
     report = promote(_chain_report(settings, args), tracker)
-    save_report(settings.chains_dir, report)
+    save_report(settings.chains_dir, report, tracker)
     if report.registry_version:
         _out(f"registered {report.model_name} v{report.registry_version} (alias challenger)")
     _out(report.promotion_reason)
@@ -255,27 +294,7 @@ def _print_delivery(delivery: Any) -> None:
 
 
 # ---- the whole chain ------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    from trainchain.chain import run_chain
-
-    settings = _settings(args)
-    outcome = run_chain(
-        args.source,
-        settings,
-        ref=args.ref,
-        subdir=args.subdir,
-        data=args.data,
-        executor=args.executor,
-        threshold=args.threshold,
-        max_trials=args.max_trials,
-        timeout=args.timeout,
-        quiet=args.quiet,
-        stream_logs=args.verbose,
-    )
-    report = outcome.report
-    _out("")
-    _out(f"model:     {report.model_name} @ {report.commit[:12]} ({report.family})")
-    _print_summary(report)
+def _print_registry(report: Any, settings: Settings) -> None:
     if report.registry_version:
         role = "champion" if report.became_champion else "challenger"
         _out(
@@ -290,6 +309,31 @@ def cmd_run(args: argparse.Namespace) -> int:
         report.model_name, CHAMPION
     )
     _out(f"champion:  {report.model_name} v{champion}" if champion else "champion:  none")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from trainchain.chain import run_chain
+
+    settings = _settings(args)
+    outcome = run_chain(
+        args.source,
+        settings,
+        ref=args.ref,
+        subdir=args.subdir,
+        data=args.data,
+        executor=args.executor,
+        threshold=args.threshold,
+        max_trials=args.max_trials,
+        timeout=args.timeout,
+        image=args.image,
+        quiet=args.quiet,
+        stream_logs=args.verbose,
+    )
+    report = outcome.report
+    _out("")
+    _out(f"model:     {report.model_name} @ {report.commit[:12]} ({report.family})")
+    _print_summary(report)
+    _print_registry(report, settings)
     if report.error:
         _out(f"error:     {report.error}")
     if outcome.delivery is not None:
@@ -401,8 +445,21 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
         sp.set_defaults(func=func)
         return sp
 
+    def add_source(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("source", help="a model repository folder, or a git repository to pull")
+        sp.add_argument("--ref", help="branch, tag or commit to pull")
+        sp.add_argument("--subdir", default="", help="the model's folder inside the repository")
+
+    def add_properties(sp: argparse.ArgumentParser, names: str) -> None:
+        sp.add_argument(
+            "--properties",
+            metavar="FILE",
+            help=f"write {names} to FILE (Java properties: the next Jenkins job's parameters)",
+        )
+
     def add_run_opts(sp: argparse.ArgumentParser, budget: bool = True) -> None:
         sp.add_argument("--data", help="data folder (overrides data.path)")
+        sp.add_argument("--image", help="training image (default: the detected one)")
         sp.add_argument(
             "--executor",
             default="auto",
@@ -419,13 +476,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     sp.add_argument("repo", help="a path, file:// URL or any URL git accepts")
     sp.add_argument("--ref", help="branch, tag or commit (default: the remote's HEAD)")
     sp.add_argument("--json", action="store_true")
+    add_properties(sp, "REPOSITORY and COMMIT (the full sha)")
 
     sp = add("detect", cmd_detect, "job 2: decide the model family and training image")
-    sp.add_argument("path")
+    add_source(sp)
     sp.add_argument("--json", action="store_true")
+    add_properties(sp, "FAMILY and IMAGE")
 
     sp = add("train", cmd_train, "job 3: one training run with the defaults plus --set")
-    sp.add_argument("path")
+    add_source(sp)
+    add_properties(sp, "RUN_ID (the MLflow run)")
     sp.add_argument(
         "--set",
         action="append",
@@ -435,8 +495,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     add_run_opts(sp, budget=False)
 
     sp = add("tune", cmd_tune, "job 4: tune until the goal or the end of the budget")
-    sp.add_argument("path")
+    add_source(sp)
     add_run_opts(sp)
+    sp.add_argument(
+        "--promote",
+        action="store_true",
+        help="then register the best model and promote it if it earns it, as `run` does",
+    )
+    add_properties(sp, "CHAIN (the chain id) and STATUS")
 
     sp = add(
         "promote", cmd_promote, "register the chain's best model; make it champion if it earns it"
@@ -456,9 +522,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     sp.add_argument("--model", help="the latest chain of this model")
 
     sp = add("run", cmd_run, "the whole chain: pull, detect, tune, promote, notify")
-    sp.add_argument("source", help="a model repository folder, or a git repository to pull")
-    sp.add_argument("--ref", help="branch, tag or commit to pull")
-    sp.add_argument("--subdir", default="", help="the model's folder inside the repository")
+    add_source(sp)
     add_run_opts(sp)
 
     sp = add("watchdog", cmd_watchdog, "job 6: restart dead or hung training containers")
@@ -518,6 +582,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
+    if getattr(args, "properties", None):
+        # a failed step must not leave the values of an earlier build for the next job
+        Path(args.properties).unlink(missing_ok=True)
     try:
         return int(args.func(args))
     except TrainchainError as err:

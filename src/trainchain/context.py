@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from trainchain.config import (
@@ -96,7 +96,10 @@ def prepare(
     require_data: bool = True,
     repository: str | None = None,
     commit: str | None = None,
+    image: str | None = None,
 ) -> Prepared:
+    """Load, override and check a model repository for a chain. ``image`` replaces the
+    detected training image (Jenkins passes the one its detect job chose)."""
     loaded = load_config(path)
     if threshold is not None or max_trials is not None or timeout is not None:
         loaded = LoadedConfig(
@@ -108,6 +111,8 @@ def prepare(
     env = dict(os.environ) | {"TRAINCHAIN_HOME": str(settings.home)}
     data_dir = resolve_data_dir(loaded, env, data)
     detection = detect(loaded.root, loaded.model)
+    if image:
+        detection = replace(detection, image=image)
     if require_data and not data_dir.exists():
         raise ConfigError(
             f"the data folder {data_dir} does not exist (data.path in "

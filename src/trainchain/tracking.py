@@ -133,6 +133,24 @@ class Tracker:
             self.client.log_artifact(run_id, str(local_file), artifact_dir)
         return target
 
+    def save_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """``text`` as the artifact ``artifact_file`` of ``run_id`` (replaced if present)."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def find_chain_run(self, chain_id: str) -> str | None:
+        """The parent run of chain ``chain_id`` in any experiment, or None."""
+        experiments = [e.experiment_id for e in self.client.search_experiments()]
+        if not experiments:
+            return None
+        quoted = chain_id.replace("'", "\\'")
+        runs = self.client.search_runs(
+            experiments,
+            filter_string=f"tags.`trainchain.chain` = '{quoted}' "
+            f"and tags.`mlflow.runName` = 'chain {quoted}'",
+            max_results=1,
+        )
+        return str(runs[0].info.run_id) if runs else None
+
     def finish(self, run_id: str, ok: bool) -> None:
         self.client.set_terminated(run_id, status="FINISHED" if ok else "FAILED")
 

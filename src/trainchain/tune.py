@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import logging
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -369,7 +370,7 @@ class _Session:
             jenkins_build_url=settings.jenkins_build_url,
             elapsed_s=self.elapsed,
         )
-        save_report(settings.chains_dir, report)
+        save_report(settings.chains_dir, report, self.tracker)
         return report
 
 
@@ -393,10 +394,43 @@ def tune(
         return session.finish(reason)
 
 
-def save_report(chains_dir: Path, report: ChainReport) -> Path:
+REPORT_ARTIFACT = "chain-report.json"
+
+
+def save_report(chains_dir: Path, report: ChainReport, tracker: Tracker | None = None) -> Path:
+    """Write the report under ``chains_dir`` and, with a tracker, into the chain's MLflow run,
+    so that a job on another machine sharing the tracking server can read it."""
     path = report.save(chains_dir / f"{report.chain_id}.json")
     (chains_dir / f"{report.model_name}.latest").write_text(report.chain_id, encoding="utf-8")
+    if tracker is not None and report.parent_run_id:
+        tracker.save_text(report.parent_run_id, report.to_json(), REPORT_ARTIFACT)
     return path
+
+
+def load_report(chains_dir: Path, chain_id: str, tracker: Tracker) -> ChainReport:
+    """Chain ``chain_id``'s report: this machine's copy, else the one in MLflow."""
+    from trainchain.errors import ConfigError
+
+    path = chains_dir / f"{chain_id}.json"
+    if path.exists():
+        return ChainReport.load(path)
+    run_id = tracker.find_chain_run(chain_id)
+    if run_id is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = tracker.download(run_id, REPORT_ARTIFACT, Path(tmp))
+            except Exception as err:  # the run exists but its report was never written
+                raise ConfigError(
+                    f"chain {chain_id!r} (MLflow run {run_id}) has no {REPORT_ARTIFACT}: {err}",
+                    hint="the chain's tune job stopped before it finished; see its log",
+                ) from err
+            return ChainReport.load(local)
+    raise ConfigError(
+        f"no chain {chain_id!r}: not under {chains_dir} and not in MLflow at "
+        f"{tracker.tracking_uri}",
+        hint="chain ids are printed by `trainchain tune` and named in each email; on another "
+        "machine, point TRAINCHAIN_TRACKING_URI at the tracking server the chain used",
+    )
 
 
 def latest_report(chains_dir: Path, model_name: str | None = None) -> ChainReport:

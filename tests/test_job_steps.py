@@ -1,0 +1,101 @@
+"""The classic chain as Jenkins runs it: one `trainchain` call per job, values handed on in
+properties files, the later jobs on other machines that share only the tracking stores."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from pathlib import Path
+
+from tests.conftest import ToyRepo, git, run_cli
+from trainchain import properties
+
+
+def test_properties_round_trip_escapes_what_java_would_misread(tmp_path: Path) -> None:
+    """Backslashes, line breaks, a leading blank and non-ASCII survive a properties file."""
+    values = {"A": "x=y:z", "B": " lead\\back\nline é 😀", "C": ""}
+    path = properties.write(tmp_path / "sub" / "p.properties", values)
+    text = path.read_text(encoding="ascii")
+    assert "B=\\ lead\\\\back\\nline \\u00e9 \\ud83d\\ude00" in text.splitlines()
+    assert properties.read(path) == values
+
+
+def test_freestyle_chain_hands_values_from_job_to_job(
+    toy_repo: ToyRepo, tmp_path: Path, home: Path
+) -> None:
+    """pull, detect, train, tune and notify, each its own process; notify runs on another
+    machine (another TRAINCHAIN_HOME) and finds the chain through the shared MLflow store."""
+    repo = toy_repo(threshold=0.3)  # the defaults reach it
+    sha = git(repo, "rev-parse", "HEAD")
+    stores = {
+        "TRAINCHAIN_TRACKING_URI": f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}",
+        "TRAINCHAIN_STUDY_STORAGE": f"sqlite:///{tmp_path / 'shared' / 'optuna.db'}",
+    }
+    agent = {**stores, "TRAINCHAIN_HOME": str(tmp_path / "agent-1")}
+    handed = tmp_path / "trainchain.properties"
+
+    out = run_cli("pull", f"file://{repo}", "--ref", "main", "--properties", str(handed), env=agent)
+    assert out.returncode == 0, out.stderr
+    params = properties.read(handed)
+    assert params == {"REPOSITORY": f"file://{repo}", "COMMIT": sha}
+
+    out = run_cli(
+        "detect",
+        params["REPOSITORY"],
+        "--ref",
+        params["COMMIT"],
+        "--properties",
+        str(handed),
+        env=agent,
+    )
+    assert out.returncode == 0, out.stderr
+    params |= properties.read(handed)
+    assert params["IMAGE"] == "python:3.11-slim"  # the toy's trainchain.yaml names it
+
+    job = [params["REPOSITORY"], "--ref", params["COMMIT"], "--executor", "local"]
+    out = run_cli("train", *job, "--image", params["IMAGE"], "--properties", str(handed), env=agent)
+    assert out.returncode == 0, out.stderr
+    params |= properties.read(handed)
+    assert len(params["RUN_ID"]) == 32 and params["RUN_ID"] in out.stdout
+
+    out = run_cli("tune", *job, "--promote", "--properties", str(handed), env=agent)
+    assert out.returncode == 0, out.stderr
+    params |= properties.read(handed)
+    assert params["STATUS"] == "succeeded" and params["CHAIN"].startswith("toy-")
+    assert "registry:" in out.stdout  # --promote ran (the toy saves no model to register)
+
+    other = {**stores, "TRAINCHAIN_HOME": str(tmp_path / "agent-2")}
+    out = run_cli("notify", "--chain", params["CHAIN"], env=other)
+    assert out.returncode == 0, out.stderr
+    (eml,) = (tmp_path / "agent-2" / "outbox").glob("*.eml")
+    msg = email.message_from_bytes(eml.read_bytes(), policy=email.policy.default)
+    body = msg.get_body(("plain",)).get_content()
+    assert params["CHAIN"] in body and sha[:12] in body
+    assert msg["X-Trainchain-Status"] == "succeeded"
+
+
+def test_notify_without_a_chain_id_says_which_job_to_look_at(home: Path) -> None:
+    """An empty CHAIN (tune failed before a chain began) is one clear error, not a guess."""
+    out = run_cli("notify", "--chain", "", "--home", str(home))
+    assert out.returncode == 2, out.stderr
+    assert "--chain is empty" in out.stderr and "job 4" in out.stderr
+
+
+def test_notify_of_an_unknown_chain_names_both_places_looked(home: Path) -> None:
+    """A chain id found neither locally nor in MLflow: the error names both places."""
+    out = run_cli("notify", "--chain", "nope-123", "--home", str(home))
+    assert out.returncode == 2, out.stderr
+    assert "no chain 'nope-123'" in out.stderr and "not in MLflow" in out.stderr
+
+
+def test_a_failed_step_leaves_no_properties_of_an_earlier_build(
+    toy_repo: ToyRepo, tmp_path: Path, home: Path
+) -> None:
+    """The properties file is removed when a step starts, so a failure hands on nothing stale."""
+    handed = tmp_path / "trainchain.properties"
+    properties.write(handed, {"CHAIN": "chain-of-an-earlier-build"})
+    out = run_cli(
+        "tune", str(tmp_path / "missing"), "--properties", str(handed), "--home", str(home)
+    )
+    assert out.returncode != 0
+    assert not handed.exists()
