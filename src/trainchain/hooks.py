@@ -476,7 +476,9 @@ def spawn_detached(paths: HookPaths, argv: list[str], env: Mapping[str, str]) ->
             start_new_session=True,
             close_fds=True,
         )
-    proc.returncode = 0  # not ours to wait for: it outlives this process on purpose
+    # Not ours to wait for: it outlives this (short-lived) process on purpose. Marking it
+    # done keeps Popen from warning, when collected, that it is still running.
+    proc.returncode = 0
     return proc.pid
 
 

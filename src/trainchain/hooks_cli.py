@@ -76,7 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         branches=tuple(args.branch or ()),
         executor=args.executor,
-        data=args.data,
+        data=str(Path(args.data).expanduser().absolute()) if args.data else None,
         max_queue=args.max_queue,
         max_body=args.max_body,
         run_timeout=args.run_timeout,
