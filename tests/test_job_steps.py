@@ -5,10 +5,16 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
+import time
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ToyRepo, git, run_cli
 from trainchain import properties
+from trainchain.hooks import repo_key
+from trainchain.tune import Busy, model_lock
 
 
 def test_properties_round_trip_escapes_what_java_would_misread(tmp_path: Path) -> None:
@@ -99,3 +105,32 @@ def test_a_failed_step_leaves_no_properties_of_an_earlier_build(
     )
     assert out.returncode != 0
     assert not handed.exists()
+
+
+def test_a_second_tuning_of_the_same_model_waits_for_the_lock_when_asked(tmp_path: Path) -> None:
+    """model_lock refuses a second holder at once by default, and with a wait takes the lock
+    as soon as the first holder lets go."""
+    released = threading.Event()
+
+    def hold() -> None:
+        with model_lock(tmp_path, "toy"):
+            time.sleep(0.5)
+        released.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    time.sleep(0.1)
+    with (
+        pytest.raises(Busy, match="another trainchain process is tuning toy"),
+        model_lock(tmp_path, "toy"),
+    ):
+        pass
+    with model_lock(tmp_path, "toy", wait=30):
+        assert released.is_set()  # held only after the first let go
+    holder.join()
+
+
+def test_a_local_repository_is_one_repository_as_a_path_and_as_a_file_url(tmp_path: Path) -> None:
+    """The post-receive hook (a path) and the webhook (a file:// URL) queue on one lock."""
+    bare = tmp_path / "models.git"
+    assert repo_key(str(bare)) == repo_key(f"file://{bare}")

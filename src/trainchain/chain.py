@@ -99,6 +99,7 @@ def run_chain(
     image: str | None = None,
     quiet: bool = False,
     stream_logs: bool = False,
+    wait_lock: float = 0.0,
 ) -> ChainOutcome:
     """Run the chain; the source is a model folder (used in place) or a repository to pull."""
     path, repository, commit = resolve_source(source, ref, settings, subdir)
@@ -124,6 +125,7 @@ def run_chain(
         get_executor(prep.lineage.executor, prep.loaded.model, settings),
         display=display,
         stream_logs=stream_logs,
+        wait_lock=wait_lock,
     )
     report = conclude(report, settings)
     delivery = send_report(report, settings)

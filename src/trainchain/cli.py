@@ -185,6 +185,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         get_executor(prep.lineage.executor, prep.loaded.model, settings),
         display=TuneDisplay.for_goal(prep.loaded.model.goal, quiet=args.quiet),
         stream_logs=args.verbose,
+        wait_lock=args.wait_lock,
     )
     _print_summary(report)
     _out(f"chain:     {report.chain_id}")
@@ -328,6 +329,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         image=args.image,
         quiet=args.quiet,
         stream_logs=args.verbose,
+        wait_lock=args.wait_lock,
     )
     report = outcome.report
     _out("")
@@ -471,6 +473,14 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
             sp.add_argument("--threshold", type=float, help="goal threshold (overrides goal)")
             sp.add_argument("--max-trials", type=int, help="trial budget (overrides budget)")
             sp.add_argument("--timeout", type=float, help="time budget in seconds")
+            sp.add_argument(
+                "--wait-lock",
+                type=float,
+                default=0.0,
+                metavar="SECONDS",
+                help="when another process is tuning the same model, wait this long for it "
+                "(default: 0, exit 9 at once)",
+            )
 
     sp = add("pull", cmd_pull, "job 1: clone or fetch a model repository at one commit")
     sp.add_argument("repo", help="a path, file:// URL or any URL git accepts")

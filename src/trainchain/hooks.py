@@ -205,7 +205,10 @@ def check_key(key: str) -> str:
 
 
 def repo_key(repository: str) -> str:
-    """One name per repository for its lock and queue (the workspace's name)."""
+    """One name per repository for its lock and queue (the workspace's name); a local
+    repository is the same one as a path or as a file:// URL."""
+    if repository.startswith("file://"):
+        repository = repository.removeprefix("file://")
     return workspace_name(normalise(repository))
 
 
@@ -291,6 +294,9 @@ def child_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
 
 def run_argv(python: str, status: RunStatus, home: Path) -> list[str]:
     argv = [python, "-m", "trainchain", "run", status.repository, "--ref", status.commit]
+    # the same model reached another way (a fork, another trigger) may be tuning: queue
+    # behind it rather than fail
+    argv += ["--wait-lock", f"{status.run_timeout:.0f}"]
     if status.executor:
         argv += ["--executor", status.executor]
     if status.data:

@@ -41,18 +41,27 @@ class Busy(TrainchainError):
 
 
 @contextmanager
-def model_lock(locks: Path, name: str) -> Iterator[None]:
-    """One chain at a time per model: a second one is refused, not interleaved."""
+def model_lock(locks: Path, name: str, wait: float = 0.0) -> Iterator[None]:
+    """One chain at a time per model: a second one waits up to ``wait`` seconds, then is
+    refused; never interleaved."""
     locks.mkdir(parents=True, exist_ok=True)
     path = locks / f"{name}.lock"
+    deadline = time.monotonic() + wait
     with path.open("a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(
-                f"another trainchain process is tuning {name} (lock {path} is held)",
-                hint="wait for it to finish, or stop it; the study resumes where it stopped",
-            ) from None
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
+                    raise Busy(
+                        f"another trainchain process is tuning {name} (lock {path} is "
+                        f"held){waited}",
+                        hint="wait for it to finish (--wait-lock SECONDS waits), or stop it; "
+                        "the study resumes where it stopped",
+                    ) from None
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         try:
             yield
         finally:
@@ -380,11 +389,12 @@ def tune(
     *,
     display: TuneDisplay | None = None,
     stream_logs: bool = False,
+    wait_lock: float = 0.0,
 ) -> ChainReport:
     """Tune ``prep``'s model until the goal or the end of the budget; return the chain report."""
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs)
-    with model_lock(prep.settings.locks, prep.loaded.model.name):
+    with model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock):
         session.open()
         try:
             while (reason := session.stop_reason()) is None:
