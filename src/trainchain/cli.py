@@ -18,7 +18,7 @@ from typing import Any
 
 from trainchain import __version__
 from trainchain.errors import TrainchainError
-from trainchain.settings import Settings, load_settings
+from trainchain.settings import Settings, for_command
 
 log = logging.getLogger("trainchain")
 
@@ -28,10 +28,7 @@ def _out(text: str = "") -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    env = dict(os.environ)
-    if args.home:
-        env["TRAINCHAIN_HOME"] = args.home
-    return load_settings(env)
+    return for_command(args.home)
 
 
 def _hand_on(args: argparse.Namespace, values: dict[str, str]) -> None:

@@ -7,7 +7,6 @@ password of a ``user:password@`` URL redacted.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
@@ -17,13 +16,13 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
 from trainchain.errors import PullError
+from trainchain.locks import flock_within
 
 log = logging.getLogger(__name__)
 
@@ -306,22 +305,14 @@ def _known_refs(git: _Git, path: Path) -> str:
     )
 
 
-@contextmanager
-def _locked(lock: Path, git: _Git, shown: str) -> Iterator[None]:
+def _locked(lock: Path, git: _Git, shown: str) -> AbstractContextManager[None]:
     """One pull per workspace at a time, across processes (``flock``), within the deadline."""
-    with lock.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= git.deadline:
-                    raise PullError(
-                        f"another pull of {shown} still holds {lock}",
-                        hint="wait for it to finish, or allow more time (timeout)",
-                    ) from None
-                time.sleep(LOCK_POLL_S)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return flock_within(
+        lock,
+        git.deadline - time.monotonic(),
+        lambda: PullError(
+            f"another pull of {shown} still holds {lock}",
+            hint="wait for it to finish, or allow more time (timeout)",
+        ),
+        LOCK_POLL_S,
+    )

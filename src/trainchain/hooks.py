@@ -28,7 +28,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from typing import IO, Any
 
 from trainchain.errors import ConfigError, TrainchainError
 from trainchain.gitrepo import normalise, workspace_name
+from trainchain.locks import flock_within
 from trainchain.task import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -326,27 +327,17 @@ def try_lock(path: Path) -> Iterator[bool]:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-@contextmanager
-def wait_lock(path: Path, wait_s: float, what: str) -> Iterator[None]:
+def wait_lock(path: Path, wait_s: float, what: str) -> AbstractContextManager[None]:
     """``flock`` on ``path``, waiting at most ``wait_s`` seconds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    with path.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise RepositoryBusy(
-                        f"{what}: {path} was still held after {wait_s:g} s",
-                        hint="another trainchain process holds it; wait for it or stop it",
-                    ) from None
-                time.sleep(LOCK_POLL_S)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return flock_within(
+        path,
+        wait_s,
+        lambda: RepositoryBusy(
+            f"{what}: {path} was still held after {wait_s:g} s",
+            hint="another trainchain process holds it; wait for it or stop it",
+        ),
+        LOCK_POLL_S,
+    )
 
 
 # ---- running one run --------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from trainchain.errors import ConfigError
-from trainchain.settings import Settings, load_settings
+from trainchain.settings import Settings, for_command
 
 SECRET_ENV = "TRAINCHAIN_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
 
@@ -31,10 +31,7 @@ def _out(text: str = "") -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    env = dict(os.environ)
-    if args.home:
-        env["TRAINCHAIN_HOME"] = args.home
-    return load_settings(env)
+    return for_command(args.home)
 
 
 def _python() -> str:

@@ -123,6 +123,14 @@ def smtp_from_env(env: Mapping[str, str]) -> SmtpSettings | None:
     )
 
 
+def for_command(home: str | None) -> Settings:
+    """A command's settings: the environment, with its --home over TRAINCHAIN_HOME."""
+    env = dict(os.environ)
+    if home:
+        env["TRAINCHAIN_HOME"] = home
+    return load_settings(env)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     home = Path(env.get("TRAINCHAIN_HOME") or "~/.trainchain").expanduser().resolve()

@@ -8,13 +8,11 @@ running when the process died is retried with its parameters and checkpoints.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from trainchain.config import Direction
 from trainchain.context import Prepared
 from trainchain.errors import TrainchainError
 from trainchain.executors import Executor
+from trainchain.locks import flock_within
 from trainchain.progress import TuneDisplay
 from trainchain.report import ChainReport, TrialSummary
 from trainchain.space import fit_to_space
@@ -40,32 +39,21 @@ class Busy(TrainchainError):
     exit_code = 9
 
 
-@contextmanager
-def model_lock(locks: Path, name: str, wait: float = 0.0) -> Iterator[None]:
+def model_lock(locks: Path, name: str, wait: float = 0.0) -> AbstractContextManager[None]:
     """One chain at a time per model: a second one waits up to ``wait`` seconds, then is
     refused; never interleaved."""
-    locks.mkdir(parents=True, exist_ok=True)
     path = locks / f"{name}.lock"
-    deadline = time.monotonic() + wait
-    with path.open("a+") as f:
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
-                    raise Busy(
-                        f"another trainchain process is tuning {name} (lock {path} is "
-                        f"held){waited}",
-                        hint="wait for it to finish (--wait-lock SECONDS waits), or stop it; "
-                        "the study resumes where it stopped",
-                    ) from None
-                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
+    return flock_within(
+        path,
+        wait,
+        lambda: Busy(
+            f"another trainchain process is tuning {name} (lock {path} is held){waited}",
+            hint="wait for it to finish (--wait-lock SECONDS waits), or stop it; the study "
+            "resumes where it stopped",
+        ),
+        poll_s=1.0,
+    )
 
 
 def _state(trial: Any) -> str:
