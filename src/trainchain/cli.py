@@ -47,6 +47,25 @@ def _source(args: argparse.Namespace, settings: Settings) -> tuple[Path, str | N
     return resolve_source(args.source, args.ref, settings, args.subdir)
 
 
+def _prepare(args: argparse.Namespace, settings: Settings) -> Any:
+    """SOURCE pulled if need be, loaded and checked with the command's overrides."""
+    from trainchain.context import prepare
+
+    path, repository, commit = _source(args, settings)
+    return prepare(
+        path,
+        settings,
+        data=args.data,
+        executor=args.executor,
+        threshold=getattr(args, "threshold", None),
+        max_trials=getattr(args, "max_trials", None),
+        timeout=getattr(args, "timeout", None),
+        image=args.image,
+        repository=repository,
+        commit=commit,
+    )
+
+
 # ---- job 1 ------------------------------------------------------------------
 def cmd_pull(args: argparse.Namespace) -> int:
     from trainchain.gitrepo import pull
@@ -90,23 +109,13 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 # ---- job 3 ------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainchain.context import prepare
     from trainchain.executors import get_executor
     from trainchain.space import parse_overrides
     from trainchain.tracking import Tracker
     from trainchain.training import TrialContext, run_trial
 
     settings = _settings(args)
-    path, repository, commit = _source(args, settings)
-    prep = prepare(
-        path,
-        settings,
-        data=args.data,
-        executor=args.executor,
-        image=args.image,
-        repository=repository,
-        commit=commit,
-    )
+    prep = _prepare(args, settings)
     model = prep.loaded.model
     params = model.defaults() | parse_overrides(model, args.set or [])
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
@@ -158,25 +167,12 @@ def _print_summary(report: Any) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from trainchain.context import prepare
     from trainchain.executors import get_executor
     from trainchain.progress import TuneDisplay
     from trainchain.tune import tune
 
     settings = _settings(args)
-    path, repository, commit = _source(args, settings)
-    prep = prepare(
-        path,
-        settings,
-        data=args.data,
-        executor=args.executor,
-        threshold=args.threshold,
-        max_trials=args.max_trials,
-        timeout=args.timeout,
-        image=args.image,
-        repository=repository,
-        commit=commit,
-    )
+    prep = _prepare(args, settings)
     report = tune(
         prep,
         get_executor(prep.lineage.executor, prep.loaded.model, settings),
