@@ -45,6 +45,7 @@ REQUIRED_PLUGINS = {
     "job-dsl",
     "mailer",
     "workflow-basic-steps",
+    "ws-cleanup",
 }
 
 
@@ -345,3 +346,16 @@ def test_every_casc_variable_is_documented_in_env_example(casc: dict[str, Any]) 
     used = variables_used(casc)
     assert used
     assert used - env_example_keys() == set()
+
+
+def test_every_plugin_the_job_xml_names_is_pinned() -> None:
+    """Each plugin the reviewed job XML refers to is in plugins.txt (or comes with Pipeline)."""
+    with_pipeline = {"workflow-cps", "workflow-job"}  # parts of workflow-aggregator
+    named = set()
+    for path in (REPO_ROOT / "tests" / "expected" / "jobs").iterdir():
+        if path.suffix != ".md":
+            named |= set(re.findall(r'plugin="([A-Za-z0-9_.-]+?)(?:@[^"]*)?"', path.read_text()))
+    assert named, "no plugin attribute found in the expected job XML"
+    pinned = {line.split(":", 1)[0] for line in plugin_lines()}
+    missing = named - pinned - with_pipeline
+    assert not missing, f"jenkins/plugins.txt lacks {sorted(missing)}"
