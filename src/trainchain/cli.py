@@ -571,10 +571,11 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     sp.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="medium")
     sp.add_argument("--seed", type=int, default=0)
 
-    from trainchain import hooks_cli, jenkins_cli
+    from trainchain import hooks_cli, jenkins_cli, serve_cli
 
     jenkins_cli.register(add, common)
     hooks_cli.register(add, common)
+    serve_cli.register(add, common)
     return p
 
 
