@@ -3,6 +3,7 @@ SQLite stores, real subprocess training, a real SMTP server on loopback (aiosmtp
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -130,6 +131,12 @@ def test_unreachable_goal_exits_3_and_keeps_champion(eeg_data: dict[str, Path], 
     assert "champion:  eeg-motor-imagery v1" in out.stdout
     failure = sorted((home / "outbox").glob("*goal_not_reached*.eml"))
     assert len(failure) == 1
+    # the champion's held-out epochs as a /classify request body
+    body = home / "epochs.json"
+    out = run_cli("data", "heldout", "eeg-motor-imagery", "-n", "3", "--out", str(body))
+    assert out.returncode == 0, out.stderr
+    assert np.asarray(json.loads(body.read_text())).shape == (3, 22, 750)
+    assert re.search(r"their labels: (left|right), (left|right), (left|right)", out.stdout)
 
 
 def test_detect_example_json() -> None:

@@ -377,6 +377,46 @@ def cmd_synth_eeg(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_heldout(args: argparse.Namespace) -> int:
+    """A registered version's held-out examples as a JSON request body (for /classify)."""
+    import tempfile
+
+    import numpy as np
+
+    from trainchain.errors import RegistryError
+    from trainchain.registry import download_heldout
+    from trainchain.tracking import Tracker
+
+    if not 1 <= args.n <= 256:
+        raise TrainchainError(f"-n {args.n}: expected 1 to 256 examples")
+    settings = _settings(args)
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    version = tracker.alias_version(args.model, args.alias)
+    run_id = tracker.version_run_id(args.model, version) if version else None
+    if run_id is None:
+        raise RegistryError(
+            f"{args.model} has no version with the alias {args.alias!r} in {settings.tracking_uri}",
+            hint=f"`trainchain models {args.model}` lists its versions and aliases",
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = download_heldout(tracker, run_id, Path(tmp))
+        except Exception as err:
+            raise RegistryError(
+                f"{args.model} v{version} has no held-out data ({type(err).__name__}: {err})",
+                hint="the training script writes it with trainchain.task.heldout_path()",
+            ) from err
+        with np.load(path, allow_pickle=False) as data:
+            x, y = data["X"][: args.n], data["y"][: args.n]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(x.astype(float).tolist()), encoding="utf-8")
+    shape = " x ".join(str(d) for d in x.shape)
+    _out(f"wrote {shape} held-out examples of {args.model} v{version} to {out}")
+    _out("their labels: " + ", ".join(str(v) for v in y.tolist()))
+    return 0
+
+
 # ---- job 6 ------------------------------------------------------------------
 def cmd_watchdog(args: argparse.Namespace) -> int:
     import signal
@@ -570,6 +610,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     sp.add_argument("--subjects", type=int, default=1)
     sp.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="medium")
     sp.add_argument("--seed", type=int, default=0)
+    sp = dsub.add_parser(
+        "heldout",
+        parents=[common],
+        help="write a registered version's held-out examples as a JSON request body",
+    )
+    sp.set_defaults(func=cmd_heldout)
+    sp.add_argument("model", help="registered model name")
+    sp.add_argument("--alias", default="champion", help="which version (default: champion)")
+    sp.add_argument("-n", type=int, default=1, help="how many examples (default: 1)")
+    sp.add_argument("--out", required=True, help="the JSON file to write")
 
     from trainchain import hooks_cli, jenkins_cli, serve_cli
 
