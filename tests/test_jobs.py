@@ -458,7 +458,7 @@ def test_jenkinsfile_is_declarative_with_the_chain_stages_and_options() -> None:
         "timestamps()",
         "buildDiscarder(logRotator(numToKeepStr: '30', artifactNumToKeepStr: '10'))",
         "disableConcurrentBuilds()",
-        "agent { label params.AGENT_LABEL }",
+        'agent { label "${params.AGENT_LABEL}" }',
         "lock(",
         "unstable('goal not reached')",
         "readProperties(file: 'detect.properties')",
