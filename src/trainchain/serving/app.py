@@ -1,0 +1,419 @@
+"""The Flask app: ``create_app(config)`` serves the registry's champion.
+
+Endpoints: ``POST /classify`` (EEG epochs), ``POST /predict`` (images), ``GET /health``,
+``GET /model``, ``GET /metrics``, ``GET /openapi.json``. Every error is JSON
+``{"error": ..., "status": ...}`` with a 4xx status that says what was wrong; a 500
+only for a bug, logged with its traceback.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+from werkzeug.wrappers import Response as BaseResponse
+
+from trainchain.config import Family
+from trainchain.serving import inputs, openapi
+from trainchain.serving.config import ServeConfig, human_size
+from trainchain.serving.inputs import RequestError
+from trainchain.serving.metrics import ServingMetrics
+from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, ModelHolder
+from trainchain.tracking import CHALLENGER, CHAMPION
+
+log = logging.getLogger(__name__)
+
+EXTENSION = "trainchain"
+EPOCH_TYPES = ("application/json", "application/x-npy")
+RAW_IMAGE_TYPES = ("application/octet-stream",)
+ENDPOINT_OF = {Family.EEG: "POST /classify", Family.CNN: "POST /predict"}
+T = TypeVar("T")
+
+
+def pick_alias(
+    share: float, draw: float, champion: LoadedModel, challenger: LoadedModel | None
+) -> str:
+    """Canary routing: the challenger when ``draw`` (uniform in [0, 1)) falls under ``share``
+    and there is a challenger of the champion's family, else the champion."""
+    if challenger is None or challenger.family != champion.family or draw >= share:
+        return CHAMPION
+    return CHALLENGER
+
+
+class ShadowPool:
+    """One background thread for shadow predictions, with at most ``size`` waiting."""
+
+    def __init__(self, size: int) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainchain-shadow")
+        self._slots = threading.BoundedSemaphore(size)
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        if not self._slots.acquire(blocking=False):
+            return False
+        try:
+            self._executor.submit(self._run, job)
+        except RuntimeError:  # shut down
+            self._slots.release()
+            return False
+        return True
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception:
+            log.exception("shadow prediction failed")
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+class Service:
+    """What the views share: config, the live models, metrics, the canary's draws, shadow."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.metrics = ServingMetrics(config.metrics_dir)
+        self.holder = ModelHolder(config, on_swap=self.metrics.swapped)
+        self.rng = random.Random(config.seed)  # noqa: S311 - routing, not security
+        self.shadow = ShadowPool(config.shadow_queue) if config.shadow else None
+        self._closed = False
+
+    def start(self) -> None:
+        self.holder.start()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self.holder.close()
+        if self.shadow is not None:
+            self.shadow.close()
+
+    def unavailable_reason(self) -> str:
+        status = self.holder.status[CHAMPION]
+        return status.error or (
+            f"loading v{status.wanted}" if status.wanted else "checking the registry"
+        )
+
+    def serving(self) -> LoadedModel:
+        """The champion, or a 503 saying why there is none yet."""
+        champion = self.holder.champion
+        if champion is None:
+            raise RequestError(
+                503,
+                f"no model loaded yet for {self.config.model}: {self.unavailable_reason()}",
+                retry_after=self.config.reload_interval,
+            )
+        return champion
+
+    def choose(self, family: Family) -> tuple[str, LoadedModel]:
+        """Who answers this request: the champion, or the challenger for a canary's share."""
+        champion = self.serving()
+        if champion.family != family:
+            where = ENDPOINT_OF.get(champion.family)
+            hint = (
+                f"; send it to {where}"
+                if where
+                else ("; this service answers EEG (/classify) and image CNN (/predict) models")
+            )
+            raise RequestError(
+                409,
+                f"{champion.name} v{champion.version} is a {champion.family}-family model, "
+                f"not {family}{hint}",
+                family=str(champion.family),
+            )
+        challenger = self.holder.challenger
+        if self.config.canary_share > 0 and challenger is not None:
+            alias = pick_alias(self.config.canary_share, self.rng.random(), champion, challenger)
+            if alias == CHALLENGER:
+                return alias, challenger
+        return CHAMPION, champion
+
+    def mirror(
+        self, champion: LoadedModel, run: Callable[[LoadedModel], list[str]], answered: list[str]
+    ) -> None:
+        """Shadow: the challenger answers the same input in the background; log and count."""
+        challenger = self.holder.challenger
+        if self.shadow is None or challenger is None or challenger.family != champion.family:
+            return
+
+        def compare() -> None:
+            try:
+                labels = run(challenger)
+            except Exception as err:
+                self.metrics.shadow.labels("error").inc()
+                log.warning(
+                    "shadow: %s challenger v%s failed: %s: %s",
+                    champion.name,
+                    challenger.version,
+                    type(err).__name__,
+                    err,
+                )
+                return
+            agree = sum(a == b for a, b in zip(answered, labels, strict=False))
+            self.metrics.shadow.labels("agree").inc(agree)
+            self.metrics.shadow.labels("disagree").inc(len(answered) - agree)
+            log.info(
+                "shadow: %s champion v%s %s | challenger v%s %s | %s (%d of %d agree)",
+                champion.name,
+                champion.version,
+                _short(answered),
+                challenger.version,
+                _short(labels),
+                "agree" if agree == len(answered) else "DISAGREE",
+                agree,
+                len(answered),
+            )
+
+        if not self.shadow.submit(compare):
+            self.metrics.shadow_dropped.inc()
+
+
+def _short(labels: list[str], limit: int = 16) -> str:
+    shown = ",".join(labels[:limit])
+    return f"[{shown}{',...' if len(labels) > limit else ''}]"
+
+
+def _predict(model: LoadedModel, call: Callable[[], T]) -> T:
+    """Run the model; a failure on a well-formed input is the input's (422), logged."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return call()
+    except (ValueError, ArithmeticError, MlflowException) as err:
+        log.warning("%s v%s could not process an input: %s", model.name, model.version, err)
+        raise RequestError(
+            422,
+            f"{model.name} v{model.version} could not process this input: "
+            f"{type(err).__name__}: {str(err)[:300]}",
+        ) from None
+
+
+def _error_response(body: dict[str, Any], status: int, headers: Any = None) -> Response:
+    response = jsonify(body)
+    response.status_code = status
+    if headers:
+        for key, value in headers:
+            if key.lower() not in {"content-type", "content-length"}:
+                response.headers[key] = value
+    return response
+
+
+def create_app(config: ServeConfig, *, start: bool = True) -> Flask:
+    """The service for ``config.model``; with ``start`` its watcher begins loading the
+    champion at once (``/health`` answers 503 until it is loaded)."""
+    app = Flask("trainchain.serving")
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    service = Service(config)
+    app.extensions[EXTENSION] = service
+    _observe(app, service)
+    _error_handlers(app, config)
+    _model_routes(app, service)
+    _info_routes(app, service)
+    atexit.register(service.close)
+    if start:
+        service.start()
+    return app
+
+
+def service_of(app: Flask) -> Service:
+    """The :class:`Service` behind an app made by :func:`create_app`."""
+    service: Service = app.extensions[EXTENSION]
+    return service
+
+
+def _observe(app: Flask, service: Service) -> None:
+    """Count every response by route, method and status, and time it."""
+
+    @app.before_request
+    def _started() -> None:
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        service.metrics.requests.labels(endpoint, request.method, str(response.status_code)).inc()
+        started = g.get("started")
+        if started is not None:
+            service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
+        return response
+
+
+def _error_handlers(app: Flask, config: ServeConfig) -> None:
+    """Every error as JSON ``{"error", "status", ...}``; a 500 only for a bug, logged."""
+
+    @app.errorhandler(RequestError)
+    def _request_error(err: RequestError) -> Response:
+        response = _error_response(err.body(), err.status)
+        if err.status == 503:
+            response.headers["Retry-After"] = str(max(1, round(config.reload_interval)))
+        return response
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> BaseResponse:
+        original = err.get_response()
+        code = err.code or 500
+        if code < 400:  # redirects stay redirects
+            return original
+        body: dict[str, Any] = {"error": err.description or err.name, "status": code}
+        if code == 404:
+            body["error"] = (
+                f"no endpoint {request.path}: expected one of /classify, /predict, /health, "
+                "/model, /metrics, /openapi.json"
+            )
+        elif code == 405:
+            allowed = sorted(getattr(err, "valid_methods", None) or [])
+            body["error"] = (
+                f"{request.method} is not allowed on {request.path}: use {', '.join(allowed)}"
+            )
+            body["allowed"] = allowed
+        elif code == 413:
+            body["error"] = (
+                f"the body is larger than the limit of {human_size(config.max_body)} "
+                "(trainchain serve --max-body)"
+            )
+        return _error_response(body, code, original.headers.items())
+
+    @app.errorhandler(Exception)
+    def _bug(err: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error_response(
+            {
+                "error": f"internal error ({type(err).__name__}); the service log has the details",
+                "status": 500,
+            },
+            500,
+        )
+
+
+def _top_label(probabilities: dict[str, float]) -> str:
+    return max(probabilities, key=probabilities.__getitem__)
+
+
+def _model_routes(app: Flask, service: Service) -> None:
+    """POST /classify (EEG epochs) and POST /predict (images)."""
+    config = service.config
+
+    @app.post("/classify")
+    def classify() -> Response:
+        mimetype = request.mimetype
+        if mimetype not in EPOCH_TYPES:
+            raise RequestError(
+                415,
+                f"content type {mimetype or 'none'!r} is not read here: send epochs as "
+                "application/json or application/x-npy (np.save)",
+                accepted=list(EPOCH_TYPES),
+            )
+        alias, model = service.choose(Family.EEG)
+        body = request.get_data(cache=False)
+        epochs = inputs.parse_epochs(body, mimetype, model.epoch_shape, config.max_epochs)
+        labels = _predict(model, lambda: model.classify(epochs))
+        for label in labels:
+            service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
+        if alias == CHAMPION:
+            service.mirror(model, lambda m: m.classify(epochs), labels)
+        return jsonify(labels=labels, model=model.name, version=model.version, alias=alias)
+
+    @app.post("/predict")
+    def predict() -> Response:
+        mimetype = request.mimetype
+        multipart = mimetype == "multipart/form-data"
+        if not (multipart or mimetype.startswith("image/") or mimetype in RAW_IMAGE_TYPES):
+            raise RequestError(
+                415,
+                f"content type {mimetype or 'none'!r} is not read here: send the image as "
+                "multipart/form-data (field 'image'), or raw as image/png, image/jpeg or "
+                "application/octet-stream",
+                accepted=["multipart/form-data", "image/*", *RAW_IMAGE_TYPES],
+            )
+        alias, model = service.choose(Family.CNN)
+        if model.preprocessing is None:  # load_version refuses such a CNN; kept for typing
+            raise RequestError(409, f"{model.name} v{model.version} records no preprocessing")
+        data = inputs.image_from_upload(request.files) if multipart else request.get_data()
+        pixels = inputs.decode_image(data, model.preprocessing, config.max_image_pixels)
+        probabilities = _predict(model, lambda: model.predict_image(pixels))
+        label = _top_label(probabilities)
+        service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
+        if alias == CHAMPION:
+            service.mirror(model, lambda m: [_top_label(m.predict_image(pixels))], [label])
+        return jsonify(
+            label=label,
+            probabilities=probabilities,
+            model=model.name,
+            version=model.version,
+            alias=alias,
+        )
+
+
+def _info_routes(app: Flask, service: Service) -> None:
+    """GET /health, /model, /metrics and /openapi.json."""
+    config = service.config
+    holder = service.holder
+
+    @app.get("/health")
+    def health() -> Response:
+        champion = holder.champion
+        if champion is None:
+            return _error_response(
+                {
+                    "status": "unavailable",
+                    "model": config.model,
+                    "version": None,
+                    "alias": CHAMPION,
+                    "error": f"no model loaded: {service.unavailable_reason()}",
+                },
+                503,
+            )
+        body: dict[str, Any] = {
+            "status": "ok",
+            "model": champion.name,
+            "version": champion.version,
+            "alias": CHAMPION,
+            "family": str(champion.family),
+            "loaded_at": champion.describe()["loaded_at"],
+            "error": holder.status[CHAMPION].error,
+        }
+        if CHALLENGER in holder.status:
+            challenger = holder.challenger
+            body["challenger"] = challenger.version if challenger else None
+            body["challenger_error"] = holder.status[CHALLENGER].error
+        return jsonify(body)
+
+    @app.get("/model")
+    def model_info() -> Response:
+        champion = service.serving()
+        challenger = holder.challenger
+        body = {"alias": CHAMPION, **champion.describe()}
+        body["challenger"] = challenger.describe() if challenger is not None else None
+        body["routing"] = {"canary_share": config.canary_share, "shadow": config.shadow}
+        return jsonify(body)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        payload, content_type = service.metrics.exposition()
+        return Response(payload, content_type=content_type)
+
+    @app.get("/openapi.json")
+    def openapi_json() -> Response:
+        champion = holder.champion
+        shape = champion.epoch_shape if champion is not None else EEG_DEFAULT_SHAPE
+        return jsonify(
+            openapi.build(
+                model=config.model,
+                shape=shape,
+                max_epochs=config.max_epochs,
+                max_body=config.max_body,
+                max_pixels=config.max_image_pixels,
+            )
+        )

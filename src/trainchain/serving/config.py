@@ -1,0 +1,120 @@
+"""The service's settings: one frozen object, checked once, passed to ``create_app``."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainchain.errors import ConfigError
+from trainchain.settings import Settings
+
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_EPOCHS = 256
+DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; Pillow's own bomb limit is 89 M
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str) -> int:
+    """``"16MiB"``, ``"500kB"``, ``"1048576"`` as a number of bytes (at least 1 KiB)."""
+    match = _SIZE.match(text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS:
+        raise ConfigError(
+            f"--max-body {text!r} is not a size: expected a number of bytes with an optional "
+            f"unit ({', '.join(u for u in _UNITS if u)}), for example 16MiB"
+        )
+    size = int(float(match.group(1)) * _UNITS[unit])
+    if size < 1024:
+        raise ConfigError(f"--max-body {text!r} is {size} bytes: expected at least 1KiB")
+    return size
+
+
+def human_size(size: int) -> str:
+    """A byte count as the largest binary unit it is a whole multiple of (16 MiB)."""
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor} {unit}"
+    return f"{size} bytes"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """What one serving process needs: the model, the registry, and every bound.
+
+    ``canary_share`` of the requests go to the ``challenger`` alias's version;
+    ``shadow`` sends every request to the challenger too and answers from the
+    champion. The two are exclusive. ``seed`` seeds the canary's draws (None: from
+    the operating system, so each worker process draws its own sequence).
+    ``workdir`` is where models are downloaded (None: a temporary folder per app).
+    ``metrics_dir`` is prometheus_client's multiprocess folder (None: one process).
+    """
+
+    model: str
+    tracking_uri: str
+    artifact_root: Path
+    reload_interval: float = 5.0
+    canary_share: float = 0.0
+    shadow: bool = False
+    max_body: int = DEFAULT_MAX_BODY
+    max_epochs: int = DEFAULT_MAX_EPOCHS
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    shadow_queue: int = 32
+    seed: int | None = None
+    workdir: Path | None = None
+    metrics_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise ConfigError(
+                "no model to serve: the model name is empty",
+                hint="pass --model NAME or set TRAINCHAIN_SERVE_MODEL (`trainchain models NAME` "
+                "lists a model's versions)",
+            )
+        if not (math.isfinite(self.reload_interval) and self.reload_interval > 0):
+            raise ConfigError(
+                f"--reload-interval must be a number of seconds > 0, got {self.reload_interval}"
+            )
+        if not 0.0 <= self.canary_share <= 1.0:
+            raise ConfigError(
+                f"--canary-share must be between 0 and 1 (a share of requests), "
+                f"got {self.canary_share}"
+            )
+        if self.shadow and self.canary_share > 0:
+            raise ConfigError(
+                f"--shadow and --canary-share {self.canary_share} were both given: expected one",
+                hint="canary answers a share of requests from the challenger; shadow answers all "
+                "from the champion and only compares: choose one",
+            )
+        for name in ("max_body", "max_epochs", "max_image_pixels", "shadow_queue"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ConfigError(f"{name} must be at least 1, got {value}")
+
+    @property
+    def uses_challenger(self) -> bool:
+        return self.shadow or self.canary_share > 0
+
+    @classmethod
+    def from_settings(cls, settings: Settings, model: str, **options: object) -> ServeConfig:
+        """The registry and artifact root from ``settings``; everything else from ``options``."""
+        return cls(
+            model=model,
+            tracking_uri=settings.tracking_uri,
+            artifact_root=settings.artifacts,
+            **options,  # type: ignore[arg-type]
+        )

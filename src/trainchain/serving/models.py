@@ -1,0 +1,387 @@
+"""The live champion: loaded from the registry in the background, swapped in one step.
+
+A :class:`ModelHolder` checks the registry's aliases every ``reload_interval`` seconds.
+When an alias moves (promote, rollback) it loads the new version completely, off the
+request path, then replaces one reference: a request reads that reference once and
+finishes on the model it read, so none fails during a swap. A version that fails to
+load is reported (log, ``/health``) and the previous one keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainchain.config import Family
+from trainchain.families.cnn import Preprocessing
+from trainchain.serving.config import ServeConfig
+from trainchain.tracking import CHALLENGER, CHAMPION, MODEL_ARTIFACT, Tracker
+
+log = logging.getLogger(__name__)
+
+EEG_DEFAULT_SHAPE = (22, 750)  # BCI Competition IV 2a: 22 channels, 3 s at 250 Hz
+FAMILY_TAG = "trainchain.family"
+SERVED_FAMILIES = (Family.EEG, Family.CNN)
+
+
+def served_family(tag: str | None, has_image_preprocessing: bool) -> Family:
+    """The family a version is served as: its ``trainchain.family`` tag, else a CNN when its
+    MLmodel records image preprocessing, else EEG (an array model)."""
+    if tag:
+        try:
+            return Family(tag)
+        except ValueError:
+            log.warning("unknown %s tag %r: deciding from the MLmodel", FAMILY_TAG, tag)
+    return Family.CNN if has_image_preprocessing else Family.EEG
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One registered version, loaded and ready to predict."""
+
+    name: str
+    version: str
+    family: Family
+    model: Any  # an mlflow.pyfunc.PyFuncModel
+    path: Path
+    run_id: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    loaded_at: float = field(default_factory=time.time)
+    epoch_shape: tuple[int, int] = EEG_DEFAULT_SHAPE
+    shape_source: str = "default"
+    input_dtype: str = "float64"
+    preprocessing: Preprocessing | None = None
+    # Keras models predict one request at a time; scikit-learn pipelines are read-only
+    lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+
+    def classify(self, epochs: Any) -> list[str]:
+        """Labels of ``(N, channels, samples)`` epochs."""
+        x = np.asarray(epochs).astype(self.input_dtype, copy=False)
+        with np.errstate(all="ignore"):  # overflow in the pipeline surfaces as its ValueError
+            out = self.model.predict(x)
+        labels = np.asarray(out).reshape(-1)
+        if len(labels) != len(x):
+            raise ValueError(f"the model returned {len(labels)} labels for {len(x)} epochs")
+        return [str(label) for label in labels]
+
+    def predict_image(self, pixels: Any) -> dict[str, float]:
+        """Class probabilities of one image ``(1, height, width, channels)``."""
+        if self.preprocessing is None:
+            raise TypeError(f"{self.name} v{self.version} is not an image model")
+        names = self.preprocessing.class_names
+        with self.lock:
+            out = self.model.predict(np.asarray(pixels, dtype=np.float32))
+        probabilities = np.asarray(out, dtype=np.float64).reshape(-1)
+        if len(probabilities) != len(names) or not np.isfinite(probabilities).all():
+            raise ValueError(
+                f"the model returned {probabilities.tolist()[:10]} for {len(names)} classes"
+            )
+        return {name: float(p) for name, p in zip(names, probabilities, strict=True)}
+
+    def describe(self) -> dict[str, Any]:
+        """What ``/model`` says about this version."""
+        out: dict[str, Any] = {
+            "model": self.name,
+            "version": self.version,
+            "family": str(self.family),
+            "run_id": self.run_id,
+            "commit": self.tags.get("trainchain.commit"),
+            "chain": self.tags.get("trainchain.chain"),
+            "repository": self.tags.get("trainchain.repository"),
+            "metrics": dict(self.metrics),
+            "tags": dict(self.tags),
+            "loaded_at": _iso(self.loaded_at),
+        }
+        if self.family == Family.EEG:
+            out["input"] = {
+                "shape": ["N", *self.epoch_shape],
+                "dtype": self.input_dtype,
+                "shape_from": self.shape_source,
+            }
+        if self.preprocessing is not None:
+            out["input"] = self.preprocessing.as_metadata()
+        return out
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _signature_input(model: Any) -> tuple[tuple[int, int], str] | None:
+    """(channels, samples) and dtype from a tensor signature shaped (-1, C, S)."""
+    try:
+        schema = model.metadata.get_input_schema()
+    except Exception:
+        return None
+    if schema is None or not schema.is_tensor_spec() or len(schema.inputs) != 1:
+        return None
+    spec = schema.inputs[0]
+    dims = tuple(spec.shape)
+    if len(dims) == 3 and dims[1] > 0 and dims[2] > 0:
+        return (int(dims[1]), int(dims[2])), str(np.dtype(spec.type))
+    return None
+
+
+def _heldout_shape(tracker: Tracker, run_id: str, dst: Path) -> tuple[int, int] | None:
+    """(channels, samples) of the held-out ``X`` the version was scored on (header only)."""
+    from numpy.lib import format as npy
+
+    from trainchain.registry import download_heldout
+
+    try:
+        path = download_heldout(tracker, run_id, dst)
+        with zipfile.ZipFile(path) as archive, archive.open("X.npy") as f:
+            version = npy.read_magic(f)
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            dims = read(f)[0]
+    except Exception as err:
+        log.info("no held-out data to read the input shape from (run %s): %s", run_id, err)
+        return None
+    return (int(dims[1]), int(dims[2])) if len(dims) == 3 else None
+
+
+def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> LoadedModel:
+    """Download and load version ``version`` of ``name`` with what serving needs to know."""
+    import mlflow.pyfunc
+
+    from trainchain.families.cnn import read_preprocessing
+
+    mv = tracker.client.get_model_version(name, version)
+    target = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=workdir))
+    if mv.run_id:
+        local = tracker.download(mv.run_id, MODEL_ARTIFACT, target)
+    else:
+        from mlflow.artifacts import download_artifacts
+
+        local = Path(download_artifacts(artifact_uri=mv.source, dst_path=str(target)))
+    model = mlflow.pyfunc.load_model(str(local))
+    try:
+        preprocessing: Preprocessing | None = read_preprocessing(local)
+    except (ValueError, KeyError, TypeError, IndexError):
+        preprocessing = None
+    tags = {str(k): str(v) for k, v in (mv.tags or {}).items()}
+    family = served_family(tags.get(FAMILY_TAG), preprocessing is not None)
+    if family == Family.CNN and preprocessing is None:
+        raise ValueError(
+            f"{name} v{version} is a CNN but its MLmodel records no 'trainchain' preprocessing "
+            "metadata (image size, colour mode, classes); save it with "
+            "trainchain.families.cnn.save_model"
+        )
+    metrics: dict[str, float] = {}
+    if mv.run_id:
+        _, metrics, _ = tracker.run_data(mv.run_id)
+    shape, source, dtype = EEG_DEFAULT_SHAPE, "default", "float64"
+    if family == Family.EEG:
+        signed = _signature_input(model)
+        if signed is not None:
+            (shape, dtype), source = signed, "signature"
+        elif mv.run_id and (held := _heldout_shape(tracker, mv.run_id, target / "heldout")):
+            shape, source = held, "held-out data"
+    return LoadedModel(
+        name=name,
+        version=str(version),
+        family=family,
+        model=model,
+        path=target,
+        run_id=mv.run_id or None,
+        tags=tags,
+        metrics=metrics,
+        epoch_shape=shape,
+        shape_source=source,
+        input_dtype=dtype,
+        preprocessing=preprocessing if family == Family.CNN else None,
+    )
+
+
+# --------------------------------------------------------------------------- holder
+
+
+@dataclass
+class AliasStatus:
+    """The last check of one alias: the version it named and what went wrong, if anything."""
+
+    wanted: str | None = None
+    error: str | None = None
+    checked_at: float | None = None
+
+
+Swap = Callable[[str, "LoadedModel | None", "LoadedModel | None"], None]
+Loader = Callable[[Tracker, str, str, Path], LoadedModel]
+
+
+class ModelHolder:
+    """The champion (and, for canary or shadow, the challenger), kept current in a thread."""
+
+    def __init__(
+        self, config: ServeConfig, on_swap: Swap | None = None, loader: Loader = load_version
+    ) -> None:
+        self.config = config
+        self.aliases = (CHAMPION, CHALLENGER) if config.uses_challenger else (CHAMPION,)
+        self._models: dict[str, LoadedModel | None] = dict.fromkeys(self.aliases)
+        self.status = {alias: AliasStatus() for alias in self.aliases}
+        self._on_swap = on_swap
+        self._loader = loader
+        self._stop = threading.Event()
+        self._checked = threading.Condition()
+        self._checks = 0
+        self._thread: threading.Thread | None = None
+        self._tracker: Tracker | None = None
+        self._reported: dict[str, str] = {}  # alias -> the error last logged
+        if config.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="trainchain-serve-"))
+        else:
+            self.workdir = config.workdir / f"worker-{os.getpid()}"
+            self.workdir.mkdir(parents=True, exist_ok=True)
+
+    # ---- what requests read --------------------------------------------------
+    def get(self, alias: str) -> LoadedModel | None:
+        return self._models.get(alias)
+
+    @property
+    def champion(self) -> LoadedModel | None:
+        return self._models[CHAMPION]
+
+    @property
+    def challenger(self) -> LoadedModel | None:
+        return self._models.get(CHALLENGER)
+
+    # ---- the watcher -----------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._run, name="trainchain-model-watcher", daemon=True
+            )
+            self._thread.start()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the watcher and remove the downloaded models."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Block until ``predicate()`` holds after a check of the registry, or ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._checked:
+            while not predicate():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._checked.wait(min(left, 0.5))
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.check()
+            except Exception:  # the watcher must outlive any one bad check
+                log.exception("checking the registry for %s failed", self.config.model)
+            self._stop.wait(self.config.reload_interval)
+
+    def check(self) -> None:
+        """Look at every alias once; load and swap in what moved."""
+        for alias in self.aliases:
+            if self._stop.is_set():
+                return
+            self._refresh(alias)
+        with self._checked:
+            self._checks += 1
+            self._checked.notify_all()
+
+    def _registry(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.config.tracking_uri, self.config.artifact_root)
+        return self._tracker
+
+    def _fail(self, alias: str, message: str) -> None:
+        status = self.status[alias]
+        status.error = message
+        if self._reported.get(alias) != message:
+            self._reported[alias] = message
+            log.error("%s %s: %s", self.config.model, alias, message)
+
+    def _refresh(self, alias: str) -> None:
+        name = self.config.model
+        status = self.status[alias]
+        current = self._models[alias]
+        try:
+            tracker = self._registry()
+            wanted = tracker.alias_version(name, alias)
+        except Exception as err:
+            self._fail(alias, f"cannot read the registry {self.config.tracking_uri}: {err}")
+            return
+        status.checked_at = time.time()
+        status.wanted = wanted
+        if wanted is None:
+            if alias == CHALLENGER:
+                self._swap(alias, current, None)
+                status.error = None
+                return
+            where = f"registered model {name!r} in {self.config.tracking_uri}"
+            problem = f"{where} has no {alias!r} alias"
+            if not self._exists(tracker, name):
+                problem = f"no {where}"
+            if current is not None:
+                problem += f"; still serving v{current.version}"
+            self._fail(alias, problem)
+            return
+        if current is not None and current.version == wanted:
+            status.error = None
+            return
+        champion = self._models[CHAMPION]
+        if alias == CHALLENGER and champion is not None and champion.version == wanted:
+            self._swap(alias, current, None)  # the same version: the champion answers
+            status.error = None
+            return
+        started = time.monotonic()
+        try:
+            loaded = self._loader(tracker, name, wanted, self.workdir)
+        except Exception as err:
+            still = f"; still serving v{current.version}" if current is not None else ""
+            self._fail(alias, f"loading v{wanted} failed: {type(err).__name__}: {err}{still}")
+            return
+        self._swap(alias, current, loaded)
+        status.error = None
+        self._reported.pop(alias, None)
+        log.info(
+            "%s: serving v%s as %s (was %s); loaded in %.1f s",
+            name,
+            wanted,
+            alias,
+            f"v{current.version}" if current else "none",
+            time.monotonic() - started,
+        )
+
+    def _swap(self, alias: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
+        if old is new:
+            return
+        self._models[alias] = new  # the one atomic step requests see
+        if self._on_swap is not None:
+            self._on_swap(alias, old, new)
+        if old is not None and all(m is not old for m in self._models.values()):
+            # requests in flight hold the loaded model, not its files
+            shutil.rmtree(old.path, ignore_errors=True)
+
+    @staticmethod
+    def _exists(tracker: Tracker, name: str) -> bool:
+        try:
+            tracker.client.get_registered_model(name)
+        except Exception:
+            return False
+        return True

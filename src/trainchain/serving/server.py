@@ -1,0 +1,84 @@
+"""The app under gunicorn: N worker processes, each loading the model itself.
+
+gunicorn's ``BaseApplication`` embedded, so ``trainchain serve`` is one command: the
+``gthread`` worker class (a few threads per worker), ``preload_app=False`` (each
+worker builds its app, and so loads its model, after the fork), a graceful timeout,
+no access log (``/metrics`` counts requests), no control socket.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from trainchain.serving.config import ServeConfig
+
+THREADS = 4
+GRACEFUL_TIMEOUT = 20
+WORKER_TIMEOUT = 120  # a worker busy longer than this (a stuck request) is restarted
+
+
+def _mark_dead(server: Any, worker: Any) -> None:
+    """gunicorn ``child_exit``: drop a dead worker's live gauges from the metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+
+
+def options(config: ServeConfig, host: str, port: int, workers: int) -> dict[str, Any]:
+    """gunicorn settings for ``config`` on ``host:port`` with ``workers`` processes."""
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    out: dict[str, Any] = {
+        "bind": [bind],
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": THREADS,
+        "preload_app": False,
+        "graceful_timeout": GRACEFUL_TIMEOUT,
+        "timeout": WORKER_TIMEOUT,
+        "keepalive": 5,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": f"trainchain-serve-{config.model}",
+        "control_socket_disable": True,
+    }
+    if config.metrics_dir is not None:
+        out["child_exit"] = _mark_dead
+    return out
+
+
+class Server(BaseApplication):  # type: ignore[misc]
+    """gunicorn running ``create_app(config)`` in each worker."""
+
+    def __init__(self, config: ServeConfig, settings: Mapping[str, Any]) -> None:
+        self.serve_config = config
+        self.settings = dict(settings)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.settings.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Any:
+        from trainchain.serving.app import create_app
+
+        return create_app(self.serve_config)
+
+
+def run(config: ServeConfig, host: str, port: int, workers: int) -> int:
+    """Serve until SIGTERM or SIGINT (graceful); the exit status of gunicorn's arbiter.
+
+    Only the calling (master) process returns: a worker's exit is not caught here.
+    """
+    master = os.getpid()
+    try:
+        Server(config, options(config, host, port, workers)).run()
+    except SystemExit as stop:
+        if os.getpid() != master:
+            raise
+        return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    return 0
