@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Build the training images of images/<family>/ without reaching any container
-# registry or package index from inside a build:
+# Build the training images of images/<family>/, and the prediction service's image
+# (images/serve/, trainchain/serve), without reaching any container registry or package
+# index from inside a build:
 #   - base image: $BASE_IMAGE if set; else python:3.11-slim-bookworm when present or
 #     pullable; else a local Debian bookworm + Python 3.11 base made with mmdebstrap,
 #     cached compressed so that the next time it only has to be loaded;
@@ -13,8 +14,9 @@
 # Idempotent; a second run with nothing changed takes seconds.
 #
 # Usage: scripts/build-images.sh [--context-only] [FAMILY ...]
-#   FAMILY: eeg, sklearn, tensorflow, or all (default: eeg sklearn; the TensorFlow
-#   image is built only when named, its wheel alone is 1.3 GB)
+#   FAMILY: eeg, sklearn, tensorflow, serve, or all (default: eeg sklearn; the TensorFlow
+#   image is built only when named, its wheel alone is 1.3 GB; serve is the prediction
+#   service, trainchain/serve)
 #   --context-only: only make the build contexts (CACHE/context/FAMILY) for a plain
 #   `docker build`; needs no Docker engine.
 # Environment: BASE_IMAGE, TRAINCHAIN_CACHE (default ~/.cache/trainchain),
@@ -29,7 +31,7 @@ CACHE=${TRAINCHAIN_CACHE:-$HOME/.cache/trainchain}
 OFFICIAL_BASE=python:3.11-slim-bookworm
 LOCAL_BASE=trainchain/python-base:3.11-bookworm
 BASE_TAR=$CACHE/python-base-3.11-bookworm.tar.zst
-ALL_FAMILIES=(eeg sklearn tensorflow)
+ALL_FAMILIES=(eeg sklearn tensorflow serve)
 DEFAULT_FAMILIES=(eeg sklearn)
 PY=$ROOT/.venv/bin/python
 
@@ -49,8 +51,8 @@ for arg in "$@"; do
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
     --context-only) context_only=true ;;
     all) families+=("${ALL_FAMILIES[@]}") ;;
-    eeg | sklearn | tensorflow) families+=("$arg") ;;
-    *) echo "error: unknown family or option '$arg'; expected eeg, sklearn, tensorflow, all or --context-only" >&2
+    eeg | sklearn | tensorflow | serve) families+=("$arg") ;;
+    *) echo "error: unknown family or option '$arg'; expected eeg, sklearn, tensorflow, serve, all or --context-only" >&2
        exit 2 ;;
   esac
 done
@@ -248,6 +250,7 @@ smoke_command() {
     eeg) echo "import mne, sklearn, scipy, numpy, mlflow.sklearn, cloudpickle; from trainchain import task; from trainchain.families.eeg import build_pipeline, load_epochs; print('mne', mne.__version__, 'sklearn', sklearn.__version__, 'numpy', numpy.__version__)" ;;
     sklearn) echo "import sklearn, scipy, numpy, mlflow.sklearn, cloudpickle; from trainchain import task; print('sklearn', sklearn.__version__, 'numpy', numpy.__version__)" ;;
     tensorflow) echo "import tensorflow as tf, keras, numpy, mlflow, cloudpickle; from trainchain import task; print('tensorflow', tf.__version__, 'keras', keras.__version__, 'numpy', numpy.__version__)" ;;
+    serve) echo "import shutil, subprocess, mlflow.sklearn; from importlib.metadata import version; from trainchain.families.eeg import build_pipeline; from trainchain.serving.app import create_app; subprocess.run([shutil.which('trainchain'), 'serve', '--help'], check=True, capture_output=True); print(*(f'{p} {version(p)}' for p in ('flask', 'gunicorn', 'mne', 'scikit-learn')), '; trainchain serve --help runs')" ;;
   esac
 }
 
@@ -266,6 +269,7 @@ smoke_test() {
 
 build_family() {
   local family=$1 image=trainchain/train-$1:$VERSION t inputs current log
+  [ "$family" != serve ] || image=trainchain/serve:$VERSION
   wheelhouse "$family"
   if $context_only; then
     t=$(now)

@@ -21,7 +21,10 @@ from trainchain.detect import DEFAULT_RULES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES = REPO_ROOT / "images"
-FAMILIES = sorted(p.name for p in IMAGES.iterdir() if (p / "Dockerfile").is_file())
+# The training images; images/serve (the prediction service) has tests/test_serve_image.py.
+FAMILIES = sorted(
+    p.name for p in IMAGES.iterdir() if (p / "Dockerfile").is_file() and p.name != "serve"
+)
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 SECRET_WORDS = ("PASSWORD", "PASSWD", "TOKEN", "SECRET", "CREDENTIAL", "API_KEY", "PRIVATE_KEY")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
