@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole chain on the embedded defaults: set up .venv, make synthetic EEG data if
 # absent, then pull-detect-tune-register-email on examples/eeg-motor-imagery with the
-# local executor, SQLite stores under TRAINCHAIN_HOME and the email outbox.
+# local executor, SQLite stores under TRAINCHAIN_HOME and the email outbox; then serve
+# the champion (`trainchain serve` on 127.0.0.1:${TRAINCHAIN_DEMO_PORT:-5005}),
+# classify one epoch with curl, and stop the service.
 # Extra arguments go to `trainchain run` (for example --max-trials 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,3 +20,56 @@ fi
 echo "==> trainchain run examples/eeg-motor-imagery (state in $TRAINCHAIN_HOME)"
 # the local executor, so the demo needs no Docker engine; --executor docker overrides it
 .venv/bin/trainchain run examples/eeg-motor-imagery --data "$data" --executor local "$@"
+
+# --- the champion over HTTP ---------------------------------------------------------
+model=eeg-motor-imagery
+port=${TRAINCHAIN_DEMO_PORT:-5005}
+url="http://127.0.0.1:$port"
+log="$TRAINCHAIN_HOME/serve-demo.log"
+if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+  echo "error: something already listens on port $port; set TRAINCHAIN_DEMO_PORT to a free port" >&2
+  exit 1
+fi
+echo "==> trainchain serve --model $model --port $port (log: $log)"
+.venv/bin/trainchain serve --model "$model" --port "$port" > "$log" 2>&1 &
+serve_pid=$!
+# Stopped however the script ends; SIGTERM is gunicorn's graceful stop (10 s, then KILL).
+stop_service() {
+  kill "$serve_pid" 2>/dev/null || return 0
+  for _ in $(seq 100); do
+    kill -0 "$serve_pid" 2>/dev/null || return 0
+    sleep 0.1
+  done
+  kill -KILL "$serve_pid" 2>/dev/null || true
+}
+trap stop_service EXIT
+
+# The first epoch of the recordings, as the JSON array /classify takes (1 x 22 x 750),
+# written while the service loads the model.
+.venv/bin/python - "$data" "$TRAINCHAIN_HOME/epoch.json" <<'PY'
+import json
+import sys
+
+from trainchain.families.eeg import load_epochs
+
+X, y, meta = load_epochs(sys.argv[1])
+with open(sys.argv[2], "w") as out:
+    json.dump(X[:1].tolist(), out)
+print(f"==> {sys.argv[2]}: epoch 1 of {meta['files'][0]} ({X.shape[1]} x {X.shape[2]}), cue {y[0]}")
+PY
+
+health_down() { ! curl -fsS -o /dev/null --max-time 5 "$url/health" 2>/dev/null; }
+for _ in $(seq 120); do  # 60 s at most for the workers to load the model
+  health_down || break
+  kill -0 "$serve_pid" 2>/dev/null || { tail -n 20 "$log" >&2; echo "error: trainchain serve exited" >&2; exit 1; }
+  sleep 0.5
+done
+if health_down; then
+  tail -n 20 "$log" >&2
+  echo "error: $url/health is not 200 after 60 s" >&2
+  exit 1
+fi
+echo "==> curl -X POST $url/classify -H 'content-type: application/json' --data-binary @$TRAINCHAIN_HOME/epoch.json"
+curl -fsS --max-time 30 -X POST "$url/classify" -H 'content-type: application/json' \
+  --data-binary "@$TRAINCHAIN_HOME/epoch.json"
+echo
