@@ -1,0 +1,724 @@
+"""Serving throughput and latency: `trainchain serve` against MLflow's scoring server.
+
+One registered EEG model (band-pass + CSP + SVM on 22 x 750 epochs), one machine, one
+client, two servers side by side in one run:
+
+- trainchain: ``trainchain serve --model eeg-motor-imagery --workers W`` (Flask under
+  gunicorn), ``POST /classify`` with a JSON array of epochs or the same array as
+  ``.npy`` (``application/x-npy``);
+- mlflow: ``mlflow models serve -m models:/eeg-motor-imagery@champion --env-manager
+  local -w W`` (MLflow's scoring server: FastAPI under uvicorn), ``POST /invocations``
+  with ``{"inputs": [...]}``. It takes JSON, CSV and Parquet only; CSV and Parquet are
+  data frames (2-D), so a 3-D array goes as JSON only. The run sends it one ``.npy``
+  body and prints its answer, and compares JSON only for it. With W > 1 it also runs
+  with one worker (``mlflow-w1``): uvicorn's multi-worker mode leaves TCP_NODELAY off,
+  which costs ~40 ms per keep-alive request (see UVICORN_NOTE); both are shown.
+
+Setup: a temporary TRAINCHAIN_HOME; synthetic EEG (``trainchain data synth-eeg``,
+medium, seed 0); ``trainchain run examples/eeg-motor-imagery --executor local
+--max-trials 2 --threshold 0.5`` registers the champion (the threshold only makes sure
+there is one). The servers start on free ports on 127.0.0.1 and must answer /health.
+Every route and the model loaded in-process must give the same labels to the same
+epochs before anything is measured.
+
+Each cell (server, body, epochs per request, concurrent clients) is warmed up, then
+measured for a fixed time: C threads, each with its own ``http.client`` connection
+(keep-alive; reopened when the server closes it, which is counted), send requests
+back to back, cycling through distinct bodies encoded beforehand. Requests per second
+are completed requests over the cell's time; latency is per request, from sending to
+the last byte of the answer. Cells of the servers alternate. The client runs on the
+same two cores as the servers, the same for both.
+
+Every wait is bounded; the servers are stopped (their process groups) however the run
+ends, and the temporary folder is deleted unless --keep.
+
+    .venv/bin/python benchmarks/serving.py [--quick] [--seconds 10] [--workers 2]
+        [--clients 1,4] [--batches 1,8] [--max-seconds 1200] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import importlib.metadata
+import io
+import itertools
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "eeg-motor-imagery"
+MODEL = "eeg-motor-imagery"
+BIN = Path(sys.executable).parent  # .venv/bin: trainchain, mlflow, uvicorn
+HOST = "127.0.0.1"
+DISTINCT_BODIES = 16  # bodies per cell, cycled: different epochs, no repeated request
+CHECK_EPOCHS = 24  # epochs whose labels every route must agree on
+# Enough trials for a champion: the threshold is low only so that there is one.
+TRIALS = ("--max-trials", "2", "--threshold", "0.5")
+READY_S = 180.0  # a server must answer /health 200 within this
+STOP_S = 15.0
+REQUEST_TIMEOUT_S = 60.0
+
+
+class OutOfTime(Exception):
+    """A bounded wait ran out."""
+
+
+class Deadline:
+    """The total cap; every wait takes the smaller of its own timeout and what is left."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.end = time.monotonic() + seconds
+
+    def limit(self, timeout: float) -> float:
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise OutOfTime(f"the total cap of {self.seconds:.0f} s (--max-seconds) is reached")
+        return min(timeout, left)
+
+
+def say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run(cmd: Sequence[str], env: dict[str, str], timeout: float) -> str:
+    """A setup command; its output, or an error with its tail."""
+    done = subprocess.run(
+        list(cmd), env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr)[-3000:]
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}:\n{tail}")
+    return done.stdout
+
+
+# --------------------------------------------------------------------------- servers
+
+
+@dataclass
+class Server:
+    """One HTTP server in its own process group, logging to a file."""
+
+    name: str
+    cmd: list[str]  # without the port, which start() appends in the server's own syntax
+    env: dict[str, str]
+    log: Path
+    port_option: str = "--port"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                [*self.cmd, self.port_option, str(self.port)],
+                env=self.env,
+                cwd=self.log.parent,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except FileNotFoundError:
+            return ""
+
+    def check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with {self.proc.returncode}; its log ({self.log}) ends:\n"
+                f"{self.tail()}"
+            )
+
+    def wait_ready(self, deadline: Deadline) -> float:
+        """Seconds until GET /health answers 200."""
+        started = time.monotonic()
+        limit = deadline.limit(READY_S)
+        status = None
+        while time.monotonic() - started < limit:
+            self.check_alive()
+            with contextlib.suppress(OSError, http.client.HTTPException):
+                status = request(("GET", "/health", None, {}), self.port, timeout=5)[0]
+                if status == 200:
+                    return time.monotonic() - started
+            time.sleep(0.25)
+        raise OutOfTime(
+            f"{self.name} did not answer /health 200 within {limit:.0f} s (last: {status}); "
+            f"its log ends:\n{self.tail()}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM to the process group, then SIGKILL if it is still there after STOP_S."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=STOP_S)
+
+
+def request(
+    req: tuple[str, str, bytes | None, dict[str, str]], port: int, timeout: float
+) -> tuple[int, bytes]:
+    method, path, body, headers = req
+    conn = http.client.HTTPConnection(HOST, port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def npy_bytes(array: Any) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one server takes one body format."""
+
+    server: str  # "trainchain", "mlflow" (W workers) or "mlflow-w1" (one worker)
+    body: str  # "json" or "npy"
+    path: str
+    content_type: str
+
+    def encode(self, epochs: Any) -> bytes:
+        if self.body == "npy":
+            return npy_bytes(epochs)
+        if self.server.startswith("mlflow"):
+            return json.dumps({"inputs": epochs.tolist()}).encode()
+        return json.dumps(epochs.tolist()).encode()
+
+    def labels(self, answer: bytes) -> list[str]:
+        data = json.loads(answer)
+        return [
+            str(v)
+            for v in (data["predictions"] if self.server.startswith("mlflow") else data["labels"])
+        ]
+
+
+TC_JSON = Route("trainchain", "json", "/classify", "application/json")
+TC_NPY = Route("trainchain", "npy", "/classify", "application/x-npy")
+ML_JSON = Route("mlflow", "json", "/invocations", "application/json")
+ML1_JSON = Route("mlflow-w1", "json", "/invocations", "application/json")
+ML_NPY = Route("mlflow", "npy", "/invocations", "application/x-npy")
+
+
+# --------------------------------------------------------------------------- client
+
+
+@dataclass
+class Cell:
+    route: Route
+    batch: int
+    clients: int
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    errors: int = 0
+    connections: int = 0
+    first_error: str = ""
+    body_bytes: int = 0
+
+    @property
+    def rps(self) -> float:
+        return len(self.latencies) / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        """The q-th percentile of latency in ms (nearest rank)."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+        return ordered[rank] * 1000
+
+
+def hammer(
+    port: int,
+    route: Route,
+    *,
+    bodies: Sequence[bytes],
+    clients: int,
+    seconds: float,
+    cell: Cell | None,
+    alive: Callable[[], None],
+) -> None:
+    """C threads send requests back to back for ``seconds``; results go to ``cell``."""
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+    headers = {"content-type": route.content_type}
+
+    def worker(offset: int) -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=REQUEST_TIMEOUT_S)
+        latencies: list[float] = []
+        errors = connections = 0
+        first_error = ""
+        try:
+            for i in itertools.count(offset):
+                if time.monotonic() >= stop_at:
+                    break
+                if conn.sock is None:
+                    connections += 1
+                body = bodies[i % len(bodies)]
+                started = time.perf_counter()
+                try:
+                    conn.request("POST", route.path, body=body, headers=headers)
+                    response = conn.getresponse()
+                    answer = response.read()
+                    elapsed = time.perf_counter() - started
+                    if response.status == 200:
+                        latencies.append(elapsed)
+                    else:
+                        errors += 1
+                        first_error = first_error or f"HTTP {response.status}: {answer[:200]!r}"
+                except (OSError, http.client.HTTPException) as err:
+                    errors += 1
+                    first_error = first_error or f"{err.__class__.__name__}: {err}"
+                    conn.close()
+        finally:
+            conn.close()
+        if cell is not None:
+            with lock:
+                cell.latencies.extend(latencies)
+                cell.errors += errors
+                cell.connections += connections
+                cell.first_error = cell.first_error or first_error
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        futures = [pool.submit(worker, n * 7) for n in range(clients)]
+        for future in futures:
+            future.result(timeout=seconds + REQUEST_TIMEOUT_S + 10)
+    if cell is not None:
+        cell.seconds = time.monotonic() - started
+    alive()
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def register_model(home: Path, env: dict[str, str], deadline: Deadline) -> tuple[Path, str]:
+    """Synthetic recordings and a champion of eeg-motor-imagery; (data folder, version)."""
+    data = home / "data" / "eeg-synth-medium"
+    trainchain = str(BIN / "trainchain")
+    run(
+        [trainchain, "data", "synth-eeg", "--out", str(data), *("--difficulty", "medium")],
+        env,
+        deadline.limit(300),
+    )
+    out = run(
+        [trainchain, "run", str(EXAMPLE), "--data", str(data), "--executor", "local", *TRIALS],
+        env,
+        deadline.limit(600),
+    )
+    for line in out.splitlines():
+        if line.startswith(("goal:", "champion:")):
+            say(f"    {line}")
+    from mlflow import MlflowClient
+
+    version = MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(MODEL, "champion")
+    return data, str(version.version)
+
+
+def versions() -> str:
+    names = ("mlflow", "Flask", "gunicorn", "fastapi", "uvicorn", "scikit-learn", "numpy")
+    found = []
+    for name in names:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            found.append(f"{name} {importlib.metadata.version(name)}")
+    return ", ".join(found)
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def check_labels(
+    servers: dict[str, Server], *, epochs: Any, truth: Any, model_uri: str, deadline: Deadline
+) -> str:
+    """Every route and the in-process model agree on CHECK_EPOCHS epochs (one request each
+    route); the agreement line to print."""
+    import mlflow.sklearn
+
+    local = [str(v) for v in mlflow.sklearn.load_model(model_uri).predict(epochs)]
+    answers = {}
+    for route in routes_of(servers):
+        status, body = request(
+            ("POST", route.path, route.encode(epochs), {"content-type": route.content_type}),
+            servers[route.server].port,
+            timeout=deadline.limit(REQUEST_TIMEOUT_S),
+        )
+        if status != 200:
+            raise RuntimeError(f"{route.server} {route.body}: HTTP {status}: {body[:500]!r}")
+        answers[f"{route.server} {route.body}"] = route.labels(body)
+    for name, labels in answers.items():
+        if labels != local:
+            raise RuntimeError(f"{name} labels differ from the model in-process: {labels}")
+    right = sum(a == str(b) for a, b in zip(local, truth, strict=True))
+    return (
+        f"labels: {', '.join(answers)} and the model in-process agree on all {len(local)} "
+        f"epochs ({right}/{len(local)} match the true labels)"
+    )
+
+
+def routes_of(servers: dict[str, Server]) -> list[Route]:
+    """The measured routes, in the order cells alternate."""
+    return [r for r in (TC_JSON, ML_JSON, ML1_JSON, TC_NPY) if r.server in servers]
+
+
+def probe_mlflow_npy(ml: Server, epochs: Any, deadline: Deadline) -> str:
+    status, body = request(
+        ("POST", ML_NPY.path, ML_NPY.encode(epochs), {"content-type": ML_NPY.content_type}),
+        ml.port,
+        timeout=deadline.limit(REQUEST_TIMEOUT_S),
+    )
+    text = body.decode(errors="replace").strip().replace("\n", " ")
+    return f"mlflow with an .npy body: HTTP {status}: {text[:160]}"
+
+
+def fmt_row(cells: Sequence[str], widths: Sequence[int], left: int = 2) -> str:
+    """The first ``left`` columns flush left, the numbers flush right."""
+    return "  ".join(
+        c.ljust(w) if i < left else c.rjust(w)
+        for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+    )
+
+
+def print_table(cells: list[Cell], npy_note: str) -> None:
+    head = ["server", "body", "epochs/req", "clients", "requests", "req/s", "p50 ms", "p99 ms"]
+    head += ["errors", "conns", "body KB"]
+    rows = []
+    for c in cells:
+        rows.append(
+            [
+                c.route.server,
+                c.route.body,
+                str(c.batch),
+                str(c.clients),
+                str(len(c.latencies)),
+                f"{c.rps:.1f}",
+                f"{c.pct(50):.1f}",
+                f"{c.pct(99):.1f}",
+                str(c.errors),
+                str(c.connections),
+                f"{c.body_bytes / 1000:.0f}",
+            ]
+        )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    say(fmt_row(head, widths))
+    say(fmt_row(["-" * w for w in widths], widths))
+    for row in rows:
+        say(fmt_row(row, widths))
+    say(f"(mlflow .npy: not measured; {npy_note})")
+
+
+def print_ratios(cells: list[Cell], workers: int) -> None:
+    def find(route: Route, batch: int, clients: int) -> Cell | None:
+        for c in cells:
+            if c.route == route and c.batch == batch and c.clients == clients and c.latencies:
+                return c
+        return None
+
+    say()
+    say("ratios trainchain / mlflow (req/s: above 1 is faster; latency: below 1 is faster)")
+    head = ["epochs/req", "clients", "trainchain", "vs mlflow", "req/s", "p50", "p99"]
+    rows = []
+    for batch, clients in sorted({(c.batch, c.clients) for c in cells}):
+        same = find(ML_JSON, batch, clients)
+        one = find(ML1_JSON, batch, clients)
+        mlflows = [(f"-w {workers} JSON", same)]
+        if one is not None and same is not None:
+            best = max((same, one), key=lambda c: c.rps)
+            mlflows.append((f"best (-w {workers if best is same else 1}) JSON", best))
+        for route in (TC_JSON, TC_NPY):
+            tc = find(route, batch, clients)
+            for label, ml in mlflows:
+                if tc is None or ml is None:
+                    continue
+                rows.append(
+                    [
+                        str(batch),
+                        str(clients),
+                        f"-w {workers} {'JSON' if route.body == 'json' else '.npy'}",
+                        label,
+                        f"{tc.rps / ml.rps:.2f}",
+                        f"{tc.pct(50) / ml.pct(50):.2f}",
+                        f"{tc.pct(99) / ml.pct(99):.2f}",
+                    ]
+                )
+    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    say(fmt_row(head, widths, left=4))
+    say(fmt_row(["-" * w for w in widths], widths, left=4))
+    for row in rows:
+        say(fmt_row(row, widths, left=4))
+
+
+def measure(
+    args: argparse.Namespace, servers: dict[str, Server], X: Any, deadline: Deadline
+) -> list[Cell]:
+    routes = routes_of(servers)
+
+    def alive() -> None:
+        for server in servers.values():
+            server.check_alive()
+
+    bodies: dict[tuple[Route, int], list[bytes]] = {}
+    for batch in args.batches:
+        for route in routes:
+            bodies[route, batch] = [
+                route.encode(X[(i * batch) % (len(X) - batch) :][:batch])
+                for i in range(DISTINCT_BODIES)
+            ]
+    # Warm-up: every route and batch size, at the highest concurrency, not recorded.
+    for batch in args.batches:
+        for route in routes:
+            deadline.limit(args.warmup)
+            hammer(
+                servers[route.server].port,
+                route,
+                bodies=bodies[route, batch],
+                clients=max(args.clients),
+                seconds=args.warmup,
+                cell=None,
+                alive=alive,
+            )
+    cells = []
+    for clients in args.clients:
+        for batch in args.batches:
+            for route in routes:
+                deadline.limit(args.seconds + 30)
+                cell = Cell(route, batch, clients)
+                cell.body_bytes = round(statistics.mean(len(b) for b in bodies[route, batch]))
+                hammer(
+                    servers[route.server].port,
+                    route,
+                    bodies=bodies[route, batch],
+                    clients=clients,
+                    seconds=args.seconds,
+                    cell=cell,
+                    alive=alive,
+                )
+                say(
+                    f"    {route.server:10} {route.body:4} {batch:2} epochs/req {clients} "
+                    f"clients: {cell.rps:7.1f} req/s, p50 {cell.pct(50):7.1f} ms, "
+                    f"p99 {cell.pct(99):7.1f} ms, errors {cell.errors}"
+                    + (f" ({cell.first_error})" if cell.errors else "")
+                )
+                cells.append(cell)
+    return cells
+
+
+@contextlib.contextmanager
+def stopped_on_exit(servers: Sequence[Server]) -> Iterator[None]:
+    """Stop every server however the block ends (also on SIGTERM and Ctrl-C)."""
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        yield
+    finally:
+        for server in servers:
+            try:
+                server.stop()
+            except Exception as err:  # stop the others all the same
+                say(f"could not stop {server.name} (pid {server.proc and server.proc.pid}): {err}")
+        signal.signal(signal.SIGTERM, previous)
+
+
+def mlflow_server(workers: int, env: dict[str, str], home: Path) -> Server:
+    """MLflow's scoring server for the champion, in the local environment."""
+    return Server(
+        f"mlflow models serve -w {workers}",
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            f"models:/{MODEL}@champion",
+            "--env-manager",
+            "local",
+            "-h",
+            HOST,
+            "-w",
+            str(workers),
+        ],
+        env,
+        home / f"mlflow-serve-w{workers}.log",
+        port_option="-p",
+    )
+
+
+UVICORN_NOTE = """
+Why mlflow-w1 is there: uvicorn with --workers > 1 binds the listening socket itself
+with proto 0, so asyncio leaves TCP_NODELAY off on accepted connections, and on a
+keep-alive connection every request after the first waits ~40 ms for the client's
+delayed ACK (uvicorn issue #3149, https://github.com/Kludex/uvicorn/issues/3149).
+With one worker uvicorn lets asyncio bind and the delay is gone. Both are shown; the
+"best" ratios compare with whichever mlflow configuration served more requests."""
+
+
+def parse_ints(text: str) -> list[int]:
+    values = [int(v) for v in text.split(",") if v.strip()]
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,4, got {text!r}")
+    return values
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1 s cells, 1 epoch per request")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per route")
+    parser.add_argument("--workers", type=int, default=2, help="server workers, both servers")
+    parser.add_argument("--clients", type=parse_ints, default=[1, 4], help="e.g. 1,4")
+    parser.add_argument("--batches", type=parse_ints, default=[1, 8], help="epochs per request")
+    parser.add_argument("--max-seconds", type=float, default=1200.0, help="cap on the whole run")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary TRAINCHAIN_HOME")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.warmup, args.batches = 1.0, 0.5, [1]
+    deadline = Deadline(args.max_seconds)
+
+    say(f"serving benchmark, {time.strftime('%Y-%m-%d %H:%M')}, {platform.node()}")
+    say(
+        f"machine: {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"load average before: {loadavg()}"
+    )
+    say(f"libraries: {versions()}")
+    home = Path(tempfile.mkdtemp(prefix="trainchain-bench-serving-"))
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("TRAINCHAIN_", "MLFLOW_")) and k != "BUILD_URL"
+    }
+    env.update(
+        TRAINCHAIN_HOME=str(home),
+        MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",  # mlflow starts `uvicorn` by name
+        MNE_LOGGING_LEVEL="ERROR",
+    )
+    os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+    servers = {
+        "trainchain": Server(
+            "trainchain serve",
+            [
+                str(BIN / "trainchain"),
+                "serve",
+                "--model",
+                MODEL,
+                "--host",
+                HOST,
+                "--workers",
+                str(args.workers),
+            ],
+            env,
+            home / "trainchain-serve.log",
+        ),
+        "mlflow": mlflow_server(args.workers, env, home),
+    }
+    if args.workers > 1:
+        servers["mlflow-w1"] = mlflow_server(1, env, home)
+    try:
+        with stopped_on_exit(list(servers.values())):
+            started = time.monotonic()
+            say(f"==> registering {MODEL} (synthetic medium EEG, 2 trials) in {home}")
+            data, version = register_model(home, env, deadline)
+            say(f"    champion: version {version} ({time.monotonic() - started:.1f} s)")
+
+            from trainchain.families.eeg import load_epochs
+
+            X, y, _ = load_epochs(data)
+            say(f"==> starting the servers: {', '.join(s.name for s in servers.values())}")
+            for server in servers.values():
+                server.start()
+            for server in servers.values():
+                ready = server.wait_ready(deadline)
+                say(f"    {server.name} on :{server.port}: /health 200 after {ready:.1f} s")
+            agreement = check_labels(
+                servers,
+                epochs=X[:CHECK_EPOCHS],
+                truth=y[:CHECK_EPOCHS],
+                model_uri=f"models:/{MODEL}@champion",
+                deadline=deadline,
+            )
+            say(f"    {agreement}")
+            npy_note = probe_mlflow_npy(servers["mlflow"], X[:1], deadline)
+            say(f"    {npy_note}")
+            say(
+                f"==> measuring: {args.seconds:g} s per cell after {args.warmup:g} s warm-up per "
+                f"route; clients {args.clients}; epochs per request {args.batches}"
+            )
+            cells = measure(args, servers, X, deadline)
+    except (OutOfTime, RuntimeError, subprocess.TimeoutExpired) as err:
+        say(f"error: {err}")
+        return 1
+    finally:
+        if args.keep:
+            say(f"kept {home}")
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+    say()
+    say(
+        f"model {MODEL} v{version}, epochs of 22 x 750 float64; trainchain = trainchain serve "
+        f"(gunicorn, {args.workers} workers), mlflow = mlflow models serve (uvicorn, "
+        f"{args.workers} workers)"
+        + (", mlflow-w1 = the same with 1 worker" if args.workers > 1 else "")
+    )
+    print_table(cells, npy_note.removeprefix("mlflow with an .npy body: "))
+    print_ratios(cells, args.workers)
+    if args.workers > 1:
+        say(UVICORN_NOTE)
+    say()
+    say(f"load average after: {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
