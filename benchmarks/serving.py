@@ -32,7 +32,7 @@ same two cores as the servers, the same for both.
 Every wait is bounded; the servers are stopped (their process groups) however the run
 ends, and the temporary folder is deleted unless --keep.
 
-    .venv/bin/python benchmarks/serving.py [--quick] [--seconds 10] [--workers 2]
+    .venv/bin/python benchmarks/serving.py [--quick] [--seconds 15] [--warmup 3] [--workers 2]
         [--clients 1,4] [--batches 1,8] [--max-seconds 1200] [--keep]
 """
 
