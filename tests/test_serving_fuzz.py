@@ -270,3 +270,57 @@ def check(client: Any, array: np.ndarray, as_json: bool) -> None:
             assert any(word in body["error"] for word in words), (array.shape, body)
         elif not finite:
             assert "non-finite" in body["error"]
+
+
+def _image_bytes(fmt: str, mode: str, size: tuple[int, int]) -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    channels = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 255, (size[1], size[0], channels), np.uint8)
+    image = Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels, mode)
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@st.composite
+def damaged_images(draw: Any) -> bytes:
+    """A real PNG, JPEG, GIF or BMP with some bytes overwritten, cut short or extended."""
+    fmt = draw(st.sampled_from(["PNG", "JPEG", "GIF", "BMP"]))
+    mode = draw(st.sampled_from(["L", "RGB"] + (["RGBA"] if fmt == "PNG" else [])))
+    size = (draw(st.integers(1, 40)), draw(st.integers(1, 40)))
+    data = bytearray(_image_bytes(fmt, mode, size))
+    for _ in range(draw(st.integers(0, 6))):
+        data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    cut = draw(st.integers(0, len(data)))
+    return bytes(data[:cut]) + draw(st.binary(max_size=32))
+
+
+def test_image_decoding_gives_the_models_input_or_a_request_error() -> None:
+    """Damaged real images and arbitrary bytes decode to (1, height, width, channels) uint8
+    at the model's size, or fail as a 400/413 RequestError: never another exception."""
+    from trainchain.families.cnn import Preprocessing
+    from trainchain.serving.inputs import RequestError, decode_image
+
+    preps = [
+        Preprocessing((8, 12), "rgb", ("a", "b")),
+        Preprocessing((5, 5), "grayscale", ("a", "b"), interpolation="nearest"),
+    ]
+
+    @given(
+        data=st.one_of(damaged_images(), st.binary(max_size=512)),
+        which=st.integers(0, len(preps) - 1),
+    )
+    @settings(FUZZ, max_examples=500)
+    def run(data: bytes, which: int) -> None:
+        prep = preps[which]
+        try:
+            pixels = decode_image(data, prep, max_pixels=1200)
+        except RequestError as err:
+            assert err.status in (400, 413) and err.message
+        else:
+            assert pixels.shape == (1, *prep.image_size, prep.channels)
+            assert pixels.dtype == np.uint8
+
+    run()
