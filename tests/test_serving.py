@@ -686,11 +686,15 @@ def test_bad_images_are_refused_before_they_reach_the_model(
 
 @pytest.mark.tensorflow
 def test_predict_answers_with_a_keras_cnn_champion(
-    registry: EEGRegistry, serve: Callable[..., Flask], tmp_path: Path
+    registry: EEGRegistry,
+    serve: Callable[..., Flask],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
 ) -> None:
     """A tiny real Keras CNN saved with trainchain's preprocessing metadata and made champion:
     /predict (multipart and raw PNG) returns its label and the probabilities the model itself
-    gives for the image; /classify on it is a 409 pointing at /predict."""
+    gives for the image, printing nothing (no Keras progress bar per request); /classify on
+    it is a 409 pointing at /predict."""
     pytest.importorskip("tensorflow")
     import keras
     from PIL import Image
@@ -720,6 +724,7 @@ def test_predict_answers_with_a_keras_cnn_champion(
     image = images[5]
     expected = model.predict(image[np.newaxis].astype(np.float32), verbose=0)[0]
     png = _png(Image.fromarray(image))
+    capfd.readouterr()
     for response in (
         client.post("/predict", data={"image": (io.BytesIO(png), "x.png")}),
         client.post("/predict", data=png, content_type="image/png"),
@@ -730,6 +735,8 @@ def test_predict_answers_with_a_keras_cnn_champion(
         assert np.allclose(list(body["probabilities"].values()), expected, atol=1e-5)
         assert body["label"] == prep.class_names[int(np.argmax(expected))]
         assert (body["model"], body["version"], body["alias"]) == ("cnn", "1", "champion")
+    printed = capfd.readouterr()
+    assert "step" not in printed.out + printed.err
     wrong = client.post("/classify", json=GOOD.tolist())
     assert wrong.status_code == 409 and "send it to POST /predict" in wrong.get_json()["error"]
     unreadable = client.post("/predict", data=b"not an image", content_type="image/png")

@@ -63,6 +63,8 @@ class LoadedModel:
     shape_source: str = "default"
     input_dtype: str = "float64"
     preprocessing: Preprocessing | None = None
+    # the Keras model inside a keras-flavor pyfunc: predicted without a progress bar
+    keras_model: Any = None
     # Keras models predict one request at a time; scikit-learn pipelines are read-only
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -81,8 +83,12 @@ class LoadedModel:
         if self.preprocessing is None:
             raise TypeError(f"{self.name} v{self.version} is not an image model")
         names = self.preprocessing.class_names
+        x = np.asarray(pixels, dtype=np.float32)
         with self.lock:
-            out = self.model.predict(np.asarray(pixels, dtype=np.float32))
+            if self.keras_model is not None:
+                out = self.keras_model.predict(x, verbose=0)
+            else:
+                out = self.model.predict(x)
         probabilities = np.asarray(out, dtype=np.float64).reshape(-1)
         if len(probabilities) != len(names) or not np.isfinite(probabilities).all():
             raise ValueError(
@@ -155,6 +161,16 @@ def _heldout_shape(tracker: Tracker, run_id: str, dst: Path) -> tuple[int, int] 
     return (int(dims[1]), int(dims[2])) if len(dims) == 3 else None
 
 
+def _keras_model(model: Any) -> Any:
+    """The Keras model a keras-flavor pyfunc wraps, or None (MLflow's wrapper calls
+    ``predict`` with Keras's default progress bar: one line per request in the log)."""
+    try:
+        raw = model.get_raw_model()
+    except Exception:
+        return None
+    return raw if type(raw).__module__.startswith("keras") else None
+
+
 def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> LoadedModel:
     """Download and load version ``version`` of ``name`` with what serving needs to know."""
     import mlflow.pyfunc
@@ -205,6 +221,7 @@ def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> Lo
         shape_source=source,
         input_dtype=dtype,
         preprocessing=preprocessing if family == Family.CNN else None,
+        keras_model=_keras_model(model) if family == Family.CNN else None,
     )
 
 
