@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -58,6 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     settings = for_command(args.home)
     master = os.getpid()
+    # until gunicorn installs its own handlers, SIGTERM still runs the clean-up below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     run_dir = Path(tempfile.mkdtemp(prefix="trainchain-serve-"))
     try:
         metrics_dir = run_dir / "prometheus"

@@ -273,7 +273,8 @@ def _error_handlers(app: Flask, config: ServeConfig) -> None:
                 "/model, /metrics, /openapi.json"
             )
         elif code == 405:
-            allowed = sorted(getattr(err, "valid_methods", None) or [])
+            valid = getattr(err, "valid_methods", None) or []
+            allowed = sorted(m for m in valid if m not in {"OPTIONS", "HEAD"}) or sorted(valid)
             body["error"] = (
                 f"{request.method} is not allowed on {request.path}: use {', '.join(allowed)}"
             )
