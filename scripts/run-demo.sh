@@ -44,19 +44,10 @@ stop_service() {
 }
 trap stop_service EXIT
 
-# The first epoch of the recordings, as the JSON array /classify takes (1 x 22 x 750),
+# One held-out epoch of the champion, as the JSON array /classify takes (1 x 22 x 750),
 # written while the service loads the model.
-.venv/bin/python - "$data" "$TRAINCHAIN_HOME/epoch.json" <<'PY'
-import json
-import sys
-
-from trainchain.families.eeg import load_epochs
-
-X, y, meta = load_epochs(sys.argv[1])
-with open(sys.argv[2], "w") as out:
-    json.dump(X[:1].tolist(), out)
-print(f"==> {sys.argv[2]}: epoch 1 of {meta['files'][0]} ({X.shape[1]} x {X.shape[2]}), cue {y[0]}")
-PY
+echo "==> trainchain data heldout $model --out $TRAINCHAIN_HOME/epoch.json"
+.venv/bin/trainchain data heldout "$model" --out "$TRAINCHAIN_HOME/epoch.json"
 
 health_down() { ! curl -fsS -o /dev/null --max-time 5 "$url/health" 2>/dev/null; }
 for _ in $(seq 120); do  # 60 s at most for the workers to load the model
