@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO_ROOT, require_image, run_cli
+from tests.conftest import REPO_ROOT, git_init, require_image, run_cli
 from trainchain.families.eeg_synth import write_synthetic_dataset
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -78,3 +78,34 @@ def test_restart_cap_in_a_tune_fails_the_trial_and_emails(tmp_path: Path, home: 
     assert [r.info.status for r in runs] == ["FAILED"]
     emails = list((home / "outbox").glob("*failed.eml"))
     assert len(emails) == 1 and "gave up" in emails[0].read_text()
+
+
+def test_tune_of_a_pulled_repository_whose_trial_is_given_up_ends_cleanly(
+    tmp_path: Path, home: Path
+) -> None:
+    """`tune REPO --ref` in containers: the non-root container reads the pulled workspace,
+    and a trial the restart cap gives up on fails in the study without a traceback."""
+    repo = tmp_path / "dies"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "x.txt").write_text("x")
+    (repo / "train.py").write_text(
+        "import sys\nfrom trainchain import task\n"
+        "print(f'attempt {task.attempt()} dying', flush=True)\nsys.exit(2)\n"
+    )
+    (repo / "trainchain.yaml").write_text(
+        f"name: dies\nentrypoint: train.py\nimage: {IMAGE}\ndata: {{path: data}}\n"
+        "goal: {metric: accuracy, threshold: 0.5}\n"
+        "budget: {max_trials: 1}\n"
+        "search_space: {x: {type: float, low: 0, high: 1, default: 0.5}}\n"
+        "watchdog: {max_restarts: 1, backoff: 0}\n"
+    )
+    git_init(repo)
+    out = run_cli(
+        "tune", f"file://{repo}", "--ref", "main", "--executor", "docker", "--home", str(home)
+    )
+    assert out.returncode == 3, out.stdout + out.stderr  # budget spent below the goal
+    assert "Traceback" not in out.stderr, out.stderr
+    logs = sorted((home / "runs").glob("dies-*/trial-0000/attempt-*/train.log"))
+    assert [p.parent.name for p in logs] == ["attempt-1", "attempt-2"]
+    assert "attempt 2 dying" in logs[-1].read_text()  # the script ran: the workspace is readable
+    assert list((home / "outbox").glob("*failed.eml")), "the give-up email"

@@ -249,6 +249,9 @@ def _last_words(stderr: str) -> str:
 def _clone(git: _Git, repository: str, path: Path, shown: str) -> None:
     """Clone next to ``path`` and rename: an interrupted clone never looks like a workspace."""
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    # mkdtemp's 0700 would lock out a training container's non-root user: a workspace is
+    # code, readable as a plain `git clone` leaves it
+    tmp.chmod(0o755)
     try:
         git.run(
             "clone",

@@ -285,22 +285,25 @@ class _Session:
             on_attempt=on_attempt,
             on_report=on_report,
         )
-        trial.set_user_attr("mlflow_run_id", outcome.run_id)
+        # a watchdog that gave up on the trial has already marked it failed in the study,
+        # which then refuses any change to it
+        running = self.study.trials[trial.number].state is TrialState.RUNNING
         test_value = outcome.metrics.get(goal.test_metric)
-        if test_value is not None:
-            trial.set_user_attr("test_value", test_value)
+        if running:
+            trial.set_user_attr("mlflow_run_id", outcome.run_id)
+            if test_value is not None:
+                trial.set_user_attr("test_value", test_value)
         self.study.set_user_attr(ELAPSED_ATTR, self.elapsed)
         self.last_tail = outcome.log_tail
-        if outcome.ok:
+        if outcome.ok and running:
             self.study.tell(trial, outcome.metrics[goal.val_metric])
             self.failures = 0
         elif outcome.pruned:  # not a failure: the median rule stopped it
-            if self.study.trials[trial.number].state is TrialState.RUNNING:
+            if running:
                 self.study.tell(trial, state=TrialState.PRUNED)
         else:
-            if self.study.trials[trial.number].state is TrialState.RUNNING:
+            if running:
                 self.study.tell(trial, state=TrialState.FAIL)
-            # else: a watchdog that gave up on it already marked it failed
             self.failures += 1
             self.error = outcome.error
         best = _best(self.study, goal.direction)
