@@ -23,6 +23,24 @@ IMAGE = "trainchain/train-eeg:0.1.0"
 require_image(IMAGE, "scripts/build-images.sh eeg")
 
 
+def _dying_repo(repo: Path) -> Path:
+    """A model repository whose script always exits 2, restarted at most once, one trial."""
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "x.txt").write_text("x")
+    (repo / "train.py").write_text(
+        "import sys\nfrom trainchain import task\n"
+        "print(f'attempt {task.attempt()} dying', flush=True)\nsys.exit(2)\n"
+    )
+    (repo / "trainchain.yaml").write_text(
+        f"name: dies\nentrypoint: train.py\nimage: {IMAGE}\ndata: {{path: data}}\n"
+        "goal: {metric: accuracy, threshold: 0.5}\n"
+        "budget: {max_trials: 1}\n"
+        "search_space: {x: {type: float, low: 0, high: 1, default: 0.5}}\n"
+        "watchdog: {max_restarts: 1, backoff: 0}\n"
+    )
+    return repo
+
+
 def test_chain_trains_in_the_eeg_image(tmp_path: Path, home: Path) -> None:
     """`run --executor docker`: every trial ran in a container of the detected image, and
     the champion is registered with the image in its lineage."""
@@ -52,19 +70,7 @@ def test_chain_trains_in_the_eeg_image(tmp_path: Path, home: Path) -> None:
 def test_restart_cap_in_a_tune_fails_the_trial_and_emails(tmp_path: Path, home: Path) -> None:
     """A script that always dies: restarted up to watchdog.max_restarts, then the trial is
     failed (exit 6 from train), its MLflow run FAILED, and a failure email is written."""
-    repo = tmp_path / "dies"
-    (repo / "data").mkdir(parents=True)
-    (repo / "data" / "x.txt").write_text("x")
-    (repo / "train.py").write_text(
-        "import sys\nfrom trainchain import task\n"
-        "print(f'attempt {task.attempt()} dying', flush=True)\nsys.exit(2)\n"
-    )
-    (repo / "trainchain.yaml").write_text(
-        f"name: dies\nentrypoint: train.py\nimage: {IMAGE}\ndata: {{path: data}}\n"
-        "goal: {metric: accuracy, threshold: 0.5}\n"
-        "search_space: {x: {type: float, low: 0, high: 1, default: 0.5}}\n"
-        "watchdog: {max_restarts: 1, backoff: 0}\n"
-    )
+    repo = _dying_repo(tmp_path / "dies")
     out = run_cli("train", str(repo), "--executor", "docker", "--home", str(home))
     assert out.returncode == 6, out.stdout + out.stderr
     assert "attempt 2 dying" in out.stdout + out.stderr  # restarted once, then gave up
@@ -85,20 +91,7 @@ def test_tune_of_a_pulled_repository_whose_trial_is_given_up_ends_cleanly(
 ) -> None:
     """`tune REPO --ref` in containers: the non-root container reads the pulled workspace,
     and a trial the restart cap gives up on fails in the study without a traceback."""
-    repo = tmp_path / "dies"
-    (repo / "data").mkdir(parents=True)
-    (repo / "data" / "x.txt").write_text("x")
-    (repo / "train.py").write_text(
-        "import sys\nfrom trainchain import task\n"
-        "print(f'attempt {task.attempt()} dying', flush=True)\nsys.exit(2)\n"
-    )
-    (repo / "trainchain.yaml").write_text(
-        f"name: dies\nentrypoint: train.py\nimage: {IMAGE}\ndata: {{path: data}}\n"
-        "goal: {metric: accuracy, threshold: 0.5}\n"
-        "budget: {max_trials: 1}\n"
-        "search_space: {x: {type: float, low: 0, high: 1, default: 0.5}}\n"
-        "watchdog: {max_restarts: 1, backoff: 0}\n"
-    )
+    repo = _dying_repo(tmp_path / "dies")
     git_init(repo)
     out = run_cli(
         "tune", f"file://{repo}", "--ref", "main", "--executor", "docker", "--home", str(home)

@@ -34,6 +34,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return for_command(args.home)
 
 
+def _data_dir(args: argparse.Namespace) -> str | None:
+    """--data made absolute: runs start in the hooks folder, not here."""
+    return str(Path(args.data).expanduser().absolute()) if args.data else None
+
+
 def _python() -> str:
     """This interpreter, absolute but not resolved: a venv's python must stay the venv's."""
     return os.path.abspath(sys.executable)
@@ -73,7 +78,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         branches=tuple(args.branch or ()),
         executor=args.executor,
-        data=str(Path(args.data).expanduser().absolute()) if args.data else None,
+        data=_data_dir(args),
         max_queue=args.max_queue,
         max_body=args.max_body,
         run_timeout=args.run_timeout,
@@ -126,7 +131,7 @@ def _hook_options(args: argparse.Namespace) -> Any:
     return HookOptions(
         branches=tuple(args.branch or ()),
         executor=args.executor,
-        data=str(Path(args.data).expanduser().absolute()) if args.data else None,
+        data=_data_dir(args),
         jenkins_job=args.jenkins_job,
         url=args.url,
         max_queue=args.max_queue,

@@ -86,7 +86,7 @@ def _unescape(raw: str) -> str:
 
 
 def read(path: str | Path) -> dict[str, str]:
-    """The values of a file :func:`write` wrote (tests and the hook runner read them back)."""
+    """The values of a file :func:`write` wrote (Jenkins reads them with Java's loader)."""
     out = {}
     for line in Path(path).read_text(encoding="ascii").splitlines():
         if not line or line[0] in "#!":
