@@ -16,7 +16,6 @@ set -euo pipefail
 
 LOG=${TRAINCHAIN_DOCKERD_LOG:-/var/log/trainchain-dockerd.log}
 WAIT=${TRAINCHAIN_DOCKERD_WAIT:-60}
-POLICY=/usr/sbin/policy-rc.d
 
 # The engine's version, or nothing (and a non-zero status) when no engine answers.
 engine_version() {
@@ -27,31 +26,8 @@ engine_version() {
   echo "$v"
 }
 
-# apt-get install PACKAGES... without letting their package scripts start services:
-# invoke-rc.d asks policy-rc.d, and a policy-rc.d that exits 101 says no. Whatever
-# policy-rc.d was there before is put back afterwards.
-apt_install_guarded() {
-  backup=""
-  if [ -e "$POLICY" ]; then
-    backup=$(mktemp)
-    cp -p "$POLICY" "$backup"
-  fi
-  restore_policy() {
-    if [ -n "$backup" ]; then
-      cp -p "$backup" "$POLICY" && rm -f "$backup"
-    else
-      rm -f "$POLICY"
-    fi
-  }
-  trap restore_policy EXIT
-  printf '#!/bin/sh\nexit 101\n' > "$POLICY"
-  chmod 755 "$POLICY"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-  restore_policy
-  trap - EXIT
-}
+# apt_install_guarded: Debian packages whose scripts may not start services.
+. "$(dirname "$0")/apt-guarded.sh"
 
 if ! command -v docker-compose >/dev/null 2>&1; then
   if [ "$(id -u)" -ne 0 ]; then

@@ -6,8 +6,11 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import pytest
 
@@ -16,15 +19,20 @@ from trainchain.settings import Settings, load_settings
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+T = TypeVar("T")
+
 # A stdlib-only training script: its validation accuracy is a known function of its
 # hyperparameters, so tuning outcomes are checkable. It honours the whole contract:
-# params, data, checkpoints (resume), report lines, metrics.
+# params, data, the validation plan (per-fold scores around the value, a folds id of the
+# plan's assignment), checkpoints (resume), report lines, metrics. TOY_FOLDS=ignore makes
+# it ignore the plan (always the same folds); TOY_FOLDS=drift gives every trial its own.
 TOY_TRAIN = """
 import json, os, sys, time
 from pathlib import Path
 from trainchain import task
 
 p = task.params()
+plan = task.validation()
 ckpt = task.checkpoint_dir() / "state.json"
 start = json.loads(ckpt.read_text())["step"] + 1 if ckpt.exists() else 0
 print(f"toy: trial {task.trial()} attempt {task.attempt()} starting at step {start}", flush=True)
@@ -39,7 +47,17 @@ if p.get("mode") == "crash":
     print("toy: crashing on purpose", flush=True)
     sys.exit(2)
 value = max(0.0, 1.0 - abs(float(p["x"]) - 0.7))
-task.write_metrics({"val_accuracy": value, "test_accuracy": value - 0.01})
+mode = os.environ.get("TOY_FOLDS", "")
+seed = 0 if mode == "ignore" else plan["seed"] + (1000 + task.trial() if mode == "drift" else 0)
+n = plan["folds"] * (1 if mode == "ignore" else plan["repeats"])
+noise = [0.002 * ((7 * i + seed) % 5 - 2) for i in range(n)]
+folds = [value + d - sum(noise) / n for d in noise]
+task.write_metrics({
+    "val_accuracy": sum(folds) / n,
+    "val_accuracy_folds": folds,
+    "val_folds_id": task.folds_id([[seed, i] for i in range(n)]),
+    "test_accuracy": value - 0.01,
+})
 (task.output_dir() / "data_seen.txt").write_text(str(task.data_dir()))
 """
 
@@ -57,6 +75,36 @@ search_space:
 train: {{timeout: 120, max_attempts: {attempts}}}
 notify: {{to: [ml-team@example.com]}}
 """
+
+
+@pytest.fixture(scope="session")
+def live_jenkins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The jenkins tier's real Jenkins (tests/jenkins_real.py), started once per session:
+    skipped with the reason where ../shared/jenkins or sshd is missing, except where CI
+    is set, where that fails the run."""
+    from tests import jenkins_real
+    from tests.smtp_server import Inbox, serve
+
+    if not (jenkins_real.SHARED_JENKINS / "start.sh").is_file():
+        unavailable(
+            f"no real Jenkins at {jenkins_real.SHARED_JENKINS} (../shared/jenkins beside the "
+            "checkout)",
+            "jenkins",
+        )
+    if not jenkins_real.SSHD.is_file():
+        unavailable(
+            f"no {jenkins_real.SSHD} for the Jenkins SSH agent (scripts/install-sshd.sh "
+            "installs Debian's openssh-server)",
+            "jenkins",
+        )
+    if os.geteuid() != 0:
+        unavailable("the SSH agent's sshd on loopback needs root here", "jenkins")
+    inbox, root = Inbox(), tmp_path_factory.mktemp("jenkins")
+    with (
+        contextmanager(serve)(inbox) as smtp,
+        jenkins_real.live_jenkins(root, inbox, smtp.port) as live,
+    ):
+        yield live
 
 
 @pytest.fixture
@@ -149,10 +197,31 @@ def no_cwd_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     assert list(cwd.iterdir()) == [], "trainchain wrote into the current directory"
 
 
+def eventually(check: Callable[[], T | None], what: str, timeout: float, poll: float = 0.5) -> T:
+    """Poll ``check`` until it returns something truthy, and return that; fail the test
+    naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"waited {timeout:g} s for {what}", pytrace=False)
+        time.sleep(poll)
+
+
+def unavailable(why: str, tier: str) -> NoReturn:
+    """A heavy tier cannot run here: skip with the reason, except where CI is set, where
+    that fails the run (every tier must run in CI)."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI is set but {why}: the {tier} tier must run in CI", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
+
+
 def require_image(image: str, build: str) -> None:
-    """Gate a Docker-tier test module on an engine and ``image``: skip with the reason where
-    either is missing, except where CI is set, where that fails the run (the Docker tier
-    must run in CI). ``build`` is the command that builds the image."""
+    """Gate a Docker-tier test (or module) on an engine and ``image``: skip with the reason
+    where either is missing, except where CI is set (see :func:`unavailable`). ``build``
+    is the command that builds the image."""
     from trainchain.images import docker_client
 
     why = None
@@ -167,8 +236,5 @@ def require_image(image: str, build: str) -> None:
             client.images.get(image)
         except docker.errors.ImageNotFound:
             why = f"{image} is not built ({build})"
-    if why is None:
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"CI is set but {why}: the Docker tier must run in CI", pytrace=False)
-    pytest.skip(why, allow_module_level=True)
+    if why is not None:
+        unavailable(why, "Docker")

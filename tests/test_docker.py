@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import eventually, unavailable
 from trainchain.executors import AttemptResult, AttemptSpec
 from trainchain.executors.docker import (
     CONTAINER_RECORD,
@@ -57,16 +58,7 @@ def _engine() -> tuple[Any, str]:
 
 CLIENT, WHY = _engine()
 if CLIENT is None:
-    if os.environ.get("CI"):
-        pytest.fail(
-            f"CI is set but {WHY}: the Docker tier must run in CI; "
-            "start an engine with scripts/start-docker.sh",
-            pytrace=False,
-        )
-    pytest.skip(
-        f"{WHY}; start an engine with scripts/start-docker.sh",
-        allow_module_level=True,
-    )
+    unavailable(f"{WHY}; start an engine with scripts/start-docker.sh", "Docker")
 
 # An epoch-based toy (stdlib only): each epoch sleeps, writes its checkpoint
 # atomically, then a report line; it resumes after the checkpoint's epoch.
@@ -259,16 +251,6 @@ def in_background(fn: Callable[..., AttemptResult], *args: Any) -> Future[Attemp
     return future
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    pytest.fail(f"waited {timeout:.0f} s for {what}")
-
-
 def epochs_done(spec: AttemptSpec) -> int:
     return len(read_report(spec.report_file))
 
@@ -346,7 +328,7 @@ def test_killed_through_the_api_it_restarts_and_resumes_after_its_checkpoint(
     """container.kill() mid-training: the executor restarts it; no finished epoch runs twice."""
     spec = make_spec()
     future = in_background(executor(home).run, spec)
-    wait_for(lambda: epochs_done(spec) >= 2, "two epochs")
+    eventually(lambda: epochs_done(spec) >= 2, "two epochs", 30, poll=0.05)
     containers_of(spec, attempt=1)[0].kill()
 
     result = future.result(timeout=60)
@@ -363,7 +345,7 @@ def test_killed_from_the_host_it_restarts_and_resumes(make_spec: SpecFactory, ho
     """SIGKILL to the python in the container, with a watchdog scanning alongside the executor."""
     spec = make_spec()
     future = in_background(executor(home).run, spec)
-    wait_for(lambda: epochs_done(spec) >= 2, "two epochs")
+    eventually(lambda: epochs_done(spec) >= 2, "two epochs", 30, poll=0.05)
     container = containers_of(spec, attempt=1)[0]
     container.reload()
     init_pid = container.attrs["State"]["Pid"]
@@ -584,7 +566,7 @@ def test_interrupted_trainchain_stops_its_container_first(
         stdout=subprocess.DEVNULL,
     )
     try:
-        wait_for(lambda: epochs_done(spec) >= 1, "one epoch")
+        eventually(lambda: epochs_done(spec) >= 1, "one epoch", 30, poll=0.05)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 128 + signal.SIGTERM
     finally:
@@ -619,7 +601,9 @@ def test_watchdog_loop_restarts_on_the_die_event_and_stops_when_told(
     try:
         time.sleep(0.5)  # the first periodic scan has run; the next one is 600 s away
         executor(home).start(spec)
-        wait_for(lambda: containers_of(spec, attempt=2), "the restart after the die event")
+        eventually(
+            lambda: containers_of(spec, attempt=2), "the restart after the die event", 30, poll=0.05
+        )
     finally:
         stop.set()
         loop.join(timeout=15)

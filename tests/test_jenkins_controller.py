@@ -1,9 +1,10 @@
 """The Jenkins controller as code: jenkins/Dockerfile, plugins.txt, casc.yaml, agent image.
 
-No Jenkins runs here (no container registry to pull it from), so these tests read the
-files the way Jenkins, jenkins-plugin-cli and Docker would, and check what each one
-promises: pinned versions, Configuration as Code that sets up what the jobs need, and no
-secret anywhere but a ${VAR} placeholder.
+The pinned controller image cannot be built here (no container registry to pull it
+from), so these tests read the files the way Jenkins, jenkins-plugin-cli and Docker
+would, and check what each one promises: pinned versions, Configuration as Code that
+sets up what the jobs need, and no secret anywhere but a ${VAR} placeholder. The jobs
+themselves run on a real, older Jenkins in the jenkins tier (tests/test_jenkins_live.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.conftest import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JENKINS = REPO_ROOT / "jenkins"
@@ -32,7 +35,6 @@ REQUIRED_PLUGINS = {
     "github",
     "email-ext",
     "credentials-binding",
-    "docker-workflow",
     "configuration-as-code",
     "build-pipeline-plugin",
     "parameterized-trigger",
@@ -187,6 +189,19 @@ def test_no_plugin_is_listed_twice() -> None:
     assert sorted(i for i in set(ids) if ids.count(i) > 1) == []
 
 
+def test_every_plugin_of_the_image_is_on_the_controller_the_tier_tests_on() -> None:
+    """Each plugin of jenkins/plugins.txt is also on ../shared/jenkins, the older Jenkins
+    the jenkins tier runs the jobs on (so they are tested with every plugin they may
+    use), except configuration-as-code, which that Jenkins has not: there its
+    init.groovy.d does what casc.yaml does."""
+    shared = REPO_ROOT.parent / "shared" / "jenkins" / "plugins.txt"
+    if not shared.is_file():
+        unavailable(f"no {shared} (../shared/jenkins beside the checkout)", "jenkins")
+    tested = {ln.split(":", 1)[0] for ln in shared.read_text().split() if ":" in ln}
+    ids = {ln.split(":", 1)[0] for ln in plugin_lines()}
+    assert ids - tested == {"configuration-as-code"}
+
+
 def test_the_plugins_trainchain_uses_are_installed() -> None:
     """plugins.txt holds every plugin the jobs, the Jenkinsfile and casc.yaml rely on."""
     ids = {ln.split(":", 1)[0] for ln in plugin_lines()}
@@ -272,10 +287,13 @@ def test_github_webhooks_are_checked_against_a_secret_credential(casc: dict[str,
 def test_every_credential_the_configuration_uses_is_defined(
     casc: dict[str, Any], seed_script: str
 ) -> None:
-    """Each credentials id named in casc.yaml (seed job included) is a defined credential."""
+    """Each credentials id named in casc.yaml (seed job and the Jenkinsfile's model
+    checkout included) is a defined credential."""
     credentials = casc["credentials"]["system"]["domainCredentials"][0]["credentials"]
     defined = {body["id"] for item in credentials for body in item.values()}
     used = {str(v) for _, key, v in scalars(casc) if key in ("credentialsId", "credentials")}
+    env = casc["jenkins"]["globalNodeProperties"][0]["envVars"]["env"]
+    used.add({e["key"]: e["value"] for e in env}["TRAINCHAIN_GIT_CREDENTIALS"])  # Jenkinsfile
     used |= set(re.findall(r"credentials\('([^']+)'\)", seed_script))
     used |= set(re.findall(r"usernamePassword\([^)]*'([^']+)'\)", seed_script))
     assert {"agent-ssh-key", "trainchain-smtp", "github-webhook-secret"} <= used

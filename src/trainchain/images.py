@@ -32,19 +32,11 @@ class ImageInfo:
 
 
 def docker_client(timeout: float = 10) -> Any:
-    """A docker SDK client that answers, or a clear error saying how to start an engine."""
-    import docker
+    """A docker SDK client that answers, or a clear error saying how to start an engine
+    (the Docker executor's client: one way to reach the engine)."""
+    from trainchain.executors.docker import connect
 
-    try:
-        client = docker.from_env(timeout=timeout)
-        client.ping()
-    except docker.errors.DockerException as err:
-        raise TrainchainError(
-            f"no Docker engine answers ({err.__class__.__name__}: {err})",
-            hint="start one with scripts/start-docker.sh (or set DOCKER_HOST), "
-            "or train with --executor local",
-        ) from None
-    return client
+    return connect(timeout=timeout)
 
 
 def engine_answers(timeout: float = 3) -> bool:

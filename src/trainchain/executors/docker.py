@@ -178,7 +178,7 @@ def container_env(spec: AttemptSpec) -> dict[str, str]:
         "HOME": "/tmp",  # noqa: S108
         "MPLCONFIGDIR": "/tmp/matplotlib",  # noqa: S108
     }
-    env.update(spec.early_stopping_env())  # a JSON string, not a path: passed unchanged
+    env.update(spec.json_env())  # JSON strings, not paths: passed unchanged
     if spec.data_options_file.exists():
         env[task.ENV_DATA_OPTIONS] = C_DATA_OPTIONS
     return env
