@@ -11,9 +11,9 @@ cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 
 export TRAINCHAIN_HOME=${TRAINCHAIN_HOME:-$HOME/.trainchain}
-data="$TRAINCHAIN_HOME/data/eeg-synth-medium"
+data="$TRAINCHAIN_HOME/data/eeg-synth-medium-288"
 if [ ! -d "$data" ]; then
-  echo "==> making synthetic EEG data (medium difficulty) in $data"
+  echo "==> making synthetic EEG data (medium difficulty, 288 cues) in $data"
   .venv/bin/trainchain data synth-eeg --out "$data" --difficulty medium --seed 0 >/dev/null
 fi
 

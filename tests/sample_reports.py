@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from trainchain.config import Goal
+from trainchain.promotion import decide, heldout_test
 from trainchain.report import ChainReport, TrialSummary
+from trainchain.verdict import Confirmation, Estimate, confirm
 
 
 def report(**changes: Any) -> ChainReport:
@@ -67,3 +70,67 @@ def failed(**changes: Any) -> ChainReport:
     }
     values.update(changes)
     return report(**values)
+
+
+SEARCH_FOLDS = (0.80, 0.90, 0.85, 0.80, 0.85)
+
+
+def _confirmation(confirmed: bool) -> Confirmation:
+    folds = (0.90, 0.85, 0.95, 0.90, 0.90) * 4 if confirmed else (0.95, 0.6, 0.9, 0.65, 0.8) * 4
+    estimate = Estimate(sum(folds) / len(folds), folds, "fresh0001")
+    return confirm(
+        Goal(metric="accuracy", threshold=0.8),
+        3,
+        estimate,
+        search_folds_ids=["search01"],
+        folds_per_repeat=5,
+        alpha=0.025,
+        run_id="confirm3",
+    )
+
+
+def _with_folds(trials: tuple[TrialSummary, ...]) -> tuple[TrialSummary, ...]:
+    return tuple(
+        TrialSummary(**{**t.__dict__, "folds": SEARCH_FOLDS}) if t.number == 3 else t
+        for t in trials
+    )
+
+
+def confirmed(**changes: Any) -> ChainReport:
+    """A chain of today: its goal confirmed on fresh folds, promoted over a champion by the
+    held-out tests."""
+    base = report()
+    labels = ["left", "right"] * 12
+    candidate = [True] * 21 + [False] * 3
+    champion = [True] * 14 + [False] * 7 + [True, False, False]
+    test = heldout_test(
+        labels, candidate, champion=champion, champion_version="2", margin=0.0, alpha=0.05
+    )
+    values: dict[str, Any] = {
+        "trials": _with_folds(base.trials),
+        "verdict": "confirmed",
+        "confirmations": (_confirmation(True),),
+        "best_test_value": 21 / 24,
+        "best_test_n": 24,
+        "best_test_interval": test.interval,
+        "promotion_test": test,
+        "promotion_reason": decide(confirmed=True, test=test).reason,
+        "warm_start": "12 finished trials of 2 earlier studies of eeg-motor-imagery "
+        "(commits 1a2b3c4d5e6f, 7a8b9c0d1e2f)",
+    }
+    values.update(changes)
+    return base.with_(**values)
+
+
+def search_only(**changes: Any) -> ChainReport:
+    """The goal reached on the search's validation, not confirmed on fresh folds."""
+    values: dict[str, Any] = {
+        "threshold": 0.8,
+        "trials": _with_folds(report().trials),
+        "verdict": "search_only",
+        "confirmations": (_confirmation(False),),
+        "best_test_n": 24,
+        "best_test_interval": (0.63, 0.95),
+    }
+    values.update(changes)
+    return not_reached(**values)

@@ -45,7 +45,7 @@ def test_chain_trains_in_the_eeg_image(tmp_path: Path, home: Path) -> None:
     """`run --executor docker`: every trial ran in a container of the detected image, and
     the champion is registered with the image in its lineage."""
     data = tmp_path / "easy"
-    write_synthetic_dataset(data, subjects=1, difficulty="easy", seed=0)
+    write_synthetic_dataset(data, subjects=1, difficulty="easy", seed=0, trials_per_class=60)
     out = run_cli(
         "run",
         str(REPO_ROOT / "examples" / "eeg-motor-imagery"),

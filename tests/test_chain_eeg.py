@@ -28,9 +28,12 @@ EXAMPLE = REPO_ROOT / "examples" / "eeg-motor-imagery"
 def eeg_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("eeg")
     out = {}
-    for difficulty in ("easy", "medium"):
+    # easy: 120 cues are plenty; medium: a BCI IV 2a session, as the demo uses
+    for difficulty, cues in (("easy", 60), ("medium", 144)):
         out[difficulty] = root / difficulty
-        write_synthetic_dataset(out[difficulty], subjects=1, difficulty=difficulty, seed=0)
+        write_synthetic_dataset(
+            out[difficulty], subjects=1, difficulty=difficulty, seed=0, trials_per_class=cues
+        )
     return out
 
 
@@ -44,8 +47,9 @@ def smtp() -> Iterator[tuple[LoopbackController, Inbox]]:
 def test_chain_registers_champion_and_emails_it(
     eeg_data: dict[str, Path], home: Path, smtp: tuple[LoopbackController, Inbox]
 ) -> None:
-    """Easy data: the chain reaches the goal, registers v1 as champion and challenger, the
-    champion classifies raw 22 x 750 epochs, and the success email arrives by SMTP."""
+    """Easy data: the chain reaches the goal and confirms it, registers v1 as champion and
+    challenger (significantly above the majority class), the champion classifies raw 22 x
+    750 epochs, and the success email arrives by SMTP with each figure's uncertainty."""
     controller, inbox = smtp
     settings = load_settings(
         {
@@ -60,8 +64,12 @@ def test_chain_registers_champion_and_emails_it(
     report = outcome.report
     assert outcome.exit_code == 0, report
     assert report.status == "succeeded" and report.best_value is not None
-    assert report.best_value >= 0.80
+    assert report.best_value >= 0.80 and report.verdict == "confirmed"
+    assert report.confirmation is not None and report.confirmation.bound is not None
+    assert report.confirmation.bound >= 0.80 and report.confirmation.estimate.n == 20
     assert report.family == "eeg"
+    test = report.promotion_test
+    assert test is not None and test.n == 24 and test.chance_p <= 0.05
 
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
     assert tracker.alias_version("eeg-motor-imagery", CHAMPION) == "1"
@@ -85,6 +93,8 @@ def test_chain_registers_champion_and_emails_it(
     assert msg["To"] == "ml-team@example.com"
     body = msg.get_body(("plain",)).get_content()
     assert re.search(r"Champion:\s+yes", body) and report.commit[:12] in body
+    assert "reached and confirmed" in body and "95% CI" in body and "(sd of 5 folds)" in body
+    assert "Against chance:" in body and "What it means" in body
     pngs = [p for p in msg.iter_attachments() if p.get_content_type() == "image/png"]
     assert len(pngs) == 1 and pngs[0].get_content().startswith(b"\x89PNG")
 
@@ -92,32 +102,40 @@ def test_chain_registers_champion_and_emails_it(
 def test_medium_data_needs_tuning_and_rerun_keeps_champion(
     eeg_data: dict[str, Path], home: Path
 ) -> None:
-    """Medium data: the defaults fall short of 0.80 and tuning reaches it; a second run of
-    the chain starts from the champion's parameters and, tying it, keeps it champion."""
+    """Medium data: the textbook defaults fall short of 0.80 and tuning reaches it,
+    confirmed; a second run of the chain starts from the champion's parameters (and the
+    first study's trials) and, tying it on every held-out epoch, keeps it champion."""
     settings = load_settings({"TRAINCHAIN_HOME": str(home)})
     first = run_chain(str(EXAMPLE), settings, data=str(eeg_data["medium"])).report
     assert first.trials[0].value is not None and first.trials[0].value < 0.80
     assert first.trials[0].params["band"] == "8-30"  # the defaults came first
     assert first.status == "succeeded" and len(first.trials) > 1
+    assert first.verdict == "confirmed"
     assert first.became_champion and first.registry_version == "1"
 
     second = run_chain(str(EXAMPLE), settings, data=str(eeg_data["medium"])).report
     assert second.chain_id == first.chain_id + "-r2"
     assert second.trials[0].params == first.best_params  # champion's parameters first
+    assert f"finished trials of 1 earlier study of {first.model_name}" in second.warm_start
     assert len(second.trials) == 1 and second.registry_version == "2"
-    assert not second.became_champion and "does not beat the champion" in second.promotion_reason
+    assert second.promotion_test is not None and second.promotion_test.wins == 0
+    assert not second.became_champion
+    assert "not significantly better than the champion" in second.promotion_reason
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
     assert tracker.alias_version("eeg-motor-imagery", CHAMPION) == "1"
     assert len(list((home / "outbox").glob("*.eml"))) == 2
 
 
 def test_unreachable_goal_exits_3_and_keeps_champion(eeg_data: dict[str, Path], home: Path) -> None:
-    """--threshold 0.999 --max-trials 2: exit 3, failure email, champion unchanged."""
+    """--threshold 0.999 --max-trials 2: exit 3, failure email, champion unchanged. (The
+    local executor: the Docker tier runs the chain in the image, test_chain_docker.py.)"""
     data = str(eeg_data["easy"])
-    assert run_cli("run", str(EXAMPLE), "--data", data, "--home", str(home)).returncode == 0
+    local = ("--executor", "local")
+    assert run_cli("run", str(EXAMPLE), "--data", data, "--home", str(home), *local).returncode == 0
     out = run_cli(
         "run",
         str(EXAMPLE),
+        *local,
         "--data",
         data,
         "--threshold",

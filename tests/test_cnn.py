@@ -151,6 +151,30 @@ def test_stratified_split_is_seeded_and_keeps_every_class() -> None:
         cnn.stratified_split(np.array([0, 0, 1]), 0.2, seed=0)
 
 
+def test_the_validation_split_is_the_plans_and_its_size_bounds_the_score(
+    digits: Path,
+) -> None:
+    """The split follows the plan's seed (a confirmation gets a fresh one), and the metrics
+    carry its one score, its size and its digest: what the exact binomial bound needs."""
+    from trainchain.verdict import lower_bound, read_estimate
+
+    def images(seed: int) -> cnn.ImageData:
+        return cnn.load_images(
+            digits, image_size=8, color_mode="grayscale", validation_split=0.2, seed=seed
+        )
+
+    search, again, fresh = images(0), images(0), images(7919)
+    metrics = search.validation_metrics(0.9)
+    assert metrics["val_accuracy_folds"] == [0.9]
+    assert metrics["val_fold_sizes"] == [len(search.y_val)]
+    assert metrics["val_folds_id"] == again.validation_metrics(0.9)["val_folds_id"]
+    assert metrics["val_folds_id"] != fresh.validation_metrics(0.9)["val_folds_id"]
+    estimate, problem = read_estimate(metrics, "val_accuracy")
+    assert problem is None and estimate is not None
+    bound = lower_bound(estimate, folds_per_repeat=1, alpha=0.025)
+    assert bound is not None and 0.85 < bound < 0.9
+
+
 def test_folder_without_classes_is_refused_with_the_layout_expected(tmp_path: Path) -> None:
     """A data folder that is not one sub-folder per class says what layout it needs."""
     with pytest.raises(cnn.ImageDataError, match="is not a folder"):

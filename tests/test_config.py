@@ -86,12 +86,49 @@ def test_good_config_is_typed_and_frozen() -> None:
         (_with(budget={"max_trials": "ten"}), r"budget.max_trials: .*got 'ten'"),
         (_with(notify={"to": ["not-an-address"]}), r"'not-an-address' is not an email address"),
         (_with(name="bad name!"), r"name: "),
+        (
+            _with(promotion={"alpha": 0.5}),
+            r"promotion.alpha: alpha 0.5 is not a significance level: expected a number above "
+            r"0 and below 0.5, such as 0.05 .*\(got 0.5\)",
+        ),
+        (
+            _with(promotion={"margin": -0.01}),
+            r"promotion.margin: margin -0.01: expected a held-out accuracy gain from 0 .*"
+            r"\(got -0.01\)",
+        ),
+        (_with(promotion={"margin": 1}), r"promotion.margin: margin 1.0: expected"),
+        (_with(confirmation={"alpha": 0}), r"confirmation.alpha: alpha 0.0 is not a significance"),
+        (
+            _with(confirmation={"candidates": 0}),
+            r"confirmation.candidates: .*greater than or equal to 1",
+        ),
+        (_with(validation={"folds": 1}), r"validation.folds: .*greater than or equal to 2"),
+        (_with(validation={"fold": 5}), r"validation.fold: unknown key"),
+        (_with(pruning={"rule": "best"}), r"pruning.rule: Input should be 'median' or 'wilcoxon'"),
+        (_with(warm_start={"first": 21}), r"warm_start.first: .*less than or equal to 20"),
+        (_with(budget={"startup_trials": -1}), r"budget.startup_trials: .*greater than or equal"),
     ],
 )
 def test_bad_config_names_key_value_and_expectation(data: dict[str, object], expected: str) -> None:
     """Each bad value is refused with the key, the value and what was expected."""
     with pytest.raises(ConfigError, match=expected):
         parse_config(data, "trainchain.yaml")
+
+
+def test_statistics_and_warm_start_defaults() -> None:
+    """Without the keys: 5-fold CV once for the search, 4 fresh repeats to confirm at alpha
+    0.05 shared by 2 candidates, promotion at alpha 0.05 and margin 0, a warm start trying
+    3 earlier configurations first, start-up trials sized to the budget."""
+    cfg = parse_config(GOOD)
+    assert cfg.validation.plan() == {"folds": 5, "repeats": 1, "seed": 0, "purpose": "search"}
+    assert (cfg.confirmation.repeats, cfg.confirmation.alpha, cfg.confirmation.candidates) == (
+        4,
+        0.05,
+        2,
+    )
+    assert (cfg.promotion.alpha, cfg.promotion.margin) == (0.05, 0.0)
+    assert (cfg.warm_start.enabled, cfg.warm_start.first) == (True, 3)
+    assert cfg.budget.startup_trials is None and cfg.pruning.rule == "median"
 
 
 def test_pruning_and_early_stopping_defaults() -> None:

@@ -11,7 +11,7 @@ from email.message import EmailMessage
 
 import pytest
 
-from tests.sample_reports import failed, not_reached, report
+from tests.sample_reports import confirmed, failed, not_reached, report, search_only
 from trainchain.notify import render, scrub, subject
 from trainchain.plots import metric_plot
 from trainchain.report import ChainReport, TrialSummary
@@ -154,6 +154,60 @@ def test_success_body_gives_every_fact_a_person_needs() -> None:
     ):
         assert fact in body, fact
     assert "Last log lines" not in body
+
+
+def test_confirmed_success_shows_each_figure_with_its_uncertainty() -> None:
+    """Today's success email: the confirmed bound in the subject and first line; the search
+    score with its fold spread, the confirmation with its bound, the held-out test with its
+    95% interval; how to read them; and both promotion tests with p-values and meaning."""
+    r = confirmed()
+    bound = r.confirmation.bound if r.confirmation else None
+    assert bound is not None and 0.8 < bound < r.confirmation.estimate.value  # type: ignore[union-attr]
+    assert subject(r) == (
+        f"[trainchain] eeg-motor-imagery: goal reached and confirmed (val_accuracy lower bound "
+        f"{bound:.4g} >= 0.8), v3 is champion"
+    )
+    body = plain(mail(r))
+    assert body.startswith(
+        f"Goal reached and confirmed: val_accuracy lower bound {bound:.4g} >= 0.8"
+    )
+    for fact in (
+        "Verdict:        val_accuracy >= 0.8: reached and confirmed",
+        "Search:         0.8400 +- 0.0418 (sd of 5 folds), trial #3",
+        "(sd of 20 folds) on fresh folds; lower 97.5% bound",
+        "Held-out test:  0.8750 (21/24; 95% CI 0.68-0.97)",
+        "Warm start:     12 finished trials of 2 earlier studies",
+        "How to read these figures",
+        "Against chance: held-out accuracy 0.875 (21/24, 95% CI 0.68-0.97) against the "
+        "majority-class rate 0.50: one-sided binomial test p < 0.001.",
+        "would get 21 or more of 24 right with probability p",
+        "Against the champion: on the same 24 held-out examples the candidate is right where "
+        "champion v2 is wrong on 7 and wrong where it is right on 1 (21 vs 15 right): "
+        "McNemar's exact test that it is better, one-sided p = 0.035.",
+        "it would win 7 or more of those 8 with probability p. p is at or below alpha 0.05: "
+        "it is significantly better.",
+    ):
+        assert fact in body, fact
+    assert "McNemar" in html(mail(r)) and "95% CI 0.68-0.97" in html(mail(r))
+
+
+def test_search_only_is_not_a_success_and_says_why() -> None:
+    """Reached on the search's validation only: the subject says NOT confirmed with both
+    figures; the body says nothing was promoted and why."""
+    r = search_only()
+    assert subject(r) == (
+        "[trainchain] eeg-motor-imagery: goal NOT confirmed (val_accuracy 0.84 >= 0.8 on the "
+        "search's validation only; lower bound 0.6196 on fresh folds)"
+    )
+    body = plain(mail(r))
+    assert body.startswith(
+        "The goal (val_accuracy >= 0.8) was reached on the search's validation only, not "
+        "confirmed on fresh folds"
+    )
+    assert "reached on the search's validation only, not confirmed" in body
+    assert "lower 97.5% bound 0.6196 misses 0.8" in body
+    assert "Held-out test:  0.8200 (20/24; 95% CI 0.63-0.95)" in body
+    assert "Nothing was promoted" in body
 
 
 def test_success_body_has_a_row_per_trial_with_state_and_value() -> None:
@@ -328,6 +382,8 @@ def png_size(data: bytes) -> tuple[int, int]:
     "r",
     [
         report(),
+        confirmed(),
+        search_only(),
         not_reached(),
         report(goal_metric="val_loss", direction="minimize", threshold=0.3, best_value=0.2),
         failed(trials=(), best_trial=None, best_value=None),
@@ -343,7 +399,17 @@ def png_size(data: bytes) -> tuple[int, int]:
             best_value=None,
         ),
     ],
-    ids=["success", "not-reached", "minimize", "no-trials", "only-failed", "only-pruned", "nan"],
+    ids=[
+        "success",
+        "confirmed",
+        "search-only",
+        "not-reached",
+        "minimize",
+        "no-trials",
+        "only-failed",
+        "only-pruned",
+        "nan",
+    ],
 )
 def test_metric_plot_is_a_png_for_every_shape_of_report(r: ChainReport) -> None:
     """Success, failure, minimise, and no completed trials at all: always a real PNG."""

@@ -36,3 +36,33 @@ def test_log_gets_the_running_trials_latest_line_at_the_set_interval() -> None:
     quiet.trial_started(1, 8, {"learning_rate": 0.001}, number=0)
     quiet.line("Epoch 3/60")
     assert out.getvalue() == ""
+
+
+def test_each_trial_and_the_confirmation_show_their_uncertainty() -> None:
+    """A finished trial shows its score with its fold spread; a trial pruned by the fold
+    rule says it was worse than the best on the same folds; the confirmation shows its
+    fresh-fold figure and the bound the goal is judged by."""
+    from trainchain.config import Goal
+    from trainchain.verdict import Estimate, confirm
+
+    display, out = _display(3600.0)
+    display.trial_started(1, 8, {"band": "8-13"}, number=0)
+    estimate = Estimate(0.9, (0.85, 0.95, 0.9, 0.85, 0.95), "f")
+    display.trial_finished(1, 8, value=estimate, best=0.9, best_trial=0, error=None, test=0.91)
+    display.trial_started(2, 8, {"band": "18-26"}, number=1)
+    display.trial_pruned(2, 8, step=3, value=0.55, best=0.9, best_trial=0, rule="wilcoxon")
+    fresh = Estimate(0.9, (0.85, 0.95, 0.9, 0.85, 0.95) * 4, "fresh")
+    result = confirm(
+        Goal(metric="accuracy", threshold=0.8), 0, fresh, search_folds_ids=["f"],
+        folds_per_repeat=5, alpha=0.025,
+    )  # fmt: skip
+    display.confirmation(result)
+    lines = out.getvalue().splitlines()
+    assert lines[1] == (
+        "  trial 1/8 #0: val_accuracy 0.9000 +- 0.0500 (sd of 5 folds) (test 0.9100) | "
+        "best 0.9000 (#0) | goal >= 0.8"
+    )
+    assert lines[3].startswith("  trial 2/8 #1 pruned after fold 3: val_accuracy of that fold")
+    assert "significantly worse than the best trial on the same folds (Wilcoxon)" in lines[3]
+    assert lines[4].startswith("  confirmation of #0: confirmed: 0.9000 +- 0.0459 (sd of 20 folds)")
+    assert "lower 97.5% bound 0.8" in lines[4] and lines[4].endswith(">= 0.8")

@@ -21,18 +21,26 @@ from trainchain.training import HELDOUT_TAG
 
 pytestmark = pytest.mark.slow
 
-# An XOR-like problem: a depth-1 tree is mediocre, a depth-4 tree is good.
+# An XOR-like problem: a depth-1 tree is mediocre, a depth-4 tree is good. Validation is
+# the plan's repeated stratified k-fold of the first 450 examples; the last 150 are held out.
 TREE_TRAIN = """
 import numpy as np
+from sklearn.model_selection import RepeatedStratifiedKFold
 from sklearn.tree import DecisionTreeClassifier
 from trainchain import task
 
-p = task.params()
+p, plan = task.params(), task.validation()
 rng = np.random.default_rng(0)
 X = rng.uniform(-1, 1, size=(600, 2))
 y = np.where((X[:, 0] > 0) ^ (X[:, 1] > 0.3), "a", "b")
-model = DecisionTreeClassifier(max_depth=p["depth"], random_state=0).fit(X[:300], y[:300])
-task.write_metrics({"val_accuracy": model.score(X[300:450], y[300:450]),
+tree = lambda: DecisionTreeClassifier(max_depth=p["depth"], random_state=0)
+cv = RepeatedStratifiedKFold(n_splits=plan["folds"], n_repeats=plan["repeats"],
+                             random_state=plan["seed"])
+folds = list(cv.split(X[:450], y[:450]))
+scores = [tree().fit(X[f], y[f]).score(X[v], y[v]) for f, v in folds]
+model = tree().fit(X[:450], y[:450])
+task.write_metrics({"val_accuracy": float(np.mean(scores)), "val_accuracy_folds": scores,
+                    "val_folds_id": task.folds_id(v for _, v in folds),
                     "test_accuracy": model.score(X[450:], y[450:])})
 np.savez(task.heldout_path(), X=X[450:], y=y[450:])
 import mlflow.sklearn
@@ -65,21 +73,30 @@ def _repo(tmp_path: Path, depth: int) -> Path:
 
 
 def test_champion_promotion_and_rollback(tmp_path: Path, settings: Settings) -> None:
-    """First model to reach the goal is champion; a better one replaces it; a tie does not;
-    rollback moves champion back to the previous version."""
+    """The first model whose goal is confirmed and which beats the majority class on its
+    held-out examples is champion; a significantly better one replaces it (McNemar); the
+    same model again does not; rollback moves champion back to the previous version."""
     first = run_chain(str(_repo(tmp_path, 1)), settings).report
-    assert first.status == "succeeded" and first.registry_version == "1"
-    assert first.became_champion and "first model" in first.promotion_reason
+    assert first.status == "succeeded" and first.verdict == "confirmed"
+    assert first.registry_version == "1" and first.became_champion
+    assert "first model, significantly better than the majority class" in first.promotion_reason
+    assert first.promotion_test is not None and first.promotion_test.n == 150
 
-    better = run_chain(str(_repo(tmp_path, 4)), settings).report
+    repo = _repo(tmp_path, 4)
+    better = run_chain(str(repo), settings).report
     assert better.registry_version == "2" and better.became_champion
-    assert "beats the champion" in better.promotion_reason
+    assert "significantly beats the champion" in better.promotion_reason
+    test = better.promotion_test
+    assert test is not None and test.champion_version == "1" and test.paired_p is not None
+    assert test.paired_p <= 0.05 and (test.wins or 0) > (test.losses or 0)
 
-    same = run_chain(str(_repo(tmp_path, 3)), settings)  # held-out ties with depth 4? no:
+    same = run_chain(str(repo), settings).report  # the same code again: the same model
+    assert same.registry_version == "3" and not same.became_champion
+    assert same.promotion_test is not None and same.promotion_test.wins == 0
+    assert "not significantly better than the champion" in same.promotion_reason
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
-    if same.report.became_champion:  # depth 3 may genuinely beat depth 4; both are real scores
-        assert "beats the champion" in same.report.promotion_reason
-    assert tracker.alias_version("trees", CHALLENGER) == same.report.registry_version
+    assert tracker.alias_version("trees", CHAMPION) == "2"
+    assert tracker.alias_version("trees", CHALLENGER) == same.registry_version
 
     champion = tracker.alias_version("trees", CHAMPION)
     out = run_cli("rollback", "trees", "--home", str(settings.home))

@@ -122,7 +122,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> EEGRegistry:
     from trainchain.families.eeg_synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("serving")
-    write_synthetic_dataset(root / "eeg", subjects=1, difficulty="easy", seed=0)
+    write_synthetic_dataset(
+        root / "eeg", subjects=1, difficulty="easy", seed=0, trials_per_class=60
+    )
     x, y, _ = load_epochs(root / "eeg")
     settings = load_settings({"TRAINCHAIN_HOME": str(root / "home")})
     reg = EEGRegistry(

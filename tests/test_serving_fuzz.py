@@ -77,7 +77,9 @@ def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     from trainchain.families.eeg_synth import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("fuzz")
-    write_synthetic_dataset(root / "eeg", subjects=1, difficulty="easy", seed=1)
+    write_synthetic_dataset(
+        root / "eeg", subjects=1, difficulty="easy", seed=1, trials_per_class=60
+    )
     x, y, _ = load_epochs(root / "eeg")
     x = np.ascontiguousarray(x[:, list(CHANNELS), 150 : 150 + SHAPE[1]])
     settings_ = load_settings({"TRAINCHAIN_HOME": str(root / "home")})

@@ -1,13 +1,15 @@
-"""Pure decisions: --set overrides against the search space, and the promotion rule."""
+"""Pure decisions: --set overrides against the search space, and the promotion rule with
+its held-out tests."""
 
 from __future__ import annotations
 
 import pytest
+from scipy import stats
 
 from tests.test_config import GOOD
 from trainchain.config import Direction, Goal, parse_config
 from trainchain.errors import ConfigError
-from trainchain.promotion import decide
+from trainchain.promotion import HeldoutTest, chance_test, decide, heldout_test, paired_test
 from trainchain.space import fit_to_space, parse_overrides
 
 CFG = parse_config(GOOD)
@@ -51,88 +53,105 @@ def test_champion_params_fit_or_not() -> None:
     assert fit_to_space(CFG, {"n": 50, "C": 2.0, "kernel": "linear"}) is None
 
 
-def test_first_model_reaching_goal_becomes_champion() -> None:
-    """No champion yet: reaching the goal is enough."""
-    d = decide(
-        goal=GOAL,
-        margin=0.0,
-        goal_value=0.85,
-        candidate_heldout=None,
-        champion_version=None,
-        champion_heldout=None,
+def _test(
+    candidate: list[bool],
+    champion: list[bool] | None = None,
+    labels: list[str] | None = None,
+    margin: float = 0.0,
+) -> HeldoutTest:
+    labels = labels or ["left", "right"] * (len(candidate) // 2) + ["left"] * (len(candidate) % 2)
+    return heldout_test(
+        labels,
+        candidate,
+        champion=champion,
+        champion_version="1" if champion is not None else None,
+        margin=margin,
     )
+
+
+def test_chance_test_is_the_exact_binomial_against_the_majority_rate() -> None:
+    """18 of 24 right where the majority label holds 12: p is the binomial tail at 1/2."""
+    labels = ["a"] * 12 + ["b"] * 12
+    rate, p = chance_test([True] * 18 + [False] * 6, labels)
+    assert rate == 0.5
+    assert p == pytest.approx(stats.binom.sf(17, 24, 0.5))
+    rate, _ = chance_test([True] * 10, ["a"] * 7 + ["b"] * 3)
+    assert rate == 0.7  # the most common label's share, whatever the model answers
+
+
+def test_paired_test_is_mcnemars_exact_test_and_the_margin_shifts_it() -> None:
+    """b = 8 wins, c = 2 losses on 40 examples: at margin 0 the p-value is the binomial tail
+    of 8 of 10 at 1/2 (McNemar's exact test); a margin raises the rate under the null; a
+    margin no count of wins could beat gives p = 1."""
+    champion = [True] * 20 + [False] * 8 + [True] * 2 + [False] * 10
+    candidate = [True] * 20 + [True] * 8 + [False] * 2 + [False] * 10
+    wins, losses, p = paired_test(candidate, champion)
+    assert (wins, losses) == (8, 2)
+    assert p == pytest.approx(stats.binomtest(8, 10, 0.5, alternative="greater").pvalue)
+    _, _, p_margin = paired_test(candidate, champion, margin=0.05)
+    rate = 0.5 + 40 * 0.05 / (2 * 10)
+    assert p_margin == pytest.approx(stats.binomtest(8, 10, rate, alternative="greater").pvalue)
+    assert p_margin > p
+    assert paired_test(candidate, champion, margin=0.3)[2] == 1.0
+    assert paired_test(champion, champion) == (0, 0, 1.0)
+    with pytest.raises(ValueError, match="same examples"):
+        paired_test(candidate, champion[:-1])
+
+
+def test_first_model_significantly_above_the_majority_rate_becomes_champion() -> None:
+    """No champion yet: a confirmed goal and a significant win over chance promote it, and
+    the reason shows the test, the interval and the p-value."""
+    d = decide(confirmed=True, test=_test([True] * 22 + [False] * 2))
     assert d.promote and "first model" in d.reason
+    assert "22/24" in d.reason and "95% CI" in d.reason and "p < 0.001" in d.reason
 
 
-def test_goal_not_reached_never_promotes() -> None:
-    """Below the goal nothing is promoted, even without a champion."""
-    d = decide(
-        goal=GOAL,
-        margin=0.0,
-        goal_value=0.79,
-        candidate_heldout=0.99,
-        champion_version=None,
-        champion_heldout=None,
+def test_the_first_model_is_not_promoted_when_it_may_be_chance() -> None:
+    """7 of 9 right on a 5:4 held-out split (p about 0.1): not promoted, even first."""
+    test = _test([True] * 7 + [False] * 2)
+    assert 0.05 < test.chance_p < 0.2
+    d = decide(confirmed=True, test=test)
+    assert (
+        not d.promote and "not significantly better than answering the majority class" in d.reason
     )
-    assert not d.promote and "goal not reached" in d.reason
+
+
+def test_an_unconfirmed_goal_or_missing_heldout_never_promotes() -> None:
+    """Reached on the search's validation only, or no held-out examples: nothing promoted."""
+    test = _test([True] * 24)
+    d = decide(confirmed=False, test=test, why_not_confirmed="reached on the search only")
+    assert not d.promote and "reached on the search only" in d.reason
+    d = decide(confirmed=True, test=None)
+    assert not d.promote and "heldout.npz" in d.reason
 
 
 @pytest.mark.parametrize(
-    ("cand", "champ", "margin", "promote"),
+    ("wins", "losses", "margin", "promote"),
     [
-        (0.90, 0.85, 0.0, True),
-        (0.85, 0.85, 0.0, False),  # a tie keeps the champion
-        (0.87, 0.85, 0.05, False),  # better, but not by the margin
-        (0.91, 0.85, 0.05, True),
-        (0.80, 0.85, 0.0, False),
+        (9, 0, 0.0, True),  # p = 1/512
+        (6, 4, 0.0, False),  # more wins, but not significantly
+        (0, 0, 0.0, False),  # a tie keeps the champion
+        (9, 0, 0.2, False),  # significant, but not beyond a margin of 0.2 on 40 examples
     ],
 )
-def test_beats_champion_by_margin(cand: float, champ: float, margin: float, promote: bool) -> None:
-    """Promotion needs a held-out gain larger than the margin."""
-    d = decide(
-        goal=GOAL,
-        margin=margin,
-        goal_value=0.9,
-        candidate_heldout=cand,
-        champion_version="1",
-        champion_heldout=champ,
-    )
+def test_challenger_must_beat_the_champion_significantly_beyond_the_margin(
+    wins: int, losses: int, margin: float, promote: bool
+) -> None:
+    """Promotion over a champion needs McNemar's p at or below alpha, beyond the margin."""
+    same = 30 - wins - losses
+    champion = [True] * same + [False] * wins + [True] * losses + [False] * 10
+    candidate = [True] * same + [True] * wins + [False] * losses + [False] * 10
+    d = decide(confirmed=True, test=_test(candidate, champion, margin=margin))
     assert d.promote is promote
+    assert "McNemar's exact test" in d.reason and f"is wrong on {wins} and" in d.reason
 
 
-def test_error_or_missing_score_never_promotes() -> None:
-    """An error while deciding, or a score that could not be computed, keeps the champion."""
-    d = decide(
-        goal=GOAL,
-        margin=0.0,
-        goal_value=0.95,
-        candidate_heldout=0.99,
-        champion_version="1",
-        champion_heldout=0.5,
-        error="boom",
-    )
+def test_error_while_deciding_never_promotes() -> None:
+    d = decide(confirmed=True, test=_test([True] * 24), error="boom")
     assert not d.promote and "boom" in d.reason
-    d = decide(
-        goal=GOAL,
-        margin=0.0,
-        goal_value=0.95,
-        candidate_heldout=None,
-        champion_version="1",
-        champion_heldout=0.5,
-    )
-    assert not d.promote
 
 
 def test_minimize_direction() -> None:
-    """For a loss, lower is better for the goal and for promotion."""
+    """For a loss, lower is better for the goal."""
     goal = Goal(metric="loss", threshold=0.3, direction=Direction.MINIMIZE)
     assert goal.reached(0.2) and not goal.reached(0.4)
-    d = decide(
-        goal=goal,
-        margin=0.0,
-        goal_value=0.2,
-        candidate_heldout=0.2,
-        champion_version="1",
-        champion_heldout=0.25,
-    )
-    assert d.promote

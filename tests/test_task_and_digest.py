@@ -45,6 +45,38 @@ def test_contract_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert json.loads(path.read_text()) == {"val_accuracy": 0.9, "n": 3}
 
 
+def test_validation_plan_and_per_fold_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan comes from TRAINCHAIN_VALIDATION (defaults when run by hand); per-fold
+    scores (numpy arrays too) go into metrics.json as a list beside their mean."""
+    import numpy as np
+
+    monkeypatch.delenv(task.ENV_VALIDATION, raising=False)
+    assert task.validation() == {"folds": 5, "repeats": 1, "seed": 0, "purpose": "search"}
+    monkeypatch.setenv(
+        task.ENV_VALIDATION, json.dumps({"repeats": 4, "seed": 9, "purpose": "confirm"})
+    )
+    assert task.validation() == {"folds": 5, "repeats": 4, "seed": 9, "purpose": "confirm"}
+    monkeypatch.setenv(task.ENV_VALIDATION, "[5]")
+    with pytest.raises(task.ContractError, match=task.ENV_VALIDATION):
+        task.validation()
+
+    monkeypatch.setenv(task.ENV_OUTPUT_DIR, str(tmp_path / "out"))
+    folds = np.array([0.75, 0.5, np.float64(1.0)])
+    fold_id = task.folds_id([[4, 1], [0, 3], [2]])
+    assert fold_id == task.folds_id([[1, 4], [3, 0], [2]])  # the order inside a fold is moot
+    assert fold_id != task.folds_id([[1, 4], [2], [3, 0]])  # the order of the folds is not
+    path = task.write_metrics(
+        {"val_accuracy": folds.mean(), "val_accuracy_folds": folds, task.FOLDS_ID_KEY: fold_id}
+    )
+    assert json.loads(path.read_text()) == {
+        "val_accuracy": 0.75,
+        "val_accuracy_folds": [0.75, 0.5, 1.0],
+        "val_folds_id": fold_id,
+    }
+
+
 def test_missing_contract_says_how_to_run(monkeypatch: pytest.MonkeyPatch) -> None:
     """A script run by hand without trainchain gets an error that says what to run."""
     monkeypatch.delenv(task.ENV_PARAMS, raising=False)

@@ -3,8 +3,11 @@ SQLite stores, real subprocess trials)."""
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ToyRepo
+from tests.conftest import ToyRepo, git, run_cli
 from trainchain.context import prepare
 from trainchain.executors import LocalExecutor
 from trainchain.progress import TuneDisplay
@@ -28,22 +31,31 @@ def _quiet() -> TuneDisplay:
 
 
 def test_tune_reaches_goal_and_logs_every_trial(toy_repo: ToyRepo, settings: Settings) -> None:
-    """The first trial uses the defaults; tuning stops at the goal; each trial is a child run."""
+    """The first trial uses the defaults; the best trial reaching the goal is confirmed on
+    fresh folds and tuning stops; each trial and the confirmation is a child run."""
     prep = prepare(toy_repo(threshold=0.95), settings)
     report = tune(prep, LocalExecutor(), display=_quiet())
-    assert report.status == "succeeded"
+    assert report.status == "succeeded" and report.verdict == "confirmed"
     assert report.best_value is not None and report.best_value >= 0.95
     assert report.trials[0].params["x"] == pytest.approx(0.1)  # the defaults come first
     assert report.trials[0].value == pytest.approx(0.4)
-    assert len(report.trials) < 12  # it stopped as soon as the goal was reached
+    assert len(report.trials[0].folds) == 5  # the study's 5-fold plan, every fold reported
+    assert len(report.trials) < 12  # it stopped as soon as the goal was confirmed
+    [confirmation] = report.confirmations
+    assert confirmation.confirmed and confirmation.trial == report.best_trial
+    assert confirmation.estimate.n == 20  # 5 folds x 4 repeats of the confirmation plan
+    assert confirmation.bound is not None and 0.95 <= confirmation.bound < report.best_value
 
     client = MlflowClient(settings.tracking_uri)
     children = client.search_runs(
         [client.get_experiment_by_name("toy").experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{report.parent_run_id}'",
     )
-    assert len(children) == len(report.trials)
-    tags = children[0].data.tags
+    assert len(children) == len(report.trials) + 1  # the trials and the confirmation
+    [confirm_run] = [r for r in children if r.data.tags.get("trainchain.purpose") == "confirm"]
+    assert confirm_run.data.tags["trainchain.confirms"] == str(report.best_trial)
+    assert json.loads(confirm_run.data.tags["trainchain.validation"])["purpose"] == "confirm"
+    tags = next(r for r in children if r.info.run_id == report.trials[0].run_id).data.tags
     for key in ("repository", "commit", "data_digest", "trial", "executor", "image"):
         assert tags[f"trainchain.{key}"], key
     assert tags["trainchain.data_digest"].startswith("sha256:")
@@ -175,3 +187,67 @@ def prep_direction() -> object:
     from trainchain.config import Direction
 
     return Direction.MAXIMIZE
+
+
+def test_a_trial_validated_on_other_folds_is_refused(
+    toy_repo: ToyRepo, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A script that scores each trial on folds of its own is refused from its second trial
+    on: those scores are not comparable, so they never reach the goal; the chain fails with
+    the reason."""
+    monkeypatch.setenv("TOY_FOLDS", "drift")
+    report = tune(prepare(toy_repo(threshold=0.9999), settings), LocalExecutor(), display=_quiet())
+    assert report.status == "failed" and report.verdict == "failed"
+    states = [t.state for t in report.trials]
+    assert states == ["COMPLETE", "FAIL", "FAIL", "FAIL"]  # max_consecutive_failures: 3
+    assert "validated on other folds" in report.trials[1].note
+    assert report.error is not None and "validated on other folds" in report.error
+    assert report.best_trial == 0  # a refused trial is never the best
+
+
+def test_a_script_ignoring_the_plan_is_not_confirmed_and_run_exits_3(
+    toy_repo: ToyRepo, home: Path
+) -> None:
+    """The goal reached on the search's validation, but the confirmation run came back on
+    the search's own folds: "reached on the search's validation only, not confirmed", exit
+    3, both figures shown, nothing promoted, and the email says so."""
+    repo = toy_repo(threshold=0.3)
+    out = run_cli("run", str(repo), "--home", str(home), env={"TOY_FOLDS": "ignore"})
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "reached on the search's validation only, not confirmed" in out.stdout
+    assert re.search(r"search:\s+0\.\d+ \+- 0\.\d+ \(sd of 5 folds\), trial #\d", out.stdout)
+    assert "confirm:   the confirmation was scored on the search's own folds" in out.stdout
+    assert "TRAINCHAIN_VALIDATION" in out.stdout
+    assert "champion:  none" in out.stdout
+    [mail] = (home / "outbox").glob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    assert "goal NOT confirmed" in message["Subject"]
+    assert "on the search's validation only" in message["Subject"]
+    body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "reached on the search's validation only, not confirmed" in body
+    assert "Confirmation:" in body and "Search:" in body
+
+
+def test_a_new_commit_starts_warm_from_the_earlier_study(
+    toy_repo: ToyRepo, settings: Settings
+) -> None:
+    """The study of a new commit gets the finished trials of the earlier one (tagged with
+    their commit) and tries the best earlier configurations first."""
+    repo = toy_repo(threshold=0.9999, max_trials=3)
+    first = tune(prepare(repo, settings), LocalExecutor(), display=_quiet())
+    (repo / "train.py").write_text((repo / "train.py").read_text() + "\n# a small change\n")
+    git(repo, "commit", "-qam", "a small change")
+    second = tune(prepare(repo, settings), LocalExecutor(), display=_quiet())
+
+    assert second.commit != first.commit and second.chain_id != first.chain_id
+    assert "3 finished trials of 1 earlier study" in second.warm_start
+    assert first.commit[:12] in second.warm_start
+    ranked = sorted(first.trials, key=lambda t: -(t.value or 0.0))
+    assert [t.params for t in second.trials] == [t.params for t in ranked]  # first: 3
+    assert [t.number for t in second.trials] == [3, 4, 5]  # after the 3 warm trials
+    study = open_study(settings.study_storage, second.chain_id, prep_direction(), 0)
+    warm = [t for t in study.trials if t.user_attrs.get("warm_start")]
+    assert len(warm) == 3
+    assert {t.user_attrs["commit"] for t in warm} == {first.commit}
+    assert {t.user_attrs["from_study"] for t in warm} == {first.chain_id}
+    assert sorted(t.value for t in warm) == sorted(t.value for t in first.trials)

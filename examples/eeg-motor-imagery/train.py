@@ -1,10 +1,13 @@
-"""Motor imagery (left vs right hand) from EEG: band-pass, CSP and an SVM.
+"""Motor imagery (left vs right hand) from EEG: band-pass, CSP and a linear classifier.
 
 Run by trainchain (`trainchain train .`, `trainchain tune .`): it reads this trial's
-hyperparameters and the data options of trainchain.yaml, scores the pipeline by
-stratified k-fold cross-validation on the development part (val_accuracy), fits it on
-the whole development part, scores it once on the held-out part (test_accuracy) and
-saves it as an MLflow scikit-learn model.
+hyperparameters, the data options of trainchain.yaml and the validation plan trainchain
+gives every trial of a study (TRAINCHAIN_VALIDATION: k folds, repeats, seed). Every
+classifier is scored by the same stratified k-fold cross-validation of the development
+part (val_accuracy, the mean of the per-fold scores it reports beside it); then the
+pipeline is fitted on the whole development part, scored once on the held-out part
+(test_accuracy) and saved as an MLflow scikit-learn model. A confirmation run (purpose
+"confirm": fresh folds for the study's best) only cross-validates.
 """
 
 from __future__ import annotations
@@ -14,10 +17,10 @@ import time
 
 import mne
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
 from trainchain import task
-from trainchain.families.eeg import build_pipeline, load_epochs, train_epochs
+from trainchain.families.eeg import cross_validate, fit_final, load_epochs
 
 # Exact versions of the libraries the pickled pipeline needs (as in requirements.txt).
 PIP_REQUIREMENTS = [
@@ -34,54 +37,32 @@ def split(X, y, test_size, seed):
     return train_test_split(X, y, test_size=test_size, stratify=y, random_state=seed)
 
 
-def cross_validate(params, X, y, *, sfreq, folds, seed, report=None):
-    """Accuracy of each stratified fold of the development part."""
-    scores = []
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    for fold, (fit_idx, val_idx) in enumerate(cv.split(X, y)):
-        pipe = build_pipeline(params, sfreq).fit(X[fit_idx], y[fit_idx])
-        scores.append(float(np.mean(pipe.predict(X[val_idx]) == y[val_idx])))
-        if report is not None:
-            report(step=fold, val_accuracy=scores[-1])
-    return scores
-
-
-def validate(params, X_dev, y_dev, *, sfreq, folds, seed, checkpoint, report=None, log=print):
-    """Validation scores on the development part, and the pipeline when already fitted.
-
-    svc: stratified k-fold cross-validation (the pipeline is fitted afterwards on the
-    whole development part). sgd: trained over epochs on a fit/validation split, with
-    a checkpoint after each epoch, so a restarted attempt resumes after the last one.
-    """
-    if params.get("classifier") == "sgd":
-        X_fit, X_val, y_fit, y_val = split(X_dev, y_dev, 0.25, seed)
-        pipe, val = train_epochs(
-            build_pipeline(params, sfreq),
-            X_fit,
-            y_fit,
-            X_val,
-            y_val,
-            epochs=params.get("epochs", 20),
-            checkpoint=checkpoint,
-            report=report,
-            log=log,
-        )
-        return [val], pipe
-    scores = cross_validate(
-        params, X_dev, y_dev, sfreq=sfreq, folds=folds, seed=seed, report=report
+def validate(params, X_dev, y_dev, *, sfreq, plan, checkpoint=None, report=None, cache=None):
+    """The study's estimator: stratified k-fold cross-validation of the development part
+    as the plan says (the same folds for every trial of a study, whatever the classifier).
+    benchmarks/tuning.py calls this same function."""
+    return cross_validate(
+        params,
+        X_dev,
+        y_dev,
+        sfreq=sfreq,
+        folds=plan["folds"],
+        repeats=plan["repeats"],
+        seed=plan["seed"],
+        report=report,
+        checkpoint=checkpoint,
+        cache=cache,
     )
-    log(f"val_accuracy {np.mean(scores):.3f} +- {np.std(scores):.3f} over {folds} folds")
-    return scores, None
 
 
 def main():
     started = time.perf_counter()
     mne.set_log_level("ERROR")
     params = task.params()
+    plan = task.validation()
     options = task.data_options()
     test_size = options.pop("test_size", 0.2)
     split_seed = options.pop("split_seed", 0)
-    folds = options.pop("cv_folds", 5)
 
     X, y, meta = load_epochs(task.data_dir(), **options)
     sfreq = meta["sfreq"]
@@ -91,31 +72,31 @@ def main():
     )
     X_dev, X_test, y_dev, y_test = split(X, y, test_size, split_seed)
 
-    print(f"params {params}")
-    scores, pipe = validate(
+    print(f"params {params}; validation {plan}")
+    cv = validate(
         params,
         X_dev,
         y_dev,
         sfreq=sfreq,
-        folds=folds,
-        seed=split_seed,
-        checkpoint=task.checkpoint_dir() / "sgd.pkl",
+        plan=plan,
+        checkpoint=task.checkpoint_dir() / "folds.json",
         report=task.report,
     )
-    if pipe is None:
-        pipe = build_pipeline(params, sfreq).fit(X_dev, y_dev)
+    print(
+        f"val_accuracy {cv.mean:.3f} +- {np.std(cv.scores, ddof=1):.3f} (sd) over "
+        f"{len(cv.scores)} folds ({plan['folds']}-fold x {plan['repeats']})"
+    )
+    metrics = {**cv.metrics("accuracy"), "n_dev": len(y_dev)}
+    if plan["purpose"] == "confirm":  # fresh folds for the study's best: no model needed
+        task.write_metrics(metrics)
+        return
+
+    pipe = fit_final(
+        params, X_dev, y_dev, sfreq=sfreq, checkpoint=task.checkpoint_dir() / "sgd.pkl"
+    )
     test_accuracy = float(np.mean(pipe.predict(X_test) == y_test))
     print(f"test_accuracy {test_accuracy:.3f} on {len(y_test)} held-out epochs")
-
-    task.write_metrics(
-        {
-            "val_accuracy": float(np.mean(scores)),
-            "val_accuracy_std": float(np.std(scores)),
-            "test_accuracy": test_accuracy,
-            "n_dev": len(y_dev),
-            "n_test": len(y_test),
-        }
-    )
+    task.write_metrics({**metrics, "test_accuracy": test_accuracy, "n_test": len(y_test)})
     np.savez(task.heldout_path(), X=X_test, y=y_test)
 
     import mlflow.sklearn

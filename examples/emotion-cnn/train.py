@@ -66,6 +66,7 @@ def main():
     started = time.perf_counter()
     p = task.params()
     opts = task.data_options()
+    plan = task.validation()  # its seed picks the validation split (fresh to confirm)
     keras.utils.set_random_seed(opts.get("seed", 0) + task.trial())
     size = opts.get("image_size", 48)
     data = load_images(
@@ -75,7 +76,7 @@ def main():
         train=opts.get("train", "train"),
         test=opts.get("test", "validation"),
         validation_split=opts.get("validation_split", 0.2),
-        seed=opts.get("seed", 0),
+        seed=plan["seed"],
     )
     print(f"data: {data.describe()} ({time.perf_counter() - started:.1f} s)", flush=True)
     prep = Preprocessing(
@@ -109,8 +110,9 @@ def main():
     save_heldout(data)
     task.write_metrics(
         {
-            "val_accuracy": val_accuracy,
+            **data.validation_metrics(val_accuracy),
             "test_accuracy": test_accuracy,
+            "n_test": len(data.y_test),
             "best_epoch": best_epoch,
             "train_seconds": time.perf_counter() - started,
         }

@@ -66,10 +66,7 @@ def conclude(report: ChainReport, settings: Settings) -> ChainReport:
     if report.status == "succeeded":
         report = promote(report, tracker)
     elif report.status == "goal_not_reached":
-        report = report.with_(
-            promotion_reason="not promoted: the goal was not reached; the best trial is kept in "
-            "MLflow"
-        )
+        report = promote(report, tracker)  # says why not, registers nothing
     save_report(settings.chains_dir, report, tracker)
     return report
 

@@ -142,6 +142,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             log_tail=outcome.log_tail,
         )
     _out("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(outcome.metrics.items())))
+    if outcome.estimate is not None:
+        _out(f"{model.goal.val_metric}: {outcome.estimate.describe(4)}")
     _out(f"mlflow run: {outcome.run_id} ({settings.tracking_uri})")
     _hand_on(args, {"RUN_ID": outcome.run_id or ""})
     return 0
@@ -150,14 +152,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 # ---- job 4 ------------------------------------------------------------------
 def _print_summary(report: Any) -> None:
     op = ">=" if report.direction == "maximize" else "<="
-    best = "none" if report.best_value is None else f"{report.best_value:.4f}"
-    test = (
-        "" if report.best_test_value is None else f" (held-out test {report.best_test_value:.4f})"
-    )
     used = sum(1 for t in report.trials if t.state != "INTERRUPTED")
-    reached = "reached" if report.status == "succeeded" else "NOT reached"
-    _out(f"goal:      {report.goal_metric} {op} {report.threshold}: {reached}, best {best}{test}")
+    _out(f"goal:      {report.goal_metric} {op} {report.threshold}: {report.verdict_text}")
+    _out(f"search:    {report.search_figure()}")
+    _out(f"confirm:   {report.confirmation_figure()}")
+    _out(f"held-out:  {report.heldout_figure()}")
     _out(f"trials:    {used} of {report.max_trials}")
+    if report.warm_start:
+        _out(f"warm:      {report.warm_start}")
     if report.best_params:
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -250,7 +252,11 @@ def cmd_models(args: argparse.Namespace) -> int:
         table.add_column(col)
     for v in versions:
         val = next(
-            (m for k, m in v.metrics.items() if k.startswith("val_") and not k.endswith("_std")),
+            (
+                m
+                for k, m in v.metrics.items()
+                if k.startswith("val_") and not k.endswith(("_std", "_sd"))
+            ),
             None,
         )
         test = next((m for k, m in v.metrics.items() if k.startswith("test_")), None)
@@ -368,7 +374,11 @@ def cmd_synth_eeg(args: argparse.Namespace) -> int:
 
     try:
         files = write_synthetic_dataset(
-            Path(args.out), subjects=args.subjects, difficulty=args.difficulty, seed=args.seed
+            Path(args.out),
+            subjects=args.subjects,
+            difficulty=args.difficulty,
+            seed=args.seed,
+            trials_per_class=args.trials_per_class,
         )
     except ValueError as err:
         raise TrainchainError(str(err)) from None
@@ -608,8 +618,16 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
     sp.set_defaults(func=cmd_synth_eeg)
     sp.add_argument("--out", required=True, help="folder to write into")
     sp.add_argument("--subjects", type=int, default=1)
-    sp.add_argument("--difficulty", choices=["easy", "medium", "hard"], default="medium")
+    sp.add_argument(
+        "--difficulty", choices=["easy", "medium", "hard", "impossible"], default="medium"
+    )
     sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--trials-per-class",
+        type=int,
+        default=144,
+        help="cues per class and subject (default 144: one BCI IV 2a session)",
+    )
     sp = dsub.add_parser(
         "heldout",
         parents=[common],

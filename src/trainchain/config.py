@@ -128,6 +128,55 @@ class Budget(_Frozen):
     timeout: Real = Field(3600.0, gt=0, le=7 * 24 * 3600)
     seed: int = 0
     max_consecutive_failures: int = Field(3, ge=1, le=100)
+    # trials the sampler draws at random before it models the results; None: sized to
+    # max_trials (trainchain.studies.startup_trials)
+    startup_trials: int | None = Field(None, ge=0, le=1000)
+
+
+def _level(name: str, v: float) -> float:
+    """A significance level: a number above 0 and below 0.5."""
+    if not (math.isfinite(v) and 0.0 < v < 0.5):
+        raise ValueError(
+            f"{name} {v!r} is not a significance level: expected a number above 0 and below "
+            "0.5, such as 0.05 (the chance of a false claim the chain accepts)"
+        )
+    return v
+
+
+class Validation(_Frozen):
+    """The study's estimator: stratified k-fold cross-validation of the development part,
+    the same folds for every trial (passed to the script as TRAINCHAIN_VALIDATION)."""
+
+    folds: int = Field(5, ge=2, le=100)
+    repeats: int = Field(1, ge=1, le=100)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+    def plan(
+        self, *, repeats: int | None = None, seed: int | None = None, purpose: str = "search"
+    ) -> dict[str, Any]:
+        """The plan passed to the script as TRAINCHAIN_VALIDATION (``task.validation()``)."""
+        return {
+            "folds": self.folds,
+            "repeats": self.repeats if repeats is None else repeats,
+            "seed": self.seed if seed is None else seed,
+            "purpose": purpose,
+        }
+
+
+class Confirmation(_Frozen):
+    """How a goal reached on the search's validation is confirmed: the candidate's
+    hyperparameters cross-validated again on ``repeats`` fresh fold assignments, and the
+    one-sided bound at ``alpha`` (shared by at most ``candidates`` confirmations per
+    chain) meeting the threshold."""
+
+    repeats: int = Field(4, ge=1, le=100)
+    alpha: Real = 0.05
+    candidates: int = Field(2, ge=1, le=10)
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        return _level("alpha", v)
 
 
 class IntParam(_Frozen):
@@ -197,7 +246,37 @@ class Data(_Frozen):
 
 
 class Promotion(_Frozen):
-    margin: Real = Field(0.0, ge=0.0)
+    """A challenger becomes champion when a paired test on the same held-out examples
+    says it is better than the champion by more than ``margin`` at level ``alpha``, and a
+    binomial test says it beats the majority-class rate (the first model too)."""
+
+    margin: Real = 0.0
+    alpha: Real = 0.05
+
+    @field_validator("margin")
+    @classmethod
+    def _margin(cls, v: float) -> float:
+        if not (math.isfinite(v) and 0.0 <= v < 1.0):
+            raise ValueError(
+                f"margin {v!r}: expected a held-out accuracy gain from 0 (any significant "
+                "gain) to below 1, such as 0.02"
+            )
+        return v
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        return _level("alpha", v)
+
+
+class WarmStart(_Frozen):
+    """A new commit's study starts from earlier studies of the same model: their finished
+    trials (whose parameters fit this search space) inform the sampler, and the champion's
+    parameters and the best earlier ones are tried first."""
+
+    enabled: bool = True
+    first: int = Field(3, ge=0, le=20)  # earlier configurations tried first, champion's first
+    max_trials: int = Field(500, ge=1, le=100_000)  # earlier trials given to the sampler
 
 
 class Notify(_Frozen):
@@ -246,8 +325,12 @@ class Pruning(_Frozen):
     """
 
     enabled: bool = True
+    # median: against the median of earlier trials at the same step (steps are epochs);
+    # wilcoxon: against the best trial, fold by fold (steps are the study's folds)
+    rule: Literal["median", "wilcoxon"] = "median"
     startup_trials: int = Field(3, ge=0, le=1000)  # completed trials before any pruning
     warmup_steps: int = Field(2, ge=0, le=100_000)  # a trial's first steps are never pruned
+    p_threshold: Real = Field(0.1, gt=0.0, lt=1.0)  # wilcoxon: prune below this p-value
 
 
 class EarlyStopping(_Frozen):
@@ -305,13 +388,16 @@ class ModelConfig(_Frozen):
     goal: Goal
     budget: Budget = Field(default_factory=Budget)  # type: ignore[arg-type]
     search_space: dict[str, Param]
-    promotion: Promotion = Field(default_factory=Promotion)  # type: ignore[arg-type]
+    promotion: Promotion = Field(default_factory=Promotion)
     notify: Notify = Field(default_factory=Notify)
     train: Train = Field(default_factory=Train)  # type: ignore[arg-type]
     watchdog: WatchdogPolicy = Field(default_factory=WatchdogPolicy)  # type: ignore[arg-type]
     detection: Detection = Field(default_factory=Detection)
     pruning: Pruning = Field(default_factory=Pruning)  # type: ignore[arg-type]
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)  # type: ignore[arg-type]
+    validation: Validation = Field(default_factory=Validation)  # type: ignore[arg-type]
+    confirmation: Confirmation = Field(default_factory=Confirmation)  # type: ignore[arg-type]
+    warm_start: WarmStart = Field(default_factory=WarmStart)  # type: ignore[arg-type]
 
     @field_validator("search_space")
     @classmethod

@@ -44,12 +44,13 @@ class Prepared:
         return self.loaded.model.name
 
     def study_base(self) -> str:
-        """Runs of the same code, data and goal continue one study."""
+        """Runs of the same code, data, goal, space and validation continue one study."""
         model = self.loaded.model
         goal = json.dumps(
             {
                 "goal": model.goal.model_dump(mode="json"),
                 "space": model.model_dump(mode="json")["search_space"],
+                "validation": model.validation.model_dump(mode="json"),
             },
             sort_keys=True,
         )

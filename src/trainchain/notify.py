@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
+from trainchain.promotion import describe_chance, describe_paired
 from trainchain.report import ChainReport, TrialSummary
 
 __all__ = ["PLOT_FILENAME", "render", "scrub", "subject"]
@@ -99,8 +100,15 @@ def subject(report: ChainReport) -> str:
     """The one-line subject: outcome, goal and what happened in the registry."""
     head = f"[trainchain] {_one_line(report.model_name, 80)}:"
     metric = report.goal_metric
+    confirmation = report.confirmation
+    side = "upper" if _minimize(report) else "lower"
     if report.status == "succeeded":
-        if report.best_value is not None:
+        if confirmation is not None and confirmation.bound is not None:
+            goal = (
+                f"goal reached and confirmed ({metric} {side} bound "
+                f"{_comparison(report, confirmation.bound)})"
+            )
+        elif report.best_value is not None:
             goal = f"goal reached ({metric} {_comparison(report, report.best_value)})"
         else:
             goal = "goal reached"
@@ -111,6 +119,17 @@ def subject(report: ChainReport) -> str:
         else:
             outcome = f"v{report.registry_version} is challenger, champion kept"
         return f"{head} {goal}, {outcome}"
+    if report.status == "goal_not_reached" and report.verdict == "search_only":
+        found = report.best_value if report.best_value is not None else float("nan")
+        bound = (
+            f"; {side} bound {_num(confirmation.bound)} on fresh folds"
+            if confirmation is not None and confirmation.bound is not None
+            else ""
+        )
+        return (
+            f"{head} goal NOT confirmed ({metric} {_comparison(report, found)} on the search's "
+            f"validation only{bound})"
+        )
     if report.status == "goal_not_reached":
         used = len(report.trials)
         if report.best_value is not None:
@@ -222,20 +241,88 @@ def _registry_rows(report: ChainReport) -> list[tuple[str, str]]:
     return [(label, scrub(value)) for label, value in rows]
 
 
+def _verdict_rows(report: ChainReport) -> list[tuple[str, str]]:
+    """The goal's verdict and the three figures behind it, each with its uncertainty."""
+    rows = [
+        (
+            "Verdict",
+            f"{report.goal_metric} {_op(report)} {_num(report.threshold, 6)}: "
+            f"{report.verdict_text}",
+        ),
+        ("Search", report.search_figure()),
+        ("Confirmation", report.confirmation_figure()),
+        ("Held-out test", report.heldout_figure()),
+    ]
+    if report.warm_start:
+        rows.append(("Warm start", report.warm_start))
+    return [(label, scrub(value)) for label, value in rows]
+
+
+def _op(report: ChainReport) -> str:
+    return "<=" if _minimize(report) else ">="
+
+
+HOW_TO_READ = (
+    "How to read these figures: the search keeps the best of many noisy scores, so its "
+    "figure is optimistic (the +- is the spread of its folds). The goal counts as reached "
+    "only when the best trial, cross-validated again on fold assignments no trial was "
+    "scored on, has a one-sided confidence bound (corrected repeated cross-validation t) "
+    "at or beyond the threshold. The held-out test is scored once, on examples tuning "
+    "never saw; its interval is the exact 95% binomial interval."
+)
+
+
+def _promotion_lines(report: ChainReport) -> list[str]:
+    """The held-out tests behind the promotion decision, their p-values, what they mean."""
+    test = report.promotion_test
+    if test is None:
+        return []
+    level = f"alpha {test.alpha:g}"
+    lines = [
+        f"Against chance: {describe_chance(test)}.",
+        f"  What it means: a model no better than always answering the most common label "
+        f"({test.majority_rate:.2f} of these examples) would get {test.correct} or more of "
+        f"{test.n} right with probability p. "
+        + (
+            f"p is at or below {level}: the model is better than chance."
+            if test.chance_p <= test.alpha
+            else f"p is above {level}: these examples do not show it beats chance."
+        ),
+    ]
+    if test.champion_version is not None and test.paired_p is not None:
+        margin = f" by more than {test.margin:g}" if test.margin else ""
+        lines += [
+            f"Against the champion: {describe_paired(test)}.",
+            f"  What it means: McNemar's test looks only at the examples exactly one of the "
+            f"two models got right. If this model were not better than champion "
+            f"v{test.champion_version}{margin}, it would win {test.wins} or more of those "
+            f"{(test.wins or 0) + (test.losses or 0)} with probability p. "
+            + (
+                f"p is at or below {level}: it is significantly better."
+                if test.paired_p <= test.alpha
+                else f"p is above {level}: the difference may be luck; the champion stays."
+            ),
+        ]
+    return [scrub(line) for line in lines]
+
+
 def _format_rows(rows: Sequence[tuple[str, str]]) -> list[str]:
     width = max((len(label) for label, _ in rows), default=0)
     return [f"{label + ':':<{width + 1}}  {value}" for label, value in rows]
 
 
-_TABLE_HEAD = ("trial", "state", "value", "test", "duration")
+_TABLE_HEAD = ("trial", "state", "value", "fold sd", "test", "duration")
 
 
 def _trial_cells(report: ChainReport, trial: TrialSummary) -> tuple[str, ...]:
     mark = "  <- best" if trial.number == report.best_trial else ""
+    estimate = trial.estimate()
+    spread = estimate.spread if estimate is not None else None
     return (
         str(trial.number),
         trial.state,
         _num(trial.value),
+        f"{_num(spread, 2)} ({estimate.n})" if spread is not None and estimate else "",
         _num(trial.test_value) if trial.test_value is not None else "",
         _duration(trial.duration_s) + mark,
     )
@@ -277,6 +364,12 @@ def _best_sentence(report: ChainReport) -> str:
 
 
 def _what_failed(report: ChainReport) -> str:
+    if report.status == "goal_not_reached" and report.verdict == "search_only":
+        return (
+            f"The goal ({report.goal_metric} {_op(report)} {_num(report.threshold, 6)}) was "
+            "reached on the search's validation only, not confirmed on fresh folds: the best "
+            "score may be the luck of many noisy scores, so nothing was promoted."
+        )
     if report.status == "goal_not_reached":
         goal = f"{report.goal_metric} {'<=' if _minimize(report) else '>='} " + _num(
             report.threshold, 6
@@ -288,6 +381,21 @@ def _what_failed(report: ChainReport) -> str:
     if report.status == "running":
         return "The chain stopped before it finished: its report still says running."
     return "The chain failed."
+
+
+def _reached_sentence(report: ChainReport) -> str:
+    """The success email's first line: the confirmed figure when there is one."""
+    confirmation = report.confirmation
+    if confirmation is not None and confirmation.bound is not None:
+        side = "upper" if _minimize(report) else "lower"
+        return (
+            f"Goal reached and confirmed: {report.goal_metric} {side} bound "
+            f"{_comparison(report, confirmation.bound)} on fresh folds."
+        )
+    value = report.best_value
+    if value is None:
+        return "Goal reached."
+    return f"Goal reached: {report.goal_metric} {_comparison(report, value)}."
 
 
 def _promotion_sentence(report: ChainReport) -> str:
@@ -307,22 +415,23 @@ def _promotion_sentence(report: ChainReport) -> str:
 def _plain(report: ChainReport) -> str:
     lines: list[str] = []
     if report.status == "succeeded":
-        value = report.best_value
-        reached = (
-            f"Goal reached: {report.goal_metric} {_comparison(report, value)}"
-            if value is not None
-            else "Goal reached"
-        )
-        lines.append(reached + ".")
+        lines.append(_reached_sentence(report))
         lines.append(_best_sentence(report))
         lines.append("")
+        lines += _format_rows(_verdict_rows(report))
+        lines += ["", HOW_TO_READ, ""]
         lines += _format_rows(_facts(report))
         lines += ["", "Best hyperparameters:"]
         lines += ["  " + line for line in _params_lines(report.best_params)]
         lines.append("")
         lines += _format_rows(_registry_rows(report))
+        promotion = _promotion_lines(report)
+        if promotion:
+            lines += ["", "Promotion tests:"] + ["  " + line for line in promotion]
     else:
         lines.append(_what_failed(report))
+        if report.best_value is not None:
+            lines += ["", *_format_rows(_verdict_rows(report)), "", HOW_TO_READ]
         error = _error_text(report)
         if error:
             lines += ["", "Error:"] + ["  " + line for line in error.splitlines()]
@@ -368,13 +477,22 @@ def _html(report: ChainReport) -> str:
     ]
     if ok:
         parts.append(f"<p>{_h(_best_sentence(report))}</p>")
+        parts.append(_html_rows(_verdict_rows(report)))
+        parts.append(f"<p>{_h(HOW_TO_READ)}</p>")
         parts.append(_html_rows(_facts(report)))
         parts.append("<h3>Best hyperparameters</h3>")
         parts.append(_html_rows(_params_rows(report.best_params)))
         parts.append("<h3>Registry</h3>")
         parts.append(_html_rows(_registry_rows(report)))
+        promotion = _promotion_lines(report)
+        if promotion:
+            parts.append("<h3>Promotion tests</h3>")
+            parts.append("".join(f"<p>{_h(line)}</p>" for line in promotion))
     else:
         parts.append(f"<p>{_h(_what_failed(report))}</p>")
+        if report.best_value is not None:
+            parts.append(_html_rows(_verdict_rows(report)))
+            parts.append(f"<p>{_h(HOW_TO_READ)}</p>")
         error = _error_text(report)
         if error:
             parts.append(f"<pre>{_h(error)}</pre>")

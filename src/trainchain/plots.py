@@ -40,7 +40,10 @@ def _draw_trials(
     if done:
         xs = [t.number for t in done]
         ys = [float(t.value) for t in done if t.value is not None]
-        ax.plot(xs, ys, "o-", color="tab:blue", label="completed", zorder=3)
+        spreads = [_spread(t) for t in done]
+        ax.plot(xs, ys, "o-", color="tab:blue", label="completed (+- fold sd)", zorder=3)
+        if any(sd > 0 for sd in spreads):
+            ax.errorbar(xs, ys, yerr=spreads, fmt="none", ecolor="tab:blue", alpha=0.5, capsize=3)
         best = _best_so_far(ys, minimize)
         ax.step(xs, best, where="post", color="tab:green", linewidth=2, label="best so far")
         if report.best_trial is not None and _finite(report.best_value):
@@ -80,6 +83,60 @@ def _draw_trials(
         )
 
 
+def _spread(trial: TrialSummary) -> float:
+    estimate = trial.estimate()
+    return (estimate.spread or 0.0) if estimate is not None else 0.0
+
+
+def _draw_checks(ax: Any, report: ChainReport) -> None:
+    """Beside the best trial: its confirmation on fresh folds (the mean, and a line down to
+    the one-sided bound the rule compares with the goal) and its held-out test (the
+    accuracy with its 95% interval)."""
+    if report.best_trial is None:
+        return
+    minimize = report.direction.lower() == "minimize"
+    confirmation = report.confirmation
+    if confirmation is not None:
+        x = confirmation.trial + 0.2
+        y = confirmation.estimate.value
+        colour = "tab:green" if confirmation.confirmed else "tab:red"
+        ax.plot(
+            [x],
+            [y],
+            "D",
+            color=colour,
+            zorder=4,
+            label=(
+                "confirmation, fresh folds (to its bound)"
+                + ("" if confirmation.confirmed else ": NOT confirmed")
+            ),
+        )
+        if confirmation.bound is not None:
+            ax.plot([x, x], [y, confirmation.bound], "-", color=colour, linewidth=2, zorder=4)
+            ax.plot([x], [confirmation.bound], "v" if not minimize else "^", color=colour, zorder=4)
+    interval = report.best_test_interval
+    test = report.promotion_test
+    value, low_high = (
+        (test.accuracy, test.interval) if test is not None else (report.best_test_value, interval)
+    )
+    if value is not None:
+        x = report.best_trial + 0.4
+        if low_high is not None:
+            low, high = low_high
+            ax.errorbar(
+                [x],
+                [value],
+                yerr=[[value - low], [high - value]],
+                fmt="s",
+                color="tab:purple",
+                capsize=4,
+                zorder=4,
+                label="held-out test (95% interval)",
+            )
+        else:
+            ax.plot([x], [value], "s", color="tab:purple", zorder=4, label="held-out test")
+
+
 def _draw_goal(ax: Any, report: ChainReport) -> None:
     op = "<=" if report.direction.lower() == "minimize" else ">="
     label = f"goal: {report.goal_metric} {op} {report.threshold:g}"
@@ -100,7 +157,10 @@ def _draw_goal(ax: Any, report: ChainReport) -> None:
 def metric_plot(report: ChainReport) -> bytes:
     """A PNG of ``report.goal_metric`` per trial, with the best-so-far and the goal.
 
-    Completed trials are points joined by a line; pruned trials with a value are
+    Completed trials are points joined by a line, with their fold spread as error bars;
+    beside the best trial, its confirmation on fresh folds (a diamond, with a line down to
+    the bound the goal is judged by) and its held-out test with its 95% interval (a
+    square); pruned trials with a value are
     hollow triangles; failed trials (and pruned ones without a value) are crosses
     along the bottom edge; the best value so far is a step line; the threshold is
     a dashed, labelled horizontal line. With no completed trial the picture says so.
@@ -118,6 +178,7 @@ def metric_plot(report: ChainReport) -> bytes:
     fig = Figure(figsize=(7.5, 4.2), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     _draw_trials(ax, report, done, pruned)
+    _draw_checks(ax, report)
     _draw_goal(ax, report)
     if done or pruned:
         ax.margins(y=0.12)  # room for the goal's label when the goal is the top or bottom
@@ -136,14 +197,17 @@ def metric_plot(report: ChainReport) -> bytes:
             color="dimgray",
         )
     if trials:
-        ax.set_xlim(trials[0].number - 0.5, trials[-1].number + 0.5)
+        ax.set_xlim(trials[0].number - 0.5, trials[-1].number + 0.7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     else:
         ax.set_xlim(-0.5, 0.5)
         ax.set_xticks([])
     ax.set_xlabel("trial")
     ax.set_ylabel(report.goal_metric)
-    ax.set_title(f"{report.model_name}: {report.goal_metric} per trial ({report.status})")
+    ax.set_title(
+        f"{report.model_name}: {report.goal_metric} per trial\ngoal {report.verdict_text}",
+        fontsize="medium",
+    )
     ax.grid(visible=True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
 

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.status import Status
 
 from trainchain.config import Direction, Goal
+from trainchain.verdict import Confirmation, Estimate
 
 
 def _fmt(value: float | None) -> str:
@@ -95,19 +96,21 @@ class TuneDisplay:
         n: int,
         total: int,
         *,
-        value: float | None,
+        value: Estimate | None,
         best: float | None,
         best_trial: int | None,
         error: str | None,
         test: float | None,
     ) -> None:
+        """Trial ``n`` ended: its score with its fold spread (or its error), the held-out
+        figure, the best so far and the goal."""
         self._stop_status()
         if self.quiet:
             return
         if error:
             result = f"[red]failed[/red]: {error}"
         else:
-            result = f"{self.metric} {_fmt(value)}"
+            result = f"{self.metric} " + (value.describe(4) if value is not None else "-")
             if test is not None:
                 result += f" (test {_fmt(test)})"
         best_text = f"best {_fmt(best)}" + (f" (#{best_trial})" if best_trial is not None else "")
@@ -124,18 +127,42 @@ class TuneDisplay:
         value: float | None,
         best: float | None,
         best_trial: int | None,
+        rule: str = "median",
     ) -> None:
-        """The trial was stopped at ``step``: its value there was worse than the median of
-        the earlier trials at the same step."""
+        """The trial was stopped at ``step``: by the median rule, its value there was worse
+        than the median of the earlier trials at the same step; by the Wilcoxon rule, its
+        folds so far were significantly worse than the best trial's same folds."""
         self._stop_status()
         if self.quiet:
             return
-        at = f" at epoch {step}" if step is not None else ""
+        if rule == "wilcoxon":
+            at = f" after fold {step}" if step is not None else ""
+            why = f"significantly {'worse' if self.better == 'higher' else 'higher'} than the "
+            why += "best trial on the same folds (Wilcoxon)"
+            shown = f"{self.metric} of that fold {_fmt(value)}"
+        else:
+            at = f" at epoch {step}" if step is not None else ""
+            why = f"median of earlier trials {self.better}"
+            shown = f"{self.metric} {_fmt(value)}"
         best_text = f"best {_fmt(best)}" + (f" (#{best_trial})" if best_trial is not None else "")
         self.console.print(
             f"  {self._label or f'trial {n}/{total}'} [yellow]pruned[/yellow]{at}: "
-            f"{self.metric} {_fmt(value)} (median of earlier trials {self.better}) "
-            f"| {best_text} | goal {self.goal}"
+            f"{shown} ({why}) | {best_text} | goal {self.goal}"
+        )
+
+    def confirmation_started(self, number: int) -> None:
+        """The confirmation run of trial ``#number`` starts: its script lines carry that
+        label."""
+        self._label = f"confirmation of #{number}"
+        self._started = self._shown = time.monotonic()
+
+    def confirmation(self, result: Confirmation) -> None:
+        """The confirmation of a candidate on fresh folds: the figure, the bound, the rule."""
+        if self.quiet:
+            return
+        colour = "green" if result.confirmed else "yellow"
+        self.console.print(
+            f"  confirmation of #{result.trial}: [{colour}]{result.reason}[/{colour}]"
         )
 
     def close(self) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from trainchain import task
-from trainchain.config import Direction, Goal, base_metric
-from trainchain.promotion import decide
+from trainchain.config import Promotion, base_metric
+from trainchain.promotion import HeldoutTest, decide, heldout_test
 from trainchain.report import ChainReport
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
 from trainchain.training import HELDOUT_TAG
@@ -17,38 +17,45 @@ from trainchain.training import HELDOUT_TAG
 log = logging.getLogger(__name__)
 
 
-def _goal(report: ChainReport) -> Goal:
-    return Goal(
-        metric=report.goal_metric,
-        threshold=report.threshold,
-        direction=Direction(report.direction),
-    )
-
-
-def score(model: Any, x: Any, y: Any, metric: str) -> float:
-    """Score a loaded pyfunc model on held-out arrays with the goal's metric."""
+def signature_tensor(model: Any) -> tuple[tuple[int, ...], str] | None:
+    """The shape and dtype of a pyfunc model's one tensor input, from its signature (None
+    without one)."""
     import numpy as np
-    from sklearn import metrics as skm
 
+    try:
+        schema = model.metadata.get_input_schema()
+    except Exception:
+        return None
+    if schema is None or not schema.is_tensor_spec() or len(schema.inputs) != 1:
+        return None
+    spec = schema.inputs[0]
+    return tuple(int(d) for d in spec.shape), str(np.dtype(spec.type))
+
+
+def predictions(model: Any, x: Any) -> Any:
+    """A loaded pyfunc model's answers on ``x``, one label (or class index) per example;
+    ``x`` is cast to the dtype of the model's tensor signature (a Keras model declares
+    float32 and refuses the uint8 images it was saved with)."""
+    import numpy as np
+
+    signed = signature_tensor(model)
+    if signed is not None:
+        x = np.asarray(x).astype(signed[1], copy=False)
     pred = np.asarray(model.predict(x))
     if pred.ndim > 1 and pred.shape[-1] > 1:  # probabilities: take the class index
         pred = pred.argmax(axis=-1)
-    pred = pred.reshape(-1)
-    y = np.asarray(y).reshape(-1)
-    scorers = {
-        "accuracy": skm.accuracy_score,
-        "balanced_accuracy": skm.balanced_accuracy_score,
-        "f1_macro": lambda a, b: skm.f1_score(a, b, average="macro"),
-        "f1": lambda a, b: skm.f1_score(a, b, average="macro"),
-    }
-    if metric not in scorers:
-        raise ValueError(
-            f"cannot score held-out data with metric {metric!r}: expected one of "
-            f"{', '.join(sorted(scorers))}"
-        )
-    if len(pred) != len(y):
-        raise ValueError(f"the model returned {len(pred)} predictions for {len(y)} examples")
-    return float(scorers[metric](y, pred))
+    return pred.reshape(-1)
+
+
+def answers_right(model: Any, x: Any, y: Any) -> list[bool]:
+    """Whether the model answers each held-out example right."""
+    import numpy as np
+
+    pred = predictions(model, x)
+    labels = np.asarray(y).reshape(-1)
+    if len(pred) != len(labels):
+        raise ValueError(f"the model returned {len(pred)} predictions for {len(labels)} examples")
+    return [bool(v) for v in pred == labels]
 
 
 def download_heldout(tracker: Tracker, run_id: str, dst: Path) -> Path:
@@ -61,40 +68,56 @@ def download_heldout(tracker: Tracker, run_id: str, dst: Path) -> Path:
     return tracker.download(run_id, task.HELDOUT_FILE, dst)
 
 
-def _compare_on_heldout(
-    tracker: Tracker, name: str, candidate_run: str, champion_version: str, metric: str
-) -> tuple[float, float]:
+def _heldout_test(
+    tracker: Tracker,
+    name: str,
+    candidate_run: str,
+    champion_version: str | None,
+    promotion: Promotion,
+) -> HeldoutTest | None:
+    """The candidate (and the champion, when there is one) on the candidate's held-out
+    examples; None when the candidate's run has no held-out arrays."""
     import numpy as np
 
-    champion_run = tracker.version_run_id(name, champion_version)
-    if champion_run is None:
-        raise ValueError(f"champion v{champion_version} has no run to load its model from")
+    champion_run = None
+    if champion_version is not None:
+        champion_run = tracker.version_run_id(name, champion_version)
+        if champion_run is None:
+            raise ValueError(f"champion v{champion_version} has no run to load its model from")
     with tempfile.TemporaryDirectory(prefix="trainchain-promote-") as tmp:
         work = Path(tmp)
-        heldout = download_heldout(tracker, candidate_run, work / "heldout")
+        try:
+            heldout = download_heldout(tracker, candidate_run, work / "heldout")
+        except Exception as err:
+            log.info("run %s has no held-out arrays: %s", candidate_run, err)
+            return None
         with np.load(heldout, allow_pickle=False) as data:
             x, y = data["X"], data["y"]
-        candidate = score(tracker.load_model(candidate_run, work), x, y, metric)
-        champion = score(tracker.load_model(champion_run, work), x, y, metric)
-    return candidate, champion
+        candidate = answers_right(tracker.load_model(candidate_run, work), x, y)
+        champion = (
+            answers_right(tracker.load_model(champion_run, work), x, y) if champion_run else None
+        )
+    return heldout_test(
+        [str(v) for v in np.asarray(y).reshape(-1)],
+        candidate,
+        champion=champion,
+        champion_version=champion_version,
+        margin=promotion.margin,
+        alpha=promotion.alpha,
+    )
 
 
 def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
-    """Register the best model as ``challenger``; make it ``champion`` if it earns it."""
+    """Register the best model as ``challenger``; make it ``champion`` if it earns it: a
+    confirmed goal, significantly above the majority-class rate on its held-out examples,
+    and significantly better than the champion on the same examples."""
     name = report.model_name
     if report.registry_version is not None:
         log.info("chain %s already registered v%s", report.chain_id, report.registry_version)
         return report
-    goal = _goal(report)
-    if report.best_run_id is None or not goal.reached(report.best_value):
-        decision = decide(
-            goal=goal,
-            margin=report.promotion_margin,
-            goal_value=report.best_value,
-            candidate_heldout=None,
-            champion_version=None,
-            champion_heldout=None,
-        )
+    promotion = Promotion(margin=report.promotion_margin, alpha=report.promotion_alpha)
+    if report.best_run_id is None or report.verdict != "confirmed":
+        decision = decide(confirmed=False, test=None, why_not_confirmed=_unconfirmed(report))
         reason = decision.reason + "; nothing registered, the best trial stays in MLflow"
         return report.with_(became_champion=False, promotion_reason=reason)
 
@@ -107,37 +130,26 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     _, metrics, run_tags = tracker.run_data(report.best_run_id)
     tags = {k: v for k, v in run_tags.items() if k.startswith("trainchain.")}
     tags["trainchain.chain"] = report.chain_id
-    for k in (report.goal_metric, goal.test_metric):
+    for k in (report.goal_metric, "test_" + base_metric(report.goal_metric)):
         if k in metrics:
             tags[f"metric.{k}"] = f"{metrics[k]:.6g}"
     version = tracker.register(name, report.best_run_id, tags)
     tracker.set_alias(name, CHALLENGER, version)
     champion = tracker.alias_version(name, CHAMPION)
-    metric = base_metric(report.goal_metric)
-    cand = champ = None
+    test = None
     error = None
-    if champion is not None:
-        try:
-            cand, champ = _compare_on_heldout(tracker, name, report.best_run_id, champion, metric)
-        except ImportError as err:
-            error = (
-                f"this host cannot load the models ({type(err).__name__}: {err}); for Keras "
-                "models install TensorFlow here: scripts/setup.sh --tensorflow"
-            )
-            log.error("could not compare v%s with champion v%s: %s", version, champion, error)
-        except Exception as err:
-            error = f"{type(err).__name__}: {err}"
-            log.error("could not compare v%s with champion v%s: %s", version, champion, error)
-    decision = decide(
-        goal=goal,
-        margin=report.promotion_margin,
-        goal_value=report.best_value,
-        candidate_heldout=cand,
-        champion_version=champion,
-        champion_heldout=champ,
-        error=error,
-        heldout_metric=metric,
-    )
+    try:
+        test = _heldout_test(tracker, name, report.best_run_id, champion, promotion)
+    except ImportError as err:
+        error = (
+            f"this host cannot load the models ({type(err).__name__}: {err}); for Keras "
+            "models install TensorFlow here: scripts/setup.sh --tensorflow"
+        )
+        log.error("could not test v%s on held-out data: %s", version, error)
+    except Exception as err:
+        error = f"{type(err).__name__}: {err}"
+        log.error("could not test v%s on held-out data: %s", version, error)
+    decision = decide(confirmed=True, test=test, error=error)
     if decision.promote:
         tracker.make_champion(name, version)
     tracker.client.set_model_version_tag(name, version, "trainchain.promotion", decision.reason)
@@ -145,5 +157,12 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
         registry_version=version,
         became_champion=decision.promote,
         promotion_reason=decision.reason,
+        promotion_test=test,
         model_uri=f"models:/{name}/{version}",
     )
+
+
+def _unconfirmed(report: ChainReport) -> str:
+    if report.verdict == "search_only" or (not report.verdict and report.status == "succeeded"):
+        return "the goal was reached on the search's validation only, not confirmed"
+    return "the goal was not reached"

@@ -15,8 +15,17 @@ In:
                                "min_delta": 0.0}``; the script stops itself when ``monitor``
                                has not improved by more than ``min_delta`` for ``patience``
                                steps (``task.early_stopping()``)
+  ``TRAINCHAIN_VALIDATION``    a JSON string: the validation plan of this run
+                               ``{"folds": 5, "repeats": 1, "seed": 0, "purpose": "search"}``
+                               (``task.validation()``): every trial of a study gets the same
+                               plan, so every trial is scored on the same folds; a confirmation
+                               run gets fresh fold assignments (another seed, more repeats)
 Out:
-  ``TRAINCHAIN_OUTPUT_DIR/metrics.json``  final metrics (``val_<metric>``, ``test_<metric>``)
+  ``TRAINCHAIN_OUTPUT_DIR/metrics.json``  final metrics (``val_<metric>``, ``test_<metric>``),
+                                          with the validation's per-fold scores
+                                          (``val_<metric>_folds``, their mean is
+                                          ``val_<metric>``) and the digest of its fold
+                                          assignment (``val_folds_id``, ``task.folds_id``)
   ``TRAINCHAIN_OUTPUT_DIR/model/``        the model, saved in an MLflow flavor's format
   ``TRAINCHAIN_OUTPUT_DIR/heldout.npz``   optional: the held-out test split (arrays ``X``, ``y``)
                                           so trainchain can score champion and challenger alike
@@ -26,12 +35,13 @@ Exit status 0 is success; anything else is a failed attempt.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +54,17 @@ ENV_REPORT = "TRAINCHAIN_REPORT"
 ENV_TRIAL = "TRAINCHAIN_TRIAL"
 ENV_ATTEMPT = "TRAINCHAIN_ATTEMPT"
 ENV_EARLY_STOPPING = "TRAINCHAIN_EARLY_STOPPING"
+ENV_VALIDATION = "TRAINCHAIN_VALIDATION"
 
 METRICS_FILE = "metrics.json"
 MODEL_DIR = "model"
 HELDOUT_FILE = "heldout.npz"
+# metrics.json keys of the validation: ``val_<metric>`` + FOLDS_SUFFIX is the list of
+# per-fold scores; FOLDS_ID_KEY the digest of the fold assignment they were scored on
+FOLDS_SUFFIX = "_folds"
+FOLDS_ID_KEY = "val_folds_id"
+# the plan a script gets when run by hand (no TRAINCHAIN_VALIDATION)
+DEFAULT_VALIDATION: dict[str, Any] = {"folds": 5, "repeats": 1, "seed": 0, "purpose": "search"}
 
 
 class ContractError(RuntimeError):
@@ -122,35 +139,57 @@ def attempt() -> int:
 def early_stopping() -> dict[str, Any] | None:
     """The early-stopping policy (``monitor``, ``mode``, ``patience``, ``min_delta``), or
     None when trainchain passed none (disabled in trainchain.yaml, or run by hand)."""
-    value = os.environ.get(ENV_EARLY_STOPPING, "")
+    return _json_env(ENV_EARLY_STOPPING, "the policy")
+
+
+def _json_env(name: str, what: str) -> dict[str, Any] | None:
+    """The JSON object in environment variable ``name`` (None when unset or blank)."""
+    value = os.environ.get(name, "")
     if not value.strip():
         return None
     try:
         loaded = json.loads(value)
     except ValueError as err:
         raise ContractError(
-            f"{ENV_EARLY_STOPPING} must hold a JSON object (the policy itself, not a file "
-            f"name), got {value[:80]!r}: {err}"
+            f"{name} must hold a JSON object ({what} itself, not a file name), got "
+            f"{value[:80]!r}: {err}"
         ) from None
     if not isinstance(loaded, dict):
-        raise ContractError(
-            f"{ENV_EARLY_STOPPING} must hold a JSON object, got {type(loaded).__name__}"
-        )
+        raise ContractError(f"{name} must hold a JSON object, got {type(loaded).__name__}")
     return loaded
 
 
+def validation() -> dict[str, Any]:
+    """This run's validation plan: ``folds`` (k of stratified k-fold), ``repeats`` (the
+    k-fold repeated on new assignments), ``seed`` (of the assignment) and ``purpose``
+    (``"search"`` for a trial, ``"confirm"`` for the confirmation of a study's best). A
+    script run by hand gets :data:`DEFAULT_VALIDATION`."""
+    return DEFAULT_VALIDATION | (_json_env(ENV_VALIDATION, "the plan") or {})
+
+
+def folds_id(validation_indices: Iterable[Iterable[int]]) -> str:
+    """A short digest of a fold assignment: the indices each fold validates on, in order.
+    Two runs scored on the same folds of the same examples have the same id; trainchain
+    uses it to check that every trial of a study was scored by the same estimator."""
+    folds = [sorted(int(i) for i in fold) for fold in validation_indices]
+    return hashlib.sha256(json.dumps(folds).encode("ascii")).hexdigest()[:16]
+
+
+def _finite_value(raw: Any) -> Any:
+    """A JSON-ready value: numpy scalars and arrays as plain numbers and lists (duck-typed:
+    this module imports nothing outside the standard library), non-finite floats as None."""
+    value = raw.tolist() if type(raw).__module__ == "numpy" and hasattr(raw, "tolist") else raw
+    if isinstance(value, list | tuple):
+        return [_finite_value(v) for v in value]
+    if not isinstance(value, float):
+        return value  # ints, bools, strings as they are
+    return value if math.isfinite(value) else None
+
+
 def _finite(values: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, raw in values.items():
-        # numpy scalars (np.int64, np.float32) as plain numbers
-        value = raw.item() if type(raw).__module__ == "numpy" and hasattr(raw, "item") else raw
-        if not isinstance(value, float):
-            out[key] = value  # ints, bools, strings as they are
-        elif math.isfinite(value):
-            out[key] = value
-        else:
-            out[key] = None
-    return out
+    """JSON-ready values: numpy scalars and arrays as plain numbers and lists, NaN and
+    infinities as null."""
+    return {key: _finite_value(raw) for key, raw in values.items()}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -169,8 +208,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_metrics(metrics: Mapping[str, float]) -> Path:
-    """Write the final metrics, atomically."""
+def write_metrics(metrics: Mapping[str, Any]) -> Path:
+    """Write the final metrics, atomically: numbers, and the validation's per-fold scores
+    (``val_<metric>_folds``, a list) and fold-assignment digest (``val_folds_id``)."""
     path = output_dir() / METRICS_FILE
     atomic_write_bytes(path, json.dumps(_finite(metrics), indent=2).encode("utf-8"))
     return path

@@ -22,6 +22,7 @@ from trainchain.config import LoadedConfig
 from trainchain.executors import AttemptResult, AttemptSpec, Executor, LineSink
 from trainchain.settings import Settings
 from trainchain.tracking import MODEL_ARTIFACT, Tracker
+from trainchain.verdict import Estimate, read_estimate
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class TrialOutcome:
     pruned: bool = False  # stopped by trainchain because on_report said so (not a failure)
     pruned_step: int | None = None  # the step whose report decided it
     pruned_value: float | None = None  # the val metric at that step
+    estimate: Estimate | None = None  # the goal metric with its per-fold scores
 
     @property
     def log_tail(self) -> str:
@@ -214,7 +216,8 @@ def _step_value(raw: bytes, metric: str) -> tuple[int, float] | None:
     return step, float(value)
 
 
-def read_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
+def read_metrics_file(output_dir: Path) -> tuple[dict[str, Any], str | None]:
+    """The script's ``metrics.json`` as written (numbers, per-fold lists, the folds id)."""
     path = output_dir / task.METRICS_FILE
     if not path.exists():
         return {}, f"the script wrote no {task.METRICS_FILE} into TRAINCHAIN_OUTPUT_DIR"
@@ -224,12 +227,21 @@ def read_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
         return {}, f"{task.METRICS_FILE} is not valid JSON: {err}"
     if not isinstance(raw, dict):
         return {}, f"{task.METRICS_FILE} must hold a JSON object of metric names to numbers"
-    metrics = {
+    return raw, None
+
+
+def numbers(raw: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a metrics mapping (what MLflow logs as metrics)."""
+    return {
         str(k): float(v)
         for k, v in raw.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
     }
-    return metrics, None
+
+
+def read_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
+    raw, error = read_metrics_file(output_dir)
+    return numbers(raw), error
 
 
 def run_trial(
@@ -242,19 +254,25 @@ def run_trial(
     on_attempt: Callable[[int, int], None] | None = None,
     extra_tags: Mapping[str, str] | None = None,
     on_report: ReportSink | None = None,
+    validation: Mapping[str, Any] | None = None,
+    label: str | None = None,
 ) -> TrialOutcome:
     """Run trial ``number`` to success or to its attempt cap, and log it as one MLflow run.
 
     With ``on_report``, each new step of the report file is passed to it while the trial
     runs (its goal metric's value); when it returns True the attempt is stopped and the
     trial ends pruned: not retried, ``pruned=True``, tagged ``trainchain.status=pruned``.
+    ``validation`` is the plan passed as TRAINCHAIN_VALIDATION (default: the config's
+    search plan); ``label`` names the run and its folders instead of ``trial-NNNN`` (a
+    confirmation run of trial ``number``).
     """
     model = ctx.loaded.model
-    trial_dir = ctx.settings.runs_dir / ctx.chain_id / f"trial-{number:04d}"
+    name = label or f"trial-{number:04d}"
+    trial_dir = ctx.settings.runs_dir / ctx.chain_id / name
     ckpt_dir = (
         ctx.settings.checkpoints
         / ctx.chain_id
-        / (f"trial-{checkpoint_key if checkpoint_key is not None else number:04d}")
+        / (label or f"trial-{checkpoint_key if checkpoint_key is not None else number:04d}")
     )
     report_file = trial_dir / "report.jsonl"
     trial_dir.mkdir(parents=True, exist_ok=True)
@@ -270,7 +288,7 @@ def run_trial(
         | dict(extra_tags or {})
     )
     run_id = ctx.tracker.start_run(
-        ctx.experiment_id, f"trial-{number}", tags, parent_run_id=ctx.parent_run_id
+        ctx.experiment_id, label or f"trial-{number}", tags, parent_run_id=ctx.parent_run_id
     )
     ctx.tracker.log(run_id, params=params)
 
@@ -283,8 +301,9 @@ def run_trial(
     if on_report is not None:
         watcher = ReportWatcher(report_file, ctx.val_metric, on_report, stop)
         watcher.start()
+    plan = dict(validation) if validation is not None else model.validation.plan()
     try:
-        metrics, error, output_dir = _run_attempts(
+        metrics, estimate, error, output_dir = _run_attempts(
             ctx,
             number,
             params,
@@ -296,6 +315,7 @@ def run_trial(
             on_line=on_line,
             on_attempt=on_attempt,
             stop=stop,
+            validation=plan,
         )
     finally:
         if watcher is not None:
@@ -310,10 +330,12 @@ def run_trial(
     ok = error is None and not pruned
     rows = read_report(report_file)
     status = "pruned" if pruned else ("ok" if ok else "failed")
+    spread = estimate.spread if estimate is not None else None
     ctx.tracker.log(
         run_id,
-        metrics=metrics,
+        metrics=metrics | ({f"{ctx.val_metric}_sd": spread} if spread is not None else {}),
         tags={
+            "trainchain.validation": json.dumps(plan, sort_keys=True),
             "trainchain.attempts": str(sum(1 + a.restarts for a in attempts)),
             "trainchain.status": status,
         }
@@ -344,6 +366,7 @@ def run_trial(
         pruned=pruned,
         pruned_step=pruned_step,
         pruned_value=pruned_value,
+        estimate=estimate if ok else None,
     )
 
 
@@ -360,11 +383,14 @@ def _run_attempts(
     on_line: LineSink | None,
     on_attempt: Callable[[int, int], None] | None,
     stop: threading.Event,
-) -> tuple[dict[str, float], str | None, Path]:
+    validation: dict[str, Any],
+) -> tuple[dict[str, float], Estimate | None, str | None, Path]:
     """The attempts of one trial, until one succeeds, the cap, or ``stop``; appends each
-    result to ``attempts`` and returns the metrics, the error and the last output folder."""
+    result to ``attempts`` and returns the metrics, the estimate of the goal metric, the
+    error and the last output folder."""
     model = ctx.loaded.model
     metrics: dict[str, float] = {}
+    estimate: Estimate | None = None
     error: str | None = None
     output_dir = trial_dir
     for attempt in range(1, max_attempts + 1):
@@ -381,6 +407,7 @@ def _run_attempts(
             timeout=model.train.timeout,
             image=ctx.lineage.image,
             early_stopping=model.early_stopping_policy(),
+            validation=validation,
             labels={
                 "trainchain.model": model.name,
                 "trainchain.run": run_id,
@@ -398,12 +425,15 @@ def _run_attempts(
             error = f"attempt {attempt} {result.describe()}"
             break
         if result.ok:
-            metrics, error = read_metrics(output_dir)
+            raw, error = read_metrics_file(output_dir)
+            metrics = numbers(raw)
             if error is None and ctx.val_metric not in metrics:
                 error = (
                     f"{task.METRICS_FILE} has no {ctx.val_metric!r} (it has: "
                     f"{', '.join(sorted(metrics)) or 'nothing'}); the goal metric must be there"
                 )
+            if error is None:
+                estimate, error = read_estimate(raw, ctx.val_metric)
             if error is None:
                 break
         else:
@@ -418,7 +448,7 @@ def _run_attempts(
                 ckpt_dir,
             )
 
-    return metrics, error, output_dir
+    return metrics, estimate, error, output_dir
 
 
 def heldout_digest(path: Path) -> str:

@@ -1,9 +1,13 @@
-"""Job 4: tune until the goal, within the budget, resumable after any kill.
+"""Job 4: tune until a confirmed goal, within the budget, resumable after any kill.
 
-An Optuna study (seeded TPE) in the study store; each trial is an MLflow child
-run under one parent run for the chain. A tune started again continues the
-same study: finished trials are kept, the count goes on, and a trial that was
-running when the process died is retried with its parameters and checkpoints.
+An Optuna study (multivariate TPE, its random start-up sized to the budget) in the study
+store; each trial is an MLflow child run under one parent run for the chain, scored by
+the study's estimator (the same folds for every trial). When the best trial reaches the
+goal on that validation, it is confirmed on fresh folds (``trainchain.search``); only a
+confirmed goal is "goal reached". A new study starts from the earlier studies of the
+same model (warm start). A tune started again continues the same study: finished trials
+are kept, the count goes on, and a trial that was running when the process died is
+retried with its parameters and checkpoints.
 """
 
 from __future__ import annotations
@@ -16,23 +20,40 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from trainchain.config import Direction
+from trainchain.config import base_metric
 from trainchain.context import Prepared
 from trainchain.errors import TrainchainError
 from trainchain.executors import Executor
 from trainchain.locks import flock_within
 from trainchain.progress import TuneDisplay
 from trainchain.report import ChainReport, TrialSummary
+from trainchain.search import RETRY_ATTR, Search, first_trials, run_search
 from trainchain.space import fit_to_space
-from trainchain.studies import make_pruner, open_study, study_names, suggest
+from trainchain.studies import (
+    EarlierTrial,
+    add_warm_trials,
+    earlier_trials,
+    make_pruner,
+    mark_study,
+    open_study,
+    study_names,
+)
 from trainchain.tracking import CHAMPION, Tracker
-from trainchain.training import PARAMS_TAG, TrialContext, run_trial
+from trainchain.training import PARAMS_TAG, TrialContext, TrialOutcome, run_trial
+from trainchain.verdict import (
+    ACCURACY_LIKE,
+    Confirmation,
+    Estimate,
+    binomial_interval,
+    confirm,
+)
 
 log = logging.getLogger(__name__)
 
 FINISHED_ATTR = "finished"
 PARENT_ATTR = "mlflow_parent_run_id"
 ELAPSED_ATTR = "elapsed_s"
+WARM_NOTE_ATTR = "warm_start_note"
 
 
 class Busy(TrainchainError):
@@ -60,21 +81,17 @@ def _state(trial: Any) -> str:
     return str(trial.state.name)
 
 
-def _budget_used(study: Any) -> int:
-    retried = {t.user_attrs.get("retry_of") for t in study.trials}
-    return sum(
-        1
-        for t in study.trials
-        if _state(t) in {"COMPLETE", "PRUNED", "FAIL"} and t.number not in retried
+def _open(prep: Prepared, name: str) -> Any:
+    model = prep.loaded.model
+    return open_study(
+        prep.settings.study_storage,
+        name,
+        model.goal.direction,
+        model.budget.seed,
+        pruner=make_pruner(model.pruning),
+        max_trials=model.budget.max_trials,
+        startup=model.budget.startup_trials,
     )
-
-
-def _best(study: Any, direction: Direction) -> Any | None:
-    complete = [t for t in study.trials if _state(t) == "COMPLETE" and t.value is not None]
-    if not complete:
-        return None
-    key = (lambda t: t.value) if direction is Direction.MAXIMIZE else (lambda t: -t.value)
-    return max(complete, key=key)
 
 
 def choose_study(prep: Prepared) -> tuple[str, bool]:
@@ -85,33 +102,33 @@ def choose_study(prep: Prepared) -> tuple[str, bool]:
     if not existing:
         return base, False
     newest = max(existing, key=lambda n: int(n.rsplit("-r", 1)[1]) if n != base else 1)
-    model = prep.loaded.model
-    study = open_study(storage, newest, model.goal.direction, 0, pruner=make_pruner(model.pruning))
-    if FINISHED_ATTR not in study.user_attrs:
+    if FINISHED_ATTR not in _open(prep, newest).user_attrs:
         return newest, True
     index = int(newest.rsplit("-r", 1)[1]) + 1 if newest != base else 2
     return f"{base}-r{index}", False
 
 
-def _first_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str]:
+def _champion_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str] | None:
     model = prep.loaded.model
-    version = None
     try:
         version = tracker.alias_version(model.name, CHAMPION)
     except Exception:
         version = None
-    if version is not None:
-        run_id = tracker.version_run_id(model.name, version)
-        if run_id:
-            _, _, tags = tracker.run_data(run_id)
-            champion = fit_to_space(model, json.loads(tags.get(PARAMS_TAG, "{}")))
-            if champion is not None:
-                return champion, f"parameters of champion v{version}"
-    return model.defaults(), "defaults"
+    if version is None:
+        return None
+    run_id = tracker.version_run_id(model.name, version)
+    if not run_id:
+        return None
+    _, _, tags = tracker.run_data(run_id)
+    champion = fit_to_space(model, json.loads(tags.get(PARAMS_TAG, "{}")))
+    if champion is None:
+        return None
+    return champion, f"parameters of champion v{version}"
 
 
 def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> list[int]:
-    """Trials left RUNNING by a killed process: mark them failed and enqueue them again."""
+    """Trials left RUNNING by a killed process: mark them failed and enqueue them again;
+    their MLflow runs (and a confirmation's) are marked interrupted."""
     from optuna.trial import TrialState
 
     retried = []
@@ -121,30 +138,33 @@ def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> l
         key = t.user_attrs.get("checkpoint_key", t.number)
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(
-            dict(t.params), user_attrs={"retry_of": t.number, "checkpoint_key": key}
+            dict(t.params), user_attrs={RETRY_ATTR: t.number, "checkpoint_key": key}
         )
         retried.append(t.number)
-    if retried:
-        runs = tracker.client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
-        )
-        for run in runs:
-            tracker.log(run.info.run_id, tags={"trainchain.status": "interrupted"})
-            tracker.finish(run.info.run_id, ok=False)
+    # the runs of interrupted trials, and of a confirmation that was running (it is run
+    # again: its candidate has no recorded confirmation yet)
+    runs = tracker.client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        tracker.log(run.info.run_id, tags={"trainchain.status": "interrupted"})
+        tracker.finish(run.info.run_id, ok=False)
     return retried
 
 
-def _summaries(study: Any) -> tuple[TrialSummary, ...]:
-    retried = {t.user_attrs.get("retry_of"): t.number for t in study.trials}
+def _summaries(search: Search) -> tuple[TrialSummary, ...]:
+    own = search.own_trials()
+    retried = {t.user_attrs.get(RETRY_ATTR): t.number for t in own}
     out = []
-    for t in study.trials:
+    for t in own:
         state = _state(t)
         if state in {"RUNNING", "WAITING"}:
             continue
         if t.number in retried and retried[t.number] is not None:
             state = "INTERRUPTED"
         duration = t.duration.total_seconds() if t.duration is not None else None
+        estimate = search.estimate_of(t)
         out.append(
             TrialSummary(
                 number=t.number,
@@ -155,6 +175,8 @@ def _summaries(study: Any) -> tuple[TrialSummary, ...]:
                 test_value=t.user_attrs.get("test_value"),
                 run_id=t.user_attrs.get("mlflow_run_id"),
                 duration_s=duration,
+                folds=estimate.folds if estimate is not None and state == "COMPLETE" else (),
+                note=str(t.user_attrs.get("note", "")),
             )
         )
     return tuple(out)
@@ -182,13 +204,8 @@ class _Session:
         """Open (or create) the study and its parent run; recover interrupted trials."""
         prep, model, goal = self.prep, self.model, self.goal
         self.chain_id, resumed = choose_study(prep)
-        self.study = open_study(
-            prep.settings.study_storage,
-            self.chain_id,
-            goal.direction,
-            model.budget.seed,
-            pruner=make_pruner(model.pruning),
-        )
+        self.study = _open(prep, self.chain_id)
+        self.search = Search(self.study, model)
         experiment_id = self.tracker.experiment_id(model.name)
         parent = self.study.user_attrs.get(PARENT_ATTR)
         if parent:
@@ -206,18 +223,15 @@ class _Session:
                     "goal_threshold": goal.threshold,
                     "max_trials": model.budget.max_trials,
                     "seed": model.budget.seed,
+                    "validation": json.dumps(self.search.search_plan(), sort_keys=True),
                 },
             )
             self.study.set_user_attr(PARENT_ATTR, parent)
         self.parent: str = parent
         retried = _recover(self.study, self.tracker, experiment_id, parent)
-        self.display.start(
-            self.chain_id, resumed, _budget_used(self.study), model.budget.max_trials
-        )
+        self.display.start(self.chain_id, resumed, self.search.used(), model.budget.max_trials)
         if not self.study.trials:
-            first, source = _first_params(prep, self.tracker)
-            self.study.enqueue_trial(first, user_attrs={"source": source})
-            self.display.note(f"  the first trial uses the {source}")
+            self._first_trials()
         for number in retried:
             self.display.note(
                 f"  trial {number} was interrupted: it is retried with its "
@@ -237,32 +251,52 @@ class _Session:
             parent_run_id=parent,
         )
 
+    def _first_trials(self) -> None:
+        """A new study: say whose it is, start from the model's earlier studies (warm
+        start), and enqueue the first trials (``trainchain.search.first_trials``)."""
+        model = self.model
+        mark_study(self.study, model, self.prep.lineage.commit)
+        earlier: list[EarlierTrial] = []
+        if model.warm_start.enabled:
+            earlier = earlier_trials(
+                self.prep.settings.study_storage,
+                model,
+                exclude={self.chain_id},
+                limit=model.warm_start.max_trials,
+            )
+        if earlier:
+            added = add_warm_trials(self.study, model, earlier)
+            commits = sorted({e.commit[:12] for e in earlier if e.commit})
+            studies = len({e.study for e in earlier})
+            note = (
+                f"{added} finished trials of {studies} earlier "
+                f"stud{'y' if studies == 1 else 'ies'} of {model.name} (commits "
+                f"{', '.join(commits) or 'unknown'})"
+            )
+            self.study.set_user_attr(WARM_NOTE_ATTR, note)
+            self.display.note(f"  warm start: the sampler starts from {note}")
+        first = first_trials(
+            model, champion=_champion_params(self.prep, self.tracker), earlier=earlier
+        )
+        for params, source in first:
+            self.study.enqueue_trial(params, user_attrs={"source": source})
+        sources = list(dict.fromkeys(source for _, source in first))
+        uses = "s use" if len(first) > 1 else " uses"
+        self.display.note(f"  the first trial{uses} the " + " and ".join(sources))
+
     @property
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
 
     def stop_reason(self) -> str | None:
-        """Why to stop before the next trial, or None to go on."""
-        budget = self.model.budget
-        best = _best(self.study, self.goal.direction)
-        used = _budget_used(self.study)
-        if best is not None and self.goal.reached(best.value):
-            return "goal reached"
-        if self.failures >= budget.max_consecutive_failures:
-            return f"{self.failures} trials in a row failed"
-        if used >= budget.max_trials:
-            return f"budget spent: {used} of {budget.max_trials} trials"
-        if self.elapsed >= budget.timeout:
-            return f"budget spent: {self.elapsed:.0f} s of {budget.timeout:.0f} s"
-        return None
+        return self.search.stop_reason(failures=self.failures, elapsed=self.elapsed)
 
     def run_one(self) -> None:
         from optuna.trial import TrialState
 
         goal, total = self.goal, self.model.budget.max_trials
-        n = _budget_used(self.study) + 1
-        trial = self.study.ask()
-        params = suggest(trial, self.model)
+        n = self.search.used() + 1
+        trial, params = self.search.ask()
         key = trial.user_attrs.get("checkpoint_key", trial.number)
         trial.set_user_attr("checkpoint_key", key)
         self.display.trial_started(n, total, params, number=trial.number)
@@ -274,7 +308,7 @@ class _Session:
         def on_report(step: int, value: float) -> bool:
             # called once per step, in increasing order (Optuna warns on a repeated step)
             trial.report(value, step)
-            return bool(trial.should_prune())
+            return self.search.prunable(step) and bool(trial.should_prune())
 
         outcome = run_trial(
             self.ctx,
@@ -284,6 +318,7 @@ class _Session:
             on_line=self.display.console.print if self.stream_logs else self.display.line,
             on_attempt=on_attempt,
             on_report=on_report,
+            validation=self.search.search_plan(),
         )
         # a watchdog that gave up on the trial has already marked it failed in the study,
         # which then refuses any change to it
@@ -293,20 +328,26 @@ class _Session:
             trial.set_user_attr("mlflow_run_id", outcome.run_id)
             if test_value is not None:
                 trial.set_user_attr("test_value", test_value)
+            if "n_test" in outcome.metrics:
+                trial.set_user_attr("test_n", int(outcome.metrics["n_test"]))
         self.study.set_user_attr(ELAPSED_ATTR, self.elapsed)
         self.last_tail = outcome.log_tail
-        if outcome.ok and running:
-            self.study.tell(trial, outcome.metrics[goal.val_metric])
+        refused = self._refused(outcome)
+        if outcome.ok and running and refused is None and outcome.estimate is not None:
+            self.search.tell_complete(trial, outcome.estimate)
             self.failures = 0
-        elif outcome.pruned:  # not a failure: the median rule stopped it
+        elif outcome.pruned:  # not a failure: the rule stopped it
             if running:
                 self.study.tell(trial, state=TrialState.PRUNED)
         else:
+            error = outcome.error if refused is None else f"refused: {refused}"
             if running:
+                if error:
+                    trial.set_user_attr("note", error[:500])
                 self.study.tell(trial, state=TrialState.FAIL)
             self.failures += 1
-            self.error = outcome.error
-        best = _best(self.study, goal.direction)
+            self.error = error
+        best = self.search.best()
         if outcome.pruned:
             self.display.trial_pruned(
                 n,
@@ -315,33 +356,111 @@ class _Session:
                 value=outcome.pruned_value,
                 best=best.value if best else None,
                 best_trial=best.number if best else None,
+                rule=self.model.pruning.rule if self.model.pruning.enabled else "median",
             )
             return
+        ok = outcome.ok and refused is None
         self.display.trial_finished(
             n,
             total,
-            value=outcome.metrics.get(goal.val_metric) if outcome.ok else None,
+            value=outcome.estimate if ok else None,
             best=best.value if best else None,
             best_trial=best.number if best else None,
-            error=None if outcome.ok else outcome.error,
+            error=None if ok else self.error,
             test=test_value,
         )
 
+    def _refused(self, outcome: TrialOutcome) -> str | None:
+        """Why a finished trial's score is not the study's estimator, or None."""
+        if not outcome.ok or outcome.estimate is None:
+            return None
+        problem = self.search.check_estimate(outcome.estimate)
+        if problem is not None:
+            self.tracker.log(
+                outcome.run_id,
+                tags={"trainchain.status": "refused", "trainchain.error": problem},
+            )
+        return problem
+
+    def confirm(self, candidate: Any) -> None:
+        """Cross-validate the candidate's parameters on fresh folds and record the result."""
+        index = len(self.search.confirmations())
+        plan = self.search.confirm_plan(index)
+        alpha = self.search.confirmation_alpha()
+        estimate = self.search.estimate_of(candidate)
+        shown = estimate.describe() if estimate is not None else f"{candidate.value:.4f}"
+        self.display.note(
+            f"  confirming #{candidate.number} ({self.goal.val_metric} {shown}) on fresh "
+            f"folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
+        )
+        self.display.confirmation_started(candidate.number)
+        outcome = run_trial(
+            self.ctx,
+            candidate.number,
+            dict(candidate.params),
+            on_line=self.display.console.print if self.stream_logs else self.display.line,
+            extra_tags={
+                "trainchain.purpose": "confirm",
+                "trainchain.confirms": str(candidate.number),
+            },
+            validation=plan,
+            label=f"confirm-{index}-trial-{candidate.number:04d}",
+        )
+        if outcome.ok and outcome.estimate is not None:
+            result = confirm(
+                self.goal,
+                candidate.number,
+                outcome.estimate,
+                search_folds_ids=self.search.search_folds_ids(),
+                folds_per_repeat=plan["folds"],
+                alpha=alpha,
+                run_id=outcome.run_id,
+            )
+        else:
+            result = Confirmation(
+                trial=candidate.number,
+                estimate=estimate or Estimate(float(candidate.value)),
+                bound=None,
+                alpha=alpha,
+                confirmed=False,
+                reason=f"not confirmed: the confirmation run failed: {outcome.error}",
+                run_id=outcome.run_id,
+            )
+        self.search.record(result)
+        self.tracker.log(
+            outcome.run_id,
+            tags={"trainchain.confirmed": str(result.confirmed).lower()},
+            metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
+        )
+        self.display.confirmation(result)
+
     def finish(self, stop_reason: str) -> ChainReport:
         model, goal, settings = self.model, self.goal, self.prep.settings
-        best = _best(self.study, goal.direction)
-        reached = best is not None and goal.reached(best.value)
-        failed = self.failures >= model.budget.max_consecutive_failures and not reached
-        status = "succeeded" if reached else ("failed" if failed else "goal_not_reached")
-        if not failed:  # a failed chain stays open: fixing the cause and rerunning resumes it
+        search = self.search
+        best = search.best()
+        failed = self.failures >= model.budget.max_consecutive_failures
+        verdict = search.verdict(failed=failed)
+        status = {
+            "confirmed": "succeeded",
+            "failed": "failed",
+        }.get(verdict, "goal_not_reached")
+        if status != "failed":  # a failed chain stays open: fixing the cause resumes it
             self.study.set_user_attr(FINISHED_ATTR, status)
+        confirmed = search.confirmed()
         self.tracker.log(
             self.parent,
-            metrics={"best_" + goal.val_metric: best.value} if best else {},
-            tags={"trainchain.status": status, "trainchain.stop_reason": stop_reason},
+            metrics=({"best_" + goal.val_metric: best.value} if best else {})
+            | ({"confirmation_bound": confirmed.bound} if confirmed and confirmed.bound else {}),
+            tags={
+                "trainchain.status": status,
+                "trainchain.verdict": verdict,
+                "trainchain.stop_reason": stop_reason,
+            },
         )
-        self.tracker.finish(self.parent, ok=reached)
+        self.tracker.finish(self.parent, ok=status == "succeeded")
         self.display.note(f"tune: {stop_reason}")
+        test_value = best.user_attrs.get("test_value") if best else None
+        test_n = best.user_attrs.get("test_n") if best else None
         report = ChainReport(
             chain_id=self.chain_id,
             model_name=model.name,
@@ -353,10 +472,13 @@ class _Session:
             status=status,  # type: ignore[arg-type]
             max_trials=model.budget.max_trials,
             promotion_margin=model.promotion.margin,
-            trials=_summaries(self.study),
+            promotion_alpha=model.promotion.alpha,
+            trials=_summaries(search),
             best_trial=best.number if best else None,
             best_value=best.value if best else None,
-            best_test_value=best.user_attrs.get("test_value") if best else None,
+            best_test_value=test_value,
+            best_test_n=test_n,
+            best_test_interval=_test_interval(goal.test_metric, test_value, test_n),
             best_params=dict(best.params) if best else {},
             best_run_id=best.user_attrs.get("mlflow_run_id") if best else None,
             tracking_uri=settings.tracking_uri,
@@ -365,13 +487,26 @@ class _Session:
             image=self.prep.lineage.image,
             executor=self.executor.name,
             error=f"{self.failures} trials in a row failed; last: {self.error}" if failed else None,
-            log_tail=self.last_tail if not reached else "",
+            log_tail=self.last_tail if status != "succeeded" else "",
             recipients=model.notify.to,
             jenkins_build_url=settings.jenkins_build_url,
             elapsed_s=self.elapsed,
+            verdict=verdict,
+            confirmations=tuple(search.confirmations()),
+            confirmation_alpha=model.confirmation.alpha,
+            warm_start=str(self.study.user_attrs.get(WARM_NOTE_ATTR, "")),
         )
         save_report(settings.chains_dir, report, self.tracker)
         return report
+
+
+def _test_interval(
+    test_metric: str, value: float | None, n: int | None
+) -> tuple[float, float] | None:
+    """The 95% exact interval of a held-out accuracy of ``n`` examples."""
+    if value is None or not n or base_metric(test_metric) not in ACCURACY_LIKE:
+        return None
+    return binomial_interval(round(value * n), int(n))
 
 
 def tune(
@@ -382,14 +517,19 @@ def tune(
     stream_logs: bool = False,
     wait_lock: float = 0.0,
 ) -> ChainReport:
-    """Tune ``prep``'s model until the goal or the end of the budget; return the chain report."""
+    """Tune ``prep``'s model until a confirmed goal or the end of the budget; return the
+    chain report."""
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs)
     with model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock):
         session.open()
         try:
-            while (reason := session.stop_reason()) is None:
-                session.run_one()
+            reason = run_search(
+                session.search,
+                run_one=session.run_one,
+                confirm_one=session.confirm,
+                stop_reason=session.stop_reason,
+            )
         finally:
             session.display.close()
         return session.finish(reason)

@@ -35,6 +35,8 @@ class AttemptSpec:
     labels: dict[str, str] = field(default_factory=dict)
     # the policy the script applies itself (TRAINCHAIN_EARLY_STOPPING); None: disabled
     early_stopping: dict[str, Any] | None = None
+    # the validation plan (TRAINCHAIN_VALIDATION): the study's folds, or a confirmation's
+    validation: dict[str, Any] | None = None
 
     @classmethod
     def in_trial_dir(
@@ -67,16 +69,19 @@ class AttemptSpec:
             **fields,
         )
 
-    def early_stopping_env(self) -> dict[str, str]:
-        """``TRAINCHAIN_EARLY_STOPPING`` (a JSON string, the same on the host and in a
-        container), or nothing when early stopping is disabled."""
-        if self.early_stopping is None:
-            return {}
-        return {task.ENV_EARLY_STOPPING: json.dumps(self.early_stopping, sort_keys=True)}
+    def json_env(self) -> dict[str, str]:
+        """``TRAINCHAIN_EARLY_STOPPING`` and ``TRAINCHAIN_VALIDATION`` (JSON strings, the same
+        on the host and in a container), each only when there is one."""
+        env = {}
+        if self.early_stopping is not None:
+            env[task.ENV_EARLY_STOPPING] = json.dumps(self.early_stopping, sort_keys=True)
+        if self.validation is not None:
+            env[task.ENV_VALIDATION] = json.dumps(self.validation, sort_keys=True)
+        return env
 
     def contract_env(self) -> dict[str, str]:
         """The environment of the training contract, with host paths."""
-        return self.early_stopping_env() | {
+        return self.json_env() | {
             task.ENV_PARAMS: str(self.params_file),
             task.ENV_DATA_DIR: str(self.data_dir),
             task.ENV_DATA_OPTIONS: str(self.data_options_file),

@@ -46,7 +46,8 @@ class LocalExecutor:
         stop: threading.Event | None = None,
     ) -> AttemptResult:
         env = dict(os.environ)
-        env.pop(task.ENV_EARLY_STOPPING, None)  # only this attempt's policy, or none
+        for inherited in (task.ENV_EARLY_STOPPING, task.ENV_VALIDATION):
+            env.pop(inherited, None)  # only this attempt's policy and plan, or none
         env.update(spec.contract_env())
         env.setdefault("MNE_LOGGING_LEVEL", "ERROR")
         env["PYTHONUNBUFFERED"] = "1"

@@ -98,10 +98,25 @@ class ImageData:
     color_mode: str
     test_image_size: tuple[int, int]
     sources: dict[str, str] = field(default_factory=dict)
+    val_index: Any = None  # the training folder's images that form the validation part
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def validation_metrics(self, val_accuracy: float) -> dict[str, Any]:
+        """The contract's keys for this one validation split: ``val_accuracy``, its one
+        "fold" with its size (trainchain bounds it with the exact binomial interval) and
+        the digest of the split (the same in every trial of a study; a confirmation run
+        gets a fresh split from its plan's seed)."""
+        from trainchain import task
+
+        return {
+            "val_accuracy": float(val_accuracy),
+            f"val_accuracy{task.FOLDS_SUFFIX}": [float(val_accuracy)],
+            "val_fold_sizes": [len(self.y_val)],
+            task.FOLDS_ID_KEY: task.folds_id([[] if self.val_index is None else self.val_index]),
+        }
 
     def describe(self) -> str:
         return (
@@ -242,6 +257,7 @@ def load_images(
         color_mode=color_mode,
         test_image_size=test_size,
         sources={"train": str(train_dir), "test": str(test_dir)},
+        val_index=val_idx,
     )
 
 

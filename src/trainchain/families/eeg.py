@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,16 @@ __all__ = [
     "LOAD_OPTIONS",
     "PIPELINE_PARAMS",
     "BandPass",
+    "CrossValidation",
     "EEGDataError",
+    "FeatureCache",
     "build_pipeline",
+    "cross_validate",
+    "fit_final",
+    "fold_assignment",
     "load_epochs",
     "parse_band",
+    "train_epochs",
 ]
 
 # The 22 EEG channels of BCI Competition IV 2a, in the dataset's order.
@@ -274,7 +281,8 @@ def load_epochs(
     if unknown:
         raise EEGDataError(
             f"unknown data option(s) {sorted(unknown)}: expected some of {list(LOAD_OPTIONS)} "
-            "(plus test_size, split_seed, cv_folds, which the training script reads)",
+            "(plus test_size and split_seed, which the training script reads; the folds are "
+            "validation.folds of trainchain.yaml)",
             hint="fix data.options in trainchain.yaml",
         )
     patterns = _str_list("files", files)
@@ -487,12 +495,25 @@ def _classifier(p: Mapping[str, Any], C: float, gamma: Any) -> Any:
     return SVC(C=C, kernel=p["kernel"], gamma=gamma)
 
 
+def _check_epochs(epochs: Any) -> int:
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise EEGDataError(f"hyperparameter 'epochs': expected an integer >= 1, got {epochs!r}")
+    return epochs
+
+
+def _sgd_epoch(clf: Any, features: Any, y: Any, epoch: int, classes: Any) -> None:
+    """One pass of ``partial_fit`` over the features, in an order fixed by the epoch number
+    (the same when an attempt resumes)."""
+    order = np.random.default_rng([0, epoch]).permutation(len(y))
+    clf.partial_fit(features[order], y[order], classes=classes)
+
+
 def train_epochs(
     pipe: Pipeline,
     x_fit: Any,
     y_fit: Any,
-    x_val: Any,
-    y_val: Any,
+    x_val: Any = None,
+    y_val: Any = None,
     *,
     epochs: int,
     checkpoint: Path,
@@ -501,20 +522,21 @@ def train_epochs(
 ) -> tuple[Pipeline, float]:
     """Train the pipeline's last step over epochs with ``partial_fit``.
 
-    The feature steps (band-pass, CSP, scaling) are fitted once; each epoch then
-    passes over the shuffled training features, scores the validation part, writes
-    the classifier and the epoch number to ``checkpoint`` atomically, and reports.
-    Started with a checkpoint present, it resumes after the epoch it holds, so no
-    finished epoch runs twice. Returns the fitted pipeline and the last val accuracy.
+    The feature steps (band-pass, CSP, scaling) are fitted once; each epoch then passes
+    over the shuffled training features, scores the validation part when one is given,
+    writes the classifier and the epoch number to ``checkpoint`` atomically, and reports
+    (``val_accuracy`` with a validation part, else ``fit_epoch``). Started with a
+    checkpoint present, it resumes after the epoch it holds, so no finished epoch runs
+    twice. Returns the fitted pipeline and the last val accuracy (NaN without one).
     """
     import pickle
 
     from trainchain.task import atomic_write_bytes
 
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise EEGDataError(f"hyperparameter 'epochs': expected an integer >= 1, got {epochs!r}")
+    epochs = _check_epochs(epochs)
     features = pipe[:-1].fit(x_fit, y_fit)
-    f_fit, f_val = features.transform(x_fit), features.transform(x_val)
+    f_fit = features.transform(x_fit)
+    f_val = None if x_val is None else features.transform(x_val)
     clf = pipe.steps[-1][1]
     classes = np.unique(y_fit)
     start, val = 0, float("nan")
@@ -523,15 +545,239 @@ def train_epochs(
             state = pickle.load(f)  # noqa: S301 - our own checkpoint, written below
         clf, start, val = state["clf"], state["epoch"] + 1, state["val_accuracy"]
         pipe.steps[-1] = (pipe.steps[-1][0], clf)
-        log(f"resuming after epoch {state['epoch']} (val_accuracy {val:.3f})")
+        log(f"resuming after epoch {state['epoch']}")
     for epoch in range(start, epochs):
-        order = np.random.default_rng([0, epoch]).permutation(len(y_fit))  # same on resume
-        clf.partial_fit(f_fit[order], y_fit[order], classes=classes)
-        val = float(np.mean(clf.predict(f_val) == y_val))
+        _sgd_epoch(clf, f_fit, y_fit, epoch, classes)
+        if f_val is not None:
+            val = float(np.mean(clf.predict(f_val) == y_val))
         atomic_write_bytes(
             checkpoint, pickle.dumps({"epoch": epoch, "clf": clf, "val_accuracy": val})
         )
         if report is not None:
-            report(step=epoch, val_accuracy=val)
-        log(f"epoch {epoch + 1}/{epochs}: val_accuracy {val:.3f}")
+            if f_val is not None:
+                report(step=epoch, val_accuracy=val)
+            else:
+                report(step=epoch, fit_epoch=epoch)
+        shown = f": val_accuracy {val:.3f}" if f_val is not None else ""
+        log(f"epoch {epoch + 1}/{epochs}{shown}")
     return pipe, val
+
+
+# --------------------------------------------------------------------------- validation
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    """The scores of one cross-validation: each fold's accuracy, repeat after repeat, and
+    the digest of the fold assignment (the same digest means the same folds)."""
+
+    scores: tuple[float, ...]
+    folds_id: str
+    folds: int
+    repeats: int
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    def metrics(self, metric: str = "accuracy") -> dict[str, Any]:
+        """The contract's keys for ``metrics.json``: ``val_<metric>`` (the mean),
+        ``val_<metric>_folds`` and ``val_folds_id``."""
+        from trainchain import task
+
+        return {
+            f"val_{metric}": self.mean,
+            f"val_{metric}{task.FOLDS_SUFFIX}": list(self.scores),
+            task.FOLDS_ID_KEY: self.folds_id,
+        }
+
+
+def fold_assignment(
+    y: Any, *, folds: int, repeats: int = 1, seed: int = 0
+) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]:
+    """``(fit, validate)`` index pairs of stratified ``folds``-fold cross-validation,
+    repeated ``repeats`` times on new assignments; the same for the same labels and seed."""
+    from sklearn.model_selection import RepeatedStratifiedKFold
+
+    for name, value, low in (("folds", folds, 2), ("repeats", repeats, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise EEGDataError(f"validation {name}: expected an integer >= {low}, got {value!r}")
+    labels = np.asarray(y)
+    smallest = int(min(np.unique(labels, return_counts=True)[1])) if labels.size else 0
+    if folds > smallest:
+        raise EEGDataError(
+            f"validation folds: {folds} folds need at least {folds} epochs of every class; the "
+            f"smallest class has {smallest}",
+            hint="lower validation.folds in trainchain.yaml, or add recordings",
+        )
+    cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
+    return list(cv.split(np.zeros(len(labels)), labels))
+
+
+class FeatureCache:
+    """Band-passed epochs per band and CSP features per (band, CSP settings, fit indices),
+    for one array of epochs: repeated evaluations of the same data (a benchmark's many
+    trials) then cost milliseconds per fold instead of filtering and fitting again.
+
+    It changes no number: the band-pass filters each epoch on its own and CSP transforms
+    each epoch on its own, so filtering (or transforming) all epochs once and taking rows
+    gives what filtering the rows gives (``tests/test_eeg_family.py`` checks it). With
+    ``store`` the features are also kept on disk, named by a digest of the epochs and the
+    key, so a second run of a benchmark computes none of them again.
+    """
+
+    def __init__(self, X: Any, store: Path | None = None) -> None:
+        self.X = X
+        self.store = store  # a folder that keeps the features between runs (by content)
+        self._digest: str | None = None
+        self._filtered: dict[tuple[Any, ...], FloatArray] = {}
+        self._fitted: dict[tuple[Any, ...], Any] = {}
+        self._features: dict[tuple[Any, ...], FloatArray] = {}
+
+    def _stored(self, key: tuple[Any, ...]) -> Path | None:
+        """Where the features of ``key`` are kept, named by the epochs' and key's digest."""
+        import hashlib
+
+        if self.store is None:
+            return None
+        if self._digest is None:
+            data = np.ascontiguousarray(self.X)
+            self._digest = hashlib.sha256(data.tobytes() + repr(data.shape).encode()).hexdigest()
+        name = hashlib.sha256((self._digest + repr(key)).encode()).hexdigest()[:32]
+        return self.store / name[:2] / f"{name}.npy"
+
+    def features(self, pipe: Pipeline, fit_idx: Any, y_fit: Any) -> FloatArray:
+        """CSP features of every epoch, CSP fitted on the epochs ``fit_idx``.
+
+        A log-power CSP's decomposition does not depend on its number of components (it
+        keeps the first ``n_components`` filters when it transforms), so one fit per band,
+        settings and fold serves every number of components."""
+        import copy
+
+        bandpass, csp = pipe.named_steps["bandpass"], pipe.named_steps["csp"]
+        band = (bandpass.l_freq, bandpass.h_freq, bandpass.sfreq)
+        settings = csp.get_params()
+        shared = settings.pop("n_components") if settings.get("log") else None
+        fold = np.asarray(fit_idx).tobytes()
+        fit_key = (*band, repr(sorted(settings.items())), fold)
+        key = (*fit_key, csp.n_components)
+        if key in self._features:
+            return self._features[key]
+        stored = self._stored(key)
+        if stored is not None and stored.exists():
+            self._features[key] = np.load(stored)
+            return self._features[key]
+        if band not in self._filtered:
+            self._filtered[band] = bandpass.fit_transform(self.X)
+        filtered = self._filtered[band]
+        fitted = self._fitted.get(fit_key) if shared is not None else None
+        if fitted is None:
+            fitted = csp.fit(filtered[fit_idx], y_fit)
+            if shared is not None:
+                self._fitted[fit_key] = fitted
+        transformer = copy.copy(fitted)
+        transformer.n_components = csp.n_components
+        self._features[key] = transformer.transform(filtered)
+        if stored is not None:
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            np.save(stored, self._features[key])
+        return self._features[key]
+
+
+def _fold_score(
+    params: Mapping[str, Any],
+    X: Any,
+    y: Any,
+    fit_idx: Any,
+    val_idx: Any,
+    *,
+    sfreq: float,
+    cache: FeatureCache | None,
+) -> float:
+    """Accuracy on ``val_idx`` of the pipeline fitted on ``fit_idx``: band-pass and CSP
+    fitted on the fit part, then scaling and the classifier (svc at once, sgd over its
+    ``epochs``) on their features."""
+    pipe = build_pipeline(params, sfreq)
+    if cache is None:
+        features = pipe[:2].fit(X[fit_idx], y[fit_idx])
+        f_fit, f_val = features.transform(X[fit_idx]), features.transform(X[val_idx])
+    else:
+        if cache.X is not X:
+            raise ValueError("a FeatureCache serves the one array of epochs it was made for")
+        all_features = cache.features(pipe, fit_idx, y[fit_idx])
+        f_fit, f_val = all_features[fit_idx], all_features[val_idx]
+    head = pipe[2:]
+    if {**DEFAULT_PARAMS, **params}["classifier"] == "sgd":
+        epochs = _check_epochs({**DEFAULT_PARAMS, **params}["epochs"])
+        scaled = head[0].fit_transform(f_fit)
+        classes = np.unique(y[fit_idx])
+        for epoch in range(epochs):
+            _sgd_epoch(head[-1], scaled, y[fit_idx], epoch, classes)
+    else:
+        head.fit(f_fit, y[fit_idx])
+    return float(np.mean(head.predict(f_val) == y[val_idx]))
+
+
+def cross_validate(
+    params: Mapping[str, Any],
+    X: Any,
+    y: Any,
+    *,
+    sfreq: float,
+    folds: int = 5,
+    repeats: int = 1,
+    seed: int = 0,
+    report: Any = None,
+    checkpoint: Path | None = None,
+    cache: FeatureCache | None = None,
+) -> CrossValidation:
+    """Accuracy of each fold of stratified ``folds``-fold cross-validation of ``X``,
+    repeated ``repeats`` times (``fold_assignment``), for every classifier alike.
+
+    ``report(step=i, val_accuracy=score)`` is called after fold ``i`` (the step is the
+    fold's index, the same fold in every trial with the same plan: what a fold pruner
+    compares). With ``checkpoint`` (a JSON file) the scores so far are kept after each
+    fold, and a run started again on the same folds resumes after the last finished one.
+    ``cache`` (a :class:`FeatureCache` of ``X``) only makes repeated calls faster.
+    """
+    import json
+
+    from trainchain.task import atomic_write_bytes, folds_id
+
+    plan = fold_assignment(y, folds=folds, repeats=repeats, seed=seed)
+    digest = folds_id(val for _, val in plan)
+    scores: list[float] = []
+    if checkpoint is not None and checkpoint.exists():
+        state = json.loads(checkpoint.read_text(encoding="utf-8"))
+        if state.get("folds_id") == digest:
+            scores = [float(v) for v in state["scores"]]
+    for index, (fit_idx, val_idx) in enumerate(plan):
+        if index < len(scores):
+            continue  # finished by an earlier attempt
+        scores.append(_fold_score(params, X, y, fit_idx, val_idx, sfreq=sfreq, cache=cache))
+        if checkpoint is not None:
+            state = {"folds_id": digest, "scores": scores}
+            atomic_write_bytes(checkpoint, json.dumps(state).encode("utf-8"))
+        if report is not None:
+            report(step=index, val_accuracy=scores[-1])
+    return CrossValidation(tuple(scores), digest, folds, repeats)
+
+
+def fit_final(
+    params: Mapping[str, Any],
+    X: Any,
+    y: Any,
+    *,
+    sfreq: float,
+    checkpoint: Path,
+    log: Any = print,
+) -> Pipeline:
+    """The pipeline fitted on all of ``X`` (the development part): svc at once; sgd over
+    its ``epochs``, with a checkpoint after each one (a restarted attempt resumes)."""
+    pipe = build_pipeline(params, sfreq)
+    if {**DEFAULT_PARAMS, **params}["classifier"] != "sgd":
+        return pipe.fit(X, y)
+    fitted, _ = train_epochs(
+        pipe, X, y, epochs={**DEFAULT_PARAMS, **params}["epochs"], checkpoint=checkpoint, log=log
+    )
+    return fitted

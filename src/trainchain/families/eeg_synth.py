@@ -18,7 +18,10 @@ volume conduction (a smooth kernel of the electrode distances):
 ``difficulty`` sets the strengths: on ``easy`` the textbook CSP + SVM (8-30 Hz) does
 well; on ``medium`` the ERD lives in the mu band only and the high-beta bursts swamp
 8-30 Hz, so the textbook band is mediocre and a well-chosen band is good; on ``hard``
-the ERD is weak and unreliable. The data are deterministic for a given seed.
+the ERD is weak and unreliable; on ``impossible`` there is no ERD at all: nothing in the
+recording tells left from right, so no model can beat chance (what a tuner's false
+successes are measured on). A subject holds 144 trials per class by default, the size of
+one BCI IV 2a session. The data are deterministic for a given seed.
 """
 
 from __future__ import annotations
@@ -33,11 +36,12 @@ import numpy.typing as npt
 
 from trainchain.families.eeg import CHANNELS_BCI_IV_2A, EEGDataError
 
-__all__ = ["DIFFICULTIES", "SFREQ", "write_synthetic_dataset"]
+__all__ = ["DIFFICULTIES", "SFREQ", "TRIALS_PER_CLASS", "write_synthetic_dataset"]
 
 SFREQ = 250.0
 MONTAGE = "colin27_1020"  # the standard 10-20 positions (mne's former "standard_1020")
-DIFFICULTIES = ("easy", "medium", "hard")
+DIFFICULTIES = ("easy", "medium", "hard", "impossible")
+TRIALS_PER_CLASS = 144  # one BCI IV 2a session: 288 cues
 _MAX_SUBJECTS = 50
 _UV = 1e-6
 # Trial timing in seconds, as in BCI IV 2a but with a shorter fixation and break.
@@ -92,6 +96,17 @@ _LEVELS: Mapping[str, _Level] = {
         beta_erd=0.0,
         erd_sd=0.15,
         lapse=0.3,
+        burst_amp=2.5,
+        burst_sd=0.8,
+        alpha_amp=2.5,
+    ),
+    "impossible": _Level(
+        mu_amp=3.0,
+        mu_erd=0.0,
+        beta_amp=0.8,
+        beta_erd=0.0,
+        erd_sd=0.0,
+        lapse=0.0,
         burst_amp=2.5,
         burst_sd=0.8,
         alpha_amp=2.5,
@@ -289,7 +304,7 @@ def write_synthetic_dataset(
     subjects: int = 1,
     difficulty: str = "medium",
     seed: int = 0,
-    trials_per_class: int = 60,
+    trials_per_class: int = TRIALS_PER_CLASS,
 ) -> list[Path]:
     """Write ``subjects`` recordings ``<out>/S01_raw.fif``, ... and return their paths.
 

@@ -130,16 +130,14 @@ def _iso(ts: float) -> str:
 
 def _signature_input(model: Any) -> tuple[tuple[int, int], str] | None:
     """(channels, samples) and dtype from a tensor signature shaped (-1, C, S)."""
-    try:
-        schema = model.metadata.get_input_schema()
-    except Exception:
+    from trainchain.registry import signature_tensor
+
+    signed = signature_tensor(model)
+    if signed is None:
         return None
-    if schema is None or not schema.is_tensor_spec() or len(schema.inputs) != 1:
-        return None
-    spec = schema.inputs[0]
-    dims = tuple(spec.shape)
+    dims, dtype = signed
     if len(dims) == 3 and dims[1] > 0 and dims[2] > 0:
-        return (int(dims[1]), int(dims[2])), str(np.dtype(spec.type))
+        return (dims[1], dims[2]), dtype
     return None
 
 
