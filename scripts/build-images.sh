@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Build the training images of images/<family>/, and the prediction service's image
-# (images/serve/, trainchain/serve), without reaching any container registry or package
-# index from inside a build:
+# Build the training images (trainchain/train-FAMILY) and the prediction service's image
+# (trainchain/serve) from the one images/Dockerfile, each with --build-arg FAMILY=FAMILY
+# and its lock images/FAMILY/requirements.txt (the service: --target serve), without
+# reaching any container registry or package index from inside a build:
 #   - base image: $BASE_IMAGE if set; else python:3.11-slim-bookworm when present or
 #     pullable; else a local Debian bookworm + Python 3.11 base made with mmdebstrap,
 #     cached compressed so that the next time it only has to be loaded;
@@ -9,8 +10,9 @@
 #     x86_64/aarch64), cached per family by the hash of its requirements.txt, plus a
 #     wheel of trainchain built from this repository (cached by the hash of src/);
 #   - docker build --network none, and only when the inputs changed: each image is
-#     labelled trainchain.inputs=<sha256 of Dockerfile, requirements, trainchain's
-#     sources and the base image's id>, and an image whose label matches is kept.
+#     labelled trainchain.inputs=<sha256 of the Dockerfile, the family's requirements,
+#     the build arguments and target, trainchain's sources and the base image's id>, and
+#     an image whose label matches is kept.
 # Idempotent; a second run with nothing changed takes seconds.
 #
 # Usage: scripts/build-images.sh [--context-only] [FAMILY ...]
@@ -232,14 +234,15 @@ wheelhouse() {
 }
 
 # --- a family's build context -------------------------------------------------------
-# CACHE/context/FAMILY: Dockerfile, requirements.txt, wheelhouse/, trainchain-wheel/
-# (hard links into the cache where the file system allows, copies otherwise).
+# CACHE/context/FAMILY: Dockerfile (images/Dockerfile), requirements.txt (the family's
+# lock), wheelhouse/, trainchain-wheel/ (hard links into the cache where the file system
+# allows, copies otherwise).
 make_context() {
   local family=$1
   context_dir=$CACHE/context/$family
   rm -rf "$context_dir"
   mkdir -p "$context_dir/wheelhouse" "$context_dir/trainchain-wheel"
-  cp "images/$family/Dockerfile" "images/$family/requirements.txt" "$context_dir/"
+  cp images/Dockerfile "images/$family/requirements.txt" "$context_dir/"
   cp -l "$wheelhouse_dir"/*.whl "$context_dir/wheelhouse/" 2>/dev/null \
     || cp "$wheelhouse_dir"/*.whl "$context_dir/wheelhouse/"
   cp "$tc_wheel_dir"/trainchain-*.whl "$context_dir/trainchain-wheel/"
@@ -268,18 +271,24 @@ smoke_test() {
 }
 
 build_family() {
-  local family=$1 image=trainchain/train-$1:$VERSION t inputs current log
-  [ "$family" != serve ] || image=trainchain/serve:$VERSION
+  local family=$1 image=trainchain/train-$1:$VERSION target=train t inputs current log
+  if [ "$family" = serve ]; then
+    image=trainchain/serve:$VERSION
+    target=serve
+  fi
+  # The build's arguments besides the base: its family and the Dockerfile's target.
+  local build_args=(--build-arg "FAMILY=$family" --target "$target")
   wheelhouse "$family"
   if $context_only; then
     t=$(now)
     make_context "$family"
-    report "context $family" "$context_dir; build it with: docker build -t $image $context_dir" "$t"
+    report "context $family" "$context_dir; build it with: docker build ${build_args[*]} -t $image $context_dir" "$t"
     return
   fi
   t=$(now)
   inputs=$( {
-    sha256sum "images/$family/Dockerfile" "images/$family/requirements.txt"
+    sha256sum images/Dockerfile "images/$family/requirements.txt"
+    echo "build arguments ${build_args[*]}"
     echo "trainchain sources $src_hash"
     echo "base $base $base_id"
   } | sha256sum | cut -d' ' -f1)
@@ -292,7 +301,7 @@ build_family() {
   mkdir -p "$CACHE/logs"
   log=$CACHE/logs/build-$family.log
   echo "==> image $family: building $image on $base (log: $log)"
-  if ! docker build --network none --build-arg "BASE_IMAGE=$base" \
+  if ! docker build --network none --build-arg "BASE_IMAGE=$base" "${build_args[@]}" \
       --label "trainchain.inputs=$inputs" -t "$image" "$context_dir" > "$log" 2>&1; then
     tail -n 40 "$log" >&2
     die "docker build of $image failed (whole log: $log)"

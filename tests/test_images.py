@@ -1,10 +1,11 @@
 """The training images' sources, checked without a Docker engine.
 
-Each family folder of images/ holds a Dockerfile and a complete, exactly pinned lock
-(requirements.txt). These tests read them: the base is an ARG with a pinned official
-default, packages come only from the wheelhouse, the image runs as a non-root user from
-a virtual environment at /opt/venv, nothing secret is declared, and the pins agree with
-the repository's requirements.txt. Building and running the images is the Docker tier's.
+One Dockerfile (images/Dockerfile) builds every image, with ``--build-arg FAMILY``; each
+family folder of images/ holds a complete, exactly pinned lock (requirements.txt). These
+tests read them: the base is an ARG with a pinned official default, packages come only
+from the wheelhouse, the image runs as a non-root user from a virtual environment at
+/opt/venv, nothing secret is declared, and the pins agree with the repository's
+requirements.txt. Building and running the images is the Docker tier's.
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ from trainchain.detect import DEFAULT_RULES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES = REPO_ROOT / "images"
-# The training images; images/serve (the prediction service) has tests/test_serve_image.py.
+DOCKERFILE = IMAGES / "Dockerfile"
+# The training images (target train); images/serve (the prediction service, target serve)
+# has tests/test_serve_image.py.
 FAMILIES = sorted(
-    p.name for p in IMAGES.iterdir() if (p / "Dockerfile").is_file() and p.name != "serve"
+    p.name for p in IMAGES.iterdir() if (p / "requirements.txt").is_file() and p.name != "serve"
 )
 DEFAULT_BASE = "python:3.11-slim-bookworm"
 SECRET_WORDS = ("PASSWORD", "PASSWD", "TOKEN", "SECRET", "CREDENTIAL", "API_KEY", "PRIVATE_KEY")
@@ -53,6 +56,29 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
     return out
 
 
+def final_stage(steps: list[tuple[str, str]], name: str) -> list[tuple[str, str]]:
+    """The instructions that make the image of target ``name``: its stage and the stages it
+    starts from, from its ``FROM ${BASE_IMAGE}`` on (the earlier build stages, such as the
+    wheelhouse's, are not in the image; the global ARGs are left out)."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for keyword, args in steps:
+        if keyword == "FROM":
+            words = args.split()
+            current = [(keyword, args)]
+            stages[words[2] if len(words) == 3 and words[1].upper() == "AS" else ""] = current
+        elif current:
+            current.append((keyword, args))
+    assert name in stages, f"no stage {name} in {DOCKERFILE}"
+    chain: list[tuple[str, str]] = []
+    for _ in range(len(stages)):  # each stage starts from an earlier one or the base
+        if name not in stages:
+            break
+        chain = stages[name] + chain
+        name = stages[name][0][1].split()[0]
+    return chain
+
+
 def pins(requirements: Path, *, includes: tuple[str, ...] = ()) -> dict[str, str]:
     """{canonical name: version} of a requirements file; every line must be an exact pin,
     or one of ``includes`` (such as ``-r requirements.txt``)."""
@@ -74,13 +100,30 @@ def test_every_family_detection_names_has_an_image_folder() -> None:
     for rule in DEFAULT_RULES:
         match = re.fullmatch(r"trainchain/train-([a-z0-9]+):(.+)", rule.image)
         assert match, f"detection names an image outside trainchain/train-*: {rule.image}"
-        assert match.group(1) in FAMILIES, f"no images/{match.group(1)}/Dockerfile for {rule.image}"
+        assert match.group(1) in FAMILIES, (
+            f"no images/{match.group(1)}/requirements.txt for {rule.image}"
+        )
         assert match.group(2) == trainchain.__version__
+
+
+def test_one_dockerfile_builds_every_family() -> None:
+    """No family folder has a Dockerfile of its own; the one Dockerfile takes FAMILY as a
+    build argument (and says so when it is missing), and its default target is train."""
+    assert not sorted(IMAGES.glob("*/Dockerfile"))
+    steps = instructions(DOCKERFILE)
+    assert ("ARG", "FAMILY") in steps
+    runs = " ".join(args for keyword, args in steps if keyword == "RUN")
+    assert 'test -n "$FAMILY" ||' in runs and "--build-arg FAMILY=" in runs
+    froms = [args for keyword, args in steps if keyword == "FROM"]
+    assert froms[-1].split()[-1] == "train", "the default (last) target is a training image"
+    assert "python3.11" not in DOCKERFILE.read_text(encoding="utf-8"), (
+        "the Python version's site-packages path is derived, not written"
+    )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_base_image_is_an_arg_with_a_pinned_official_default(family: str) -> None:
-    steps = instructions(IMAGES / family / "Dockerfile")
+    steps = instructions(DOCKERFILE)
     assert steps[0] == ("ARG", f"BASE_IMAGE={DEFAULT_BASE}"), "the first instruction sets the base"
     stages: list[str] = []
     for keyword, args in steps:
@@ -93,13 +136,13 @@ def test_base_image_is_an_arg_with_a_pinned_official_default(family: str) -> Non
         )
         if len(words) == 3 and words[1].upper() == "AS":
             stages.append(words[2])
-    final_from = [args for keyword, args in steps if keyword == "FROM"][-1]
+    final_from = final_stage(steps, "train")[0][1].split()[0]
     assert final_from == "${BASE_IMAGE}", "the final stage is the plain base"
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_installs_only_from_the_wheelhouse_into_opt_venv(family: str) -> None:
-    steps = instructions(IMAGES / family / "Dockerfile")
+    steps = instructions(DOCKERFILE)
     runs = [args for keyword, args in steps if keyword == "RUN"]
     installs = [
         part for run in runs for part in run.split("&&") if re.search(r"pip\s+install", part)
@@ -125,9 +168,8 @@ def test_installs_only_from_the_wheelhouse_into_opt_venv(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_wheelhouse_stays_out_of_the_final_image(family: str) -> None:
-    steps = instructions(IMAGES / family / "Dockerfile")
-    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    final = steps[last_from:]
+    steps = instructions(DOCKERFILE)
+    final = final_stage(steps, "train")
     for keyword, args in final:
         if keyword in ("COPY", "ADD"):
             assert args.startswith("--from="), f"the final stage copies from the context: {args}"
@@ -136,7 +178,7 @@ def test_wheelhouse_stays_out_of_the_final_image(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_runs_as_the_non_root_user_with_labels_and_environment(family: str) -> None:
-    steps = instructions(IMAGES / family / "Dockerfile")
+    steps = final_stage(instructions(DOCKERFILE), "train")
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users, "no USER: the image would run as root"
     assert users[-1] not in ("root", "0", "0:0"), f"runs as {users[-1]}"
@@ -145,7 +187,9 @@ def test_runs_as_the_non_root_user_with_labels_and_environment(family: str) -> N
     assert "useradd --uid 1000" in runs
     assert ("WORKDIR", "/work") in steps
     labels = " ".join(args for keyword, args in steps if keyword == "LABEL")
-    assert f'trainchain.family="{family}"' in labels
+    # the family comes from the build argument build-images.sh passes
+    assert 'trainchain.family="${FAMILY}"' in labels
+    assert ("ARG", "FAMILY") in steps
     assert f'org.opencontainers.image.version="{trainchain.__version__}"' in labels
     assert "org.opencontainers.image.title=" in labels
     env = " ".join(args for keyword, args in steps if keyword == "ENV")
@@ -155,7 +199,7 @@ def test_runs_as_the_non_root_user_with_labels_and_environment(family: str) -> N
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_secret_in_any_instruction(family: str) -> None:
-    for keyword, args in instructions(IMAGES / family / "Dockerfile"):
+    for keyword, args in instructions(DOCKERFILE):
         if keyword in ("ENV", "ARG", "COPY", "ADD", "LABEL"):
             upper = args.upper()
             for word in SECRET_WORDS:
@@ -200,6 +244,10 @@ def test_build_script_names_the_images_detection_uses() -> None:
     assert f"VERSION={trainchain.__version__}" in text
     assert "image=trainchain/train-$1:$VERSION" in text
     assert "--network none" in text
+    # one Dockerfile, the family as a build argument that the idempotence label includes
+    assert "cp images/Dockerfile" in text
+    assert '--build-arg "FAMILY=$family"' in text
+    assert 'echo "build arguments ${build_args[*]}"' in text
     assert f"OFFICIAL_BASE={DEFAULT_BASE}" in text
 
 

@@ -1,4 +1,5 @@
-"""The prediction service's image (images/serve) and its compose service.
+"""The prediction service's image (target serve of images/Dockerfile, with the lock
+images/serve/requirements.txt) and its compose service.
 
 The first tests read the Dockerfile, its lock and docker-compose.yml, without an engine:
 a pinned base by ARG, packages only from the wheelhouse, a non-root user, the health
@@ -34,22 +35,23 @@ import yaml
 
 import trainchain
 from tests.conftest import REPO_ROOT, run_cli, unavailable
-from tests.test_images import DEFAULT_BASE, canonical, instructions, pins
+from tests.test_images import DEFAULT_BASE, DOCKERFILE, canonical, final_stage, instructions, pins
 
 SERVE = REPO_ROOT / "images" / "serve"
-DOCKERFILE = SERVE / "Dockerfile"
 IMAGE = f"trainchain/serve:{trainchain.__version__}"
 PORT = 5005
 
 
 @pytest.fixture(scope="module")
 def steps() -> list[tuple[str, str]]:
+    """The whole Dockerfile's instructions."""
     return instructions(DOCKERFILE)
 
 
-def final_stage(steps: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
-    return steps[last_from:]
+@pytest.fixture(scope="module")
+def image(steps: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The instructions that make the service's image: target serve and what it starts from."""
+    return final_stage(steps, "serve")
 
 
 def test_base_is_an_arg_with_the_pinned_official_default(steps: list[tuple[str, str]]) -> None:
@@ -62,7 +64,7 @@ def test_base_is_an_arg_with_the_pinned_official_default(steps: list[tuple[str, 
             assert words[0] == "${BASE_IMAGE}" or words[0] in stages, f"FROM {args}"
             if len(words) == 3 and words[1].upper() == "AS":
                 stages.append(words[2])
-    assert final_stage(steps)[0] == ("FROM", "${BASE_IMAGE}")
+    assert final_stage(steps, "serve")[0] == ("FROM", "${BASE_IMAGE} AS runtime")
 
 
 def test_installs_only_from_the_wheelhouse(steps: list[tuple[str, str]]) -> None:
@@ -79,27 +81,30 @@ def test_installs_only_from_the_wheelhouse(steps: list[tuple[str, str]]) -> None
     joined = " ".join(runs)
     for fetcher in ("curl ", "wget ", "pip download", "--index-url", "--extra-index-url"):
         assert fetcher not in joined, f"the build fetches from the network: {fetcher.strip()}"
-    for keyword, args in final_stage(steps):
+    for keyword, args in final_stage(steps, "serve"):
         if keyword in ("COPY", "ADD"):
             assert args.startswith("--from=") and "wheelhouse" not in args, args
 
 
-def test_runs_the_service_as_the_non_root_user(steps: list[tuple[str, str]]) -> None:
+def test_runs_the_service_as_the_non_root_user(image: list[tuple[str, str]]) -> None:
     """USER trainchain (uid 1000), the venv first on PATH, and the image's labels."""
+    steps = image
     assert [args for keyword, args in steps if keyword == "USER"][-1] == "trainchain"
     assert "useradd --uid 1000" in " ".join(args for keyword, args in steps if keyword == "RUN")
     env = " ".join(args for keyword, args in steps if keyword == "ENV")
     for setting in ("PATH=/opt/venv/bin:$PATH", "PYTHONUNBUFFERED=1", "MNE_LOGGING_LEVEL=ERROR"):
         assert setting in env
     labels = " ".join(args for keyword, args in steps if keyword == "LABEL")
-    assert 'trainchain.family="serve"' in labels
+    # the family is the build argument, which build-images.sh sets to serve for this target
+    assert 'trainchain.family="${FAMILY}"' in labels
     assert f'org.opencontainers.image.version="{trainchain.__version__}"' in labels
     assert "org.opencontainers.image.title=" in labels
 
 
-def test_command_serves_the_named_model_on_port_5005(steps: list[tuple[str, str]]) -> None:
+def test_command_serves_the_named_model_on_port_5005(image: list[tuple[str, str]]) -> None:
     """CMD runs `trainchain serve` for $TRAINCHAIN_SERVE_MODEL on 0.0.0.0:5005 (exec: it gets
     the stop signal), and the port is exposed."""
+    steps = image
     assert ("EXPOSE", str(PORT)) in steps
     assert not [args for keyword, args in steps if keyword == "ENTRYPOINT"]
     command = json.loads([args for keyword, args in steps if keyword == "CMD"][-1])
@@ -110,8 +115,9 @@ def test_command_serves_the_named_model_on_port_5005(steps: list[tuple[str, str]
     assert f"--host 0.0.0.0 --port {PORT}" in script
 
 
-def test_health_check_asks_health_with_a_timeout(steps: list[tuple[str, str]]) -> None:
+def test_health_check_asks_health_with_a_timeout(image: list[tuple[str, str]]) -> None:
     """HEALTHCHECK calls /health on the service's port with the image's own Python (no curl)."""
+    steps = image
     checks = [args for keyword, args in steps if keyword == "HEALTHCHECK"]
     assert len(checks) == 1
     check = checks[0]
@@ -142,6 +148,7 @@ def test_build_script_builds_the_serve_image() -> None:
     text = (REPO_ROOT / "scripts" / "build-images.sh").read_text(encoding="utf-8")
     assert "eeg | sklearn | tensorflow | serve)" in text
     assert "image=trainchain/serve:$VERSION" in text
+    assert "target=serve" in text and '--build-arg "FAMILY=$family"' in text
     done = subprocess.run(
         ["bash", "-n", str(REPO_ROOT / "scripts" / "build-images.sh")],
         capture_output=True,
