@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainchain.config import CONFIG_FILE
-from trainchain.context import Prepared, prepare
+from trainchain.context import prepare
 from trainchain.executors import get_executor
 from trainchain.gitrepo import pull
 from trainchain.mailer import Delivery, deliver
@@ -30,7 +30,6 @@ EXIT_FAILED = 6
 class ChainOutcome:
     report: ChainReport
     delivery: Delivery | None
-    prepared: Prepared
 
     @property
     def exit_code(self) -> int:
@@ -126,4 +125,4 @@ def run_chain(
     )
     report = conclude(report, settings)
     delivery = send_report(report, settings)
-    return ChainOutcome(report, delivery, prep)
+    return ChainOutcome(report, delivery)

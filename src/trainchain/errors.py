@@ -71,9 +71,3 @@ class NotifyError(TrainchainError):
     """An email could not be sent or written."""
 
     exit_code = 8
-
-
-class GoalNotReached(TrainchainError):
-    """The tuning budget ran out below the goal (exit 3, as DESIGN.md and the issue specify)."""
-
-    exit_code = 3

@@ -39,14 +39,6 @@ def docker_client(timeout: float = 10) -> Any:
     return connect(timeout=timeout)
 
 
-def engine_answers(timeout: float = 3) -> bool:
-    try:
-        docker_client(timeout)
-    except TrainchainError:
-        return False
-    return True
-
-
 def list_images(rules: tuple[Rule, ...]) -> list[ImageInfo]:
     import docker
 

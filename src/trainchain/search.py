@@ -75,9 +75,6 @@ class Search:
         """This study's trials, without those added from earlier studies (warm start)."""
         return [t for t in self.study.trials if not t.user_attrs.get(WARM_ATTR)]
 
-    def warm_trials(self) -> list[Any]:
-        return [t for t in self.study.trials if t.user_attrs.get(WARM_ATTR)]
-
     def used(self) -> int:
         """Trials of the budget used: finished, pruned or failed, a retried one once."""
         own = self.own_trials()

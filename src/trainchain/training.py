@@ -239,11 +239,6 @@ def numbers(raw: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
-def read_metrics(output_dir: Path) -> tuple[dict[str, float], str | None]:
-    raw, error = read_metrics_file(output_dir)
-    return numbers(raw), error
-
-
 def run_trial(
     ctx: TrialContext,
     number: int,

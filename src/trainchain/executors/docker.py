@@ -943,7 +943,7 @@ def _sigterm_as_exit() -> Iterator[None]:
         yield
         return
 
-    def _exit(signum: int, frame: FrameType | None) -> None:
+    def _exit(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)

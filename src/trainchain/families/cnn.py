@@ -100,10 +100,6 @@ class ImageData:
     sources: dict[str, str] = field(default_factory=dict)
     val_index: Any = None  # the training folder's images that form the validation part
 
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
     def validation_metrics(self, val_accuracy: float) -> dict[str, Any]:
         """The contract's keys for this one validation split: ``val_accuracy``, its one
         "fold" with its size (trainchain bounds it with the exact binomial interval) and

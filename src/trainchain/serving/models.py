@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 
 EEG_DEFAULT_SHAPE = (22, 750)  # BCI Competition IV 2a: 22 channels, 3 s at 250 Hz
 FAMILY_TAG = "trainchain.family"
-SERVED_FAMILIES = (Family.EEG, Family.CNN)
 
 
 def served_family(tag: str | None, has_image_preprocessing: bool) -> Family:
@@ -232,7 +231,6 @@ class AliasStatus:
 
     wanted: str | None = None
     error: str | None = None
-    checked_at: float | None = None
 
 
 Swap = Callable[[str, "LoadedModel | None", "LoadedModel | None"], None]
@@ -253,7 +251,6 @@ class ModelHolder:
         self._loader = loader
         self._stop = threading.Event()
         self._checked = threading.Condition()
-        self._checks = 0
         self._thread: threading.Thread | None = None
         self._tracker: Tracker | None = None
         self._reported: dict[str, str] = {}  # alias -> the error last logged
@@ -316,7 +313,6 @@ class ModelHolder:
                 return
             self._refresh(alias)
         with self._checked:
-            self._checks += 1
             self._checked.notify_all()
 
     def _registry(self) -> Tracker:
@@ -341,7 +337,6 @@ class ModelHolder:
         except Exception as err:
             self._fail(alias, f"cannot read the registry {self.config.tracking_uri}: {err}")
             return
-        status.checked_at = time.time()
         status.wanted = wanted
         if wanted is None:
             if alias == CHALLENGER:
