@@ -62,3 +62,15 @@ def test_hooks_serve_reads_5k_as_5120_bytes() -> None:
     from trainchain.cli import build_parser
 
     assert build_parser().parse_args(["hooks", "serve", "--max-body", "5K"]).max_body == 5120
+
+
+def test_hooks_serve_refuses_an_unreadable_size_in_argparse_words(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A bad `hooks serve --max-body` is a usage error naming the flag once."""
+    from trainchain.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["hooks", "serve", "--max-body", "lots"])
+    assert exit_info.value.code == 2
+    assert "argument --max-body: 'lots' is not a size" in capsys.readouterr().err

@@ -185,7 +185,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     _print_summary(report)
     _out(f"chain:     {report.chain_id}")
-    _hand_on(args, {"CHAIN": report.chain_id, "STATUS": report.status})
+    _hand_on(args, {"CHAIN": report.chain_id, "STATUS": report.status.value})
     if args.promote:
         from trainchain.chain import conclude
 

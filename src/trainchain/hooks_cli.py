@@ -229,7 +229,7 @@ def _size(text: str) -> int:
     from trainchain.sizes import parse_size
 
     try:
-        return parse_size(text)
+        return parse_size(text, option="")  # argparse names --max-body
     except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 

@@ -16,21 +16,20 @@ _HUMAN = (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10))
 
 
 def parse_size(text: str, option: str = "--max-body", at_least: int = 0) -> int:
-    """``"16MiB"``, ``"512K"``, ``"1048576"``: a number of bytes, at least ``at_least``
-    (``option`` names the flag in the error)."""
+    """``"16MiB"``, ``"512K"``, ``"1048576"``: a number of bytes, at least ``at_least``.
+    ``option`` names the flag in an error ("" where argparse names it already)."""
     match = _SIZE.match(text)
+    what = f"{option} {text!r}" if option else repr(text)
     if match is None:
         raise ConfigError(
-            f"{option} {text!r} is not a size: expected a number of bytes with an optional "
+            f"{what} is not a size: expected a number of bytes with an optional "
             "unit K, M or G (powers of 1024; KB, KiB, MB, MiB, GB, GiB alike), "
             "for example 16MiB or 512K"
         )
     unit = (match.group(2) or match.group(3) or "").upper()
     size = int(float(match.group(1)) * _FACTORS[unit])
     if size < at_least:
-        raise ConfigError(
-            f"{option} {text!r} is {human_size(size)}: expected at least {human_size(at_least)}"
-        )
+        raise ConfigError(f"{what} is {human_size(size)}: expected at least {human_size(at_least)}")
     return size
 
 

@@ -443,14 +443,14 @@ class _Session:
             "failed": RunState.FAILED,
         }.get(verdict, RunState.GOAL_NOT_REACHED)
         if status is not RunState.FAILED:  # a failed chain stays open: fixing the cause resumes it
-            self.study.set_user_attr(FINISHED_ATTR, status)
+            self.study.set_user_attr(FINISHED_ATTR, status.value)
         confirmed = search.confirmed()
         self.tracker.log(
             self.parent,
             metrics=({"best_" + goal.val_metric: best.value} if best else {})
             | ({"confirmation_bound": confirmed.bound} if confirmed and confirmed.bound else {}),
             tags={
-                keys.STATUS: status,
+                keys.STATUS: status.value,
                 keys.VERDICT: verdict,
                 keys.STOP_REASON: stop_reason,
             },
