@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from trainchain.errors import PullError
-from trainchain.gitrepo import PullResult, SourceInfo, describe, pull, redact, workspace_name
+from trainchain.gitrepo import PullResult, SourceInfo, describe, pull, workspace_name
+from trainchain.redaction import redact
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git program")
 

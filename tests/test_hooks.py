@@ -21,13 +21,14 @@ from typing import Any
 import pytest
 
 from tests.conftest import ToyRepo, git, run_cli
-from trainchain.hooks import HookPaths, RunState, RunStatus, load_status, repo_key, try_lock
+from trainchain.hooks import HookPaths, RunStatus, load_status, repo_key, try_lock
 from trainchain.settings import Settings
+from trainchain.status import RunState
 from trainchain.webhook import (
     Deliveries,
     RunQueues,
-    ServeConfig,
     WebhookApp,
+    WebhookConfig,
     create_server,
     read_push,
     sign,
@@ -232,7 +233,7 @@ class Server:
 @contextmanager
 def serving(settings: Settings, **options: Any) -> Iterator[Server]:
     """A webhook server on a free loopback port, stopped (its runs waited for) at the end."""
-    config = ServeConfig(secret=SECRET, port=0, executor="local", **options)
+    config = WebhookConfig(secret=SECRET, port=0, executor="local", **options)
     paths = HookPaths.under(settings.home)
     queues = RunQueues(
         paths,

@@ -266,3 +266,31 @@ def test_host_tensorflow_lock_matches_the_tensorflow_image() -> None:
     # together with requirements.txt, the host has every package the image has
     missing = set(image_pins) - set(host_pins) - set(repo_pins) - {"setuptools", "wheel"}
     assert not missing, f"requirements-tensorflow.txt lacks {sorted(missing)}"
+
+
+@pytest.mark.parametrize(
+    ("image", "parts", "build_name"),
+    [
+        ("trainchain/train-eeg:0.1.0", ("trainchain/train-eeg", "0.1.0", None, "eeg"), "eeg"),
+        ("train-cnn", ("train-cnn", None, None, "cnn"), "cnn"),
+        (
+            "localhost:5000/trainchain/train-sklearn:1@sha256:ab12",
+            ("localhost:5000/trainchain/train-sklearn", "1", "sha256:ab12", "sklearn"),
+            "sklearn",
+        ),
+        ("localhost:5000/train-eeg", ("localhost:5000/train-eeg", None, None, "eeg"), "eeg"),
+        ("python:3.11-slim", ("python", "3.11-slim", None, None), "python"),
+        ("ghcr.io/org/tools:latest", ("ghcr.io/org/tools", "latest", None, None), "tools"),
+    ],
+)
+def test_image_names_parse_one_way(
+    image: str, parts: tuple[str, str | None, str | None, str | None], build_name: str
+) -> None:
+    """One parser (repository, tag, digest, family): a registry's port is not a tag, and
+    train-NAME is the family NAME, for the build hint and for `trainchain images`."""
+    from trainchain.images import ImageInfo, image_family, parse_image
+
+    ref = parse_image(image)
+    assert (ref.repository, ref.tag, ref.digest, ref.family) == parts
+    assert image_family(image) == (parts[3] or "<family>")
+    assert ImageInfo("x", image, present=False).build_name == build_name

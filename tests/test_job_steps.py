@@ -13,8 +13,9 @@ import pytest
 
 from tests.conftest import ToyRepo, git, run_cli
 from trainchain import properties
+from trainchain.errors import Busy
 from trainchain.hooks import repo_key
-from trainchain.tune import Busy, model_lock
+from trainchain.tune import model_lock
 
 
 def test_properties_round_trip_escapes_what_java_would_misread(tmp_path: Path) -> None:

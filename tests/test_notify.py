@@ -12,8 +12,9 @@ from email.message import EmailMessage
 import pytest
 
 from tests.sample_reports import confirmed, failed, not_reached, report, search_only
-from trainchain.notify import render, scrub, subject
+from trainchain.notify import render, subject
 from trainchain.plots import metric_plot
+from trainchain.redaction import redact
 from trainchain.report import ChainReport, TrialSummary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -348,7 +349,7 @@ def test_the_log_tail_is_bounded() -> None:
 )
 def test_scrub_replaces_url_passwords(text: str, expected: str) -> None:
     """scheme://user:password@ loses its password; other text is left alone."""
-    assert scrub(text) == expected
+    assert redact(text) == expected
 
 
 def test_no_url_password_reaches_any_part_of_the_email() -> None:
@@ -366,6 +367,21 @@ def test_no_url_password_reaches_any_part_of_the_email() -> None:
         assert secret.encode() not in raw
         assert secret not in text
     assert "postgresql://ml:***@db/mlflow" in text
+
+
+def test_no_url_token_reaches_the_email() -> None:
+    """A token as an https URL's user part or in a query string never reaches the email."""
+    r = failed(
+        repository="https://ghp_abc123@github.com/x/y.git",
+        error="fetch https://git.example.org/x.git?access_token=glpat-err456 failed",
+        log_tail="GET https://ci.example.org/job/x?token=trig789\nKilled",
+    )
+    raw = mail(r, FAKE_PNG).as_bytes()
+    text = plain(mail(r)) + html(mail(r))
+    for secret in ("ghp_abc123", "glpat-err456", "trig789"):
+        assert secret.encode() not in raw
+        assert secret not in text
+    assert "https://***@github.com/x/y.git" in text
 
 
 # --- the plot ---------------------------------------------------------------------------

@@ -12,12 +12,12 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import git, git_init, run_cli
+from trainchain import keys
 from trainchain.chain import run_chain
 from trainchain.errors import RegistryError
 from trainchain.registry import download_heldout
 from trainchain.settings import Settings
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
-from trainchain.training import HELDOUT_TAG
 
 pytestmark = pytest.mark.slow
 
@@ -180,7 +180,7 @@ def test_trials_of_a_chain_store_their_shared_heldout_split_once(
     for trial in report.trials:
         assert trial.run_id
         tags = client.get_run(trial.run_id).data.tags
-        assert tags[HELDOUT_TAG] == f"{report.parent_run_id}:{stored[0]}/heldout.npz"
+        assert tags[keys.HELDOUT] == f"{report.parent_run_id}:{stored[0]}/heldout.npz"
         assert "heldout.npz" not in {f.path for f in client.list_artifacts(trial.run_id)}
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
     path = download_heldout(tracker, report.trials[0].run_id or "", tmp_path / "dl")

@@ -33,10 +33,11 @@ from tests.conftest import run_cli
 from trainchain.cli import main as cli_main
 from trainchain.families.cnn import Preprocessing, read_preprocessing
 from trainchain.serving.app import create_app, pick_alias, service_of
-from trainchain.serving.config import ServeConfig, human_size, parse_size
+from trainchain.serving.config import ServeConfig
 from trainchain.serving.inputs import RequestError, decode_image
 from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, served_family
 from trainchain.settings import Settings, load_settings
+from trainchain.sizes import human_size, parse_size
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
 
 pytestmark = pytest.mark.slow
@@ -609,9 +610,9 @@ def test_transport_errors_are_json_too(serve: Callable[..., Flask]) -> None:
 def test_serve_config_and_command_line_errors(
     registry: EEGRegistry, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sizes parse with units; a missing model, canary with shadow, a share outside 0..1 and
+    """Sizes parse with binary units; a missing model, canary with shadow, a share outside 0..1 and
     an unreadable size are refused with a message and exit status 2."""
-    assert parse_size("16MiB") == 16 * 1024 * 1024 and parse_size("500kB") == 500_000
+    assert parse_size("16MiB") == 16 * 1024 * 1024 and parse_size("500kB") == 512_000
     assert human_size(16 * 1024 * 1024) == "16 MiB"
     monkeypatch.delenv("TRAINCHAIN_SERVE_MODEL", raising=False)
     home = str(registry.settings.home)

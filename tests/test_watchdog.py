@@ -16,9 +16,9 @@ from trainchain.executors.docker import (
     container_env,
     container_labels,
     container_mounts,
-    image_family,
     info_from_attrs,
 )
+from trainchain.images import image_family
 from trainchain.watchdog import (
     ActionKind,
     ContainerState,

@@ -16,14 +16,11 @@ from trainchain.progress import TuneDisplay
 from trainchain.registry import promote
 from trainchain.report import ChainReport
 from trainchain.settings import Settings
+from trainchain.status import ExitCode, RunState
 from trainchain.tracking import Tracker
 from trainchain.tune import save_report, tune
 
 log = logging.getLogger(__name__)
-
-EXIT_OK = 0
-EXIT_GOAL_NOT_REACHED = 3
-EXIT_FAILED = 6
 
 
 @dataclass(frozen=True)
@@ -32,10 +29,8 @@ class ChainOutcome:
     delivery: Delivery | None
 
     @property
-    def exit_code(self) -> int:
-        return {"succeeded": EXIT_OK, "goal_not_reached": EXIT_GOAL_NOT_REACHED}.get(
-            self.report.status, EXIT_FAILED
-        )
+    def exit_code(self) -> ExitCode:
+        return self.report.status.exit_code
 
 
 def send_report(report: ChainReport, settings: Settings) -> Delivery:
@@ -62,9 +57,9 @@ def send_report(report: ChainReport, settings: Settings) -> Delivery:
 def conclude(report: ChainReport, settings: Settings) -> ChainReport:
     """After tuning: promote a chain that reached its goal, else say why not; save the report."""
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
-    if report.status == "succeeded":
+    if report.status is RunState.SUCCEEDED:
         report = promote(report, tracker)
-    elif report.status == "goal_not_reached":
+    elif report.status is RunState.GOAL_NOT_REACHED:
         report = promote(report, tracker)  # says why not, registers nothing
     save_report(settings.chains_dir, report, tracker)
     return report

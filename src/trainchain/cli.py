@@ -16,9 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from trainchain import __version__
+from trainchain import __version__, keys
 from trainchain.errors import TrainchainError
 from trainchain.settings import Settings, for_command
+from trainchain.status import ExitCode
 
 log = logging.getLogger("trainchain")
 
@@ -184,13 +185,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     _print_summary(report)
     _out(f"chain:     {report.chain_id}")
-    _hand_on(args, {"CHAIN": report.chain_id, "STATUS": report.status})
+    _hand_on(args, {"CHAIN": report.chain_id, "STATUS": report.status.value})
     if args.promote:
         from trainchain.chain import conclude
 
         report = conclude(report, settings)
         _print_registry(report, settings)
-    return {"succeeded": 0, "goal_not_reached": 3}.get(report.status, 6)
+    return report.status.exit_code
 
 
 # ---- promote / rollback / models ------------------------------------------
@@ -265,8 +266,8 @@ def cmd_models(args: argparse.Namespace) -> int:
             ", ".join(v.aliases),
             "-" if val is None else f"{val:.4f}",
             "-" if test is None else f"{test:.4f}",
-            v.tags.get("trainchain.commit", "")[:12],
-            v.tags.get("trainchain.chain", ""),
+            v.tags.get(keys.COMMIT, "")[:12],
+            v.tags.get(keys.CHAIN, ""),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(v.created / 1000)),
         )
     console = Console(highlight=False)
@@ -441,8 +442,8 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
         from trainchain.giveup import record_give_up
 
         _out(
-            f"gave up: {labels.get('trainchain.model')} trial {labels.get('trainchain.trial')} "
-            f"(run {labels.get('trainchain.run')}): {reason}"
+            f"gave up: {labels.get(keys.MODEL)} trial {labels.get(keys.TRIAL)} "
+            f"(run {labels.get(keys.RUN)}): {reason}"
         )
         record_give_up(settings, labels, reason)
 
@@ -522,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:  # noqa: PLR0915 - declarations o
                 default=0.0,
                 metavar="SECONDS",
                 help="when another process is tuning the same model, wait this long for it "
-                "(default: 0, exit 9 at once)",
+                f"(default: 0, exit {ExitCode.BUSY:d} at once)",
             )
 
     sp = add("pull", cmd_pull, "job 1: clone or fetch a model repository at one commit")
@@ -664,4 +665,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED

@@ -22,6 +22,7 @@ from trainchain.digest import data_digest
 from trainchain.errors import ConfigError
 from trainchain.executors import resolve_executor
 from trainchain.gitrepo import describe
+from trainchain.redaction import redact
 from trainchain.settings import Settings
 from trainchain.training import Lineage
 
@@ -121,7 +122,7 @@ def prepare(
             hint=_data_hint(loaded, data_dir, detection.family),
         )
     source = describe(loaded.root)
-    repo = repository or source.repository
+    repo = redact(repository or source.repository)  # lineage tags and reports hold it
     sha = commit or source.commit
     code_key = (
         sha

@@ -3,16 +3,18 @@
 Every error trainchain raises on purpose is a :class:`TrainchainError`. Its
 message says what was received and what was expected; ``hint`` says what to
 do. The CLI prints ``error: <message>`` and, on the next line, the hint, and
-exits with ``exit_code``.
+exits with ``exit_code``, one of :class:`~trainchain.status.ExitCode`.
 """
 
 from __future__ import annotations
+
+from trainchain.status import ExitCode
 
 
 class TrainchainError(Exception):
     """Root of all trainchain errors."""
 
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.ERROR
 
     def __init__(self, message: str, hint: str | None = None) -> None:
         super().__init__(message)
@@ -28,25 +30,25 @@ class TrainchainError(Exception):
 class ConfigError(TrainchainError):
     """trainchain.yaml or the environment is wrong."""
 
-    exit_code = 2
+    exit_code = ExitCode.CONFIG
 
 
 class DetectionError(TrainchainError):
     """The model family could not be decided from the code."""
 
-    exit_code = 4
+    exit_code = ExitCode.DETECTION
 
 
 class PullError(TrainchainError):
     """A repository could not be cloned or fetched, or the ref is unknown."""
 
-    exit_code = 5
+    exit_code = ExitCode.PULL
 
 
 class TrainingError(TrainchainError):
     """A training attempt failed."""
 
-    exit_code = 6
+    exit_code = ExitCode.TRAINING
 
     def __init__(self, message: str, hint: str | None = None, log_tail: str = "") -> None:
         super().__init__(message, hint)
@@ -64,10 +66,16 @@ class TrainingError(TrainchainError):
 class RegistryError(TrainchainError):
     """The model registry refused an operation (unknown model, no previous champion, ...)."""
 
-    exit_code = 7
+    exit_code = ExitCode.REGISTRY
 
 
 class NotifyError(TrainchainError):
     """An email could not be sent or written."""
 
-    exit_code = 8
+    exit_code = ExitCode.NOTIFY
+
+
+class Busy(TrainchainError):
+    """Another process holds the lock of a model or a repository (exit 9)."""
+
+    exit_code = ExitCode.BUSY

@@ -2,7 +2,7 @@
 
 Runs the ``git`` program (no GitPython). Every call has a timeout, git never prompts
 for credentials (``GIT_TERMINAL_PROMPT=0``), and every message and log line has the
-password of a ``user:password@`` URL redacted.
+secrets of its URLs redacted (:func:`trainchain.redaction.redact`).
 """
 
 from __future__ import annotations
@@ -19,18 +19,14 @@ import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote
 
 from trainchain.errors import PullError
 from trainchain.locks import flock_within
+from trainchain.redaction import HIDDEN, redact, url_secrets, without_credentials
 
 log = logging.getLogger(__name__)
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
-# scheme://user[:password]@ ; the password runs to the last @ before the host
-_USERINFO = re.compile(
-    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/@\s:]*)(?P<pw>:[^/\s]*)?@"
-)
 _SHA = re.compile(r"^[0-9a-fA-F]{4,40}$")
 # Set by git hooks and wrappers; inherited, they would point our git calls at another repository.
 _REPO_ENV = frozenset(
@@ -80,17 +76,6 @@ class SourceInfo:
     dirty: bool  # uncommitted changes in the folder (True when unknown)
 
 
-def redact(text: str) -> str:
-    """``https://user:***@host``; a bare ``https://token@host`` becomes ``https://***@host``."""
-
-    def hide(m: re.Match[str]) -> str:
-        if m["pw"] is not None:
-            return f"{m['scheme']}{m['user']}:***@"
-        return f"{m['scheme']}***@" if m["scheme"].lower().startswith("http") else m[0]
-
-    return _USERINFO.sub(hide, text)
-
-
 def normalise(repo: str) -> str:
     """A URL (``scheme://``, or ``host:path`` as git reads it) as given; a local path absolute."""
     head = repo.split(":", 1)[0]
@@ -101,7 +86,7 @@ def normalise(repo: str) -> str:
 
 def workspace_name(repository: str) -> str:
     """``<readable slug>-<short hash>``; the same repository with other credentials, same name."""
-    bare = _USERINFO.sub(lambda m: m["scheme"], repository).rstrip("/")
+    bare = without_credentials(repository).rstrip("/")
     stem = re.split(r"[/:\\]", bare)[-1].removesuffix(".git")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-")[:40] or "repo"
     return f"{slug}-{hashlib.sha256(bare.encode()).hexdigest()[:12]}"
@@ -114,16 +99,12 @@ class _Git:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.shown = redact(repository)
-        self.secrets: list[str] = []
-        m = _USERINFO.match(repository)
-        if m:
-            secret = m["pw"][1:] if m["pw"] is not None else m["user"]
-            self.secrets = [s for s in {secret, unquote(secret)} if len(s) >= 3]
+        self.secrets = url_secrets(repository)
 
     def clean(self, text: str) -> str:
         text = redact(text)
         for secret in self.secrets:
-            text = text.replace(secret, "***")
+            text = text.replace(secret, HIDDEN)
         return text
 
     def run(self, *args: str, cwd: Path | None = None, fail: str = "") -> str:

@@ -7,8 +7,10 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from trainchain import keys
 from trainchain.report import ChainReport
 from trainchain.settings import Settings
+from trainchain.status import RunState
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +50,23 @@ def record_give_up(settings: Settings, labels: Mapping[str, str], reason: str) -
     from trainchain.chain import send_report
     from trainchain.tracking import Tracker
 
-    model = labels.get("trainchain.model", "unknown")
-    chain = labels.get("trainchain.chain", "")
-    run_id = labels.get("trainchain.run")
-    trial = int(labels.get("trainchain.trial", "-1"))
-    tail = _log_tail(labels.get("trainchain.attempt_dir"))
+    model = labels.get(keys.MODEL, "unknown")
+    chain = labels.get(keys.CHAIN, "")
+    run_id = labels.get(keys.RUN)
+    trial = int(labels.get(keys.TRIAL, "-1"))
+    tail = _log_tail(labels.get(keys.ATTEMPT_DIR))
     error = f"trial {trial} of {model} gave up after its restarts: {reason}"
 
     if run_id:
         tracker = Tracker(settings.tracking_uri, settings.artifacts)
-        tracker.log(run_id, tags={"trainchain.status": "failed", "trainchain.error": error})
+        tracker.log(run_id, tags={keys.STATUS: "failed", keys.ERROR: error})
         tracker.finish(run_id, ok=False)
     if chain and trial >= 0 and fail_trial_in_study(settings.study_storage, chain, trial):
         log.info("marked trial %d of study %s failed", trial, chain)
 
     saved = settings.chains_dir / f"{chain}.json"
     if saved.exists():
-        report = ChainReport.load(saved).with_(status="failed", error=error, log_tail=tail)
+        report = ChainReport.load(saved).with_(status=RunState.FAILED, error=error, log_tail=tail)
     else:
         report = ChainReport(
             chain_id=chain or model,
@@ -74,7 +76,7 @@ def record_give_up(settings: Settings, labels: Mapping[str, str], reason: str) -
             goal_metric="",
             threshold=0.0,
             direction="maximize",
-            status="failed",
+            status=RunState.FAILED,
             max_trials=0,
             error=error,
             log_tail=tail,

@@ -16,7 +16,6 @@ and pushes queue, never interleave.
 
 from __future__ import annotations
 
-import enum
 import fcntl
 import json
 import logging
@@ -34,9 +33,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from trainchain.errors import ConfigError, TrainchainError
+from trainchain.errors import Busy, ConfigError
 from trainchain.gitrepo import normalise, workspace_name
 from trainchain.locks import flock_within
+from trainchain.status import RunState
 from trainchain.task import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -63,32 +63,12 @@ _BRANCH = re.compile(r"^[^\s~^:?*\[\\]+$")
 _KEEP_GIT_ENV = frozenset({"GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS", "GIT_SSL_CAINFO"})
 
 
-class RepositoryBusy(TrainchainError):
+class RepositoryBusy(Busy):
     """Another process held a repository's lock for longer than we could wait."""
-
-    exit_code = 9
 
 
 class QueueFull(RepositoryBusy):
     """A repository already has as many runs waiting as its queue holds."""
-
-
-class RunState(enum.StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    GOAL_NOT_REACHED = "goal_not_reached"
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # never started: the server stopped first
-
-    @property
-    def final(self) -> bool:
-        return self not in (RunState.QUEUED, RunState.RUNNING)
-
-    @classmethod
-    def of_exit(cls, code: int) -> RunState:
-        """`trainchain run`'s exit status: 0 the goal reached, 3 not reached, else failed."""
-        return {0: cls.SUCCEEDED, 3: cls.GOAL_NOT_REACHED}.get(code, cls.FAILED)
 
 
 @dataclass(frozen=True)

@@ -59,8 +59,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from trainchain.webhook import (
         Deliveries,
         RunQueues,
-        ServeConfig,
         WebhookApp,
+        WebhookConfig,
         create_server,
     )
 
@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "`openssl rand -hex 32`), then start the server again",
         )
     settings = _settings(args)
-    config = ServeConfig(
+    config = WebhookConfig(
         secret=secret.encode("utf-8"),
         host=args.host,
         port=args.port,
@@ -226,11 +226,11 @@ def cmd_execute(args: argparse.Namespace) -> int:
 
 # ---- parser ------------------------------------------------------------------------------
 def _size(text: str) -> int:
-    from trainchain.webhook import parse_size
+    from trainchain.sizes import parse_size
 
     try:
-        return parse_size(text)
-    except ValueError as err:
+        return parse_size(text, option="")  # argparse names --max-body
+    except ConfigError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 

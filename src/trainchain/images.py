@@ -1,4 +1,4 @@
-"""Training images: which image each detection rule names, and whether it is built.
+"""Training images: their names, which image each detection rule names, whether it is built.
 
 Building is done by ``scripts/build-images.sh`` (local base image, host wheelhouse,
 ``docker build --network none``); ``trainchain images build`` runs it from the checkout.
@@ -18,6 +18,44 @@ BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-images.s
 
 
 @dataclass(frozen=True)
+class ImageName:
+    """An image reference taken apart: ``[registry[:port]/]path/name[:tag][@digest]``."""
+
+    repository: str  # everything before the tag and digest
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The last path component: ``train-eeg`` of ``trainchain/train-eeg:0.1.0``."""
+        return self.repository.rsplit("/", 1)[-1]
+
+    @property
+    def family(self) -> str | None:
+        """``eeg`` for a trainchain training image ``.../train-eeg``; None for any other."""
+        if not self.name.startswith("train-"):
+            return None
+        return self.name.removeprefix("train-") or None
+
+
+def parse_image(image: str) -> ImageName:
+    """``localhost:5000/trainchain/train-eeg:0.1.0@sha256:ab..`` -> its repository, tag and
+    digest (a ``:`` before the last ``/`` is a registry's port, not a tag)."""
+    rest, _, digest = image.partition("@")
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        return ImageName(rest[:colon], rest[colon + 1 :] or None, digest or None)
+    return ImageName(rest, None, digest or None)
+
+
+def image_family(image: str) -> str:
+    """``trainchain/train-eeg:0.1.0`` -> ``eeg``; ``<family>`` when the name says nothing
+    (for a hint: ``scripts/build-images.sh <family>``)."""
+    return parse_image(image).family or "<family>"
+
+
+@dataclass(frozen=True)
 class ImageInfo:
     family: str
     image: str
@@ -28,7 +66,8 @@ class ImageInfo:
     @property
     def build_name(self) -> str:
         """The name build-images.sh knows it by: trainchain/train-NAME:TAG -> NAME."""
-        return self.image.rsplit("/", 1)[-1].split(":")[0].removeprefix("train-")
+        ref = parse_image(self.image)
+        return ref.family or ref.name
 
 
 def docker_client(timeout: float = 10) -> Any:

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 
 from trainchain.errors import ConfigError, TrainchainError
+from trainchain.redaction import redact
+from trainchain.status import ExitCode
 
 with warnings.catch_warnings():
     # Jenkins Job Builder 6.5 imports pkg_resources, which warns on import.
@@ -73,7 +75,7 @@ _INSTALL_HINT = "check the job name; `trainchain jenkins install` creates the tr
 class JenkinsError(TrainchainError):
     """Jenkins could not be reached, refused a call, or a build could not be followed."""
 
-    exit_code = 10
+    exit_code = ExitCode.JENKINS
 
     def __init__(
         self,
@@ -86,17 +88,6 @@ class JenkinsError(TrainchainError):
         super().__init__(message, hint)
         self.url = url
         self.status = status
-
-
-def redact(url: str) -> str:
-    """``url`` without a password in its user part."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
 @dataclass(frozen=True)

@@ -17,13 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainchain.errors import ConfigError
+from trainchain.status import BUILD_RESULT_EXIT, ExitCode
 
 if TYPE_CHECKING:
     from trainchain.jenkins import Build, Connection, JenkinsClient, JobStatus, RenderedItem
-
-# A build's result as the exit status of `trigger --wait/--follow`. UNSTABLE is what a
-# trainchain job reports when the goal was not reached, which trainchain exits 3 for.
-RESULT_EXIT = {"SUCCESS": 0, "UNSTABLE": 3, "FAILURE": 1, "ABORTED": 130, "NOT_BUILT": 1}
 
 _ENV = {"url": "JENKINS_URL", "user": "JENKINS_USER", "token": "JENKINS_TOKEN"}
 _ENV_HINTS = {
@@ -167,7 +164,7 @@ def _trigger(args: argparse.Namespace, client: JenkinsClient, params: dict[str, 
         raise
     result = state.result or "NOT_BUILT"
     _out(f"{build.job} #{build.number}: {result} in {_duration(state.duration_s)} ({build.url})")
-    return RESULT_EXIT.get(result, 1)
+    return BUILD_RESULT_EXIT.get(result, ExitCode.ERROR)
 
 
 def _follow(client: JenkinsClient, build: Build, deadline: float, poll: float) -> str:
@@ -202,7 +199,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             "  hint: check the job names; `trainchain jenkins install` creates the trainchain jobs",
             file=sys.stderr,
         )
-        return 1
+        return ExitCode.ERROR
     return 0
 
 
@@ -315,7 +312,7 @@ def register(
         "trigger",
         cmd_trigger,
         "queue a build; with --wait or --follow, wait for it and exit with its result "
-        "(SUCCESS 0, UNSTABLE 3, FAILURE 1, ABORTED 130, NOT_BUILT 1)",
+        f"({', '.join(f'{result} {code:d}' for result, code in BUILD_RESULT_EXIT.items())})",
         conn,
     )
     sp.add_argument("job", help="the job's name, e.g. trainchain-pipeline")

@@ -15,16 +15,17 @@ from __future__ import annotations
 import hashlib
 import html
 import math
-import re
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
 from trainchain.promotion import describe_chance, describe_paired
+from trainchain.redaction import redact
 from trainchain.report import ChainReport, TrialSummary
+from trainchain.status import RunState
 
-__all__ = ["PLOT_FILENAME", "render", "scrub", "subject"]
+__all__ = ["PLOT_FILENAME", "render", "subject"]
 
 PLOT_FILENAME = "metric-per-trial.png"
 
@@ -35,19 +36,9 @@ MAX_ERROR_CHARS = 4_000
 MAX_SUBJECT_DETAIL = 120
 MAX_TABLE_TRIALS = 500
 
-# scheme://user:password@  (user may be empty, as in redis://:password@host)
-_URL_CREDENTIALS = re.compile(
-    r"(?P<prefix>\b[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*:)(?P<password>[^\s@]+)@"
-)
-
-
-def scrub(text: str) -> str:
-    """Replace the password of every ``scheme://user:password@`` in ``text`` by ``***``."""
-    return _URL_CREDENTIALS.sub(r"\g<prefix>***@", text)
-
 
 def _one_line(text: str, limit: int = MAX_SUBJECT_DETAIL) -> str:
-    line = " ".join(scrub(text).split())
+    line = " ".join(redact(text).split())
     return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
 
 
@@ -91,7 +82,7 @@ def _comparison(report: ChainReport, value: float) -> str:
 def _error_line(report: ChainReport) -> str:
     if report.error and report.error.strip():
         return _one_line(report.error.strip().splitlines()[0])
-    if report.status == "running":
+    if report.status is RunState.RUNNING:
         return "the chain stopped before it finished (its report still says running)"
     return "the chain failed without an error message"
 
@@ -102,7 +93,7 @@ def subject(report: ChainReport) -> str:
     metric = report.goal_metric
     confirmation = report.confirmation
     side = "upper" if _minimize(report) else "lower"
-    if report.status == "succeeded":
+    if report.status is RunState.SUCCEEDED:
         if confirmation is not None and confirmation.bound is not None:
             goal = (
                 f"goal reached and confirmed ({metric} {side} bound "
@@ -119,7 +110,7 @@ def subject(report: ChainReport) -> str:
         else:
             outcome = f"v{report.registry_version} is challenger, champion kept"
         return f"{head} {goal}, {outcome}"
-    if report.status == "goal_not_reached" and report.verdict == "search_only":
+    if report.status is RunState.GOAL_NOT_REACHED and report.verdict == "search_only":
         found = report.best_value if report.best_value is not None else float("nan")
         bound = (
             f"; {side} bound {_num(confirmation.bound)} on fresh folds"
@@ -130,7 +121,7 @@ def subject(report: ChainReport) -> str:
             f"{head} goal NOT confirmed ({metric} {_comparison(report, found)} on the search's "
             f"validation only{bound})"
         )
-    if report.status == "goal_not_reached":
+    if report.status is RunState.GOAL_NOT_REACHED:
         used = len(report.trials)
         if report.best_value is not None:
             best = f"best {metric} {_comparison(report, report.best_value)}"
@@ -143,15 +134,15 @@ def subject(report: ChainReport) -> str:
 def _params_lines(params: dict[str, Any]) -> list[str]:
     if not params:
         return ["(none)"]
-    return [f"{key} = {scrub(repr(params[key]))}" for key in sorted(params)]
+    return [f"{key} = {redact(repr(params[key]))}" for key in sorted(params)]
 
 
 def _params_rows(params: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(key, scrub(repr(params[key]))) for key in sorted(params)]
+    return [(key, redact(repr(params[key]))) for key in sorted(params)]
 
 
 def _log_tail(text: str) -> str:
-    lines = scrub(text).rstrip().splitlines()
+    lines = redact(text).rstrip().splitlines()
     dropped = max(0, len(lines) - MAX_LOG_LINES)
     tail = "\n".join(lines[dropped:])
     if len(tail) > MAX_LOG_CHARS:
@@ -165,7 +156,7 @@ def _log_tail(text: str) -> str:
 
 
 def _error_text(report: ChainReport) -> str:
-    text = scrub((report.error or "").strip())
+    text = redact((report.error or "").strip())
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + "\n(error text cut)"
     return text
@@ -185,7 +176,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _facts(report: ChainReport) -> list[tuple[str, str]]:
-    """(label, value) rows shared by both outcomes; values are scrubbed."""
+    """(label, value) rows shared by both outcomes; values are redacted."""
     rows: list[tuple[str, str]] = [("Model", report.model_name)]
     extras = [
         f"{name}: {value}"
@@ -210,7 +201,7 @@ def _facts(report: ChainReport) -> list[tuple[str, str]]:
     ]
     if report.elapsed_s:
         rows.append(("Elapsed", _duration(report.elapsed_s)))
-    return [(label, scrub(value)) for label, value in rows]
+    return [(label, redact(value)) for label, value in rows]
 
 
 def _where(report: ChainReport) -> list[tuple[str, str]]:
@@ -225,7 +216,7 @@ def _where(report: ChainReport) -> list[tuple[str, str]]:
         rows.append(("MLflow parent run", report.parent_run_id))
     if report.jenkins_build_url:
         rows.append(("Jenkins build", report.jenkins_build_url))
-    return [(label, scrub(value)) for label, value in rows]
+    return [(label, redact(value)) for label, value in rows]
 
 
 def _registry_rows(report: ChainReport) -> list[tuple[str, str]]:
@@ -238,7 +229,7 @@ def _registry_rows(report: ChainReport) -> list[tuple[str, str]]:
     ]
     if report.promotion_reason:
         rows.append(("Promotion", report.promotion_reason))
-    return [(label, scrub(value)) for label, value in rows]
+    return [(label, redact(value)) for label, value in rows]
 
 
 def _verdict_rows(report: ChainReport) -> list[tuple[str, str]]:
@@ -255,7 +246,7 @@ def _verdict_rows(report: ChainReport) -> list[tuple[str, str]]:
     ]
     if report.warm_start:
         rows.append(("Warm start", report.warm_start))
-    return [(label, scrub(value)) for label, value in rows]
+    return [(label, redact(value)) for label, value in rows]
 
 
 def _op(report: ChainReport) -> str:
@@ -303,7 +294,7 @@ def _promotion_lines(report: ChainReport) -> list[str]:
                 else f"p is above {level}: the difference may be luck; the champion stays."
             ),
         ]
-    return [scrub(line) for line in lines]
+    return [redact(line) for line in lines]
 
 
 def _format_rows(rows: Sequence[tuple[str, str]]) -> list[str]:
@@ -364,13 +355,13 @@ def _best_sentence(report: ChainReport) -> str:
 
 
 def _what_failed(report: ChainReport) -> str:
-    if report.status == "goal_not_reached" and report.verdict == "search_only":
+    if report.status is RunState.GOAL_NOT_REACHED and report.verdict == "search_only":
         return (
             f"The goal ({report.goal_metric} {_op(report)} {_num(report.threshold, 6)}) was "
             "reached on the search's validation only, not confirmed on fresh folds: the best "
             "score may be the luck of many noisy scores, so nothing was promoted."
         )
-    if report.status == "goal_not_reached":
+    if report.status is RunState.GOAL_NOT_REACHED:
         goal = f"{report.goal_metric} {'<=' if _minimize(report) else '>='} " + _num(
             report.threshold, 6
         )
@@ -378,7 +369,7 @@ def _what_failed(report: ChainReport) -> str:
             f"The tuning budget ran out below the goal ({goal}) after "
             f"{len(report.trials)} of {report.max_trials} trials."
         )
-    if report.status == "running":
+    if report.status is RunState.RUNNING:
         return "The chain stopped before it finished: its report still says running."
     return "The chain failed."
 
@@ -414,7 +405,7 @@ def _promotion_sentence(report: ChainReport) -> str:
 
 def _plain(report: ChainReport) -> str:
     lines: list[str] = []
-    if report.status == "succeeded":
+    if report.status is RunState.SUCCEEDED:
         lines.append(_reached_sentence(report))
         lines.append(_best_sentence(report))
         lines.append("")
@@ -447,11 +438,11 @@ def _plain(report: ChainReport) -> str:
         lines += ["  " + line for line in _format_rows(where)]
     lines += ["", "Trials:"]
     lines += ["  " + line for line in _trials_table(report)]
-    if report.status != "succeeded":
+    if report.status is not RunState.SUCCEEDED:
         tail = _log_tail(report.log_tail)
         lines += ["", "Last log lines:"]
         lines += ["  " + line for line in tail.splitlines()] if tail else ["  (no log lines)"]
-    lines += ["", f"-- trainchain, chain {scrub(report.chain_id)}"]
+    lines += ["", f"-- trainchain, chain {redact(report.chain_id)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -469,7 +460,7 @@ def _html_rows(rows: Sequence[tuple[str, str]]) -> str:
 
 
 def _html(report: ChainReport) -> str:
-    ok = report.status == "succeeded"
+    ok = report.status is RunState.SUCCEEDED
     colour = "#1a7f37" if ok else "#cf222e"
     parts = [
         '<!DOCTYPE html><html><body style="font-family:sans-serif">',
@@ -519,7 +510,7 @@ def _html(report: ChainReport) -> str:
     if not ok:
         parts.append("<h3>Last log lines</h3>")
         parts.append(f"<pre>{_h(_log_tail(report.log_tail) or '(no log lines)')}</pre>")
-    parts.append(f'<p style="color:#666">trainchain, chain {_h(scrub(report.chain_id))}</p>')
+    parts.append(f'<p style="color:#666">trainchain, chain {_h(redact(report.chain_id))}</p>')
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
@@ -549,7 +540,7 @@ def render(
     message["From"] = _header_value(sender)
     if recipients:
         message["To"] = ", ".join(_header_value(r) for r in recipients)
-    message["X-Trainchain-Chain"] = _header_value(scrub(report.chain_id))
+    message["X-Trainchain-Chain"] = _header_value(redact(report.chain_id))
     message["X-Trainchain-Status"] = _header_value(report.status)
     plain, page = _plain(report), _html(report)
     message.set_content(plain, subtype="plain", charset="utf-8")

@@ -7,12 +7,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from trainchain import task
+from trainchain import keys, task
 from trainchain.config import Promotion, base_metric
 from trainchain.promotion import HeldoutTest, decide, heldout_test
 from trainchain.report import ChainReport
+from trainchain.status import RunState
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
-from trainchain.training import HELDOUT_TAG
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def answers_right(model: Any, x: Any, y: Any) -> list[bool]:
 def download_heldout(tracker: Tracker, run_id: str, dst: Path) -> Path:
     """The held-out arrays a run was scored on: shared by its chain, or its own."""
     _, _, tags = tracker.run_data(run_id)
-    shared = tags.get(HELDOUT_TAG)
+    shared = tags.get(keys.HELDOUT)
     if shared and ":" in shared:
         owner, path = shared.split(":", 1)
         return tracker.download(owner, path, dst)
@@ -128,8 +128,8 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
             "model in an MLflow flavor's format under TRAINCHAIN_OUTPUT_DIR/model",
         )
     _, metrics, run_tags = tracker.run_data(report.best_run_id)
-    tags = {k: v for k, v in run_tags.items() if k.startswith("trainchain.")}
-    tags["trainchain.chain"] = report.chain_id
+    tags = {k: v for k, v in run_tags.items() if k.startswith(keys.PREFIX)}
+    tags[keys.CHAIN] = report.chain_id
     for k in (report.goal_metric, "test_" + base_metric(report.goal_metric)):
         if k in metrics:
             tags[f"metric.{k}"] = f"{metrics[k]:.6g}"
@@ -152,7 +152,7 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     decision = decide(confirmed=True, test=test, error=error)
     if decision.promote:
         tracker.make_champion(name, version)
-    tracker.client.set_model_version_tag(name, version, "trainchain.promotion", decision.reason)
+    tracker.client.set_model_version_tag(name, version, keys.PROMOTION, decision.reason)
     return report.with_(
         registry_version=version,
         became_champion=decision.promote,
@@ -163,6 +163,8 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
 
 
 def _unconfirmed(report: ChainReport) -> str:
-    if report.verdict == "search_only" or (not report.verdict and report.status == "succeeded"):
+    if report.verdict == "search_only" or (
+        not report.verdict and report.status is RunState.SUCCEEDED
+    ):
         return "the goal was reached on the search's validation only, not confirmed"
     return "the goal was not reached"

@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from trainchain.promotion import HeldoutTest
+from trainchain.status import RunState
 from trainchain.verdict import Confirmation, Estimate
-
-Status = Literal["running", "succeeded", "goal_not_reached", "failed"]
 
 VERDICT_TEXT = {
     "confirmed": "reached and confirmed",
@@ -51,7 +50,7 @@ class ChainReport:
     goal_metric: str
     threshold: float
     direction: str
-    status: Status
+    status: RunState  # running, succeeded, goal_not_reached or failed
     max_trials: int
     promotion_margin: float = 0.0
     trials: tuple[TrialSummary, ...] = ()
@@ -84,6 +83,10 @@ class ChainReport:
     promotion_test: HeldoutTest | None = None
     warm_start: str = ""  # what the study started from, when an earlier study
 
+    def __post_init__(self) -> None:
+        # a report read from JSON, or made with a plain string, holds the enum
+        object.__setattr__(self, "status", RunState(self.status))
+
     @property
     def best_summary(self) -> TrialSummary | None:
         return next((t for t in self.trials if t.number == self.best_trial), None)
@@ -92,7 +95,9 @@ class ChainReport:
     def verdict_text(self) -> str:
         """The goal's verdict in words (console, email, plot)."""
         # a report written before goals were confirmed: its goal was the search's only
-        verdict = self.verdict or ("search_only" if self.status == "succeeded" else "not_reached")
+        verdict = self.verdict or (
+            "search_only" if self.status is RunState.SUCCEEDED else "not_reached"
+        )
         return VERDICT_TEXT.get(verdict, verdict)
 
     def search_figure(self) -> str:

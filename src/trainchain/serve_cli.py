@@ -47,8 +47,9 @@ def _workers(text: str) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    from trainchain.serving.config import ServeConfig, human_size, parse_size
+    from trainchain.serving.config import MIN_BODY, ServeConfig
     from trainchain.settings import for_command
+    from trainchain.sizes import human_size, parse_size
 
     model = args.model or os.environ.get(MODEL_ENV, "").strip()
     if not model:
@@ -73,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             reload_interval=args.reload_interval,
             canary_share=args.canary_share,
             shadow=args.shadow,
-            max_body=parse_size(args.max_body),
+            max_body=parse_size(args.max_body, at_least=MIN_BODY),
             workdir=run_dir / "models",
             metrics_dir=metrics_dir,
         )
@@ -169,5 +170,6 @@ def register(
         "--max-body",
         default="16MiB",
         metavar="SIZE",
-        help="largest request body, e.g. 16MiB, 500kB (default: 16MiB); larger ones get 413",
+        help="largest request body, e.g. 16MiB, 512K (K, M, G are powers of 1024; "
+        "default: 16MiB); larger ones get 413",
     )

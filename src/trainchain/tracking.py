@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainchain import keys
 from trainchain.errors import RegistryError
 from trainchain.settings import ensure_sqlite_folder
 
@@ -23,7 +24,6 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-HISTORY_TAG = "trainchain.champion_history"
 MODEL_ARTIFACT = "model"
 _MAX_PARAM = 500  # MLflow's limit on a param value's length
 
@@ -205,7 +205,7 @@ class Tracker:
 
     def champion_history(self, name: str) -> list[str]:
         model = self.client.get_registered_model(name)
-        raw = model.tags.get(HISTORY_TAG, "[]")
+        raw = model.tags.get(keys.CHAMPION_HISTORY, "[]")
         try:
             return [str(v) for v in json.loads(raw)]
         except ValueError:
@@ -215,7 +215,7 @@ class Tracker:
         """Move ``champion`` to ``version`` and remember the order, for rollback."""
         history = self.champion_history(name)
         history.append(version)
-        self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
+        self.client.set_registered_model_tag(name, keys.CHAMPION_HISTORY, json.dumps(history[-50:]))
         self.set_alias(name, CHAMPION, version)
 
     def rollback(self, name: str) -> tuple[str, str]:
@@ -238,7 +238,7 @@ class Tracker:
             )
         history.pop()
         previous = history[-1]
-        self.client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+        self.client.set_registered_model_tag(name, keys.CHAMPION_HISTORY, json.dumps(history))
         self.set_alias(name, CHAMPION, previous)
         return current, previous
 

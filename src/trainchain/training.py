@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainchain import task
+from trainchain import keys, task
 from trainchain.config import LoadedConfig
 from trainchain.executors import AttemptResult, AttemptSpec, Executor, LineSink
 from trainchain.settings import Settings
@@ -26,10 +26,6 @@ from trainchain.verdict import Estimate, read_estimate
 
 log = logging.getLogger(__name__)
 
-PARAMS_TAG = "trainchain.params"
-# "<run id>:<artifact path>" of the held-out arrays a trial was scored on: the trials of
-# a chain usually share one split, which is then stored once, under the chain's run
-HELDOUT_TAG = "trainchain.heldout"
 REPORT_POLL_S = 0.25  # how often the report file is read for new steps (pruning)
 
 # (step, value of the goal's val metric) -> True to prune the trial now
@@ -48,15 +44,15 @@ class Lineage:
 
     def tags(self) -> dict[str, str]:
         tags = {
-            "trainchain.repository": self.repository,
-            "trainchain.commit": self.commit,
-            "trainchain.data_digest": self.data_digest,
-            "trainchain.image": self.image,
-            "trainchain.executor": self.executor,
-            "trainchain.family": self.family,
+            keys.REPOSITORY: self.repository,
+            keys.COMMIT: self.commit,
+            keys.DATA_DIGEST: self.data_digest,
+            keys.IMAGE: self.image,
+            keys.EXECUTOR: self.executor,
+            keys.FAMILY: self.family,
         }
         if self.jenkins_build_url:
-            tags["trainchain.jenkins_build_url"] = self.jenkins_build_url
+            tags[keys.JENKINS_BUILD_URL] = self.jenkins_build_url
         return tags
 
 
@@ -276,9 +272,9 @@ def run_trial(
     tags = (
         ctx.lineage.tags()
         | {
-            "trainchain.chain": ctx.chain_id,
-            "trainchain.trial": str(number),
-            PARAMS_TAG: json.dumps(dict(params), sort_keys=True),
+            keys.CHAIN: ctx.chain_id,
+            keys.TRIAL: str(number),
+            keys.PARAMS: json.dumps(dict(params), sort_keys=True),
         }
         | dict(extra_tags or {})
     )
@@ -330,12 +326,12 @@ def run_trial(
         run_id,
         metrics=metrics | ({f"{ctx.val_metric}_sd": spread} if spread is not None else {}),
         tags={
-            "trainchain.validation": json.dumps(plan, sort_keys=True),
-            "trainchain.attempts": str(sum(1 + a.restarts for a in attempts)),
-            "trainchain.status": status,
+            keys.VALIDATION: json.dumps(plan, sort_keys=True),
+            keys.ATTEMPTS: str(sum(1 + a.restarts for a in attempts)),
+            keys.STATUS: status,
         }
-        | ({"trainchain.error": error[:4000]} if error else {})
-        | ({"trainchain.pruned_step": str(pruned_step)} if pruned else {}),
+        | ({keys.ERROR: error[:4000]} if error else {})
+        | ({keys.PRUNED_STEP: str(pruned_step)} if pruned else {}),
     )
     if rows:
         ctx.tracker.log_step_metrics(run_id, rows)
@@ -404,11 +400,11 @@ def _run_attempts(
             early_stopping=model.early_stopping_policy(),
             validation=validation,
             labels={
-                "trainchain.model": model.name,
-                "trainchain.run": run_id,
-                "trainchain.chain": ctx.chain_id,
-                "trainchain.trial": str(number),
-                "trainchain.attempt": str(attempt),
+                keys.MODEL: model.name,
+                keys.RUN: run_id,
+                keys.CHAIN: ctx.chain_id,
+                keys.TRIAL: str(number),
+                keys.ATTEMPT: str(attempt),
             },
         )
         output_dir = spec.output_dir
@@ -471,7 +467,7 @@ def _log_heldout(tracker: Tracker, run_id: str, path: Path, parent_run_id: str |
         tracker.log_artifact(run_id, path)
         return
     target = tracker.log_artifact_once(parent_run_id, path, f"heldout/{digest}")
-    tracker.log(run_id, tags={HELDOUT_TAG: f"{parent_run_id}:{target}"})
+    tracker.log(run_id, tags={keys.HELDOUT: f"{parent_run_id}:{target}"})
 
 
 def _log_outputs(

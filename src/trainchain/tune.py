@@ -20,15 +20,17 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from trainchain import keys
 from trainchain.config import base_metric
 from trainchain.context import Prepared
-from trainchain.errors import TrainchainError
+from trainchain.errors import Busy
 from trainchain.executors import Executor
 from trainchain.locks import flock_within
 from trainchain.progress import TuneDisplay
 from trainchain.report import ChainReport, TrialSummary
 from trainchain.search import RETRY_ATTR, Search, first_trials, run_search
 from trainchain.space import fit_to_space
+from trainchain.status import RunState
 from trainchain.studies import (
     EarlierTrial,
     add_warm_trials,
@@ -39,7 +41,7 @@ from trainchain.studies import (
     study_names,
 )
 from trainchain.tracking import CHAMPION, Tracker
-from trainchain.training import PARAMS_TAG, TrialContext, TrialOutcome, run_trial
+from trainchain.training import TrialContext, TrialOutcome, run_trial
 from trainchain.verdict import (
     ACCURACY_LIKE,
     Confirmation,
@@ -54,10 +56,6 @@ FINISHED_ATTR = "finished"
 PARENT_ATTR = "mlflow_parent_run_id"
 ELAPSED_ATTR = "elapsed_s"
 WARM_NOTE_ATTR = "warm_start_note"
-
-
-class Busy(TrainchainError):
-    exit_code = 9
 
 
 def model_lock(locks: Path, name: str, wait: float = 0.0) -> AbstractContextManager[None]:
@@ -120,7 +118,7 @@ def _champion_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], 
     if not run_id:
         return None
     _, _, tags = tracker.run_data(run_id)
-    champion = fit_to_space(model, json.loads(tags.get(PARAMS_TAG, "{}")))
+    champion = fit_to_space(model, json.loads(tags.get(keys.PARAMS, "{}")))
     if champion is None:
         return None
     return champion, f"parameters of champion v{version}"
@@ -148,7 +146,7 @@ def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> l
         filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
-        tracker.log(run.info.run_id, tags={"trainchain.status": "interrupted"})
+        tracker.log(run.info.run_id, tags={keys.STATUS: "interrupted"})
         tracker.finish(run.info.run_id, ok=False)
     return retried
 
@@ -214,7 +212,7 @@ class _Session:
             parent = self.tracker.start_run(
                 experiment_id,
                 f"chain {self.chain_id}",
-                prep.lineage.tags() | {"trainchain.chain": self.chain_id},
+                prep.lineage.tags() | {keys.CHAIN: self.chain_id},
             )
             self.tracker.log(
                 parent,
@@ -378,7 +376,7 @@ class _Session:
         if problem is not None:
             self.tracker.log(
                 outcome.run_id,
-                tags={"trainchain.status": "refused", "trainchain.error": problem},
+                tags={keys.STATUS: "refused", keys.ERROR: problem},
             )
         return problem
 
@@ -400,8 +398,8 @@ class _Session:
             dict(candidate.params),
             on_line=self.display.console.print if self.stream_logs else self.display.line,
             extra_tags={
-                "trainchain.purpose": "confirm",
-                "trainchain.confirms": str(candidate.number),
+                keys.PURPOSE: "confirm",
+                keys.CONFIRMS: str(candidate.number),
             },
             validation=plan,
             label=f"confirm-{index}-trial-{candidate.number:04d}",
@@ -429,7 +427,7 @@ class _Session:
         self.search.record(result)
         self.tracker.log(
             outcome.run_id,
-            tags={"trainchain.confirmed": str(result.confirmed).lower()},
+            tags={keys.CONFIRMED: str(result.confirmed).lower()},
             metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
         )
         self.display.confirmation(result)
@@ -441,23 +439,23 @@ class _Session:
         failed = self.failures >= model.budget.max_consecutive_failures
         verdict = search.verdict(failed=failed)
         status = {
-            "confirmed": "succeeded",
-            "failed": "failed",
-        }.get(verdict, "goal_not_reached")
-        if status != "failed":  # a failed chain stays open: fixing the cause resumes it
-            self.study.set_user_attr(FINISHED_ATTR, status)
+            "confirmed": RunState.SUCCEEDED,
+            "failed": RunState.FAILED,
+        }.get(verdict, RunState.GOAL_NOT_REACHED)
+        if status is not RunState.FAILED:  # a failed chain stays open: fixing the cause resumes it
+            self.study.set_user_attr(FINISHED_ATTR, status.value)
         confirmed = search.confirmed()
         self.tracker.log(
             self.parent,
             metrics=({"best_" + goal.val_metric: best.value} if best else {})
             | ({"confirmation_bound": confirmed.bound} if confirmed and confirmed.bound else {}),
             tags={
-                "trainchain.status": status,
-                "trainchain.verdict": verdict,
-                "trainchain.stop_reason": stop_reason,
+                keys.STATUS: status.value,
+                keys.VERDICT: verdict,
+                keys.STOP_REASON: stop_reason,
             },
         )
-        self.tracker.finish(self.parent, ok=status == "succeeded")
+        self.tracker.finish(self.parent, ok=status is RunState.SUCCEEDED)
         self.display.note(f"tune: {stop_reason}")
         test_value = best.user_attrs.get("test_value") if best else None
         test_n = best.user_attrs.get("test_n") if best else None
@@ -469,7 +467,7 @@ class _Session:
             goal_metric=goal.val_metric,
             threshold=goal.threshold,
             direction=goal.direction.value,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             max_trials=model.budget.max_trials,
             promotion_margin=model.promotion.margin,
             promotion_alpha=model.promotion.alpha,
@@ -487,7 +485,7 @@ class _Session:
             image=self.prep.lineage.image,
             executor=self.executor.name,
             error=f"{self.failures} trials in a row failed; last: {self.error}" if failed else None,
-            log_tail=self.last_tail if status != "succeeded" else "",
+            log_tail=self.last_tail if status is not RunState.SUCCEEDED else "",
             recipients=model.notify.to,
             jenkins_build_url=settings.jenkins_build_url,
             elapsed_s=self.elapsed,

@@ -39,7 +39,6 @@ from trainchain.hooks import (
     HookPaths,
     QueueFull,
     RunRequest,
-    RunState,
     RunStatus,
     check_max_queue,
     child_env,
@@ -51,6 +50,7 @@ from trainchain.hooks import (
     save_status,
     trainchain_argv,
 )
+from trainchain.status import RunState
 from trainchain.task import atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -64,20 +64,10 @@ READ_TIMEOUT_S = 30.0  # a client that stops sending mid-request is dropped
 DEFAULT_SHUTDOWN_WAIT_S = 30.0
 _SHA40 = re.compile(r"^[0-9a-f]{40}$")
 _DELIVERY = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMG]i?B?|B)?\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``5MiB``, ``512K``, ``1048576``: a size in bytes (K, M, G are powers of 1024)."""
-    m = _SIZE.match(text)
-    if not m:
-        raise ValueError(f"{text!r} is not a size: expected bytes, or a number with KiB or MiB")
-    unit = (m[2] or "B").upper()[0]
-    return int(float(m[1]) * {"B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[unit])
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class WebhookConfig:
     secret: bytes = field(repr=False)  # never in repr, logs or messages
     host: str = "127.0.0.1"
     port: int = 8088
@@ -383,7 +373,7 @@ class WebhookApp:
     """Answers webhook deliveries and status requests; no sockets."""
 
     def __init__(
-        self, config: ServeConfig, paths: HookPaths, queues: RunQueues, deliveries: Deliveries
+        self, config: WebhookConfig, paths: HookPaths, queues: RunQueues, deliveries: Deliveries
     ) -> None:
         self.config = config
         self.paths = paths

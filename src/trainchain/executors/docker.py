@@ -25,7 +25,6 @@ import contextlib
 import json
 import logging
 import os
-import re
 import signal
 import socket
 import threading
@@ -38,9 +37,10 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from trainchain import task
+from trainchain import keys, task
 from trainchain.errors import TrainingError
 from trainchain.executors._base import AttemptResult, AttemptSpec, LineSink
+from trainchain.images import image_family
 
 if TYPE_CHECKING:
     from trainchain.config import Train
@@ -55,17 +55,17 @@ CONTAINER_RECORD = "container.json"
 DEFAULT_LOG_NAME = "train.log"
 
 # Labels. ``trainchain.model/run/chain/trial/attempt`` come from the spec.
-LABEL_MANAGED = "trainchain.managed"
-LABEL_RUN = "trainchain.run"
-LABEL_TRIAL = "trainchain.trial"
-LABEL_ATTEMPT = "trainchain.attempt"
-LABEL_RESTARTS = "trainchain.restarts"
-LABEL_ATTEMPT_DIR = "trainchain.attempt_dir"  # host folder for this attempt's log and records
-LABEL_LOG_NAME = "trainchain.log_name"  # the log file's name inside the attempt folder
-LABEL_REPORT = "trainchain.report_file"  # host path of the report (the heartbeat)
-LABEL_MAX_RESTARTS = "trainchain.max_restarts"
-LABEL_HEARTBEAT = "trainchain.heartbeat_limit"
-LABEL_BACKOFF = "trainchain.backoff"  # "<first delay>/<longest delay>" in seconds
+LABEL_MANAGED = keys.MANAGED
+LABEL_RUN = keys.RUN
+LABEL_TRIAL = keys.TRIAL
+LABEL_ATTEMPT = keys.ATTEMPT
+LABEL_RESTARTS = keys.RESTARTS
+LABEL_ATTEMPT_DIR = keys.ATTEMPT_DIR
+LABEL_LOG_NAME = keys.LOG_NAME
+LABEL_REPORT = keys.REPORT_FILE
+LABEL_MAX_RESTARTS = keys.MAX_RESTARTS
+LABEL_HEARTBEAT = keys.HEARTBEAT_LIMIT
+LABEL_BACKOFF = keys.BACKOFF
 
 # Where the contract's paths are inside the container.
 C_REPO = "/repo"
@@ -131,12 +131,6 @@ def connect(base_url: str | None = None, timeout: float = 30.0) -> Any:
             client.close()
         raise unavailable(err) from None
     return client
-
-
-def image_family(image: str) -> str:
-    """``trainchain/train-eeg:0.1.0`` -> ``eeg``; ``<family>`` when the name says nothing."""
-    m = re.search(r"train-([A-Za-z0-9_]+)(?::|$)", image)
-    return m.group(1) if m else "<family>"
 
 
 def check_image(client: Any, image: str) -> Any:

@@ -1,6 +1,6 @@
 """Serving the registry's champion over HTTP (``trainchain serve``).
 
-- :mod:`~trainchain.serving.config`: the frozen :class:`ServeConfig` and size parsing;
+- :mod:`~trainchain.serving.config`: the frozen :class:`ServeConfig`;
 - :mod:`~trainchain.serving.models`: the live champion, reloaded when its alias moves;
 - :mod:`~trainchain.serving.inputs`: request bodies to model inputs, or 4xx errors;
 - :mod:`~trainchain.serving.app`: ``create_app(config)``, the Flask app;

@@ -23,10 +23,11 @@ from werkzeug.wrappers import Response as BaseResponse
 
 from trainchain.config import Family
 from trainchain.serving import inputs, openapi
-from trainchain.serving.config import ServeConfig, human_size
+from trainchain.serving.config import ServeConfig
 from trainchain.serving.inputs import RequestError
 from trainchain.serving.metrics import ServingMetrics
 from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, ModelHolder
+from trainchain.sizes import human_size
 from trainchain.tracking import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)

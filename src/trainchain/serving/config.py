@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,43 +12,7 @@ from trainchain.settings import Settings
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_EPOCHS = 256
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; Pillow's own bomb limit is 89 M
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
-
-
-def parse_size(text: str) -> int:
-    """``"16MiB"``, ``"500kB"``, ``"1048576"`` as a number of bytes (at least 1 KiB)."""
-    match = _SIZE.match(text)
-    unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS:
-        raise ConfigError(
-            f"--max-body {text!r} is not a size: expected a number of bytes with an optional "
-            f"unit ({', '.join(u for u in _UNITS if u)}), for example 16MiB"
-        )
-    size = int(float(match.group(1)) * _UNITS[unit])
-    if size < 1024:
-        raise ConfigError(f"--max-body {text!r} is {size} bytes: expected at least 1KiB")
-    return size
-
-
-def human_size(size: int) -> str:
-    """A byte count as the largest binary unit it is a whole multiple of (16 MiB)."""
-    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= factor and size % factor == 0:
-            return f"{size // factor} {unit}"
-    return f"{size} bytes"
+MIN_BODY = 1024  # `serve --max-body` below 1 KiB would refuse every request
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from trainchain import keys
 from trainchain.config import Family
 from trainchain.families.cnn import Preprocessing
 from trainchain.serving.config import ServeConfig
@@ -31,7 +32,6 @@ from trainchain.tracking import CHALLENGER, CHAMPION, MODEL_ARTIFACT, Tracker
 log = logging.getLogger(__name__)
 
 EEG_DEFAULT_SHAPE = (22, 750)  # BCI Competition IV 2a: 22 channels, 3 s at 250 Hz
-FAMILY_TAG = "trainchain.family"
 
 
 def served_family(tag: str | None, has_image_preprocessing: bool) -> Family:
@@ -41,7 +41,7 @@ def served_family(tag: str | None, has_image_preprocessing: bool) -> Family:
         try:
             return Family(tag)
         except ValueError:
-            log.warning("unknown %s tag %r: deciding from the MLmodel", FAMILY_TAG, tag)
+            log.warning("unknown %s tag %r: deciding from the MLmodel", keys.FAMILY, tag)
     return Family.CNN if has_image_preprocessing else Family.EEG
 
 
@@ -102,9 +102,9 @@ class LoadedModel:
             "version": self.version,
             "family": str(self.family),
             "run_id": self.run_id,
-            "commit": self.tags.get("trainchain.commit"),
-            "chain": self.tags.get("trainchain.chain"),
-            "repository": self.tags.get("trainchain.repository"),
+            "commit": self.tags.get(keys.COMMIT),
+            "chain": self.tags.get(keys.CHAIN),
+            "repository": self.tags.get(keys.REPOSITORY),
             "metrics": dict(self.metrics),
             "tags": dict(self.tags),
             "loaded_at": _iso(self.loaded_at),
@@ -188,7 +188,7 @@ def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> Lo
     except (ValueError, KeyError, TypeError, IndexError):
         preprocessing = None
     tags = {str(k): str(v) for k, v in (mv.tags or {}).items()}
-    family = served_family(tags.get(FAMILY_TAG), preprocessing is not None)
+    family = served_family(tags.get(keys.FAMILY), preprocessing is not None)
     if family == Family.CNN and preprocessing is None:
         raise ValueError(
             f"{name} v{version} is a CNN but its MLmodel records no 'trainchain' preprocessing "
