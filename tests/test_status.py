@@ -41,7 +41,6 @@ def test_each_error_class_exits_with_its_code() -> None:
     """The error root's classes carry the ExitCode of their kind; 9 is defined once."""
     assert errors.TrainchainError("x").exit_code is ExitCode.ERROR
     assert errors.ConfigError("x").exit_code is ExitCode.CONFIG
-    assert errors.GoalNotReached("x").exit_code is ExitCode.GOAL_NOT_REACHED
     assert errors.DetectionError("x").exit_code is ExitCode.DETECTION
     assert errors.PullError("x").exit_code is ExitCode.PULL
     assert errors.TrainingError("x").exit_code is ExitCode.TRAINING
