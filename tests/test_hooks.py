@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,15 +19,15 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ToyRepo, git, run_cli
+from werkzeug.serving import make_server
+
+from tests.conftest import ToyRepo, eventually, git, run_cli
 from trainchain.hooks import HookPaths, RunState, RunStatus, load_status, repo_key, try_lock
 from trainchain.settings import Settings
 from trainchain.webhook import (
-    Deliveries,
-    RunQueues,
     ServeConfig,
-    WebhookApp,
-    create_server,
+    WebhookRuns,
+    create_app,
     read_push,
     sign,
     signature_problem,
@@ -39,14 +38,13 @@ WAIT_S = 180.0  # a toy chain takes seconds; this only bounds a test that would 
 
 
 def wait_final(get: Callable[[], RunStatus | None]) -> RunStatus:
-    """Poll a run's status until it reaches a final state (bounded)."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
+    """A run's status once it reached a final state (bounded)."""
+
+    def final() -> RunStatus | None:
         status = get()
-        if status is not None and status.state.final:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"the run did not finish within {WAIT_S:g} s: {get()}")
+        return status if status is not None and status.state.final else None
+
+    return eventually(final, "the run to finish", WAIT_S, poll=0.2)
 
 
 def chain_commits(home: Path) -> list[str]:
@@ -192,8 +190,7 @@ def test_with_jenkins_configured_a_push_triggers_the_jenkins_job(
 @dataclass
 class Server:
     url: str
-    app: WebhookApp
-    queues: RunQueues
+    queues: WebhookRuns
     paths: HookPaths
 
     def request(
@@ -231,22 +228,23 @@ class Server:
 
 @contextmanager
 def serving(settings: Settings, **options: Any) -> Iterator[Server]:
-    """A webhook server on a free loopback port, stopped (its runs waited for) at the end."""
+    """The webhook app on a free loopback port (in this process, so its log lines reach
+    caplog; `hooks serve` runs the same app under gunicorn), stopped (its runs waited for)
+    at the end."""
     config = ServeConfig(secret=SECRET, port=0, executor="local", **options)
     paths = HookPaths.under(settings.home)
-    queues = RunQueues(
+    queues = WebhookRuns(
         paths,
         home=settings.home,
         python=sys.executable,
         env=dict(os.environ),
         max_queue=config.max_queue,
     )
-    app = WebhookApp(config, paths, queues, Deliveries(paths.deliveries))
-    server = create_server(app)
+    server = make_server("127.0.0.1", 0, create_app(config, queues), threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.start()
     try:
-        yield Server(f"http://127.0.0.1:{server.server_address[1]}", app, queues, paths)
+        yield Server(f"http://127.0.0.1:{server.server_port}", queues, paths)
     finally:
         server.shutdown()
         thread.join()
