@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from werkzeug.serving import make_server
 
 from tests.conftest import ToyRepo, eventually, git, run_cli
 from trainchain.hooks import HookPaths, RunState, RunStatus, load_status, repo_key, try_lock
 from trainchain.settings import Settings
+from trainchain.trigger_queue import process_alive
 from trainchain.webhook import (
     ServeConfig,
     WebhookRuns,
@@ -408,6 +409,76 @@ def test_serve_needs_the_secret_and_stops_cleanly_on_sigterm(home: Path) -> None
     assert proc.returncode == 0, stderr
     assert "hooks serve: stopped" in stdout
     assert SECRET.decode() not in stdout + stderr
+
+
+@contextmanager
+def serve_process(settings: Settings, log: Path) -> Iterator[tuple[Server, subprocess.Popen[str]]]:
+    """`trainchain hooks serve` itself (gunicorn, one worker) on a free port; stopped with
+    SIGTERM at the end unless the test killed it."""
+    env = {**os.environ, "TRAINCHAIN_WEBHOOK_SECRET": SECRET.decode()}
+    argv = [sys.executable, "-m", "trainchain", "hooks", "serve", "--port", "0"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*argv, "--executor", "local", "--workers", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+    try:
+        listening = eventually(
+            lambda: re.search(r"listening on (http://127\.0\.0\.1:\d+)/", log.read_text()),
+            "hooks serve to listen",
+            60,
+            poll=0.2,
+        )
+        paths = HookPaths.under(settings.home)
+        runs = WebhookRuns(paths, home=settings.home, python=sys.executable, env=env)
+        yield Server(listening[1], runs, paths), proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+
+
+@pytest.mark.slow
+def test_a_killed_server_s_runs_are_drained_after_a_restart(
+    model: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """`hooks serve` (under gunicorn) and the drainer it started are SIGKILLed while one run
+    waits for its busy repository and a second is queued behind it: both stay recorded;
+    started again, the server queues the first again (its chain never started) and drains
+    both, one after the other."""
+    url = f"file://{model}"
+    first = git(model, "rev-parse", "HEAD")
+    second = new_commit(model, "second")
+    paths = HookPaths.under(settings.home)
+    with try_lock(paths.lock(repo_key(url))) as held:  # the repository is busy
+        assert held
+        with serve_process(settings, tmp_path / "first.log") as (server, proc):
+            answers = [
+                server.deliver(push_payload(url, sha), delivery=f"k{n}")
+                for n, sha in enumerate((first, second))
+            ]
+            assert [code for code, _ in answers] == [202, 202], answers
+            runs = [body["run_id"] for _, body in answers]
+            [(taken, drainer)] = server.queues.queue.running()
+            assert taken.run_id == runs[0] and drainer is not None
+            os.kill(drainer, signal.SIGKILL)
+            proc.kill()
+            proc.wait(timeout=60)
+            eventually(lambda: not process_alive(drainer, None), "the drainer to die", 60)
+    assert [load_status(paths, r).state for r in runs] == [RunState.RUNNING, RunState.QUEUED]
+
+    with serve_process(settings, tmp_path / "again.log"):
+        done = [wait_final(lambda r=r: load_status(paths, r)) for r in runs]  # type: ignore[misc]
+    assert [d.state for d in done] == [RunState.SUCCEEDED, RunState.SUCCEEDED]
+    assert [d.commit for d in done] == [first, second]
+    assert done[0].finished_at and done[1].started_at
+    assert done[1].started_at >= done[0].finished_at  # one after the other
+    restarted = (tmp_path / "again.log").read_text()
+    assert f"run {runs[0]}: its drainer (pid {drainer}" in restarted
+    assert "went away before its chain started; queued again" in restarted
 
 
 # ---- pure decisions ------------------------------------------------------------------------
