@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -471,7 +472,7 @@ def test_a_killed_server_s_runs_are_drained_after_a_restart(
     assert [load_status(paths, r).state for r in runs] == [RunState.RUNNING, RunState.QUEUED]
 
     with serve_process(settings, tmp_path / "again.log"):
-        done = [wait_final(lambda r=r: load_status(paths, r)) for r in runs]  # type: ignore[misc]
+        done = [wait_final(partial(load_status, paths, r)) for r in runs]
     assert [d.state for d in done] == [RunState.SUCCEEDED, RunState.SUCCEEDED]
     assert [d.commit for d in done] == [first, second]
     assert done[0].finished_at and done[1].started_at

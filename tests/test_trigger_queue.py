@@ -105,7 +105,11 @@ def test_a_run_left_running_by_a_dead_drainer_is_settled_with_the_reason(
     dead = Holder(pid=dead_pid())
     tokens = queue.claim_waiting(dead)
     assert len(tokens) == 3
-    by_run = {queue.current(t).run_id: t for t in tokens}  # type: ignore[union-attr]
+    by_run = {}
+    for token in tokens:
+        current = queue.current(token)
+        assert current is not None
+        by_run[current.run_id] = token
     queue.started(
         by_run[started.run_id],
         queue.get(started.run_id).with_(started_at="2026-01-01T00:00:00Z", pid=dead_pid()),
