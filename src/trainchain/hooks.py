@@ -36,7 +36,6 @@ from trainchain.task import atomic_write_bytes
 from trainchain.trigger_queue import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_RUN_TIMEOUT_S,
-    KEPT_RUNS,
     SHOWN_RUNS,
     AlreadyReceived,
     Holder,
@@ -92,11 +91,6 @@ def load_status(paths: HookPaths, run_id: str) -> RunStatus:
 def recent_runs(paths: HookPaths, limit: int = SHOWN_RUNS) -> list[RunStatus]:
     """The latest runs, newest first."""
     return TriggerQueue(paths).recent(limit)
-
-
-def prune_runs(paths: HookPaths, keep: int = KEPT_RUNS) -> int:
-    """Remove the finished runs older than the newest ``keep``."""
-    return TriggerQueue(paths).prune(keep)
 
 
 def child_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
