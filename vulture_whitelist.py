@@ -26,12 +26,9 @@ _.service_of
 # Written to the run's status file (asdict) and read back by RunStatus.from_dict
 # (hooks.py); `trainchain hooks status RUN_ID` prints it: when the run was queued.
 _.queued_at
-# http.server's BaseHTTPRequestHandler calls do_GET/do_POST and log_message, and reads
-# server_version and close_connection; ThreadingHTTPServer reads daemon_threads
-# (webhook.py).
-_.do_GET
-_.do_POST
-_.log_message
-_.server_version
-_.close_connection
-_.daemon_threads
+# Test-only views of state the code keeps: whether a delivery id was seen
+# (tests/test_trigger_queue.py), waiting for a model holder's next load
+# (tests/test_serving.py), holding a repository busy (tests/test_hooks.py).
+_.received
+_.wait_for
+_.try_lock

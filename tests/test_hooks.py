@@ -7,29 +7,29 @@ import http.client
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from werkzeug.serving import make_server
 
-from tests.conftest import ToyRepo, git, run_cli
-from trainchain.hooks import HookPaths, RunStatus, load_status, repo_key, try_lock
+from tests.conftest import ToyRepo, eventually, git, run_cli
+from trainchain.hooks import HookPaths, RunState, RunStatus, load_status, repo_key, try_lock
 from trainchain.settings import Settings
-from trainchain.status import RunState
+from trainchain.trigger_queue import process_alive
 from trainchain.webhook import (
-    Deliveries,
-    RunQueues,
-    WebhookApp,
     WebhookConfig,
-    create_server,
+    WebhookRuns,
+    create_app,
     read_push,
     sign,
     signature_problem,
@@ -40,14 +40,13 @@ WAIT_S = 180.0  # a toy chain takes seconds; this only bounds a test that would 
 
 
 def wait_final(get: Callable[[], RunStatus | None]) -> RunStatus:
-    """Poll a run's status until it reaches a final state (bounded)."""
-    deadline = time.monotonic() + WAIT_S
-    while time.monotonic() < deadline:
+    """A run's status once it reached a final state (bounded)."""
+
+    def final() -> RunStatus | None:
         status = get()
-        if status is not None and status.state.final:
-            return status
-        time.sleep(0.2)
-    raise AssertionError(f"the run did not finish within {WAIT_S:g} s: {get()}")
+        return status if status is not None and status.state.final else None
+
+    return eventually(final, "the run to finish", WAIT_S, poll=0.2)
 
 
 def chain_commits(home: Path) -> list[str]:
@@ -193,8 +192,7 @@ def test_with_jenkins_configured_a_push_triggers_the_jenkins_job(
 @dataclass
 class Server:
     url: str
-    app: WebhookApp
-    queues: RunQueues
+    queues: WebhookRuns
     paths: HookPaths
 
     def request(
@@ -232,22 +230,23 @@ class Server:
 
 @contextmanager
 def serving(settings: Settings, **options: Any) -> Iterator[Server]:
-    """A webhook server on a free loopback port, stopped (its runs waited for) at the end."""
+    """The webhook app on a free loopback port (in this process, so its log lines reach
+    caplog; `hooks serve` runs the same app under gunicorn), stopped (its runs waited for)
+    at the end."""
     config = WebhookConfig(secret=SECRET, port=0, executor="local", **options)
     paths = HookPaths.under(settings.home)
-    queues = RunQueues(
+    queues = WebhookRuns(
         paths,
         home=settings.home,
         python=sys.executable,
         env=dict(os.environ),
         max_queue=config.max_queue,
     )
-    app = WebhookApp(config, paths, queues, Deliveries(paths.deliveries))
-    server = create_server(app)
+    server = make_server("127.0.0.1", 0, create_app(config, queues), threaded=True)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1})
     thread.start()
     try:
-        yield Server(f"http://127.0.0.1:{server.server_address[1]}", app, queues, paths)
+        yield Server(f"http://127.0.0.1:{server.server_port}", queues, paths)
     finally:
         server.shutdown()
         thread.join()
@@ -411,6 +410,76 @@ def test_serve_needs_the_secret_and_stops_cleanly_on_sigterm(home: Path) -> None
     assert proc.returncode == 0, stderr
     assert "hooks serve: stopped" in stdout
     assert SECRET.decode() not in stdout + stderr
+
+
+@contextmanager
+def serve_process(settings: Settings, log: Path) -> Iterator[tuple[Server, subprocess.Popen[str]]]:
+    """`trainchain hooks serve` itself (gunicorn, one worker) on a free port; stopped with
+    SIGTERM at the end unless the test killed it."""
+    env = {**os.environ, "TRAINCHAIN_WEBHOOK_SECRET": SECRET.decode()}
+    argv = [sys.executable, "-m", "trainchain", "hooks", "serve", "--port", "0"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [*argv, "--executor", "local", "--workers", "1"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+    try:
+        listening = eventually(
+            lambda: re.search(r"listening on (http://127\.0\.0\.1:\d+)/", log.read_text()),
+            "hooks serve to listen",
+            60,
+            poll=0.2,
+        )
+        paths = HookPaths.under(settings.home)
+        runs = WebhookRuns(paths, home=settings.home, python=sys.executable, env=env)
+        yield Server(listening[1], runs, paths), proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=120)
+
+
+@pytest.mark.slow
+def test_a_killed_server_s_runs_are_drained_after_a_restart(
+    model: Path, settings: Settings, tmp_path: Path
+) -> None:
+    """`hooks serve` (under gunicorn) and the drainer it started are SIGKILLed while one run
+    waits for its busy repository and a second is queued behind it: both stay recorded;
+    started again, the server queues the first again (its chain never started) and drains
+    both, one after the other."""
+    url = f"file://{model}"
+    first = git(model, "rev-parse", "HEAD")
+    second = new_commit(model, "second")
+    paths = HookPaths.under(settings.home)
+    with try_lock(paths.lock(repo_key(url))) as held:  # the repository is busy
+        assert held
+        with serve_process(settings, tmp_path / "first.log") as (server, proc):
+            answers = [
+                server.deliver(push_payload(url, sha), delivery=f"k{n}")
+                for n, sha in enumerate((first, second))
+            ]
+            assert [code for code, _ in answers] == [202, 202], answers
+            runs = [body["run_id"] for _, body in answers]
+            [(taken, drainer)] = server.queues.queue.running()
+            assert taken.run_id == runs[0] and drainer is not None
+            os.kill(drainer, signal.SIGKILL)
+            proc.kill()
+            proc.wait(timeout=60)
+            eventually(lambda: not process_alive(drainer, None), "the drainer to die", 60)
+    assert [load_status(paths, r).state for r in runs] == [RunState.RUNNING, RunState.QUEUED]
+
+    with serve_process(settings, tmp_path / "again.log"):
+        done = [wait_final(partial(load_status, paths, r)) for r in runs]
+    assert [d.state for d in done] == [RunState.SUCCEEDED, RunState.SUCCEEDED]
+    assert [d.commit for d in done] == [first, second]
+    assert done[0].finished_at and done[1].started_at
+    assert done[1].started_at >= done[0].finished_at  # one after the other
+    restarted = (tmp_path / "again.log").read_text()
+    assert f"run {runs[0]}: its drainer (pid {drainer}" in restarted
+    assert "went away before its chain started; queued again" in restarted
 
 
 # ---- pure decisions ------------------------------------------------------------------------

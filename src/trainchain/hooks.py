@@ -1,270 +1,96 @@
-"""Triggers without Jenkins: the run queue both triggers share, and the post-receive hook.
+"""Triggers without Jenkins: the post-receive hook, and the drainers that run queued runs.
 
 A trigger (the post-receive hook of a bare repository, or the GitHub webhook server of
-:mod:`trainchain.webhook`) turns a pushed commit into a *run*: ``trainchain run
-<repository> --ref <sha>`` in its own process, one at a time per repository. Each run has
-a log, ``$TRAINCHAIN_HOME/hooks/runs/<run_id>.log``, and a status file, ``<run_id>.json``,
-written atomically as the run goes from ``queued`` to ``running`` to ``succeeded``,
-``goal_not_reached``, ``failed`` or ``cancelled``.
+:mod:`trainchain.webhook`) turns a pushed commit into a *run* queued in the one trigger
+queue (:mod:`trainchain.trigger_queue`, SQLite under ``$TRAINCHAIN_HOME/hooks``), then
+starts a detached *drainer* (`trainchain hooks drain`) for each repository it could claim,
+so the push (or the delivery) is answered at once. A drainer runs its repository's
+queued runs oldest first, each as ``trainchain run <repository> --ref <sha>`` in its own
+process group with a log, ``$TRAINCHAIN_HOME/hooks/runs/<run_id>.log``; one chain at a
+time per repository, at most ``max_running`` repositories at once.
 
-One run at a time per repository: whoever runs a repository's chain holds ``flock`` on
-``hooks/locks/<repository key>.lock``. The post-receive hook queues a run on disk (a
-marker file in ``hooks/queue/<repository key>/``) and starts a detached *drainer*; the
-drainer holding the lock runs the queued runs oldest first, so the push returns at once
-and pushes queue, never interleave.
+The drainer also holds ``flock`` on ``hooks/locks/<repository key>.lock`` around each
+chain: the claim in SQLite says which drainer owns a repository, the lock is the
+operating system's guarantee that two chains of it never overlap, whatever a stale-claim
+check decided.
 """
 
 from __future__ import annotations
 
 import fcntl
-import json
 import logging
 import os
 import re
-import secrets
 import shlex
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import asdict, dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
-from trainchain.errors import Busy, ConfigError
-from trainchain.gitrepo import normalise, workspace_name
+from trainchain.errors import ConfigError
 from trainchain.locks import flock_within
 from trainchain.status import RunState
 from trainchain.task import atomic_write_bytes
+from trainchain.trigger_queue import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_RUN_TIMEOUT_S,
+    SHOWN_RUNS,
+    AlreadyReceived,
+    Holder,
+    HookPaths,
+    QueueFull,
+    RepositoryBusy,
+    RunRequest,
+    RunStatus,
+    TriggerQueue,
+    check_max_queue,
+    now_iso,
+    repo_key,
+)
+
+__all__ = [
+    "AlreadyReceived",
+    "HookPaths",
+    "QueueFull",
+    "RepositoryBusy",
+    "RunRequest",
+    "RunState",
+    "RunStatus",
+    "TriggerQueue",
+    "check_max_queue",
+    "repo_key",
+]
 
 log = logging.getLogger(__name__)
 
 HOOK_MARKER = "# trainchain post-receive hook"
 ZERO_SHA = "0" * 40
-DEFAULT_MAX_QUEUE = 16
-MAX_QUEUE_LIMIT = 1000
-DEFAULT_RUN_TIMEOUT_S = 24 * 3600.0
 DEFAULT_JENKINS_JOB = "trainchain-1-pull"
 JENKINS_TIMEOUT_S = 120.0
-QUEUE_LOCK_WAIT_S = 10.0  # enqueueing holds the queue's lock for milliseconds
 LOCK_POLL_S = 0.2
 KILL_GRACE_S = 30.0  # a timed-out or stopped chain gets this long after SIGTERM
 DRAIN_LOG_LIMIT = 1 << 20  # the drainers' shared stderr log is emptied past 1 MiB
-SHOWN_RUNS = 20
-KEPT_RUNS = 1000  # finished runs' status files and logs kept; older ones are removed
+MAX_DRAINED_RUNS = 10_000  # one drainer's runs before it ends (the next push starts another)
 
 _SHA40 = re.compile(r"^[0-9a-f]{40}$")
-_RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,100}$")
-_KEY = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 _BRANCH = re.compile(r"^[^\s~^:?*\[\\]+$")
 # git sets these for a hook; inherited, they would point a chain's git calls at the bare repo
 _KEEP_GIT_ENV = frozenset({"GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS", "GIT_SSL_CAINFO"})
-
-
-class RepositoryBusy(Busy):
-    """Another process held a repository's lock for longer than we could wait."""
-
-
-class QueueFull(RepositoryBusy):
-    """A repository already has as many runs waiting as its queue holds."""
-
-
-@dataclass(frozen=True)
-class RunRequest:
-    """What a trigger asks for: run the chain on ``repository`` at ``commit``."""
-
-    repository: str  # what `trainchain run` pulls: a URL, or an absolute path
-    commit: str  # the full sha
-    branch: str
-    trigger: str  # "post-receive" or "webhook"
-    delivery: str | None = None  # the webhook delivery id
-    executor: str | None = None  # None: `trainchain run`'s default
-    data: str | None = None
-    run_timeout: float = DEFAULT_RUN_TIMEOUT_S
-
-    def __post_init__(self) -> None:
-        if not self.repository or self.repository.startswith("-"):
-            raise ConfigError(
-                f"repository {self.repository!r} is not a URL or a path",
-                hint="pass a URL git accepts or a path to a repository",
-            )
-        if not _SHA40.match(self.commit):
-            raise ConfigError(
-                f"commit {self.commit!r} is not a full sha: expected 40 lowercase hex digits"
-            )
-        if not 0 < self.run_timeout <= 7 * 24 * 3600:
-            raise ConfigError(
-                f"run timeout {self.run_timeout:g} s is out of range: expected 1 s to 7 days"
-            )
-
-
-@dataclass(frozen=True)
-class RunStatus:
-    """One run's status file, ``hooks/runs/<run_id>.json``."""
-
-    run_id: str
-    state: RunState
-    repository: str
-    commit: str
-    branch: str
-    trigger: str
-    log: str
-    queued_at: str
-    delivery: str | None = None
-    executor: str | None = None
-    data: str | None = None
-    run_timeout: float = DEFAULT_RUN_TIMEOUT_S
-    started_at: str | None = None
-    finished_at: str | None = None
-    exit_code: int | None = None
-    pid: int | None = None
-    error: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"state": str(self.state)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RunStatus:
-        known = set(cls.__dataclass_fields__)
-        fields = {k: v for k, v in data.items() if k in known}
-        return cls(**(fields | {"state": RunState(data["state"])}))
-
-    def with_(self, **changes: Any) -> RunStatus:
-        return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class HookPaths:
-    """Where triggers keep their state: ``$TRAINCHAIN_HOME/hooks``."""
-
-    root: Path
-
-    @classmethod
-    def under(cls, home: Path) -> HookPaths:
-        return cls(Path(home) / "hooks")
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
-
-    @property
-    def deliveries(self) -> Path:
-        return self.root / "deliveries.json"
-
-    @property
-    def drain_log(self) -> Path:
-        return self.root / "drain.log"
-
-    def status(self, run_id: str) -> Path:
-        return self.runs / f"{check_run_id(run_id)}.json"
-
-    def log(self, run_id: str) -> Path:
-        return self.runs / f"{check_run_id(run_id)}.log"
-
-    def lock(self, key: str) -> Path:
-        return self.root / "locks" / f"{check_key(key)}.lock"
-
-    def queue(self, key: str) -> Path:
-        return self.root / "queue" / check_key(key)
-
-
-def check_run_id(run_id: str) -> str:
-    if not _RUN_ID.match(run_id):
-        raise ConfigError(
-            f"{run_id!r} is not a run id: expected <UTC time>-<repository>-<sha8>-<hex>, "
-            "as printed when the run was queued"
-        )
-    return run_id
-
-
-def check_key(key: str) -> str:
-    if not _KEY.match(key) or key.startswith("."):
-        raise ConfigError(f"{key!r} is not a repository key: expected letters, digits, . _ -")
-    return key
-
-
-def repo_key(repository: str) -> str:
-    """One name per repository for its lock and queue (the workspace's name); a local
-    repository is the same one as a path or as a file:// URL."""
-    if repository.startswith("file://"):
-        repository = repository.removeprefix("file://")
-    return workspace_name(normalise(repository))
-
-
-def now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
-
-
-def new_run_id(repository: str, commit: str) -> str:
-    slug = repo_key(repository).rsplit("-", 1)[0][:40] or "repo"
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{stamp}-{slug}-{commit[:8]}-{secrets.token_hex(3)}"
-
-
-def new_status(paths: HookPaths, request: RunRequest) -> RunStatus:
-    run_id = new_run_id(request.repository, request.commit)
-    return RunStatus(
-        run_id=run_id,
-        state=RunState.QUEUED,
-        repository=request.repository,
-        commit=request.commit,
-        branch=request.branch,
-        trigger=request.trigger,
-        log=str(paths.log(run_id)),
-        queued_at=now_iso(),
-        delivery=request.delivery,
-        executor=request.executor,
-        data=request.data,
-        run_timeout=request.run_timeout,
-    )
-
-
-def save_status(paths: HookPaths, status: RunStatus) -> Path:
-    path = paths.status(status.run_id)
-    atomic_write_bytes(path, (json.dumps(status.to_dict(), indent=2) + "\n").encode("utf-8"))
-    return path
+# drainers this process started: reaped when the next one starts, so none stays a zombie
+_spawned: set[int] = set()
 
 
 def load_status(paths: HookPaths, run_id: str) -> RunStatus:
-    path = paths.status(run_id)
-    try:
-        return RunStatus.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        raise ConfigError(
-            f"no run {run_id!r} under {paths.runs}",
-            hint="run ids are printed when a run is queued; `trainchain hooks status` lists them",
-        ) from None
-    except (ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{path} is not a run status file: {err}") from None
+    """A run's status (``hooks status RUN_ID``)."""
+    return TriggerQueue(paths).get(run_id)
 
 
 def recent_runs(paths: HookPaths, limit: int = SHOWN_RUNS) -> list[RunStatus]:
-    """The latest runs, newest first (run ids start with their UTC time)."""
-    names = sorted((p.stem for p in paths.runs.glob("*.json")), reverse=True)
-    out = []
-    for name in names[:limit]:
-        try:
-            out.append(load_status(paths, name))
-        except ConfigError as err:
-            log.warning("skipping %s: %s", name, err.message)
-    return out
-
-
-def prune_runs(paths: HookPaths, keep: int = KEPT_RUNS) -> int:
-    """Remove the status files and logs of finished runs older than the newest ``keep``."""
-    removed = 0
-    for path in sorted(paths.runs.glob("*.json"), reverse=True)[keep:]:
-        try:
-            status = load_status(paths, path.stem)
-        except ConfigError:
-            continue
-        if status.state.final:
-            paths.log(path.stem).unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
+    """The latest runs, newest first."""
+    return TriggerQueue(paths).recent(limit)
 
 
 def child_env(env: Mapping[str, str], home: Path) -> dict[str, str]:
@@ -338,10 +164,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
+def _outcome(status: RunStatus, code: int | None, error: str | None) -> RunStatus:
+    state = RunState.FAILED if code is None or error else RunState.of_exit(code)
+    if state is RunState.FAILED and error is None:
+        error = f"trainchain run exited with status {code}; the log says why"
+    return status.with_(state=state, exit_code=code, finished_at=now_iso(), error=error)
+
+
 def execute(
-    paths: HookPaths, status: RunStatus, *, python: str, env: Mapping[str, str], home: Path
+    queue: TriggerQueue,
+    token: str,
+    status: RunStatus,
+    *,
+    python: str,
+    env: Mapping[str, str],
+    home: Path,
 ) -> RunStatus:
-    """Run the chain of a queued run (its caller holds the repository's lock) to the end."""
+    """Run the chain of the run ``token`` claims (its caller holds the repository's lock)
+    to the end, and record the outcome (which takes the repository's next queued run)."""
+    paths = queue.paths
     argv = run_argv(python, status, home)
     log_path = paths.log(status.run_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -360,84 +201,75 @@ def execute(
             )
         except OSError as err:
             _log_line(out, f"cannot start the chain: {err}")
-            return _finish(paths, status, None, f"cannot start the chain: {err}")
-        status = status.with_(state=RunState.RUNNING, started_at=now_iso(), pid=proc.pid)
-        save_status(paths, status)
+            final = _outcome(status, None, f"cannot start the chain: {err}")
+            queue.finish(token, final)
+            return final
+        status = status.with_(started_at=now_iso(), pid=proc.pid)
+        queue.started(token, status)
         error = None
         try:
             code = proc.wait(timeout=status.run_timeout)
         except subprocess.TimeoutExpired:
             code = _stop(proc)
             error = f"the chain ran longer than {status.run_timeout:g} s and was stopped"
-        except BaseException:  # SIGTERM or Ctrl-C of the runner: the chain stops with it
+        except BaseException:  # SIGTERM or Ctrl-C of the drainer: the chain stops with it
             code = _stop(proc)
-            _finish(paths, status, code, "the runner was stopped, and the chain with it")
+            stopped = "the drainer was stopped, and the chain with it"
+            queue.finish(token, _outcome(status, code, stopped), advance=False)
             raise
-        final = _finish(paths, status, code, error)
+        final = _outcome(status, code, error)
+        queue.finish(token, final)
         _log_line(out, f"run {status.run_id} finished: {final.state} (exit {code})")
         return final
 
 
-def _finish(paths: HookPaths, status: RunStatus, code: int | None, error: str | None) -> RunStatus:
-    state = RunState.FAILED if code is None or error else RunState.of_exit(code)
-    if state is RunState.FAILED and error is None:
-        error = f"trainchain run exited with status {code}; the log says why"
-    final = status.with_(state=state, exit_code=code, finished_at=now_iso(), error=error)
-    save_status(paths, final)
-    return final
-
-
-def _oldest(queue: Path) -> Path | None:
-    markers = sorted(queue.glob("[0-9]*-*")) if queue.is_dir() else []
-    return markers[0] if markers else None
-
-
-def drain(paths: HookPaths, key: str, *, python: str, env: Mapping[str, str], home: Path) -> int:
-    """Run ``key``'s queued runs oldest first, if no other process does; how many ran.
-
-    Whoever holds the repository's lock drains its queue. After letting go, it looks once
-    more: a run queued just before the release had its own drainer turned away."""
-    queue = paths.queue(key)
-    ran = 0
-    while True:
-        with try_lock(paths.lock(key)) as held:
-            if not held:
-                return ran
-            while (marker := _oldest(queue)) is not None:
-                run_id = marker.name.split("-", 1)[1]
-                marker.unlink(missing_ok=True)
-                try:
-                    status = load_status(paths, run_id)
-                except ConfigError as err:
-                    log.warning("queued run %s: %s", run_id, err.message)
-                    continue
-                if status.state is RunState.QUEUED:
-                    execute(paths, status, python=python, env=env, home=home)
-                    ran += 1
-        if _oldest(queue) is None:
-            return ran
-
-
-def execute_queued(
-    paths: HookPaths, run_id: str, *, python: str, env: Mapping[str, str], home: Path
-) -> RunStatus:
-    """Run one queued run once its repository is free, then the repository's disk queue."""
-    status = load_status(paths, run_id)
-    key = repo_key(status.repository)
+def run_claimed(
+    queue: TriggerQueue, token: str, *, python: str, env: Mapping[str, str], home: Path
+) -> RunStatus | None:
+    """Run the run a claim is on, once the repository's lock is free; None when the claim
+    was released (nothing left to run)."""
+    status = queue.current(token)
+    if status is None:
+        return None
+    what = f"run {status.run_id}"
     try:
-        with wait_lock(paths.lock(key), status.run_timeout, f"run {run_id}"):
-            status = load_status(paths, run_id)  # cancelled while it waited?
-            if status.state is RunState.QUEUED:
-                status = execute(paths, status, python=python, env=env, home=home)
+        with wait_lock(queue.paths.lock(repo_key(status.repository)), status.run_timeout, what):
+            return execute(queue, token, status, python=python, env=env, home=home)
     except RepositoryBusy as err:
-        status = _finish(paths, status, None, err.message)
-    drain(paths, key, python=python, env=env, home=home)
-    return status
+        final = _outcome(status, None, err.message)
+        queue.finish(token, final)
+        return final
+
+
+def drain(paths: HookPaths, token: str, *, python: str, env: Mapping[str, str], home: Path) -> int:
+    """The drainer: run the claimed repository's queued runs one at a time, then those of
+    repositories left waiting for a free drainer; how many ran."""
+    queue = TriggerQueue(paths)
+    me = Holder()
+    if not queue.hand_over(token, me):
+        log.warning("claim %s was settled before this drainer started: nothing to do", token)
+        return 0
+    ran = 0
+    for _ in range(MAX_DRAINED_RUNS):
+        if run_claimed(queue, token, python=python, env=env, home=home) is not None:
+            ran += 1
+            continue
+        taken = queue.claim_waiting(me, limit=1)  # our repository is done: any left waiting?
+        if not taken:
+            return ran
+        token = taken[0]
+    log.warning("drained %d runs: ending; the next push starts a new drainer", ran)
+    return ran
 
 
 def spawn_detached(paths: HookPaths, argv: list[str], env: Mapping[str, str]) -> int:
     """Start ``argv`` in its own session with no terminal and none of our output pipes (git
     waits for a hook's pipes to close); its stderr goes to ``hooks/drain.log``."""
+    for pid in list(_spawned):  # reap the drainers that ended since
+        with suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG)[0] == 0:
+                continue
+        _spawned.discard(pid)
     paths.root.mkdir(parents=True, exist_ok=True)
     drain_log = paths.drain_log
     if drain_log.exists() and drain_log.stat().st_size > DRAIN_LOG_LIMIT:
@@ -453,10 +285,22 @@ def spawn_detached(paths: HookPaths, argv: list[str], env: Mapping[str, str]) ->
             start_new_session=True,
             close_fds=True,
         )
-    # Not ours to wait for: it outlives this (short-lived) process on purpose. Marking it
-    # done keeps Popen from warning, when collected, that it is still running.
+    # Not ours to wait for: it outlives this (often short-lived) process on purpose. Marking
+    # it done keeps Popen from warning, when collected, that it is still running.
     proc.returncode = 0
+    _spawned.add(proc.pid)
     return proc.pid
+
+
+def dispatch(queue: TriggerQueue, *, python: str, env: Mapping[str, str], home: Path) -> int:
+    """Settle stale claims, then start a drainer for each repository with queued runs that
+    no drainer holds (as many as the queue's ``max_running`` allows); how many started."""
+    tokens = queue.claim_waiting(Holder())
+    for token in tokens:
+        argv = trainchain_argv(python, home, "hooks", "drain", "--claim", token)
+        pid = spawn_detached(queue.paths, argv, child_env(env, home))
+        queue.hand_over(token, Holder(pid=pid))
+    return len(tokens)
 
 
 def enqueue(
@@ -467,28 +311,16 @@ def enqueue(
     python: str,
     env: Mapping[str, str],
     home: Path,
+    full_hint: str = "push again once some have run, or reinstall the hook with a larger "
+    "--max-queue",
 ) -> tuple[RunStatus, int]:
-    """Queue a run on disk and start a detached drainer; (its status, runs waiting before it)."""
-    key = repo_key(request.repository)
-    queue = paths.queue(key)
-    queue.mkdir(parents=True, exist_ok=True)
-    with wait_lock(paths.lock(key + ".queue"), QUEUE_LOCK_WAIT_S, "queueing a run"):
-        waiting = sum(1 for _ in queue.glob("[0-9]*-*"))
-        if waiting >= max_queue:
-            raise QueueFull(
-                f"{waiting} runs of {request.repository} are already waiting "
-                f"(the queue holds {max_queue})",
-                hint="push again once some have run, or reinstall the hook with a larger "
-                "--max-queue",
-            )
-        status = new_status(paths, request)
-        save_status(paths, status)
-        (queue / f"{time.time_ns():020d}-{status.run_id}").touch()
-    prune_runs(paths)
-    spawn_detached(
-        paths, trainchain_argv(python, home, "hooks", "drain", key), child_env(env, home)
-    )
-    return status, waiting
+    """Queue a run and start the drainers it needs; (its status, runs of its repository
+    ahead of it)."""
+    queue = TriggerQueue(paths)
+    status, ahead = queue.enqueue(request, max_queue=max_queue, full_hint=full_hint)
+    queue.prune()
+    dispatch(queue, python=python, env=env, home=home)
+    return status, ahead
 
 
 # ---- the post-receive hook ----------------------------------------------------------
@@ -578,14 +410,6 @@ class HookOptions:
             if value:
                 out += [flag, value]
         return [*out, "--max-queue", str(self.max_queue), "--run-timeout", f"{self.run_timeout:g}"]
-
-
-def check_max_queue(value: int) -> int:
-    if not 1 <= value <= MAX_QUEUE_LIMIT:
-        raise ConfigError(
-            f"a queue of {value} runs is out of range: expected 1 to {MAX_QUEUE_LIMIT}"
-        )
-    return value
 
 
 def post_receive(

@@ -14,8 +14,8 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from trainchain.errors import ConfigError
 from trainchain.settings import Settings, for_command
 
 SECRET_ENV = "TRAINCHAIN_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
+LISTEN_BACKLOG = 64
 
 
 def _out(text: str = "") -> None:
@@ -54,15 +55,31 @@ def _stop_on_sigterm() -> None:
 
 
 # ---- hooks serve ----------------------------------------------------------------------
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound here so a busy port is one clear error and
+    port 0's pick is known before gunicorn starts (it serves this socket: fd://)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as err:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}",
+            hint="pick another --port, or stop what listens there",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
+    from functools import partial
+
     from trainchain.hooks import HookPaths
-    from trainchain.webhook import (
-        Deliveries,
-        RunQueues,
-        WebhookApp,
-        WebhookConfig,
-        create_server,
-    )
+    from trainchain.serving.server import run_embedded
+    from trainchain.webhook import WebhookConfig, WebhookRuns, create_app, gunicorn_options
 
     secret = os.environ.get(SECRET_ENV, "")
     if not secret:
@@ -83,45 +100,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         run_timeout=args.run_timeout,
         shutdown_wait=args.shutdown_wait,
+        workers=args.workers,
     )
     paths = HookPaths.under(settings.home)
     env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}  # chains never see it
-    queues = RunQueues(
+    runs = WebhookRuns(
         paths, home=settings.home, python=_python(), env=env, max_queue=config.max_queue
     )
-    app = WebhookApp(config, paths, queues, Deliveries(paths.deliveries))
-    try:
-        server = create_server(app)
-    except OSError as err:
-        raise ConfigError(
-            f"cannot listen on {config.host}:{config.port}: {err.strerror or err}",
-            hint="pick another --port, or stop what listens there",
-        ) from None
     if not args.quiet:
         logging.getLogger("trainchain.webhook").setLevel(logging.INFO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.5}, name="http"
-    )
-    thread.start()
-    host, port = server.server_address[:2]
+    sock = _listen(config.host, config.port)
+    host, port = sock.getsockname()[:2]
     watched = ", ".join(config.branches) or "each repository's default branch"
     _out(f"hooks serve: listening on http://{host!s}:{port}/ and /github-webhook/")
     _out(f"hooks serve: pushes to {watched} become runs under {paths.runs}")
-    try:
-        while not stop.wait(0.5):
-            pass
-    finally:
+    for line in runs.resume():  # what a killed server or drainer left behind
+        _out(f"hooks serve: {line}")
+
+    def stopping(_arbiter: object) -> None:  # gunicorn's on_exit, in this (master) process
         _out("hooks serve: stopping: no more deliveries")
-        server.shutdown()
-        thread.join(timeout=10)
-        server.server_close()
-        for line in queues.close(config.shutdown_wait):
+        for line in runs.close(config.shutdown_wait):
             _out(f"hooks serve: {line}")
+
+    # gunicorn owns the socket from here (it closes the descriptor it is given)
+    options = gunicorn_options(config, sock.detach()) | {"on_exit": stopping}
+    code = run_embedded(partial(create_app, config, runs), options)
     _out("hooks serve: stopped")
-    return 0
+    return code
 
 
 # ---- hooks install / post-receive -------------------------------------------------------
@@ -195,33 +200,20 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
-    from trainchain.hooks import HookPaths, drain
+    from trainchain.hooks import HookPaths, TriggerQueue, dispatch, drain
 
     settings = _settings(args)
+    paths = HookPaths.under(settings.home)
+    if args.claim is None:  # by hand: settle what dead drainers left, start drainers
+        queue = TriggerQueue(paths)
+        for line in queue.reconcile():
+            _out(line)
+        started = dispatch(queue, python=_python(), env=dict(os.environ), home=settings.home)
+        _out(f"started {started} drainer(s)")
+        return 0
     _stop_on_sigterm()
-    drain(
-        HookPaths.under(settings.home),
-        args.key,
-        python=_python(),
-        env=dict(os.environ),
-        home=settings.home,
-    )
+    drain(paths, args.claim, python=_python(), env=dict(os.environ), home=settings.home)
     return 0
-
-
-def cmd_execute(args: argparse.Namespace) -> int:
-    from trainchain.hooks import HookPaths, execute_queued
-
-    settings = _settings(args)
-    _stop_on_sigterm()
-    status = execute_queued(
-        HookPaths.under(settings.home),
-        args.run_id,
-        python=_python(),
-        env=dict(os.environ),
-        home=settings.home,
-    )
-    return status.exit_code if status.exit_code is not None else 1
 
 
 # ---- parser ------------------------------------------------------------------------------
@@ -314,6 +306,12 @@ def register(
         help="on SIGINT/SIGTERM, how long to wait for running chains (default: 30); "
         "chains still running then finish on their own",
     )
+    sp.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="gunicorn worker processes (default: 2), each answering 4 deliveries at once",
+    )
 
     sp = sub("install", cmd_install, "write a post-receive hook into a bare repository")
     sp.add_argument("repo", metavar="BARE_REPO", help="the bare repository people push to")
@@ -334,8 +332,10 @@ def register(
     sp.add_argument("run_id", nargs="?", help="a run id (default: list the latest runs)")
     sp.add_argument("--limit", type=int, default=20, help="runs listed (default: 20)")
 
-    sp = sub("drain", cmd_drain, "internal: run a repository's queued runs, one at a time")
-    sp.add_argument("key", help="the repository key (the queue's folder name)")
-
-    sp = sub("execute", cmd_execute, "internal: run one queued run once its repository is free")
-    sp.add_argument("run_id")
+    sp = sub(
+        "drain",
+        cmd_drain,
+        "run queued runs: settle what killed drainers left and start drainers for queued "
+        "runs (triggers start them on their own)",
+    )
+    sp.add_argument("--claim", metavar="TOKEN", help="internal: drain the repository it claims")

@@ -2,15 +2,17 @@
 
 GitHub POSTs each push to ``/`` (or ``/github-webhook/``, Jenkins' path, so one GitHub
 setting serves both) signed with the shared secret (``X-Hub-Signature-256``). A signed
-push to a watched branch becomes a run (:mod:`trainchain.hooks`): queued per repository,
-run one at a time by that repository's worker thread, each in its own process
-(`trainchain hooks execute`, which runs `trainchain run` and writes the status file), so
-a crashing chain never takes the server down, and a chain still running at shutdown
-finishes and records its outcome on its own.
+push to a watched branch becomes a run in the one trigger queue
+(:mod:`trainchain.trigger_queue`), the one the post-receive hook uses: one chain at a time
+per repository, each run by a detached drainer in its own process (:mod:`trainchain.hooks`),
+so a crashing chain never takes the server down, a chain still running at shutdown
+finishes and records its outcome on its own, and a run queued when the server was killed
+is drained when it starts again.
 
 The decisions (is the signature right, is this a push to run) are plain functions;
-:class:`WebhookApp` answers requests without any socket; :func:`create_server` puts it
-behind ``http.server``.
+:class:`WebhookApp` answers requests without any socket; :func:`create_app` makes it a
+Flask app, run under gunicorn (:func:`trainchain.serving.server.run_embedded`) with a
+bounded number of workers and threads.
 """
 
 from __future__ import annotations
@@ -20,38 +22,36 @@ import hmac
 import json
 import logging
 import re
-import subprocess
-import threading
-from collections import deque
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from flask import Flask, request
+from flask import Response as FlaskResponse
+from werkzeug.exceptions import HTTPException
 
 from trainchain import __version__
 from trainchain.errors import ConfigError
 from trainchain.hooks import (
+    ZERO_SHA,
+    child_env,
+    dispatch,
+    enqueue,
+)
+from trainchain.trigger_queue import (
     DEFAULT_MAX_QUEUE,
     DEFAULT_RUN_TIMEOUT_S,
-    ZERO_SHA,
+    AlreadyReceived,
     HookPaths,
     QueueFull,
     RunRequest,
     RunStatus,
+    TriggerQueue,
     check_max_queue,
-    child_env,
-    load_status,
-    new_status,
-    now_iso,
-    prune_runs,
-    repo_key,
-    save_status,
-    trainchain_argv,
 )
-from trainchain.status import RunState
-from trainchain.task import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,15 @@ WEBHOOK_PATHS = frozenset({"/", "/github-webhook/", "/github-webhook"})
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DEFAULT_MAX_BODY = 5 << 20  # GitHub caps payloads at 25 MB; pushes are far smaller
 MAX_BODY_LIMIT = 100 << 20
-DELIVERIES_KEPT = 1000
-READ_TIMEOUT_S = 30.0  # a client that stops sending mid-request is dropped
 DEFAULT_SHUTDOWN_WAIT_S = 30.0
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 16
+THREADS = 4  # per worker: at most workers x threads deliveries are answered at once
+MAX_CONNECTIONS = 100  # per worker; more wait in the listen backlog
+GRACEFUL_TIMEOUT_S = 20
+WORKER_TIMEOUT_S = 60  # a worker stuck this long (a client that stops sending) is restarted
+STOP_POLL_S = 0.5
+EXTENSION = "trainchain-hooks"
 _SHA40 = re.compile(r"^[0-9a-f]{40}$")
 _DELIVERY = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
 
@@ -78,6 +84,7 @@ class WebhookConfig:
     max_body: int = DEFAULT_MAX_BODY
     run_timeout: float = DEFAULT_RUN_TIMEOUT_S
     shutdown_wait: float = DEFAULT_SHUTDOWN_WAIT_S
+    workers: int = DEFAULT_WORKERS
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -96,6 +103,10 @@ class WebhookConfig:
         if not 0 <= self.shutdown_wait <= 3600:
             raise ConfigError(
                 f"shutdown wait {self.shutdown_wait:g} s is out of range: expected 0 to 3600 s"
+            )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                f"{self.workers} workers is out of range: expected 1 to {MAX_WORKERS}"
             )
 
 
@@ -186,52 +197,10 @@ def read_push(payload: Any, branches: tuple[str, ...]) -> Push | Ignore:
     return Push(repository=clone_url, name=name, branch=branch, commit=after)
 
 
-# ---- state --------------------------------------------------------------------------
-class Deliveries:
-    """The last ``keep`` delivery ids, in a JSON file so a restart still knows replays."""
-
-    def __init__(self, path: Path, keep: int = DELIVERIES_KEPT) -> None:
-        self.path = path
-        self.keep = keep
-        self._ids: deque[str] = deque(maxlen=keep)
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            stored = []
-        except ValueError as err:
-            log.warning("%s is not JSON (%s): starting with no deliveries remembered", path, err)
-            stored = []
-        self._ids.extend(str(i) for i in stored if isinstance(i, str))
-        self._set = set(self._ids)
-
-    def __contains__(self, delivery: object) -> bool:
-        return delivery in self._set
-
-    def add(self, delivery: str) -> None:
-        if delivery in self._set:
-            return
-        if len(self._ids) == self.keep:
-            self._set.discard(self._ids[0])
-        self._ids.append(delivery)
-        self._set.add(delivery)
-        atomic_write_bytes(self.path, json.dumps(list(self._ids)).encode("utf-8"))
-
-
-@dataclass
-class _Repo:
-    """One repository's queue and the run its worker is on."""
-
-    pending: deque[RunStatus] = field(default_factory=deque)
-    active: RunStatus | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    worker: threading.Thread | None = None
-
-
-class RunQueues:
-    """A worker thread per repository runs its runs one at a time, oldest first.
-
-    At most one run is running and ``max_queue`` are waiting; each runs as
-    `trainchain hooks execute <run_id>` in its own session."""
+# ---- runs -----------------------------------------------------------------------------
+class WebhookRuns:
+    """The webhook's side of the trigger queue: queue a push and start its drainer; at a
+    graceful stop, cancel the runs still waiting and wait a bounded time for running ones."""
 
     def __init__(
         self,
@@ -247,119 +216,47 @@ class RunQueues:
         self.python = python
         self.env = child_env(env, home)
         self.max_queue = check_max_queue(max_queue)
-        self._repos: dict[str, _Repo] = {}
-        self._cond = threading.Condition()
-        self._closed = False
+        self.queue = TriggerQueue(paths)
 
-    def submit(self, status: RunStatus) -> int:
-        """Queue a run (its status file is written first); how many runs are ahead of it."""
-        key = repo_key(status.repository)
-        with self._cond:
-            if self._closed:
-                raise QueueFull("the server is stopping", hint="GitHub can redeliver the push")
-            repo = self._repos.setdefault(key, _Repo())
-            if len(repo.pending) >= self.max_queue:
-                raise QueueFull(
-                    f"{len(repo.pending)} runs of {status.repository} are already waiting "
-                    f"(the queue holds {self.max_queue})",
-                    hint="redeliver the push from GitHub once some have run, or restart "
-                    "`trainchain hooks serve` with a larger --max-queue",
-                )
-            ahead = len(repo.pending) + (repo.active is not None)
-            save_status(self.paths, status)
-            repo.pending.append(status)
-            if repo.worker is None:
-                repo.worker = threading.Thread(
-                    target=self._work, args=(key, repo), name=f"runs-{key}", daemon=True
-                )
-                repo.worker.start()
-            self._cond.notify_all()
-        prune_runs(self.paths)
-        return ahead
+    def submit(self, request: RunRequest) -> tuple[RunStatus, int]:
+        """Queue a run (QueueFull, AlreadyReceived); (its status, runs ahead of it)."""
+        return enqueue(
+            self.paths,
+            request,
+            max_queue=self.max_queue,
+            python=self.python,
+            env=self.env,
+            home=self.home,
+            full_hint="redeliver the push from GitHub once some have run, or restart "
+            "`trainchain hooks serve` with a larger --max-queue",
+        )
 
-    def _work(self, key: str, repo: _Repo) -> None:
-        while True:
-            with self._cond:
-                if self._closed or not repo.pending:
-                    repo.worker = None
-                    repo.active = None
-                    self._cond.notify_all()
-                    return
-                status = repo.active = repo.pending.popleft()
-            self._run(repo, status)
-
-    def _run(self, repo: _Repo, status: RunStatus) -> None:
-        argv = trainchain_argv(self.python, self.home, "hooks", "execute", status.run_id)
-        try:
-            with self.paths.log(status.run_id).open("ab") as out:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    env=self.env,
-                    cwd=self.paths.root,
-                    start_new_session=True,  # Ctrl-C of the server does not reach the chain
-                )
-            with self._cond:
-                repo.proc = proc
-            code = proc.wait()
-            # a runner killed before it wrote the outcome must not leave the run "running"
-            status = load_status(self.paths, status.run_id)
-            if not status.state.final:
-                error = f"`trainchain hooks execute` exited with status {code} mid-run"
-                save_status(
-                    self.paths,
-                    status.with_(state=RunState.FAILED, finished_at=now_iso(), error=error),
-                )
-        except (OSError, ConfigError) as err:
-            log.error("run %s: `trainchain hooks execute` failed: %s", status.run_id, err)
-            save_status(
-                self.paths,
-                status.with_(state=RunState.FAILED, finished_at=now_iso(), error=str(err)),
-            )
-        finally:
-            with self._cond:
-                repo.proc = None
-                repo.active = None
-                self._cond.notify_all()
+    def resume(self) -> list[str]:
+        """At start-up: settle what killed drainers left, start drainers for queued runs."""
+        done = self.queue.reconcile()
+        started = dispatch(self.queue, python=self.python, env=self.env, home=self.home)
+        if started:
+            done.append(f"started {started} drainer(s) for runs left queued")
+        return done
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
-        with self._cond:
-            return {
-                key: {
-                    "running": repo.active.run_id if repo.active else None,
-                    "queued": [s.run_id for s in repo.pending],
-                }
-                for key, repo in self._repos.items()
-                if repo.active or repo.pending
-            }
+        return self.queue.snapshot()
 
     def close(self, wait_s: float) -> list[str]:
-        """Cancel the waiting runs, wait up to ``wait_s`` for the running ones; what was left."""
-        with self._cond:
-            self._closed = True
-            for repo in self._repos.values():
-                while repo.pending:
-                    status = repo.pending.popleft()
-                    save_status(
-                        self.paths,
-                        status.with_(
-                            state=RunState.CANCELLED,
-                            finished_at=now_iso(),
-                            error="the server stopped before the run started; push again",
-                        ),
-                    )
-                    log.warning("run %s cancelled: the server is stopping", status.run_id)
-            self._cond.wait_for(
-                lambda: all(r.active is None for r in self._repos.values()), timeout=wait_s
-            )
-            return [
-                f"run {repo.active.run_id} left running (pid {repo.proc.pid if repo.proc else '?'})"
-                f"; its status file will show how it ends: {self.paths.status(repo.active.run_id)}"
-                for repo in self._repos.values()
-                if repo.active is not None
-            ]
+        """Cancel the waiting webhook runs, wait up to ``wait_s`` for the running ones; what
+        was left running."""
+        for status in self.queue.cancel_queued(
+            "webhook", "the server stopped before the run started; push again"
+        ):
+            log.warning("run %s cancelled: the server is stopping", status.run_id)
+        deadline = time.monotonic() + wait_s
+        while (running := self.queue.running("webhook")) and time.monotonic() < deadline:
+            time.sleep(min(STOP_POLL_S, max(deadline - time.monotonic(), 0.0)))
+        return [
+            f"run {status.run_id} left running (pid {pid if pid else '?'}); its status "
+            f"file will show how it ends: {self.paths.status(status.run_id)}"
+            for status, pid in running
+        ]
 
 
 # ---- answering requests ---------------------------------------------------------------
@@ -372,14 +269,9 @@ class Response:
 class WebhookApp:
     """Answers webhook deliveries and status requests; no sockets."""
 
-    def __init__(
-        self, config: WebhookConfig, paths: HookPaths, queues: RunQueues, deliveries: Deliveries
-    ) -> None:
+    def __init__(self, config: WebhookConfig, runs: WebhookRuns) -> None:
         self.config = config
-        self.paths = paths
-        self.queues = queues
-        self.deliveries = deliveries
-        self._lock = threading.Lock()
+        self.runs = runs
 
     def receive(  # noqa: PLR0911 - one return per answer, in the order of the checks
         self, headers: Mapping[str, str], body: bytes, peer: str = ""
@@ -409,16 +301,17 @@ class WebhookApp:
             decision = read_push(payload, self.config.branches)
         except BadPayload as err:
             return self._answer(headers, peer, where, HTTPStatus.BAD_REQUEST, {"error": str(err)})
-        with self._lock:
-            if delivery in self.deliveries:
-                ignored = {"ignored": f"delivery {delivery} was already received"}
-                return self._answer(headers, peer, where, HTTPStatus.OK, ignored)
-            if isinstance(decision, Ignore):
-                self.deliveries.add(delivery)
-                ignored = {"ignored": decision.reason}
-                return self._answer(headers, peer, where, HTTPStatus.ACCEPTED, ignored)
+        replay = {"ignored": f"delivery {delivery} was already received"}
+        if isinstance(decision, Ignore):
+            if not self.runs.queue.remember(delivery):
+                return self._answer(headers, peer, where, HTTPStatus.OK, replay)
+            ignored = {"ignored": decision.reason}
+            return self._answer(headers, peer, where, HTTPStatus.ACCEPTED, ignored)
+        try:
             code, answer = self._queue(delivery, decision)
-            return self._answer(headers, peer, where, code, answer)
+        except AlreadyReceived:
+            code, answer = HTTPStatus.OK, replay
+        return self._answer(headers, peer, where, code, answer)
 
     def refuse(self, headers: Mapping[str, str], code: int, error: str, peer: str = "") -> Response:
         """A delivery refused before its body is read (no length, too long)."""
@@ -435,12 +328,10 @@ class WebhookApp:
             data=self.config.data,
             run_timeout=self.config.run_timeout,
         )
-        status = new_status(self.paths, request)
         try:
-            ahead = self.queues.submit(status)
+            status, ahead = self.runs.submit(request)
         except QueueFull as err:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": err.message, "hint": err.hint}
-        self.deliveries.add(delivery)
         return HTTPStatus.ACCEPTED, {
             "run_id": status.run_id,
             "repository": push.repository,
@@ -476,64 +367,88 @@ class WebhookApp:
     def get(self, path: str) -> Response:
         if path == "/health":
             return Response(
-                HTTPStatus.OK, {"ok": True, "version": __version__, "runs": self.queues.snapshot()}
+                HTTPStatus.OK, {"ok": True, "version": __version__, "runs": self.runs.snapshot()}
             )
         if path.startswith("/runs/"):
             run_id = path.removeprefix("/runs/")
             try:
-                return Response(HTTPStatus.OK, load_status(self.paths, run_id).to_dict())
+                return Response(HTTPStatus.OK, self.runs.queue.get(run_id).to_dict())
             except ConfigError as err:
                 return Response(HTTPStatus.NOT_FOUND, {"error": err.message})
         return Response(
             HTTPStatus.NOT_FOUND, {"error": f"no page {path}: try /health or /runs/<id>"}
         )
 
+    def post(self, path: str, headers: Mapping[str, str], body: IO[bytes], peer: str) -> Response:
+        """A POST: the delivery, checked for its length before its body is read."""
+        if path not in WEBHOOK_PATHS:
+            return Response(HTTPStatus.NOT_FOUND, {"error": f"no webhook at {path}"})
+        limit = self.config.max_body
+        raw = headers.get("content-length")
+        if raw is None or not raw.isdigit():
+            error = "send a Content-Length header"
+            return self.refuse(headers, HTTPStatus.LENGTH_REQUIRED, error, peer)
+        length = int(raw)
+        if length > limit:
+            # read (a bounded amount) before answering: closing on unread data resets the
+            # connection, and the sender would never see the answer
+            body.read(min(length, 4 * limit))
+            error = f"the body is {length} bytes; the limit is {limit} (--max-body)"
+            return self.refuse(headers, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, error, peer)
+        return self.receive(headers, body.read(length), peer=peer)
 
-def create_server(app: WebhookApp) -> ThreadingHTTPServer:
-    """``app`` behind a threading HTTP server bound to the config's host and port."""
-    limit = app.config.max_body
 
-    class Handler(BaseHTTPRequestHandler):
-        server_version = f"trainchain-hooks/{__version__}"
-        timeout = READ_TIMEOUT_S
+def create_app(config: WebhookConfig, runs: WebhookRuns) -> Flask:
+    """The Flask app behind `trainchain hooks serve`: every path goes to :class:`WebhookApp`,
+    every answer is JSON."""
+    webhook = WebhookApp(config, runs)
+    app = Flask(__name__)
+    app.extensions[EXTENSION] = webhook
 
-        def _send(self, response: Response) -> None:
-            data = (json.dumps(response.body) + "\n").encode("utf-8")
-            self.send_response(response.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def send(response: Response, *, close: bool = False) -> FlaskResponse:
+        out = FlaskResponse(
+            json.dumps(response.body) + "\n", response.status, mimetype="application/json"
+        )
+        if close:
+            out.headers["Connection"] = "close"
+        return out
 
-        def do_GET(self) -> None:
-            self._send(app.get(self.path.split("?", 1)[0]))
+    @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])
+    @app.route("/<path:path>", methods=["GET", "POST"])
+    def handle(path: str) -> FlaskResponse:
+        path = request.path
+        if request.method == "GET":
+            return send(webhook.get(path))
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        answer = webhook.post(path, headers, request.stream, request.remote_addr or "")
+        return send(answer, close=answer.status in (411, 413))
 
-        def do_POST(self) -> None:
-            if self.path.split("?", 1)[0] not in WEBHOOK_PATHS:
-                self._send(Response(HTTPStatus.NOT_FOUND, {"error": f"no webhook at {self.path}"}))
-                return
-            headers = {name.lower(): value for name, value in self.headers.items()}
-            peer = self.client_address[0]
-            raw = headers.get("content-length")
-            if raw is None or not raw.isdigit():
-                self.close_connection = True
-                error = "send a Content-Length header"
-                self._send(app.refuse(headers, HTTPStatus.LENGTH_REQUIRED, error, peer))
-                return
-            length = int(raw)
-            if length > limit:
-                # read (a bounded amount) before answering: closing on unread data resets
-                # the connection, and the sender would never see the answer
-                self.rfile.read(min(length, 4 * limit))
-                self.close_connection = True
-                error = f"the body is {length} bytes; the limit is {limit} (--max-body)"
-                self._send(app.refuse(headers, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, error, peer))
-                return
-            self._send(app.receive(headers, self.rfile.read(length), peer=peer))
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> FlaskResponse:
+        code = err.code or 500
+        return send(Response(code, {"error": f"{err.name}: {err.description}"}))
 
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("%s %s", self.address_string(), format % args)
+    return app
 
-    server = ThreadingHTTPServer((app.config.host, app.config.port), Handler)
-    server.daemon_threads = True
-    return server
+
+def gunicorn_options(config: WebhookConfig, fd: int) -> dict[str, Any]:
+    """gunicorn settings for the webhook server on the listening socket ``fd``: a bounded
+    number of workers and threads, connections and request sizes."""
+    return {
+        "bind": [f"fd://{fd}"],
+        "workers": config.workers,
+        "worker_class": "gthread",
+        "threads": THREADS,
+        "worker_connections": MAX_CONNECTIONS,
+        "preload_app": False,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
+        "timeout": WORKER_TIMEOUT_S,
+        "keepalive": 5,
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "trainchain-hooks-serve",
+        "control_socket_disable": True,
+    }

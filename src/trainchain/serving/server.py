@@ -9,7 +9,8 @@ no access log (``/metrics`` counts requests), no control socket.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
@@ -51,11 +52,11 @@ def options(config: ServeConfig, host: str, port: int, workers: int) -> dict[str
     return out
 
 
-class Server(BaseApplication):  # type: ignore[misc]
-    """gunicorn running ``create_app(config)`` in each worker."""
+class Embedded(BaseApplication):  # type: ignore[misc]
+    """gunicorn running the app ``load()`` builds, in each worker (after the fork)."""
 
-    def __init__(self, config: ServeConfig, settings: Mapping[str, Any]) -> None:
-        self.serve_config = config
+    def __init__(self, load: Callable[[], Any], settings: Mapping[str, Any]) -> None:
+        self._load = load
         self.settings = dict(settings)
         super().__init__()
 
@@ -64,21 +65,32 @@ class Server(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Any:
-        from trainchain.serving.app import create_app
-
-        return create_app(self.serve_config)
+        return self._load()
 
 
-def run(config: ServeConfig, host: str, port: int, workers: int) -> int:
-    """Serve until SIGTERM or SIGINT (graceful); the exit status of gunicorn's arbiter.
+def _serving_app(config: ServeConfig) -> Any:
+    from trainchain.serving.app import create_app
+
+    return create_app(config)
+
+
+def run_embedded(load: Callable[[], Any], settings: Mapping[str, Any]) -> int:
+    """Serve ``load()``'s app under gunicorn until SIGTERM or SIGINT (graceful); the exit
+    status of gunicorn's arbiter. Also what `trainchain hooks serve` runs.
 
     Only the calling (master) process returns: a worker's exit is not caught here.
     """
     master = os.getpid()
     try:
-        Server(config, options(config, host, port, workers)).run()
+        Embedded(load, settings).run()
     except SystemExit as stop:
         if os.getpid() != master:
             raise
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     return 0
+
+
+def run(config: ServeConfig, host: str, port: int, workers: int) -> int:
+    """Serve ``create_app(config)`` until SIGTERM or SIGINT (graceful); the exit status of
+    gunicorn's arbiter."""
+    return run_embedded(partial(_serving_app, config), options(config, host, port, workers))
