@@ -38,7 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from trainchain import task
+from trainchain import procgroup, task
 from trainchain.errors import TrainingError
 from trainchain.executors._base import AttemptResult, AttemptSpec, LineSink
 
@@ -505,19 +505,15 @@ def _pump(
     tail: collections.deque[str],
     on_line: LineSink | None,
 ) -> None:
+    """Stream the container's log into ``log_path``, ``tail`` and ``on_line`` until it ends."""
+    source = f"container {container.id[:12]}"
     try:
-        with log_path.open("a", encoding="utf-8") as out:
-            for line in _lines(container.logs(stream=True, follow=True)):
-                out.write(line + "\n")
-                out.flush()
-                tail.append(line)
-                if on_line is not None:
-                    try:
-                        on_line(line)
-                    except Exception:
-                        log.exception("the log line sink failed")
-    except Exception as err:  # the container was removed under the stream: the record has it
-        log.debug("log stream of %s ended: %s", container.id[:12], err)
+        stream = container.logs(stream=True, follow=True)
+    except Exception as err:  # removed before its log was asked for: the record has it
+        log.debug("no log stream of %s: %s", source, err)
+        return
+    with log_path.open("a", encoding="utf-8") as out:
+        procgroup.pump(_lines(stream), log_file=out, tail=tail, on_line=on_line, source=source)
 
 
 def attempt_result(
