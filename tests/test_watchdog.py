@@ -8,18 +8,15 @@ from pathlib import Path
 import pytest
 
 from trainchain import task
+from trainchain.containers import DockerUnavailable, connect, image_family, info_from_attrs
 from trainchain.executors import AttemptSpec
 from trainchain.executors.docker import (
-    DockerUnavailable,
     attempt_result,
-    connect,
     container_env,
     container_labels,
     container_mounts,
-    image_family,
-    info_from_attrs,
 )
-from trainchain.watchdog import (
+from trainchain.supervise import (
     ActionKind,
     ContainerState,
     WatchdogPolicy,

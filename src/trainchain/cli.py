@@ -110,6 +110,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 # ---- job 3 ------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from trainchain.executors import get_executor
+    from trainchain.giveup import give_up_callback
     from trainchain.space import parse_overrides
     from trainchain.tracking import Tracker
     from trainchain.training import TrialContext, run_trial
@@ -124,7 +125,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         loaded=prep.loaded,
         settings=settings,
         tracker=tracker,
-        executor=get_executor(prep.lineage.executor, model, settings),
+        executor=get_executor(
+            prep.lineage.executor, model, settings, on_give_up=give_up_callback(settings)
+        ),
         lineage=prep.lineage,
         chain_id=chain_id,
         experiment_id=tracker.experiment_id(model.name),
@@ -170,6 +173,7 @@ def _print_summary(report: Any) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from trainchain.executors import get_executor
+    from trainchain.giveup import give_up_callback
     from trainchain.progress import TuneDisplay
     from trainchain.tune import tune
 
@@ -177,7 +181,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     prep = _prepare(args, settings)
     report = tune(
         prep,
-        get_executor(prep.lineage.executor, prep.loaded.model, settings),
+        get_executor(
+            prep.lineage.executor,
+            prep.loaded.model,
+            settings,
+            on_give_up=give_up_callback(settings),
+        ),
         display=TuneDisplay.for_goal(prep.loaded.model.goal, quiet=args.quiet),
         stream_logs=args.verbose,
         wait_lock=args.wait_lock,
@@ -278,7 +287,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ---- job 5 ------------------------------------------------------------------
 def cmd_notify(args: argparse.Namespace) -> int:
-    from trainchain.chain import send_report
+    from trainchain.report_mail import send_report
 
     settings = _settings(args)
     delivery = send_report(_chain_report(settings, args), settings)
@@ -432,8 +441,9 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from trainchain.executors.docker import connect
-    from trainchain.watchdog import Watchdog, WatchdogPolicy
+    from trainchain.containers import connect
+    from trainchain.supervise import WatchdogPolicy
+    from trainchain.watchdog import Watchdog
 
     settings = _settings(args)
 

@@ -11,7 +11,8 @@ import threading
 import time
 
 from trainchain import procgroup, task
-from trainchain.executors._base import AttemptResult, AttemptSpec, LineSink
+from trainchain.executors._base import AttemptResult, AttemptSpec
+from trainchain.procgroup import LineSink
 
 log = logging.getLogger(__name__)
 
