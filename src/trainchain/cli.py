@@ -441,7 +441,7 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from trainchain.containers import connect
+    from trainchain.containers import connect, engine_errors
     from trainchain.supervise import WatchdogPolicy
     from trainchain.watchdog import Watchdog
 
@@ -463,7 +463,9 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
         on_give_up=on_give_up,
     )
     if args.once:
-        for entry in dog.scan_once():
+        with engine_errors("scanning the trainchain containers"):
+            entries = dog.scan_once()
+        for entry in entries:
             done = "done" if entry.handled else "waiting"
             _out(f"{entry.name}: {entry.action.kind.value} ({done}): {entry.action.reason}")
         return 0

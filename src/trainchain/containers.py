@@ -67,12 +67,45 @@ def docker_sdk() -> Any:
     return docker
 
 
-def connect(base_url: str | None = None, timeout: float = 30.0) -> Any:
-    """A docker client that has answered a ping; :class:`DockerUnavailable` otherwise."""
+class EngineError(TrainingError):
+    """The Docker engine failed a request after it had answered (it went away, or refused)."""
+
+
+_ENGINE_HINT = (
+    "check that the engine runs (`docker info`), start it with scripts/start-docker.sh, "
+    "or train without Docker with --executor local"
+)
+
+
+def engine_url(base_url: str | None = None) -> str:
+    """Where the client talks to: ``base_url``, else DOCKER_HOST, else the default socket."""
+    return base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+@contextlib.contextmanager
+def engine_errors(doing: str, base_url: str | None = None) -> Iterator[None]:
+    """Errors of the docker SDK and of its HTTP transport inside the block become an
+    :class:`EngineError` that names the engine, what was being done, and what to try."""
     docker = docker_sdk()
     import requests
 
-    where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+    try:
+        yield
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as err:
+        raise EngineError(
+            f"the Docker engine at {engine_url(base_url)} failed while {doing}: {err}",
+            hint=_ENGINE_HINT,
+        ) from err
+
+
+def connect(base_url: str | None = None, timeout: float = 30.0) -> Any:
+    """A docker client that has answered a ping; :class:`DockerUnavailable` otherwise.
+
+    The one way trainchain makes a Docker client (the executor, the watchdog, images)."""
+    docker = docker_sdk()
+    import requests
+
+    where = engine_url(base_url)
 
     def unavailable(why: object) -> DockerUnavailable:
         return DockerUnavailable(

@@ -51,6 +51,7 @@ from trainchain.containers import (
     connect,
     create_container,
     docker_sdk,
+    engine_errors,
     remove,
 )
 from trainchain.errors import TrainingError
@@ -316,7 +317,12 @@ class DockerExecutor:
         docker = docker_sdk()
         client = self.client()
         started = time.monotonic()
-        with contextlib.closing(client), _sigterm_as_exit():
+        running = f"running trial {spec.trial} attempt {spec.attempt}"
+        with (
+            contextlib.closing(client),
+            _sigterm_as_exit(),
+            engine_errors(running, self.base_url),  # the engine failed: one clear error
+        ):
             try:
                 container = self.start(spec, client)
             except docker.errors.APIError as err:
