@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +18,6 @@ from trainchain.report_mail import send_report
 from trainchain.settings import Settings
 from trainchain.tracking import Tracker
 from trainchain.tune import save_report, tune
-
-log = logging.getLogger(__name__)
 
 EXIT_OK = 0
 EXIT_GOAL_NOT_REACHED = 3
