@@ -62,9 +62,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainchain import containers
 from trainchain.executors import AttemptResult, AttemptSpec, LocalExecutor
 from trainchain.executors import docker as dockerx
-from trainchain.watchdog import Watchdog, WatchdogPolicy
+from trainchain.supervise import WatchdogPolicy
+from trainchain.watchdog import Watchdog
 
 IMAGE = "trainchain/train-eeg:0.1.0"
 FALLBACK_IMAGE = "trainchain/test-toy:latest"
@@ -234,9 +236,9 @@ class Run:
             self.error = err
 
     def containers(self, client: Any, attempt: int | None = None, **filters: Any) -> list[Any]:
-        labels = [f"{dockerx.LABEL_RUN}={self.label}"]
+        labels = [f"{containers.LABEL_RUN}={self.label}"]
         if attempt is not None:
-            labels.append(f"{dockerx.LABEL_ATTEMPT}={attempt}")
+            labels.append(f"{containers.LABEL_ATTEMPT}={attempt}")
         found = client.containers.list(
             all=True, filters={"label": labels, **filters}, ignore_removed=True
         )
@@ -246,7 +248,7 @@ class Run:
         """The kept exit state of the attempt's container; {} when there is none."""
         folder = self.spec.log_file.parent.parent / f"attempt-{attempt}"
         try:
-            loaded: dict[str, Any] = json.loads((folder / dockerx.CONTAINER_RECORD).read_text())
+            loaded: dict[str, Any] = json.loads((folder / containers.CONTAINER_RECORD).read_text())
         except (OSError, ValueError):
             return {}
         return loaded
@@ -367,7 +369,7 @@ def kill_once(
     # the replacement, running now: when the engine started it, when the script was up
     with contextlib.suppress(Exception):
         (successor, *_) = run.containers(client, attempt + 1)
-        kill.started = dockerx.inspect(successor).started_at
+        kill.started = containers.inspect(successor).started_at
         found = START_LINE.search(successor.logs().decode("utf-8", errors="replace"))
         kill.up = float(found.group(3)) if found else None
     return kill
@@ -404,7 +406,7 @@ def measure_kills(
         stop_grace=STOP_GRACE_S,
         successor_wait=SUCCESSOR_WAIT_S,
     )
-    dog_client = dockerx.connect(timeout=30)
+    dog_client = containers.connect(timeout=30)
     dog = Watchdog(
         dog_client,
         locks_dir=ws.locks,
@@ -570,10 +572,10 @@ def measure_starts(
         docker_ok = result.ok and (spec.output_dir / "metrics.json").exists()
         in_container = None
         with contextlib.suppress(OSError, ValueError):
-            kept = json.loads((spec.log_file.parent / dockerx.CONTAINER_RECORD).read_text())
+            kept = json.loads((spec.log_file.parent / containers.CONTAINER_RECORD).read_text())
             up, down = (
-                dockerx.parse_time(kept["started_at"]),
-                dockerx.parse_time(kept["finished_at"]),
+                containers.parse_time(kept["started_at"]),
+                containers.parse_time(kept["finished_at"]),
             )
             if up is not None and down is not None:
                 in_container = down - up
@@ -621,8 +623,8 @@ def print_starts(starts: Sequence[Start]) -> None:
 def pick_image(client: Any) -> tuple[str | None, str]:
     for image in (IMAGE, FALLBACK_IMAGE):
         try:
-            found = dockerx.check_image(client, image)
-        except dockerx.ImageMissing:
+            found = containers.check_image(client, image)
+        except containers.ImageMissing:
             continue
         note = "" if image == IMAGE else f" (FALLBACK: {IMAGE} is missing)"
         return image, f"{image} ({found.short_id.removeprefix('sha256:')}){note}"
@@ -673,8 +675,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("trainchain.watchdog").addHandler(restarts)
 
     try:
-        client = dockerx.connect(timeout=10)
-    except (ImportError, dockerx.DockerUnavailable) as err:
+        client = containers.connect(timeout=10)
+    except (ImportError, containers.DockerUnavailable) as err:
         print(f"skipped: {getattr(err, 'message', err)}")
         return 0
     with contextlib.closing(client):

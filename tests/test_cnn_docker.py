@@ -44,7 +44,7 @@ def test_killed_cnn_container_resumes_after_its_last_finished_epoch(tmp_path: Pa
     """`train --executor docker` on the digits; the container is SIGKILLed after its third
     epoch report; attempt 2 loads the checkpoint and goes on: no epoch runs twice, and the
     trial ends with a model that still reaches 0.8."""
-    import docker
+    from trainchain.containers import connect
 
     data = write_digits(tmp_path / "digits")
     repo = make_digits_repo(tmp_path / "repo", data, epochs=10)
@@ -59,7 +59,7 @@ def test_killed_cnn_container_resumes_after_its_last_finished_epoch(tmp_path: Pa
          "--home", str(home)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    client = docker.from_env()
+    client = connect()
     try:
         deadline = time.monotonic() + 240
         while len(_rows(home)) < 3:

@@ -29,16 +29,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually, unavailable
+from trainchain.containers import CONTAINER_RECORD, DockerUnavailable, ImageMissing, connect
 from trainchain.executors import AttemptResult, AttemptSpec
-from trainchain.executors.docker import (
-    CONTAINER_RECORD,
-    DockerExecutor,
-    DockerUnavailable,
-    ImageMissing,
-    connect,
-)
+from trainchain.executors.docker import DockerExecutor
+from trainchain.supervise import GAVE_UP_FILE, ActionKind, WatchdogPolicy
 from trainchain.training import read_report
-from trainchain.watchdog import GAVE_UP_FILE, ActionKind, Watchdog, WatchdogPolicy
+from trainchain.watchdog import Watchdog
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BASE_IMAGE = "trainchain/test-base:bookworm"

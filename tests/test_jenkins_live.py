@@ -669,7 +669,7 @@ def test_a_training_container_killed_mid_build_resumes_and_the_build_completes(
 ) -> None:
     """The training container of a Pipeline build is killed (SIGKILL) after two epochs;
     trainchain starts it again from its checkpoint and the build succeeds."""
-    import docker
+    from trainchain.containers import connect
 
     live = live_jenkins
     repo = tmp_path / "slow-model"
@@ -678,7 +678,7 @@ def test_a_training_container_killed_mid_build_resumes_and_the_build_completes(
     (repo / "train.py").write_text(SLOW_TRAIN)
     (repo / "trainchain.yaml").write_text(SLOW_YAML)
     git_init(repo)
-    client = docker.from_env(timeout=60)
+    client = connect(timeout=60)
     proc = trigger_process(live, PIPELINE, f"REPOSITORY={repo}")
     try:
 

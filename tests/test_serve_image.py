@@ -280,11 +280,11 @@ def test_image_serves_the_champion_from_a_tracking_server(
     """The image as built, with only TRAINCHAIN_SERVE_MODEL and TRAINCHAIN_TRACKING_URI set:
     its health check passes, and /classify answers JSON and .npy with the champion's
     labels (the same as the model gives on the host)."""
-    import docker
     import numpy as np
     from mlflow import MlflowClient
     from mlflow.sklearn import load_model
 
+    from trainchain.containers import connect
     from trainchain.families.eeg import load_epochs
     from trainchain.families.eeg_synth import write_synthetic_dataset
 
@@ -327,7 +327,7 @@ def test_image_serves_the_champion_from_a_tracking_server(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    client = docker.from_env(timeout=60)
+    client = connect(timeout=60)
     container = None
     try:
         tracking = f"http://{gateway}:{mlflow_port}"

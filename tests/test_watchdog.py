@@ -8,18 +8,23 @@ from pathlib import Path
 import pytest
 
 from trainchain import task
+from trainchain.containers import (
+    DockerUnavailable,
+    EngineError,
+    connect,
+    engine_errors,
+    info_from_attrs,
+)
+from trainchain.errors import TrainchainError
 from trainchain.executors import AttemptSpec
 from trainchain.executors.docker import (
-    DockerUnavailable,
     attempt_result,
-    connect,
     container_env,
     container_labels,
     container_mounts,
-    info_from_attrs,
 )
 from trainchain.images import image_family
-from trainchain.watchdog import (
+from trainchain.supervise import (
     ActionKind,
     ContainerState,
     WatchdogPolicy,
@@ -229,3 +234,18 @@ def test_no_engine_is_an_error_saying_how_to_start_one(tmp_path: Path) -> None:
         connect(f"unix://{tmp_path / 'no.sock'}", timeout=2)
     assert "scripts/start-docker.sh" in str(caught.value)
     assert "DOCKER_HOST" in str(caught.value)
+
+
+def test_an_engine_that_fails_mid_run_is_one_error_naming_it() -> None:
+    """A transport error of the docker SDK (here a real refused connection) becomes the
+    package's error, with the engine's address, what was being done, and a hint."""
+    import requests
+
+    engine = "tcp://127.0.0.1:9"
+    with pytest.raises(EngineError) as caught, engine_errors("following trial 4", engine):
+        requests.get("http://127.0.0.1:9/containers/json", timeout=5)
+    assert isinstance(caught.value, TrainchainError)
+    assert str(caught.value).startswith(
+        "the Docker engine at tcp://127.0.0.1:9 failed while following trial 4: "
+    )
+    assert caught.value.hint is not None and "--executor local" in caught.value.hint

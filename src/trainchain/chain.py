@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,17 +9,16 @@ from trainchain.config import CONFIG_FILE
 from trainchain.context import prepare
 from trainchain.executors import get_executor
 from trainchain.gitrepo import pull
-from trainchain.mailer import Delivery, deliver
-from trainchain.notify import render
+from trainchain.giveup import give_up_callback
+from trainchain.mailer import Delivery
 from trainchain.progress import TuneDisplay
 from trainchain.registry import promote
 from trainchain.report import ChainReport
+from trainchain.report_mail import send_report
 from trainchain.settings import Settings
 from trainchain.status import ExitCode, RunState
 from trainchain.tracking import Tracker
 from trainchain.tune import save_report, tune
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,27 +29,6 @@ class ChainOutcome:
     @property
     def exit_code(self) -> ExitCode:
         return self.report.status.exit_code
-
-
-def send_report(report: ChainReport, settings: Settings) -> Delivery:
-    """Job 5: the email, by SMTP when configured, else into the outbox."""
-    recipients = (
-        (settings.smtp.recipients if settings.smtp else ())
-        or report.recipients
-        or settings.default_recipients
-        or ("trainchain@localhost",)
-    )
-    sender = settings.smtp.sender if settings.smtp else "trainchain@localhost"
-    png: bytes | None
-    try:
-        from trainchain.plots import metric_plot
-
-        png = metric_plot(report)
-    except Exception as err:
-        log.warning("could not draw the metric plot: %s", err)
-        png = None
-    message = render(report, sender=sender, recipients=recipients, plot_png=png)
-    return deliver(message, settings.smtp, settings.outbox)
 
 
 def conclude(report: ChainReport, settings: Settings) -> ChainReport:
@@ -113,7 +90,12 @@ def run_chain(
     )
     report = tune(
         prep,
-        get_executor(prep.lineage.executor, prep.loaded.model, settings),
+        get_executor(
+            prep.lineage.executor,
+            prep.loaded.model,
+            settings,
+            on_give_up=give_up_callback(settings),
+        ),
         display=display,
         stream_logs=stream_logs,
         wait_lock=wait_lock,

@@ -111,6 +111,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
 # ---- job 3 ------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
     from trainchain.executors import get_executor
+    from trainchain.giveup import give_up_callback
     from trainchain.space import parse_overrides
     from trainchain.tracking import Tracker
     from trainchain.training import TrialContext, run_trial
@@ -125,7 +126,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         loaded=prep.loaded,
         settings=settings,
         tracker=tracker,
-        executor=get_executor(prep.lineage.executor, model, settings),
+        executor=get_executor(
+            prep.lineage.executor, model, settings, on_give_up=give_up_callback(settings)
+        ),
         lineage=prep.lineage,
         chain_id=chain_id,
         experiment_id=tracker.experiment_id(model.name),
@@ -171,6 +174,7 @@ def _print_summary(report: Any) -> None:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from trainchain.executors import get_executor
+    from trainchain.giveup import give_up_callback
     from trainchain.progress import TuneDisplay
     from trainchain.tune import tune
 
@@ -178,7 +182,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     prep = _prepare(args, settings)
     report = tune(
         prep,
-        get_executor(prep.lineage.executor, prep.loaded.model, settings),
+        get_executor(
+            prep.lineage.executor,
+            prep.loaded.model,
+            settings,
+            on_give_up=give_up_callback(settings),
+        ),
         display=TuneDisplay.for_goal(prep.loaded.model.goal, quiet=args.quiet),
         stream_logs=args.verbose,
         wait_lock=args.wait_lock,
@@ -279,7 +288,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # ---- job 5 ------------------------------------------------------------------
 def cmd_notify(args: argparse.Namespace) -> int:
-    from trainchain.chain import send_report
+    from trainchain.report_mail import send_report
 
     settings = _settings(args)
     delivery = send_report(_chain_report(settings, args), settings)
@@ -433,8 +442,9 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from trainchain.executors.docker import connect
-    from trainchain.watchdog import Watchdog, WatchdogPolicy
+    from trainchain.containers import connect, engine_errors
+    from trainchain.supervise import WatchdogPolicy
+    from trainchain.watchdog import Watchdog
 
     settings = _settings(args)
 
@@ -454,7 +464,9 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
         on_give_up=on_give_up,
     )
     if args.once:
-        for entry in dog.scan_once():
+        with engine_errors("scanning the trainchain containers"):
+            entries = dog.scan_once()
+        for entry in entries:
             done = "done" if entry.handled else "waiting"
             _out(f"{entry.name}: {entry.action.kind.value} ({done}): {entry.action.reason}")
         return 0

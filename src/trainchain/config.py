@@ -308,8 +308,9 @@ class Train(_Frozen):
     network: str | None = None
 
 
-class WatchdogPolicy(_Frozen):
-    """How the watchdog treats a dead or hung training container of this model."""
+class WatchdogLimits(_Frozen):
+    """``watchdog:`` in trainchain.yaml: how dead or hung training containers of this model are
+    treated. Read into the one policy, :meth:`trainchain.supervise.WatchdogPolicy.from_config`."""
 
     max_restarts: int = Field(3, ge=0, le=20)
     heartbeat_limit: Real = Field(900.0, gt=0, le=7 * 24 * 3600)  # seconds without a report
@@ -391,7 +392,7 @@ class ModelConfig(_Frozen):
     promotion: Promotion = Field(default_factory=Promotion)
     notify: Notify = Field(default_factory=Notify)
     train: Train = Field(default_factory=Train)  # type: ignore[arg-type]
-    watchdog: WatchdogPolicy = Field(default_factory=WatchdogPolicy)  # type: ignore[arg-type]
+    watchdog: WatchdogLimits = Field(default_factory=WatchdogLimits)  # type: ignore[arg-type]
     detection: Detection = Field(default_factory=Detection)
     pruning: Pruning = Field(default_factory=Pruning)  # type: ignore[arg-type]
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)  # type: ignore[arg-type]

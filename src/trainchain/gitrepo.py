@@ -12,7 +12,6 @@ import logging
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -20,6 +19,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainchain import procgroup
 from trainchain.errors import PullError
 from trainchain.locks import flock_within
 from trainchain.redaction import HIDDEN, redact, url_secrets, without_credentials
@@ -123,18 +123,10 @@ class _Git:
         env |= {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
         log.debug("git %s", self.clean(" ".join(args)))
         try:
-            proc = subprocess.Popen(
-                ["git", *args],
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                encoding="utf-8",
-                errors="replace",
-                # its own session: no terminal for ssh to prompt on, and a timeout kills git
-                # with its helpers (ssh, git-remote-https)
-                start_new_session=True,
+            # its own session: no terminal for ssh to prompt on, and a timeout kills git
+            # with its helpers (ssh, git-remote-https)
+            proc = procgroup.spawn(
+                ["git", *args], cwd=cwd, env=env, stderr=subprocess.PIPE, text=True
             )
         except FileNotFoundError:
             raise PullError(
@@ -144,7 +136,7 @@ class _Git:
         try:
             out, err = proc.communicate(timeout=remaining)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            procgroup.stop_group(proc, grace=0)
             proc.communicate()
             raise self._timed_out(args[0]) from None
         return proc.returncode, out, err

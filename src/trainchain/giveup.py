@@ -4,7 +4,7 @@ failure email goes out. Safe to run twice (the watchdog and a live tune may both
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from trainchain import keys
@@ -47,7 +47,7 @@ def fail_trial_in_study(storage: str, chain: str, trial: int) -> bool:
 
 def record_give_up(settings: Settings, labels: Mapping[str, str], reason: str) -> ChainReport:
     """Mark the trial failed everywhere and send the failure email; returns what was sent."""
-    from trainchain.chain import send_report
+    from trainchain.report_mail import send_report
     from trainchain.tracking import Tracker
 
     model = labels.get(keys.MODEL, "unknown")
@@ -85,3 +85,12 @@ def record_give_up(settings: Settings, labels: Mapping[str, str], reason: str) -
     delivery = send_report(report, settings)
     log.warning("%s; failure email: %s", error, delivery.path)
     return report
+
+
+def give_up_callback(settings: Settings) -> Callable[[Mapping[str, str], str], None]:
+    """What a supervisor calls past the restart cap (the executor's ``on_give_up``)."""
+
+    def on_give_up(labels: Mapping[str, str], reason: str) -> None:
+        record_give_up(settings, labels, reason)
+
+    return on_give_up

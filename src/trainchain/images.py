@@ -73,7 +73,7 @@ class ImageInfo:
 def docker_client(timeout: float = 10) -> Any:
     """A docker SDK client that answers, or a clear error saying how to start an engine
     (the Docker executor's client: one way to reach the engine)."""
-    from trainchain.executors.docker import connect
+    from trainchain.containers import connect
 
     return connect(timeout=timeout)
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from trainchain.executors._base import AttemptResult, AttemptSpec, Executor, LineSink
+from trainchain.executors._base import AttemptResult, AttemptSpec, Executor
 from trainchain.executors.local import LocalExecutor
+from trainchain.procgroup import LineSink
 
 if TYPE_CHECKING:
     from trainchain.config import ModelConfig
     from trainchain.settings import Settings
+    from trainchain.supervise import GiveUpCallback
 
 __all__ = [
     "AttemptResult",
@@ -48,7 +49,7 @@ def resolve_executor(name: str, image: str | None = None) -> str:
         )
     if name != "auto":
         return name
-    from trainchain.executors.docker import DockerUnavailable, ImageMissing, check_image, connect
+    from trainchain.containers import DockerUnavailable, ImageMissing, check_image, connect
 
     try:
         with contextlib.closing(connect(timeout=3)) as client:
@@ -61,9 +62,17 @@ def resolve_executor(name: str, image: str | None = None) -> str:
 
 
 def get_executor(
-    name: str, model: ModelConfig | None = None, settings: Settings | None = None
+    name: str,
+    model: ModelConfig | None = None,
+    settings: Settings | None = None,
+    *,
+    on_give_up: GiveUpCallback | None = None,
 ) -> Executor:
-    """The executor ``name`` resolves to; docker takes its limits from ``model``."""
+    """The executor ``name`` resolves to; docker takes its limits from ``model``.
+
+    ``on_give_up``: what the Docker executor does past the restart cap, given by the
+    chain layer (:func:`trainchain.giveup.give_up_callback` marks the trial failed and
+    sends the email); executors never reach into the chain themselves."""
     from trainchain.errors import ConfigError
 
     resolved = resolve_executor(name)
@@ -75,11 +84,6 @@ def get_executor(
             hint="call get_executor(name, model, settings)",
         )
     from trainchain.executors.docker import DockerExecutor
-
-    def on_give_up(labels: Mapping[str, str], reason: str) -> None:
-        from trainchain.giveup import record_give_up
-
-        record_give_up(settings, labels, reason)
 
     return DockerExecutor.from_config(
         model.train, model.watchdog, locks_dir=settings.locks, on_give_up=on_give_up

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from trainchain import task
-
-LineSink = Callable[[str], None]
+from trainchain.procgroup import LineSink  # the sink of every log pump
 
 
 @dataclass(frozen=True)

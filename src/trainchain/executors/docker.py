@@ -1,4 +1,4 @@
-"""Run an attempt in a Docker container, through the docker SDK (one adapter for the engine).
+"""Run an attempt in a Docker container: the executor's side of the Docker engine.
 
 Every container carries ``trainchain.*`` labels, mounts the repository, data,
 params and data options read-only and the checkpoint, output and report folders
@@ -12,60 +12,57 @@ A container that fails is restarted as a new attempt of the same trial (same
 image, mounts, checkpoint folder and environment, ``TRAINCHAIN_ATTEMPT`` + 1),
 by whoever claims it first: :meth:`DockerExecutor.run` for its own trial, or a
 ``trainchain watchdog``. ``run`` follows the trial through its restarts and
-returns one result for it. The restart and claim logic lives in
-:mod:`trainchain.watchdog`; this module holds the container primitives it uses.
+returns one result for it. This module turns an attempt's spec into a container;
+the container primitives are in :mod:`trainchain.containers`, the restart policy,
+the claim and the following of a trial in :mod:`trainchain.supervise`.
 
 The docker SDK is imported lazily: importing this module needs no engine.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import json
 import logging
-import os
 import signal
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from trainchain import keys, task
+from trainchain import task
+from trainchain.containers import (
+    LABEL_ATTEMPT,
+    LABEL_ATTEMPT_DIR,
+    LABEL_BACKOFF,
+    LABEL_HEARTBEAT,
+    LABEL_LOG_NAME,
+    LABEL_MANAGED,
+    LABEL_MAX_RESTARTS,
+    LABEL_REPORT,
+    LABEL_RESTARTS,
+    LABEL_RUN,
+    LABEL_TRIAL,
+    BindMount,
+    ContainerInfo,
+    check_image,
+    connect,
+    create_container,
+    docker_sdk,
+    engine_errors,
+    remove,
+)
 from trainchain.errors import TrainingError
-from trainchain.executors._base import AttemptResult, AttemptSpec, LineSink
-from trainchain.images import image_family
+from trainchain.executors._base import AttemptResult, AttemptSpec
+from trainchain.procgroup import LineSink
+from trainchain.supervise import GiveUpCallback, TrialEnd, TrialSupervisor, WatchdogPolicy
 
 if TYPE_CHECKING:
-    from trainchain.config import Train
-    from trainchain.config import WatchdogPolicy as WatchdogConfig
-    from trainchain.watchdog import WatchdogPolicy
+    from trainchain.config import Train, WatchdogLimits
 
 log = logging.getLogger(__name__)
-
-TAIL_LINES = 30
-POLL_S = 0.5
-CONTAINER_RECORD = "container.json"
-DEFAULT_LOG_NAME = "train.log"
-
-# Labels. ``trainchain.model/run/chain/trial/attempt`` come from the spec.
-LABEL_MANAGED = keys.MANAGED
-LABEL_RUN = keys.RUN
-LABEL_TRIAL = keys.TRIAL
-LABEL_ATTEMPT = keys.ATTEMPT
-LABEL_RESTARTS = keys.RESTARTS
-LABEL_ATTEMPT_DIR = keys.ATTEMPT_DIR
-LABEL_LOG_NAME = keys.LOG_NAME
-LABEL_REPORT = keys.REPORT_FILE
-LABEL_MAX_RESTARTS = keys.MAX_RESTARTS
-LABEL_HEARTBEAT = keys.HEARTBEAT_LIMIT
-LABEL_BACKOFF = keys.BACKOFF
 
 # Where the contract's paths are inside the container.
 C_REPO = "/repo"
@@ -76,84 +73,8 @@ C_CHECKPOINT = "/checkpoint"
 C_OUTPUT = "/output"
 C_REPORT_DIR = "/report"
 
-_NO_TIME = "0001-01-01T00:00:00Z"
-_BUILD_HINT = "run scripts/build-images.sh {family} (or `trainchain images build`)"
-
-
-class ImageMissing(TrainingError):
-    """The training image does not exist in the Docker engine."""
-
-
-class DockerUnavailable(TrainingError):
-    """No Docker engine answers."""
-
-
-def _docker() -> Any:
-    import docker
-
-    return docker
-
-
-def connect(base_url: str | None = None, timeout: float = 30.0) -> Any:
-    """A docker client that has answered a ping; :class:`DockerUnavailable` otherwise."""
-    docker = _docker()
-    import requests
-
-    where = base_url or os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
-
-    def unavailable(why: object) -> DockerUnavailable:
-        return DockerUnavailable(
-            f"the Docker engine does not answer at {where} (DOCKER_HOST, or the socket "
-            f"/var/run/docker.sock when it is unset): {why}",
-            hint="start one with scripts/start-docker.sh, point DOCKER_HOST at a running engine, "
-            "or train without Docker with --executor local",
-        )
-
-    if where.startswith("unix://"):
-        # probed here: the SDK leaks the socket of a refused connection
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(timeout)
-            try:
-                probe.connect(where.removeprefix("unix://"))
-            except FileNotFoundError:
-                raise unavailable("there is no such socket") from None
-            except OSError as err:
-                raise unavailable(err) from None
-    client = None
-    try:
-        if base_url:
-            client = docker.DockerClient(base_url=base_url, timeout=timeout)
-        else:
-            client = docker.from_env(timeout=timeout)
-        client.ping()
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as err:
-        if client is not None:
-            client.close()
-        raise unavailable(err) from None
-    return client
-
-
-def check_image(client: Any, image: str) -> Any:
-    """The image object; :class:`ImageMissing` (saying how to build it) when it does not exist."""
-    docker = _docker()
-    try:
-        return client.images.get(image)
-    except docker.errors.ImageNotFound:
-        raise ImageMissing(
-            f"the training image {image!r} does not exist in the Docker engine",
-            hint=_BUILD_HINT.format(family=image_family(image))
-            + "; or set `image:` in trainchain.yaml to an image that exists",
-        ) from None
-
 
 # --- the container's definition, from a spec ---------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BindMount:
-    source: Path
-    target: str
-    read_only: bool
 
 
 def container_env(spec: AttemptSpec) -> dict[str, str]:
@@ -244,276 +165,6 @@ def prepare_host_paths(spec: AttemptSpec) -> None:
             _open_for_container(file, 0o644)
 
 
-def _container_name(labels: Mapping[str, str]) -> str:
-    trial = labels.get(LABEL_TRIAL, "0")
-    attempt = labels.get(LABEL_ATTEMPT, "0")
-    return f"trainchain-t{trial}-a{attempt}-{uuid.uuid4().hex[:8]}"
-
-
-def create_container(
-    client: Any,
-    *,
-    image: str,
-    command: list[str],
-    environment: Mapping[str, str] | list[str],
-    mounts: list[BindMount],
-    labels: Mapping[str, str],
-    user: str | None,
-    network: str,
-    mem_limit: int | str | None,
-    memswap_limit: int | str | None,
-    nano_cpus: int | None,
-    working_dir: str | None,
-) -> Any:
-    """Create (not start) a training container: init, never auto-removed."""
-    docker = _docker()
-    try:
-        return client.containers.create(
-            image=image,
-            command=command,
-            environment=environment,
-            mounts=[
-                docker.types.Mount(m.target, str(m.source), type="bind", read_only=m.read_only)
-                for m in mounts
-            ],
-            labels=dict(labels),
-            user=user,
-            network_mode=network,
-            mem_limit=mem_limit,
-            memswap_limit=memswap_limit,
-            nano_cpus=nano_cpus,
-            working_dir=working_dir,
-            init=True,
-            detach=True,
-            auto_remove=False,
-            name=_container_name(labels),
-        )
-    except docker.errors.ImageNotFound:
-        raise ImageMissing(
-            f"the training image {image!r} does not exist in the Docker engine",
-            hint=_BUILD_HINT.format(family=image_family(image)),
-        ) from None
-
-
-def create_replacement(client: Any, attrs: Mapping[str, Any], *, attempt_dir: Path) -> Any:
-    """A new container like the dead one in ``attrs`` (same image, mounts, env), attempt + 1."""
-    config = attrs.get("Config") or {}
-    host = attrs.get("HostConfig") or {}
-    labels = dict(config.get("Labels") or {})
-    attempt = int(labels.get(LABEL_ATTEMPT, "1")) + 1
-    labels[LABEL_ATTEMPT] = str(attempt)
-    labels[LABEL_RESTARTS] = str(int(labels.get(LABEL_RESTARTS, "0")) + 1)
-    labels[LABEL_ATTEMPT_DIR] = str(attempt_dir)
-    env = [e for e in config.get("Env") or [] if not e.startswith(f"{task.ENV_ATTEMPT}=")]
-    env.append(f"{task.ENV_ATTEMPT}={attempt}")
-    mounts = [
-        BindMount(Path(m["Source"]), m["Target"], bool(m.get("ReadOnly")))
-        for m in host.get("Mounts") or []
-    ]
-    attempt_dir.mkdir(parents=True, exist_ok=True)
-    return create_container(
-        client,
-        image=attrs.get("Image") or config["Image"],  # the image id: exactly the same image
-        command=list(config.get("Cmd") or []),
-        environment=env,
-        mounts=mounts,
-        labels=labels,
-        user=config.get("User") or None,
-        network=host.get("NetworkMode") or "none",
-        mem_limit=host.get("Memory") or None,
-        memswap_limit=host.get("MemorySwap") or None,
-        nano_cpus=host.get("NanoCpus") or None,
-        working_dir=config.get("WorkingDir") or None,
-    )
-
-
-# --- reading a container's state ---------------------------------------------------------------
-
-
-def parse_time(value: str | None) -> float | None:
-    """Docker's RFC 3339 time (nanoseconds allowed) as a Unix time; None when unset."""
-    if not value or value.startswith(_NO_TIME[:10]):
-        return None
-    try:
-        return datetime.fromisoformat(value).timestamp()
-    except ValueError:
-        return None
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What the supervisors read of one container (from ``docker inspect``)."""
-
-    id: str
-    name: str
-    image: str
-    image_id: str
-    labels: Mapping[str, str]
-    status: str
-    exit_code: int | None
-    oom_killed: bool
-    started_at: float | None
-    finished_at: float | None
-    pid: int
-    attrs: Mapping[str, Any]
-
-    @property
-    def attempt(self) -> int:
-        return int(self.labels.get(LABEL_ATTEMPT, "1"))
-
-    @property
-    def restarts(self) -> int:
-        return int(self.labels.get(LABEL_RESTARTS, "0"))
-
-    @property
-    def attempt_dir(self) -> Path | None:
-        value = self.labels.get(LABEL_ATTEMPT_DIR)
-        return Path(value) if value else None
-
-    @property
-    def log_name(self) -> str:
-        return self.labels.get(LABEL_LOG_NAME) or DEFAULT_LOG_NAME
-
-    def report_mtime(self) -> float | None:
-        value = self.labels.get(LABEL_REPORT)
-        if not value:
-            return None
-        try:
-            return Path(value).stat().st_mtime
-        except OSError:
-            return None
-
-    def record(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "name": self.name,
-            "image": self.image,
-            "image_id": self.image_id,
-            "labels": dict(self.labels),
-            "status": self.status,
-            "exit_code": self.exit_code,
-            "oom_killed": self.oom_killed,
-            "started_at": self.attrs.get("State", {}).get("StartedAt"),
-            "finished_at": self.attrs.get("State", {}).get("FinishedAt"),
-            "error": self.attrs.get("State", {}).get("Error") or None,
-        }
-
-
-def info_from_attrs(attrs: Mapping[str, Any]) -> ContainerInfo:
-    state = attrs.get("State") or {}
-    config = attrs.get("Config") or {}
-    status = str(state.get("Status", "unknown"))
-    running = status in {"running", "created", "restarting", "paused"}
-    return ContainerInfo(
-        id=str(attrs["Id"]),
-        name=str(attrs.get("Name", "")).lstrip("/"),
-        image=str(config.get("Image", "")),
-        image_id=str(attrs.get("Image", "")),
-        labels=dict(config.get("Labels") or {}),
-        status=status,
-        exit_code=None if running else int(state.get("ExitCode", 0)),
-        oom_killed=bool(state.get("OOMKilled")),
-        started_at=parse_time(state.get("StartedAt")),
-        finished_at=parse_time(state.get("FinishedAt")),
-        pid=int(state.get("Pid") or 0),
-        attrs=attrs,
-    )
-
-
-def inspect(container: Any) -> ContainerInfo:
-    """Fresh state of ``container``; raises ``docker.errors.NotFound`` when it is gone."""
-    container.reload()
-    return info_from_attrs(container.attrs)
-
-
-def is_not_found(err: BaseException) -> bool:
-    return isinstance(err, _docker().errors.NotFound)
-
-
-def stop(container: Any, grace: float) -> None:
-    """SIGTERM (through init), then SIGKILL after ``grace`` seconds; quiet when already gone."""
-    docker = _docker()
-    try:
-        container.stop(timeout=max(1, round(grace)))
-    except docker.errors.NotFound:
-        return
-    except docker.errors.APIError as err:
-        log.warning("could not stop container %s (%s); killing it", container.id[:12], err)
-        with contextlib.suppress(docker.errors.APIError):
-            container.kill()
-
-
-def remove(container: Any) -> None:
-    docker = _docker()
-    with contextlib.suppress(docker.errors.NotFound):
-        container.remove(force=True)
-
-
-def save_json(path: Path, record: Mapping[str, Any]) -> None:
-    """Write a record atomically (a reader sees the old file or the new one)."""
-    task.atomic_write_bytes(path, json.dumps(dict(record), indent=2, default=str).encode("utf-8"))
-
-
-def save_record(
-    container: Any, info: ContainerInfo, folder: Path, **extra: Any
-) -> tuple[Path, str]:
-    """Keep the container's full log and exit state in ``folder``; return the record and tail.
-
-    The log replaces ``<folder>/<log name>`` (what was streamed is a prefix of it);
-    the exit state goes to ``<folder>/container.json``.
-    """
-    folder.mkdir(parents=True, exist_ok=True)
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-    log_path = folder / info.log_name
-    tmp = folder / f".{info.log_name}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with tmp.open("w", encoding="utf-8") as out:
-            for line in _lines(container.logs(stream=True, follow=False)):
-                out.write(line + "\n")
-                tail.append(line)
-        os.replace(tmp, log_path)
-    except Exception as err:  # the log is evidence, not a reason to lose the exit state
-        log.warning("could not keep the log of container %s: %s", info.id[:12], err)
-    finally:
-        tmp.unlink(missing_ok=True)
-    record_path = folder / CONTAINER_RECORD
-    record = info.record() | {"saved_at": time.time()} | extra
-    save_json(record_path, record)
-    return record_path, "\n".join(tail)
-
-
-def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
-    buffer = b""
-    for chunk in chunks:
-        buffer += chunk
-        *complete, buffer = buffer.split(b"\n")
-        for raw in complete:
-            yield raw.decode("utf-8", errors="replace").rstrip("\r")
-    if buffer:
-        yield buffer.decode("utf-8", errors="replace").rstrip("\r")
-
-
-def _pump(
-    container: Any,
-    log_path: Path,
-    tail: collections.deque[str],
-    on_line: LineSink | None,
-) -> None:
-    try:
-        with log_path.open("a", encoding="utf-8") as out:
-            for line in _lines(container.logs(stream=True, follow=True)):
-                out.write(line + "\n")
-                out.flush()
-                tail.append(line)
-                if on_line is not None:
-                    try:
-                        on_line(line)
-                    except Exception:
-                        log.exception("the log line sink failed")
-    except Exception as err:  # the container was removed under the stream: the record has it
-        log.debug("log stream of %s ended: %s", container.id[:12], err)
-
-
 def attempt_result(
     info: ContainerInfo | None,
     duration_s: float,
@@ -540,26 +191,6 @@ def attempt_result(
     )
 
 
-@dataclass
-class _Current:
-    """The container a trial is on now, and where its log goes."""
-
-    container: Any
-    log_path: Path
-
-
-@dataclass
-class _Followed:
-    end: str  # "exited", "gone" (removed by another supervisor), "hung", "timeout", "stopped"
-    info: ContainerInfo | None
-    tail: collections.deque[str]
-
-
-# --- the executor -------------------------------------------------------------------------------
-
-_STOPPED = object()  # _handle_failure: the stop event was set before anything was restarted
-
-
 class DockerExecutor:
     """One container per attempt; follows a trial through its restarts (see module doc)."""
 
@@ -583,10 +214,8 @@ class DockerExecutor:
         successor_wait: float = 60.0,
         base_url: str | None = None,
         client_timeout: float = 30.0,
-        on_give_up: Callable[[Mapping[str, str], str], None] | None = None,
+        on_give_up: GiveUpCallback | None = None,
     ) -> None:
-        from trainchain.watchdog import WatchdogPolicy
-
         if nano_cpus is not None and nano_cpus <= 0:
             raise ValueError(f"nano_cpus must be positive (1e9 is one CPU) but got {nano_cpus}")
         if stop_grace <= 0:
@@ -595,7 +224,7 @@ class DockerExecutor:
         self.network = network or "none"
         self.mem_limit = mem_limit
         self.nano_cpus = nano_cpus
-        self.policy: WatchdogPolicy = WatchdogPolicy(
+        self.policy = WatchdogPolicy(
             heartbeat_limit=heartbeat_limit,
             max_restarts=max_restarts,
             backoff_base=backoff_base,
@@ -603,26 +232,32 @@ class DockerExecutor:
         )
         self.user = user
         self.python = python
-        self.stop_grace = stop_grace
-        self.on_give_up = on_give_up  # past the cap: mark the trial failed, send the email
-        self.successor_wait = successor_wait
         self.base_url = base_url
         self.client_timeout = client_timeout
+        # past the cap, on_give_up marks the trial failed and sends the email
+        self.supervisor = TrialSupervisor(
+            self.locks_dir,
+            self.policy,
+            stop_grace=stop_grace,
+            successor_wait=successor_wait,
+            on_give_up=on_give_up,
+        )
 
     @classmethod
     def from_config(
-        cls, train: Train, watchdog: WatchdogConfig, *, locks_dir: Path, **options: Any
+        cls, train: Train, watchdog: WatchdogLimits, *, locks_dir: Path, **options: Any
     ) -> DockerExecutor:
         """From ``train:`` (memory, cpus, network) and ``watchdog:`` in trainchain.yaml."""
+        policy = WatchdogPolicy.from_config(watchdog)
         return cls(
             locks_dir=locks_dir,
             network=train.network,
             mem_limit=train.memory,
             nano_cpus=round(train.cpus * 1e9),
-            max_restarts=watchdog.max_restarts,
-            heartbeat_limit=watchdog.heartbeat_limit,
-            backoff_base=watchdog.backoff,
-            backoff_cap=watchdog.backoff_max,
+            max_restarts=policy.max_restarts,
+            heartbeat_limit=policy.heartbeat_limit,
+            backoff_base=policy.backoff_base,
+            backoff_cap=policy.backoff_cap,
             **options,
         )
 
@@ -679,251 +314,42 @@ class DockerExecutor:
         on_line: LineSink | None = None,
         stop: threading.Event | None = None,
     ) -> AttemptResult:
-        docker = _docker()
+        docker = docker_sdk()
         client = self.client()
         started = time.monotonic()
-        with contextlib.closing(client), _sigterm_as_exit():
+        running = f"running trial {spec.trial} attempt {spec.attempt}"
+        with (
+            contextlib.closing(client),
+            _sigterm_as_exit(),
+            engine_errors(running, self.base_url),  # the engine failed: one clear error
+        ):
             try:
                 container = self.start(spec, client)
             except docker.errors.APIError as err:
                 why = err.explanation or err
                 return AttemptResult(None, 0.0, "", error=f"could not start the container: {why}")
-            current = _Current(container, spec.log_file)
-            try:
-                return self._supervise(client, current, spec, on_line, started, stop_event=stop)
-            except BaseException:
-                # Ctrl-C or SIGTERM of trainchain: stop the container before going away
-                self._abandon(current.container, current.log_path.parent)
-                raise
-
-    def _supervise(
-        self,
-        client: Any,
-        current: _Current,
-        spec: AttemptSpec,
-        on_line: LineSink | None,
-        started: float,
-        *,
-        stop_event: threading.Event | None = None,
-    ) -> AttemptResult:
-        """Follow the container and its replacements until one succeeds, restarts run out,
-        or ``stop_event`` is set."""
-        from trainchain import watchdog
-
-        while True:
-            container = current.container
-            restarts = int(container.labels.get(LABEL_RESTARTS, "0"))
-            followed = self._follow(container, current.log_path, on_line, spec.timeout, stop_event)
-            info = followed.info
-            elapsed = time.monotonic() - started
-            if followed.end == "stopped":
-                return self._stop_for_good(container, current.log_path.parent, elapsed, restarts)
-            if followed.end == "timeout":
-                watchdog.claim(self.locks_dir, container.id)  # nobody restarts what timed out
-                log.warning("container %s timed out after %.0f s", container.name, spec.timeout)
-                stop(container, self.stop_grace)
-                last, tail = self._finish(container, current.log_path.parent, reason="timed out")
-                return attempt_result(
-                    last or info, elapsed, tail, timed_out=True, restarts=restarts
-                )
-            if followed.end == "exited" and info is not None and info.exit_code == 0:
-                last, tail = None, "\n".join(followed.tail)
-                if watchdog.claim(self.locks_dir, container.id):  # else a watchdog collected it
-                    last, tail = self._finish(container, current.log_path.parent, reason="finished")
-                return attempt_result(
-                    last or info, time.monotonic() - started, tail, restarts=restarts
-                )
-
-            handled = (
-                None if info is None else self._handle_failure(client, container, info, stop_event)
-            )
-            if handled is _STOPPED:  # stopped while waiting out the backoff
-                return self._stop_for_good(
-                    container, current.log_path.parent, time.monotonic() - started, restarts
-                )
-            if handled is not None and handled.kind is watchdog.ActionKind.GIVE_UP:
-                return attempt_result(
-                    handled.info,
-                    time.monotonic() - started,
-                    handled.log_tail or "\n".join(followed.tail),
-                    error=handled.reason,
-                    restarts=restarts,
-                )
-            if handled is not None:
-                successor = handled.replacement
-            else:  # another supervisor claimed it: follow what it does
-                successor, why = self._await_successor(client, container.labels, info)
-                if successor is None:
-                    tail = "\n".join(followed.tail)
-                    return attempt_result(
-                        info, time.monotonic() - started, tail, error=why, restarts=restarts
-                    )
-            labels = successor.labels
-            folder = Path(labels.get(LABEL_ATTEMPT_DIR) or current.log_path.parent)
-            current.container = successor
-            current.log_path = folder / (labels.get(LABEL_LOG_NAME) or DEFAULT_LOG_NAME)
-            if on_line is not None:
-                on_line(
-                    f"[trainchain] restarted as attempt {labels.get(LABEL_ATTEMPT)} "
-                    f"(container {successor.name}), resuming from the checkpoint"
-                )
-
-    def _stop_for_good(
-        self, container: Any, fallback_dir: Path, elapsed: float, restarts: int
-    ) -> AttemptResult:
-        """Stopped from outside (a pruned trial): claim the container first so neither this
-        executor nor a watchdog restarts it, stop it with its grace, keep its log and exit
-        state, remove it."""
-        from trainchain import watchdog
-
-        if not watchdog.claim(self.locks_dir, container.id):
-            log.warning(
-                "container %s is being handled by another supervisor; stopping it anyway",
-                container.name,
-            )
-        log.info("container %s: stopped by trainchain (pruned)", container.name)
-        stop(container, self.stop_grace)
-        last, tail = self._finish(container, fallback_dir, reason="stopped by trainchain (pruned)")
-        return attempt_result(last, elapsed, tail, restarts=restarts, stopped=True)
-
-    def _follow(
-        self,
-        container: Any,
-        log_path: Path,
-        on_line: LineSink | None,
-        timeout: float,
-        stop_event: threading.Event | None = None,
-    ) -> _Followed:
-        from trainchain import watchdog
-
-        tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        pump = threading.Thread(
-            target=_pump, args=(container, log_path, tail, on_line), daemon=True
-        )
-        deadline = time.monotonic() + timeout
-        policy = watchdog.effective_policy(container.labels, self.policy)
-        docker = _docker()
-
-        def ended(end: str, info: ContainerInfo | None) -> _Followed:
-            if pump.is_alive():
-                pump.join(timeout=10)
-            return _Followed(end, info, tail)
-
-        while True:
-            try:
-                info = inspect(container)
-            except docker.errors.NotFound:
-                return ended("gone", None)
-            if not pump.is_alive() and info.status != "created":  # a log of a started container
-                with contextlib.suppress(RuntimeError):  # already started once
-                    pump.start()
-            if info.status in {"exited", "dead"}:
-                return ended("exited", info)
-            if stop_event is not None and stop_event.is_set():
-                return _Followed("stopped", info, tail)
-            if info.status == "running" and policy.heartbeat_limit is not None:
-                action = watchdog.decide(watchdog.state_of(info), time.time(), policy)
-                if action.kind is not watchdog.ActionKind.LEAVE:
-                    log.warning("container %s: %s", container.name, action.reason)
-                    return _Followed("hung", info, tail)
-            if time.monotonic() >= deadline:
-                return _Followed("timeout", info, tail)
-            if stop_event is not None:
-                stop_event.wait(POLL_S)
-            else:
-                time.sleep(POLL_S)
-
-    def _handle_failure(
-        self,
-        client: Any,
-        container: Any,
-        info: ContainerInfo,
-        stop_event: threading.Event | None = None,
-    ) -> Any:
-        """Claim and restart (after the backoff) or give up; None when another supervisor has
-        it; ``_STOPPED`` when ``stop_event`` is set during the backoff (nothing restarted)."""
-        from trainchain import watchdog
-
-        docker = _docker()
-        policy = watchdog.effective_policy(info.labels, self.policy)
-        while True:
-            action = watchdog.decide(watchdog.state_of(info), time.time(), policy)
-            if action.kind is watchdog.ActionKind.LEAVE:  # pragma: no cover - a failure was seen
-                return None
-            if stop_event is not None and stop_event.is_set():
-                return _STOPPED
-            if action.delay > 0:
-                time.sleep(min(action.delay, POLL_S))
-                try:
-                    info = inspect(container)
-                except docker.errors.NotFound:
-                    return None
-                continue
-            return watchdog.handle(
+            end = self.supervisor.follow(
                 client,
                 container,
-                action,
-                locks_dir=self.locks_dir,
-                stop_grace=self.stop_grace,
-                on_give_up=self.on_give_up,
+                spec.log_file,
+                timeout=spec.timeout,
+                started=started,
+                on_line=on_line,
+                stop_event=stop,
             )
+        return _result(end)
 
-    def _await_successor(
-        self, client: Any, labels: Mapping[str, str], info: ContainerInfo | None
-    ) -> tuple[Any | None, str]:
-        """The container another supervisor started for the next attempt, or why there is none."""
-        from trainchain import watchdog
 
-        attempt = int(labels.get(LABEL_ATTEMPT, "1")) + 1
-        filters = {
-            "label": [
-                f"{LABEL_RUN}={labels.get(LABEL_RUN, '')}",
-                f"{LABEL_TRIAL}={labels.get(LABEL_TRIAL, '')}",
-                f"{LABEL_ATTEMPT}={attempt}",
-            ]
-        }
-        folder = Path(labels[LABEL_ATTEMPT_DIR]) if labels.get(LABEL_ATTEMPT_DIR) else None
-        deadline = time.monotonic() + self.policy.backoff_cap + self.successor_wait
-        while time.monotonic() < deadline:
-            found = client.containers.list(all=True, filters=filters, ignore_removed=True)
-            if found:
-                return found[0], ""
-            if folder is not None and (folder / watchdog.GAVE_UP_FILE).exists():
-                with contextlib.suppress(OSError, ValueError):
-                    record = json.loads((folder / watchdog.GAVE_UP_FILE).read_text())
-                    return None, str(record.get("reason", "the watchdog gave up"))
-                return None, "the watchdog gave up"
-            time.sleep(POLL_S)
-        what = info.name if info is not None else labels.get(LABEL_ATTEMPT_DIR, "?")
-        return None, (
-            f"container {what} was taken over by another supervisor and no attempt {attempt} "
-            f"appeared within {self.policy.backoff_cap + self.successor_wait:.0f} s"
-        )
-
-    def _finish(
-        self, container: Any, fallback_dir: Path, *, reason: str
-    ) -> tuple[ContainerInfo | None, str]:
-        """Keep the log and exit state, then remove the container; return its state and tail."""
-        docker = _docker()
-        try:
-            info = inspect(container)
-        except docker.errors.NotFound:
-            return None, ""
-        _, tail = save_record(container, info, info.attempt_dir or fallback_dir, reason=reason)
-        remove(container)
-        return info, tail
-
-    def _abandon(self, container: Any, fallback_dir: Path) -> None:
-        """trainchain is going away: claim the container (no restarts), stop, keep, remove."""
-        from trainchain import watchdog
-
-        try:
-            watchdog.claim(self.locks_dir, container.id)
-            stop(container, min(self.stop_grace, 5.0))
-            self._finish(container, fallback_dir, reason="trainchain was interrupted")
-        except Exception as err:
-            log.warning("could not stop container %s cleanly: %s", container.id[:12], err)
+def _result(end: TrialEnd) -> AttemptResult:
+    return attempt_result(
+        end.info,
+        end.duration_s,
+        end.log_tail,
+        timed_out=end.timed_out,
+        error=end.error,
+        restarts=end.restarts,
+        stopped=end.stopped,
+    )
 
 
 @contextlib.contextmanager

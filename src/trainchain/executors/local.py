@@ -3,33 +3,22 @@
 from __future__ import annotations
 
 import collections
-import ctypes
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import IO
 
-from trainchain import task
-from trainchain.executors._base import AttemptResult, AttemptSpec, LineSink
+from trainchain import procgroup, task
+from trainchain.executors._base import AttemptResult, AttemptSpec
+from trainchain.procgroup import LineSink
 
 log = logging.getLogger(__name__)
 
 TAIL_LINES = 30
 POLL_S = 0.2  # how often the attempt is checked for its end, its timeout and a stop
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """The child gets SIGKILL when trainchain dies, so no orphan keeps training."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+STOP_GRACE_S = 5.0  # SIGTERM, then SIGKILL after this long
 
 
 class LocalExecutor:
@@ -56,29 +45,28 @@ class LocalExecutor:
         start = time.monotonic()
         tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         try:
-            proc = subprocess.Popen(
-                cmd,
-                cwd=spec.repo_root,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
-            )
+            proc = procgroup.spawn(cmd, cwd=spec.repo_root, env=env, die_with_parent=True)
         except OSError as err:
             return AttemptResult(None, 0.0, "", error=f"could not start {cmd[0]}: {err}")
         if proc.stdout is None:  # pragma: no cover - stdout=PIPE always gives a stream
             raise RuntimeError("subprocess has no stdout pipe")
         with spec.log_file.open("a", encoding="utf-8") as log_file:
             reader = threading.Thread(
-                target=_pump, args=(proc.stdout, log_file, tail, on_line), daemon=True
+                target=procgroup.pump,
+                args=(procgroup.decoded_lines(proc.stdout),),
+                kwargs={
+                    "log_file": log_file,
+                    "tail": tail,
+                    "on_line": on_line,
+                    "source": f"trial {spec.trial} attempt {spec.attempt}",
+                },
+                daemon=True,
             )
             reader.start()
             try:
                 timed_out, stopped = _wait(proc, spec, start, stop)
-            except BaseException:
-                _kill_group(proc)  # Ctrl-C or SIGTERM of trainchain: never leave it running
+            except BaseException:  # Ctrl-C or SIGTERM of trainchain: never leave it running
+                procgroup.stop_group(proc, STOP_GRACE_S)
                 raise
             reader.join(timeout=10)
             proc.stdout.close()
@@ -108,7 +96,7 @@ def _wait(
             pass
         if stop is not None and stop.is_set():
             log.info("trial %s attempt %s: stopped by trainchain", spec.trial, spec.attempt)
-            _kill_group(proc)
+            procgroup.stop_group(proc, STOP_GRACE_S)
             return False, True
         if time.monotonic() >= deadline:
             log.warning(
@@ -117,32 +105,5 @@ def _wait(
                 spec.attempt,
                 spec.timeout,
             )
-            _kill_group(proc)
+            procgroup.stop_group(proc, STOP_GRACE_S)
             return True, False
-
-
-def _pump(
-    stream: IO[bytes],
-    log_file: IO[str],
-    tail: collections.deque[str],
-    on_line: LineSink | None,
-) -> None:
-    for raw in stream:
-        line = raw.decode("utf-8", errors="replace").rstrip("\n")
-        log_file.write(line + "\n")
-        log_file.flush()
-        tail.append(line)
-        if on_line is not None:
-            on_line(line)
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=5)
-    except ProcessLookupError:
-        pass
