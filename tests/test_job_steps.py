@@ -7,12 +7,13 @@ import email
 import email.policy
 import threading
 import time
+import types
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ToyRepo, git, run_cli
-from trainchain import properties
+from trainchain import locks, properties
 from trainchain.hooks import repo_key
 from trainchain.tune import Busy, model_lock
 
@@ -107,27 +108,41 @@ def test_a_failed_step_leaves_no_properties_of_an_earlier_build(
     assert not handed.exists()
 
 
-def test_a_second_tuning_of_the_same_model_waits_for_the_lock_when_asked(tmp_path: Path) -> None:
+def test_a_second_tuning_of_the_same_model_waits_for_the_lock_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """model_lock refuses a second holder at once by default, and with a wait takes the lock
-    as soon as the first holder lets go."""
-    released = threading.Event()
+    as soon as the first holder lets go (the first lets go only once the second has been
+    refused and is waiting)."""
+    held, waiting, released = threading.Event(), threading.Event(), threading.Event()
+
+    def wait_between_tries(seconds: float) -> None:  # the lock's own wait, made visible
+        waiting.set()
+        time.sleep(seconds)
+
+    monkeypatch.setattr(
+        locks, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=wait_between_tries)
+    )
 
     def hold() -> None:
         with model_lock(tmp_path, "toy"):
-            time.sleep(0.5)
-        released.set()
+            held.set()
+            waiting.wait(30)
+            released.set()  # the last thing before the lock is let go
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.1)
+    assert held.wait(30), "the first holder never took the lock"
     with (
         pytest.raises(Busy, match="another trainchain process is tuning toy"),
         model_lock(tmp_path, "toy"),
     ):
         pass
+    assert not waiting.is_set()  # wait=0: refused at once, no wait between tries
     with model_lock(tmp_path, "toy", wait=30):
+        assert waiting.is_set()  # it was refused and waited
         assert released.is_set()  # held only after the first let go
-    holder.join()
+    holder.join(30)
 
 
 def test_a_local_repository_is_one_repository_as_a_path_and_as_a_file_url(tmp_path: Path) -> None:
