@@ -126,6 +126,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def settings(home: Path) -> Settings:
+    """The settings of the private TRAINCHAIN_HOME."""
     return load_settings()
 
 
@@ -134,6 +135,9 @@ ToyRepo = Callable[..., Path]
 
 @pytest.fixture
 def toy_repo(tmp_path: Path) -> ToyRepo:
+    """Make a model repository of the stdlib-only TOY_TRAIN script (a git repo unless
+    git=False), its data and trainchain.yaml."""
+
     def make(
         *,
         name: str = "toy",

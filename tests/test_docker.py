@@ -109,6 +109,7 @@ def chain(client: Any) -> Iterator[str]:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
+    """A private trainchain home (runs, checkpoints, locks) of this test."""
     return tmp_path / "home"
 
 
@@ -117,6 +118,8 @@ SpecFactory = Callable[..., AttemptSpec]
 
 @pytest.fixture
 def make_spec(tmp_path: Path, home: Path, chain: str, toy_image: str) -> SpecFactory:
+    """Attempt 1 of trial 1 of the epoch toy in the toy image, labelled with the chain."""
+
     def make(
         mode: str = "ok", epochs: int = 6, epoch_seconds: float = 0.4, timeout: float = 60.0
     ) -> AttemptSpec:
