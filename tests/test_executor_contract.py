@@ -28,7 +28,7 @@ from trainchain import task
 from trainchain.executors import AttemptResult, AttemptSpec, Executor
 from trainchain.training import read_report
 
-PLAN = {"folds": 3, "repeats": 2, "seed": 5, "purpose": "search"}
+PLAN: dict[str, Any] = {"folds": 3, "repeats": 2, "seed": 5, "purpose": "search"}
 
 
 @dataclass(frozen=True)
