@@ -26,6 +26,8 @@ T = TypeVar("T")
 # params, data, the validation plan (per-fold scores around the value, a folds id of the
 # plan's assignment), checkpoints (resume), report lines, metrics. TOY_FOLDS=ignore makes
 # it ignore the plan (always the same folds); TOY_FOLDS=drift gives every trial its own.
+# It hangs after step 1 in trial TOY_HANG_TRIAL, or in any trial with mode=hang (the
+# parameter reaches a container too); mode=crash exits 2 after its steps.
 TOY_TRAIN = """
 import json, os, sys, time
 from pathlib import Path
@@ -40,7 +42,8 @@ hang_trial = os.environ.get("TOY_HANG_TRIAL")
 for step in range(start, 3):
     task.atomic_write_bytes(ckpt, json.dumps({"step": step}).encode())
     task.report(step, val_accuracy=0.5)
-    if step == 1 and hang_trial is not None and int(hang_trial) == task.trial():
+    hang = p.get("mode") == "hang" or (hang_trial is not None and int(hang_trial) == task.trial())
+    if step == 1 and hang:
         print("toy: hanging", flush=True)
         time.sleep(600)
 if p.get("mode") == "crash":
@@ -59,6 +62,9 @@ task.write_metrics({
     "test_accuracy": value - 0.01,
 })
 (task.output_dir() / "data_seen.txt").write_text(str(task.data_dir()))
+values = task.data_dir() / "values.txt"
+if values.exists():
+    (task.output_dir() / "data_read.txt").write_text(values.read_text())
 """
 
 TOY_YAML = """
@@ -120,6 +126,7 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.fixture
 def settings(home: Path) -> Settings:
+    """The settings of the private TRAINCHAIN_HOME."""
     return load_settings()
 
 
@@ -128,6 +135,9 @@ ToyRepo = Callable[..., Path]
 
 @pytest.fixture
 def toy_repo(tmp_path: Path) -> ToyRepo:
+    """Make a model repository of the stdlib-only TOY_TRAIN script (a git repo unless
+    git=False), its data and trainchain.yaml."""
+
     def make(
         *,
         name: str = "toy",
@@ -197,16 +207,24 @@ def no_cwd_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     assert list(cwd.iterdir()) == [], "trainchain wrote into the current directory"
 
 
-def eventually(check: Callable[[], T | None], what: str, timeout: float, poll: float = 0.5) -> T:
+def eventually(
+    check: Callable[[], T | None],
+    what: str,
+    timeout: float,
+    poll: float = 0.5,
+    detail: Callable[[], str] | None = None,
+) -> T:
     """Poll ``check`` until it returns something truthy, and return that; fail the test
-    naming ``what`` after ``timeout`` seconds."""
+    naming ``what`` (and ``detail()``, read then: a log, a state) after ``timeout`` seconds.
+    ``check`` may fail the test itself sooner (a process that died will not get there)."""
     deadline = time.monotonic() + timeout
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() >= deadline:
-            pytest.fail(f"waited {timeout:g} s for {what}", pytrace=False)
+            more = f"\n{detail()}" if detail is not None else ""
+            pytest.fail(f"waited {timeout:g} s for {what}{more}", pytrace=False)
         time.sleep(poll)
 
 

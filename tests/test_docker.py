@@ -9,11 +9,8 @@ test starts carries a per-test ``trainchain.chain`` label and is removed after i
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -29,18 +26,13 @@ from typing import Any
 import pytest
 
 from tests.conftest import eventually, unavailable
+from tests.docker_toy import ensure_toy_image
 from trainchain.containers import CONTAINER_RECORD, DockerUnavailable, ImageMissing, connect
 from trainchain.executors import AttemptResult, AttemptSpec
 from trainchain.executors.docker import DockerExecutor
 from trainchain.supervise import GAVE_UP_FILE, ActionKind, WatchdogPolicy
 from trainchain.training import read_report
 from trainchain.watchdog import Watchdog
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-BASE_IMAGE = "trainchain/test-base:bookworm"
-TOY_IMAGE = "trainchain/test-toy:latest"
-SOURCE_LABEL = "trainchain.test.source"
-BUILD_BASE = "trainchain/python-base:3.11-bookworm"
 
 pytestmark = pytest.mark.docker
 
@@ -87,86 +79,17 @@ task.write_metrics({"val_accuracy": 0.9, "test_accuracy": 0.89})
 print("toy: finished", flush=True)
 """
 
-DOCKERFILE = """
-ARG BASE_IMAGE={base}
-FROM ${{BASE_IMAGE}}
-RUN python3.11 -m venv --without-pip /opt/venv \\
- && (useradd --uid 1000 --user-group --create-home trainer 2>/dev/null \\
-     || (echo 'trainer:x:1000:1000::/tmp:/bin/sh' >> /etc/passwd \\
-         && echo 'trainer:x:1000:' >> /etc/group))
-COPY trainchain /opt/trainchain/trainchain
-ENV PATH=/opt/venv/bin:$PATH PYTHONPATH=/opt/trainchain PYTHONDONTWRITEBYTECODE=1
-LABEL {source_label}={source}
-USER 1000:1000
-"""
-
-
-def _source_digest() -> str:
-    """The toy needs only the stdlib-only task helper: rebuild when it changes."""
-    return hashlib.sha256((REPO_ROOT / "src/trainchain/task.py").read_bytes()).hexdigest()[:16]
-
-
-def _ensure_base(client: Any) -> None:
-    import docker
-
-    try:
-        client.images.get(BASE_IMAGE)
-        return
-    except docker.errors.ImageNotFound:
-        pass
-    try:  # the base scripts/build-images.sh made (as in CI) is the same Debian + Python
-        client.images.get(BUILD_BASE).tag(BASE_IMAGE)
-        return
-    except docker.errors.ImageNotFound:
-        pass
-    if not shutil.which("mmdebstrap"):
-        pytest.fail(f"{BASE_IMAGE} is missing and mmdebstrap is not installed to make it")
-    script = (
-        "set -o pipefail; eatmydata mmdebstrap --quiet --variant=minbase "
-        "--include=python3.11,python3.11-venv,ca-certificates bookworm - "
-        f"| docker import - {BASE_IMAGE}"
-    )
-    done = subprocess.run(
-        ["bash", "-c", script], capture_output=True, text=True, timeout=600, check=False
-    )
-    assert done.returncode == 0, f"could not make {BASE_IMAGE}:\n{done.stderr[-3000:]}"
-
 
 @pytest.fixture(scope="session")
 def client() -> Any:
+    """The Docker engine's client (the module is skipped without one)."""
     return CLIENT
 
 
 @pytest.fixture(scope="session")
 def toy_image(client: Any, tmp_path_factory: pytest.TempPathFactory) -> str:
-    import docker
-
-    source = _source_digest()
-    stale = None
-    try:
-        existing = client.images.get(TOY_IMAGE)
-        if existing.labels.get(SOURCE_LABEL) == source:
-            return TOY_IMAGE
-        stale = existing.id
-    except docker.errors.ImageNotFound:
-        pass
-    _ensure_base(client)
-    context = tmp_path_factory.mktemp("toy-image")
-    shutil.copytree(
-        REPO_ROOT / "src" / "trainchain",
-        context / "trainchain",
-        ignore=shutil.ignore_patterns("__pycache__"),
-    )
-    (context / "Dockerfile").write_text(
-        DOCKERFILE.format(base=BASE_IMAGE, source_label=SOURCE_LABEL, source=source)
-    )
-    client.images.build(
-        path=str(context), tag=TOY_IMAGE, network_mode="none", rm=True, forcerm=True
-    )
-    if stale is not None:  # the previous test image, now untagged
-        with contextlib.suppress(docker.errors.APIError):
-            client.images.remove(stale)
-    return TOY_IMAGE
+    """trainchain/test-toy:latest, built once per session when missing or stale."""
+    return ensure_toy_image(client, tmp_path_factory.mktemp("toy-image"))
 
 
 @pytest.fixture
@@ -182,6 +105,7 @@ def chain(client: Any) -> Iterator[str]:
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
+    """A private trainchain home (runs, checkpoints, locks) of this test."""
     return tmp_path / "home"
 
 
@@ -190,6 +114,8 @@ SpecFactory = Callable[..., AttemptSpec]
 
 @pytest.fixture
 def make_spec(tmp_path: Path, home: Path, chain: str, toy_image: str) -> SpecFactory:
+    """Attempt 1 of trial 1 of the epoch toy in the toy image, labelled with the chain."""
+
     def make(
         mode: str = "ok", epochs: int = 6, epoch_seconds: float = 0.4, timeout: float = 60.0
     ) -> AttemptSpec:
@@ -229,9 +155,24 @@ def executor(home: Path, **options: Any) -> DockerExecutor:
     return DockerExecutor(locks_dir=home / "locks", **(defaults | options))
 
 
-def watchdog(home: Path, chain: str, **policy: Any) -> Watchdog:
+class CountingWatchdog(Watchdog):
+    """The real watchdog, counting its finished scans: a test waits for the next scan (a
+    positive event) instead of sleeping before it asserts that something did not happen."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scans = 0
+
+    def scan_once(self) -> list[Any]:
+        entries = super().scan_once()
+        self.scans += 1
+        return entries
+
+
+def watchdog(home: Path, chain: str, **policy: Any) -> CountingWatchdog:
+    """A watchdog of this test's containers only (its chain label), restarting at once."""
     defaults: dict[str, Any] = {"heartbeat_limit": None, "backoff_base": 0.0}
-    return Watchdog(
+    return CountingWatchdog(
         CLIENT,
         locks_dir=home / "locks",
         policy=WatchdogPolicy(**(defaults | policy)),
@@ -352,9 +293,12 @@ def test_killed_from_the_host_it_restarts_and_resumes(make_spec: SpecFactory, ho
     os.kill(children[0], signal.SIGKILL)
 
     dog = watchdog(home, spec.labels["trainchain.chain"])
-    while not future.done():  # the watchdog and the executor race for the claim
+
+    def scanned_until_done() -> bool:  # the watchdog and the executor race for the claim
         dog.scan_once()
-        time.sleep(0.2)
+        return future.done()
+
+    eventually(scanned_until_done, "the trial to end", 60, poll=0.2)
     result = future.result(timeout=60)
 
     assert result.ok, f"{result.describe()}\n{result.log_tail}"
@@ -400,10 +344,12 @@ def test_hung_container_is_stopped_and_restarted_by_the_watchdog(
     future = in_background(executor(home).run, spec)
     dog = watchdog(home, spec.labels["trainchain.chain"], heartbeat_limit=1.5)
     acted: list[Any] = []
-    deadline = time.monotonic() + 60
-    while not future.done() and time.monotonic() < deadline:
-        acted += [e for e in dog.scan_once() if e.handled is not None]
-        time.sleep(0.2)
+
+    def scanned_until_done() -> bool:
+        acted.extend(e for e in dog.scan_once() if e.handled is not None)
+        return future.done()
+
+    eventually(scanned_until_done, "the trial to end", 60, poll=0.2)
     result = future.result(timeout=30)
 
     assert result.ok, f"{result.describe()}\n{result.log_tail}"
@@ -424,10 +370,12 @@ def test_restart_cap_reached_gives_up_once_with_the_reason(
     dog = watchdog(home, spec.labels["trainchain.chain"])
     dog.on_give_up = lambda labels, reason: calls.append((dict(labels), reason))
     gave_up = spec.log_file.parent.parent / "attempt-3" / GAVE_UP_FILE
-    deadline = time.monotonic() + 60
-    while not gave_up.exists() and time.monotonic() < deadline:
+
+    def scanned_until_given_up() -> bool:
         dog.scan_once()
-        time.sleep(0.2)
+        return gave_up.exists()
+
+    eventually(scanned_until_given_up, f"{gave_up}", 60, poll=0.2)
     dog.scan_once()  # nothing left to act on
 
     assert len(calls) == 1
@@ -595,7 +543,8 @@ def test_watchdog_loop_restarts_on_the_die_event_and_stops_when_told(
     loop = threading.Thread(target=dog.run, args=(600.0, stop))
     loop.start()
     try:
-        time.sleep(0.5)  # the first periodic scan has run; the next one is 600 s away
+        # the first periodic scan has run; the next one is 600 s away
+        eventually(lambda: dog.scans >= 1, "the watchdog's first scan", 30, poll=0.05)
         executor(home).start(spec)
         eventually(
             lambda: containers_of(spec, attempt=2), "the restart after the die event", 30, poll=0.05
@@ -623,7 +572,7 @@ def test_pruned_trial_container_is_stopped_and_never_restarted(
     name = f"prunable-{uuid.uuid4().hex[:8]}"
     repo = make_prune_repo(tmp_path / "repo", name=name, image=toy_image, max_trials=3)
     settings = load_settings({"TRAINCHAIN_HOME": str(home)})
-    dog = Watchdog(
+    dog = CountingWatchdog(
         CLIENT,
         locks_dir=settings.locks,
         policy=WatchdogPolicy(heartbeat_limit=None, backoff_base=0.0),
@@ -646,7 +595,8 @@ def test_pruned_trial_container_is_stopped_and_never_restarted(
             DockerExecutor(locks_dir=settings.locks, stop_grace=2.0, backoff_base=0.0),
             display=TuneDisplay("val_accuracy", 1.0, ">=", quiet=True),
         )
-        time.sleep(1.0)  # give the watchdog a few more scans after the last trial
+        after_last = dog.scans  # let the watchdog finish a few scans after the last trial
+        eventually(lambda: dog.scans >= after_last + 3, "three more watchdog scans", 60, 0.05)
     finally:
         done.set()
         scanner.join(timeout=30)

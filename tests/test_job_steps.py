@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import logging
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -108,27 +108,42 @@ def test_a_failed_step_leaves_no_properties_of_an_earlier_build(
     assert not handed.exists()
 
 
-def test_a_second_tuning_of_the_same_model_waits_for_the_lock_when_asked(tmp_path: Path) -> None:
+def test_a_second_tuning_of_the_same_model_waits_for_the_lock_when_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
     """model_lock refuses a second holder at once by default, and with a wait takes the lock
-    as soon as the first holder lets go."""
-    released = threading.Event()
+    as soon as the first holder lets go (the first lets go only once the second has been
+    refused and is waiting)."""
+    held, waiting, released = threading.Event(), threading.Event(), threading.Event()
+
+    class WaitSeen(logging.Handler):  # the lock library's own word that it waits to retry
+        def emit(self, record: logging.LogRecord) -> None:
+            if "not acquired" in record.getMessage():
+                waiting.set()
+
+    lock_log = logging.getLogger("filelock")
+    monkeypatch.setattr(lock_log, "handlers", [*lock_log.handlers, WaitSeen()])
+    caplog.set_level(logging.DEBUG, logger="filelock")
 
     def hold() -> None:
         with model_lock(tmp_path, "toy"):
-            time.sleep(0.5)
-        released.set()
+            held.set()
+            waiting.wait(30)
+            released.set()  # the last thing before the lock is let go
 
     holder = threading.Thread(target=hold)
     holder.start()
-    time.sleep(0.1)
+    assert held.wait(30), "the first holder never took the lock"
     with (
         pytest.raises(Busy, match="another trainchain process is tuning toy"),
         model_lock(tmp_path, "toy"),
     ):
         pass
+    assert not waiting.is_set()  # wait=0: refused at once, no wait between tries
     with model_lock(tmp_path, "toy", wait=30):
+        assert waiting.is_set()  # it was refused and waited
         assert released.is_set()  # held only after the first let go
-    holder.join()
+    holder.join(30)
 
 
 def test_a_local_repository_is_one_repository_as_a_path_and_as_a_file_url(tmp_path: Path) -> None:

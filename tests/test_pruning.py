@@ -8,7 +8,6 @@ import json
 import os
 import textwrap
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from tests.conftest import git_init
+from tests.conftest import eventually, git_init
 from trainchain import task
 from trainchain.cli import main
 from trainchain.context import prepare
@@ -159,23 +158,20 @@ time.sleep(60)
 
 
 def test_local_executor_stops_the_attempt_when_the_event_is_set(tmp_path: Path) -> None:
-    """Setting the stop event ends a sleeping script within a couple of seconds: stopped,
-    not ok, its process gone."""
+    """Setting the stop event ends a script that would sleep for a minute (the wait for
+    it is bounded well below that): stopped, not ok, its process gone. How fast it stops
+    is measured in benchmarks/executors.py."""
     spec = _spec(tmp_path, SLEEPER)
     stop = threading.Event()
     pool = ThreadPoolExecutor(max_workers=1)
     future = pool.submit(LocalExecutor().run, spec, None, stop)
     pool.shutdown(wait=False)
-    deadline = time.monotonic() + 30
-    while not read_report(spec.report_file) and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: read_report(spec.report_file), "the script's first report", 30, poll=0.05)
     assert read_report(spec.report_file), "the script never reported"
 
-    asked = time.monotonic()
     stop.set()
-    result = future.result(timeout=10)
+    result = future.result(timeout=30)  # the script itself would sleep for 60 s
 
-    assert time.monotonic() - asked < 3.0
     assert result.stopped and not result.ok and not result.timed_out
     assert result.describe() == "stopped by trainchain (pruned)"
     assert "sleeper: sleeping" in result.log_tail
@@ -209,12 +205,11 @@ def test_local_executor_passes_the_early_stopping_policy_and_only_that(
 
 
 def test_local_executor_timeout_still_ends_the_attempt(tmp_path: Path) -> None:
-    """The poll loop honours the timeout as the single wait did."""
+    """The poll loop honours the timeout as the single wait did: a script that would sleep
+    for a minute ends as timed out (the overshoot is measured in benchmarks/executors.py)."""
     spec = _spec(tmp_path, SLEEPER, timeout=1.0)
-    started = time.monotonic()
     result = LocalExecutor().run(spec)
     assert result.timed_out and not result.stopped and not result.ok
-    assert time.monotonic() - started < 5.0
 
 
 # --- the report watcher -------------------------------------------------------------------------
@@ -250,12 +245,10 @@ def test_report_watcher_passes_each_step_once_in_order_and_prunes(tmp_path: Path
             f.write(json.dumps(row) + "\n")
         f.write("not json\n")
         f.flush()
-        deadline = time.monotonic() + 10
-        while len(calls) < 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        eventually(lambda: len(calls) >= 3, "the first three steps passed on", 10, poll=0.02)
         f.write('{"step": 4, "val_accuracy": 0.45')  # half a line: not read yet
         f.flush()
-        time.sleep(0.2)
+        watcher.poll()  # a poll that has seen the half line (polls hold the watcher's lock)
         assert [c[0] for c in calls] == [0, 1, 3]
         f.write("}\n" + json.dumps({"step": 5, "val_accuracy": 0.5}) + "\n")
     assert stop.wait(10), "the watcher never pruned"

@@ -24,9 +24,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ import pytest
 import yaml
 
 import trainchain
-from tests.conftest import REPO_ROOT, run_cli, unavailable
+from tests.conftest import REPO_ROOT, eventually, run_cli, unavailable
 from tests.test_images import DEFAULT_BASE, DOCKERFILE, canonical, final_stage, instructions, pins
 
 SERVE = REPO_ROOT / "images" / "serve"
@@ -199,19 +198,19 @@ def request(
         conn.close()
 
 
-def wait_for(address: tuple[str, int], path: str, seconds: float) -> int:
-    """GET path until it answers 200; the last status (0: no answer) when time runs out."""
-    end = time.monotonic() + seconds
-    status = 0
-    while time.monotonic() < end:
+def wait_for(address: tuple[str, int], path: str, seconds: float, detail: Callable[[], str]) -> int:
+    """GET path until it answers 200, and return that; fail the test with ``detail()`` (a
+    log) when it has not within ``seconds``."""
+
+    def status() -> int:
         try:
-            status = request(address, "GET", path)[0]
+            return request(address, "GET", path)[0]
         except OSError:
-            status = 0
-        if status == 200:
-            return status
-        time.sleep(0.5)
-    return status
+            return 0  # no answer yet
+
+    return eventually(
+        lambda: status() == 200 and 200, f"GET {path} to answer 200", seconds, 0.5, detail
+    )
 
 
 def classify(address: tuple[str, int], body: bytes, content_type: str) -> dict[str, Any]:
@@ -331,7 +330,7 @@ def test_image_serves_the_champion_from_a_tracking_server(
     container = None
     try:
         tracking = f"http://{gateway}:{mlflow_port}"
-        assert wait_for((gateway, mlflow_port), "/health", 90) == 200, mlflow_log.read_text()
+        assert wait_for((gateway, mlflow_port), "/health", 90, mlflow_log.read_text) == 200
         host_port = free_port()
         container = client.containers.run(
             serve_image,
@@ -348,9 +347,13 @@ def test_image_serves_the_champion_from_a_tracking_server(
             labels={"trainchain.test": "serve-image"},
         )
         address = ("127.0.0.1", host_port)
-        status = wait_for(address, "/health", 120)
-        logs = container.logs().decode(errors="replace")[-4000:]
-        assert status == 200, f"/health answered {status}; the container's log:\n{logs}"
+        running = container
+
+        def container_log() -> str:
+            return "the container's log:\n" + running.logs().decode(errors="replace")[-4000:]
+
+        status = wait_for(address, "/health", 120, container_log)
+        assert status == 200, f"/health answered {status}; {container_log()}"
 
         health = client.api.inspect_container(container.id)["Config"]["Healthcheck"]["Test"]
         assert health[0] == "CMD"

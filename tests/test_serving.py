@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -29,7 +28,7 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import run_cli
+from tests.conftest import eventually, run_cli
 from trainchain.cli import main as cli_main
 from trainchain.families.cnn import Preprocessing, read_preprocessing
 from trainchain.serving.app import create_app, pick_alias, service_of
@@ -334,14 +333,22 @@ def test_promotion_and_rollback_swap_the_model_without_failing_a_request(
         v2 = registry.register(name, c=0.3, alias=None)
         registry.tracker.make_champion(name, v2)
         _loaded(app, v2)
-        time.sleep(0.5)  # keep hammering across the swap
+
+        def answered_by(version: str, since: int) -> int:
+            with lock:
+                return sum(v == version for _, v, _ in seen[since:])
+
+        # keep hammering across the swap: v2 answers requests sent after its first answer
+        eventually(lambda: answered_by(v2, 0) >= 5, f"five answers of v{v2}", WAIT, 0.05)
         with lock:
             mark = len(seen)
         out = run_cli("rollback", name, "--home", str(registry.settings.home))
         assert out.returncode == 0, out.stderr
         assert f"from v{v2} to v1" in out.stdout
         _loaded(app, "1")
-        time.sleep(0.3)
+        with lock:
+            rolled_back = len(seen)
+        eventually(lambda: answered_by("1", rolled_back) >= 3, "three answers of v1", WAIT, 0.05)
     finally:
         stop.set()
         for t in threads:
@@ -444,9 +451,7 @@ def test_shadow_answers_from_the_champion_and_logs_the_comparison(
     def logged() -> list[str]:
         return [r.getMessage() for r in caplog.records if r.getMessage().startswith("shadow:")]
 
-    deadline = time.monotonic() + WAIT
-    while len(logged()) < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: len(logged()) >= 3, "three shadow comparisons logged", WAIT, poll=0.05)
     lines = logged()
     assert len(lines) == 3
     champion_labels = ",".join(registry.pipeline(1.0).predict(x))
@@ -815,14 +820,16 @@ def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + WAIT
-        status = 0
-        while status != 200 and time.monotonic() < deadline and proc.poll() is None:
+
+        def health() -> int:
+            if proc.poll() is not None:
+                pytest.fail(f"trainchain serve exited with {proc.returncode}", pytrace=False)
             try:
-                status, _ = _get(f"{url}/health")
+                return _get(f"{url}/health")[0]
             except OSError:
-                status = 0
-            time.sleep(0.2)
+                return 0
+
+        status = eventually(lambda: health() == 200 and 200, "/health to answer 200", WAIT, 0.2)
         assert status == 200, "the service did not become healthy"
         x = registry.x_test[:8]
         expected = registry.pipeline(1.0).predict(x).tolist()
@@ -834,13 +841,14 @@ def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
 
         v2 = registry.register(name, c=0.3)
         answered: set[str] = set()
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
+
+        def promoted() -> bool:
             code, body = _get(f"{url}/classify", _npy(x), "application/x-npy")
             assert code == 200, body
             answered.add(body["version"])
-            if body["version"] == v2 and _get(f"{url}/health")[1]["version"] == v2:
-                break
+            return body["version"] == v2 and _get(f"{url}/health")[1]["version"] == v2
+
+        eventually(promoted, f"v{v2} to answer and be healthy", WAIT, poll=0.05)
         assert answered <= {"1", v2} and v2 in answered
 
         _, metrics = _get(f"{url}/metrics")

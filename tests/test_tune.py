@@ -11,13 +11,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import ToyRepo, git, run_cli
+from tests.conftest import ToyRepo, eventually, git, run_cli
 from trainchain.context import prepare
 from trainchain.executors import LocalExecutor
 from trainchain.progress import TuneDisplay
@@ -97,15 +96,6 @@ def test_rerun_after_finish_starts_a_new_study(toy_repo: ToyRepo, settings: Sett
     assert len(second.trials) == 2
 
 
-def _wait_for(predicate: object, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.2)
-    raise AssertionError("timed out waiting")
-
-
 @pytest.mark.slow
 def test_tune_killed_with_sigkill_resumes_the_same_study(
     toy_repo: ToyRepo, settings: Settings, home: Path
@@ -122,7 +112,7 @@ def test_tune_killed_with_sigkill_resumes_the_same_study(
             logs = list(settings.runs_dir.glob("*/trial-0002/attempt-1/train.log"))
             return bool(logs) and "toy: hanging" in logs[0].read_text()
 
-        _wait_for(hanging)
+        eventually(hanging, "trial 2 to hang", 120, poll=0.2)
         chain_dir = next(settings.runs_dir.glob("*/trial-0002")).parent
         assert _training_pids(repo), "the training subprocess should be running"
         proc.send_signal(signal.SIGKILL)
@@ -131,7 +121,7 @@ def test_tune_killed_with_sigkill_resumes_the_same_study(
         if proc.poll() is None:
             proc.kill()
     # the orphaned training process dies with its parent
-    _wait_for(lambda: not _training_pids(repo))
+    eventually(lambda: not _training_pids(repo), "the orphaned training process to die", 120, 0.2)
 
     chain_id = chain_dir.name
     study = open_study(settings.study_storage, chain_id, prep_direction(), 0)
