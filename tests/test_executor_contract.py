@@ -58,7 +58,7 @@ def _local_processes(script: Path) -> list[int]:
 def docker_toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
     """A Docker client that answered, and the toy image (built once when missing)."""
     from tests.docker_toy import ensure_toy_image
-    from trainchain.executors.docker import DockerUnavailable, connect
+    from trainchain.containers import DockerUnavailable, connect
 
     try:
         client = connect(timeout=30)
