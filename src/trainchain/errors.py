@@ -77,3 +77,13 @@ class GoalNotReached(TrainchainError):
     """The tuning budget ran out below the goal (exit 3, as DESIGN.md and the issue specify)."""
 
     exit_code = 3
+
+
+class StoreError(TrainchainError):
+    """An outside store (the MLflow tracking store or registry, the Optuna study storage)
+    could not be read or written: the message names the store's URL (no password)."""
+
+
+class NotInStore(StoreError):
+    """The store answered, and what was asked for is not in it (MLflow's
+    RESOURCE_DOES_NOT_EXIST): the one failure a caller may read as "none"."""

@@ -9,6 +9,7 @@ from typing import Any
 
 from trainchain import task
 from trainchain.config import Promotion, base_metric
+from trainchain.errors import NotInStore, StoreError
 from trainchain.promotion import HeldoutTest, decide, heldout_test
 from trainchain.report import ChainReport
 from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
@@ -88,8 +89,8 @@ def _heldout_test(
         work = Path(tmp)
         try:
             heldout = download_heldout(tracker, candidate_run, work / "heldout")
-        except Exception as err:
-            log.info("run %s has no held-out arrays: %s", candidate_run, err)
+        except NotInStore as err:
+            log.info("run %s has no held-out arrays: %s", candidate_run, err.message)
             return None
         with np.load(heldout, allow_pickle=False) as data:
             x, y = data["X"], data["y"]
@@ -140,6 +141,8 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     error = None
     try:
         test = _heldout_test(tracker, name, report.best_run_id, champion, promotion)
+    except StoreError:
+        raise  # the registry cannot answer: the chain fails with it, nothing is decided
     except ImportError as err:
         error = (
             f"this host cannot load the models ({type(err).__name__}: {err}); for Keras "

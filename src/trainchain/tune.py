@@ -36,6 +36,7 @@ from trainchain.studies import (
     make_pruner,
     mark_study,
     open_study,
+    storage_errors,
     study_names,
 )
 from trainchain.tracking import CHAMPION, Tracker
@@ -109,11 +110,10 @@ def choose_study(prep: Prepared) -> tuple[str, bool]:
 
 
 def _champion_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str] | None:
+    """The champion's parameters fitted to this space, or None when there is no champion
+    (a registry that cannot answer raises: an outage is not "no champion")."""
     model = prep.loaded.model
-    try:
-        version = tracker.alias_version(model.name, CHAMPION)
-    except Exception:
-        version = None
+    version = tracker.alias_version(model.name, CHAMPION)
     if version is None:
         return None
     run_id = tracker.version_run_id(model.name, version)
@@ -521,7 +521,10 @@ def tune(
     chain report."""
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs)
-    with model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock):
+    with (
+        model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock),
+        storage_errors(prep.settings.study_storage, "tuning"),
+    ):
         session.open()
         try:
             reason = run_search(
