@@ -141,16 +141,18 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     error = None
     try:
         test = _heldout_test(tracker, name, report.best_run_id, champion, promotion)
-    except StoreError:
-        raise  # the registry cannot answer: the chain fails with it, nothing is decided
+    except StoreError as err:
+        if not isinstance(err, NotInStore):
+            raise  # the registry cannot answer: the chain fails with it, nothing is decided
+        error = err.message  # a model or its files are missing: the comparison failed
     except ImportError as err:
         error = (
             f"this host cannot load the models ({type(err).__name__}: {err}); for Keras "
             "models install TensorFlow here: scripts/setup.sh --tensorflow"
         )
-        log.error("could not test v%s on held-out data: %s", version, error)
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
+    if error is not None:
         log.error("could not test v%s on held-out data: %s", version, error)
     decision = decide(confirmed=True, test=test, error=error)
     if decision.promote:
