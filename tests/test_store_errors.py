@@ -16,7 +16,7 @@ from tests.conftest import ToyRepo, run_cli
 from trainchain.errors import StoreError
 from trainchain.serving.app import create_app, service_of
 from trainchain.serving.config import ServeConfig
-from trainchain.studies import study_names
+from trainchain.studies import load_study, study_names
 from trainchain.tracking import CHAMPION, Tracker
 
 CORRUPT = b"this is not a database: " + b"x" * 200
@@ -148,6 +148,16 @@ def test_an_unreadable_study_storage_is_an_error_not_no_earlier_study(tmp_path: 
     assert "file is not a database" in info.value.message
     assert "TRAINCHAIN_STUDY_STORAGE" in (info.value.hint or "")
     assert study_names(f"sqlite:///{tmp_path / 'new' / 'optuna.db'}") == []
+
+
+def test_load_study_is_none_only_for_a_missing_study(tmp_path: Path) -> None:
+    """load_study answers None for a study name the storage does not hold, and raises a
+    StoreError naming a storage it cannot read."""
+    assert load_study(f"sqlite:///{tmp_path / 'optuna.db'}", "no-such-study") is None
+    uri = _corrupt(tmp_path / "corrupt.db")
+    with pytest.raises(StoreError) as info:
+        load_study(uri, "any")
+    assert info.value.message.startswith(f"the study storage {uri} failed while loading")
 
 
 def test_a_study_storage_on_a_closed_port_is_a_store_error_without_the_password(

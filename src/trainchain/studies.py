@@ -234,6 +234,20 @@ def open_study(
         )
 
 
+def load_study(storage: Any, name: str) -> Any | None:
+    """Study ``name`` as it is stored, or None when the storage has no study of that name
+    (a storage that cannot be read raises :class:`StoreError`)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = _storage(storage)
+    with storage_errors(storage, f"loading study {name!r}"):
+        try:
+            return optuna.load_study(study_name=name, storage=backend)
+        except KeyError:  # Optuna's answer for a study name the storage does not hold
+            return None
+
+
 def study_names(storage: Any) -> list[str]:
     """The names of the studies in ``storage``; an empty or new storage has none. A
     storage that cannot be read raises :class:`StoreError`: the answer decides whether a
