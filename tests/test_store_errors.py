@@ -157,7 +157,7 @@ def test_load_study_is_none_only_for_a_missing_study(tmp_path: Path) -> None:
     uri = _corrupt(tmp_path / "corrupt.db")
     with pytest.raises(StoreError) as info:
         load_study(uri, "any")
-    assert info.value.message.startswith(f"the study storage {uri} failed while loading")
+    assert info.value.message.startswith(f"the study storage {uri} failed while opening it")
 
 
 def test_a_study_storage_on_a_closed_port_is_a_store_error_without_the_password(
