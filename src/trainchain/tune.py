@@ -553,7 +553,7 @@ def save_report(chains_dir: Path, report: ChainReport, tracker: Tracker | None =
 
 def load_report(chains_dir: Path, chain_id: str, tracker: Tracker) -> ChainReport:
     """Chain ``chain_id``'s report: this machine's copy, else the one in MLflow."""
-    from trainchain.errors import ConfigError
+    from trainchain.errors import ConfigError, NotInStore
 
     path = chains_dir / f"{chain_id}.json"
     if path.exists():
@@ -563,15 +563,15 @@ def load_report(chains_dir: Path, chain_id: str, tracker: Tracker) -> ChainRepor
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = tracker.download(run_id, REPORT_ARTIFACT, Path(tmp))
-            except Exception as err:  # the run exists but its report was never written
+            except NotInStore as err:  # the run exists but its report was never written
                 raise ConfigError(
-                    f"chain {chain_id!r} (MLflow run {run_id}) has no {REPORT_ARTIFACT}: {err}",
+                    f"chain {chain_id!r} (MLflow run {run_id}) has no {REPORT_ARTIFACT}: "
+                    f"{err.message}",
                     hint="the chain's tune job stopped before it finished; see its log",
                 ) from err
             return ChainReport.load(local)
     raise ConfigError(
-        f"no chain {chain_id!r}: not under {chains_dir} and not in MLflow at "
-        f"{tracker.tracking_uri}",
+        f"no chain {chain_id!r}: not under {chains_dir} and not in MLflow at {tracker.shown_uri}",
         hint="chain ids are printed by `trainchain tune` and named in each email; on another "
         "machine, point TRAINCHAIN_TRACKING_URI at the tracking server the chain used",
     )
