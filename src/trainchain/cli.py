@@ -403,7 +403,7 @@ def cmd_heldout(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from trainchain.errors import RegistryError
+    from trainchain.errors import NotInStore, RegistryError
     from trainchain.registry import download_heldout
     from trainchain.tracking import Tracker
 
@@ -421,9 +421,9 @@ def cmd_heldout(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = download_heldout(tracker, run_id, Path(tmp))
-        except Exception as err:
+        except NotInStore as err:
             raise RegistryError(
-                f"{args.model} v{version} has no held-out data ({type(err).__name__}: {err})",
+                f"{args.model} v{version} has no held-out data ({err.message})",
                 hint="the training script writes it with trainchain.task.heldout_path()",
             ) from err
         with np.load(path, allow_pickle=False) as data:

@@ -79,3 +79,13 @@ class Busy(TrainchainError):
     """Another process holds the lock of a model or a repository (exit 9)."""
 
     exit_code = ExitCode.BUSY
+
+
+class StoreError(TrainchainError):
+    """An outside store (the MLflow tracking store or registry, the Optuna study storage)
+    could not be read or written: the message names the store's URL (no password)."""
+
+
+class NotInStore(StoreError):
+    """The store answered, and what was asked for is not in it (MLflow's
+    RESOURCE_DOES_NOT_EXIST): the one failure a caller may read as "none"."""

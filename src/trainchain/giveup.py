@@ -29,19 +29,20 @@ def _log_tail(attempt_dir: str | None) -> str:
 
 def fail_trial_in_study(storage: str, chain: str, trial: int) -> bool:
     """Tell the study the trial failed, if it is still running there. True if it was."""
-    import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        study = optuna.load_study(study_name=chain, storage=storage)
-    except KeyError:
-        log.warning("no study %s in %s: nothing to mark", chain, storage)
+    from trainchain.redaction import redact
+    from trainchain.studies import load_study, storage_errors
+
+    study = load_study(storage, chain)
+    if study is None:
+        log.warning("no study %s in %s: nothing to mark", chain, redact(storage))
         return False
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.number == trial:
-            study.tell(trial, state=TrialState.FAIL)
-            return True
+    with storage_errors(storage, f"marking trial {trial} of study {chain!r} failed"):
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number == trial:
+                study.tell(trial, state=TrialState.FAIL)
+                return True
     return False
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from trainchain import keys, task
 from trainchain.config import Promotion, base_metric
+from trainchain.errors import NotInStore, StoreError
 from trainchain.promotion import HeldoutTest, decide, heldout_test
 from trainchain.report import ChainReport
 from trainchain.status import RunState
@@ -88,8 +89,8 @@ def _heldout_test(
         work = Path(tmp)
         try:
             heldout = download_heldout(tracker, candidate_run, work / "heldout")
-        except Exception as err:
-            log.info("run %s has no held-out arrays: %s", candidate_run, err)
+        except NotInStore as err:
+            log.info("run %s has no held-out arrays: %s", candidate_run, err.message)
             return None
         with np.load(heldout, allow_pickle=False) as data:
             x, y = data["X"], data["y"]
@@ -140,14 +141,18 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
     error = None
     try:
         test = _heldout_test(tracker, name, report.best_run_id, champion, promotion)
+    except StoreError as err:
+        if not isinstance(err, NotInStore):
+            raise  # the registry cannot answer: the chain fails with it, nothing is decided
+        error = err.message  # a model or its files are missing: the comparison failed
     except ImportError as err:
         error = (
             f"this host cannot load the models ({type(err).__name__}: {err}); for Keras "
             "models install TensorFlow here: scripts/setup.sh --tensorflow"
         )
-        log.error("could not test v%s on held-out data: %s", version, error)
     except Exception as err:
         error = f"{type(err).__name__}: {err}"
+    if error is not None:
         log.error("could not test v%s on held-out data: %s", version, error)
     decision = decide(confirmed=True, test=test, error=error)
     if decision.promote:

@@ -1,5 +1,9 @@
 """The Optuna adapter: the study store, the sampler and pruners, warm-start trials, and
-sampling the search space."""
+sampling the search space.
+
+A study storage that cannot be opened, read or written is a
+:class:`~trainchain.errors.StoreError` naming its URL (password redacted): never "no
+earlier study", which would start a new study instead of resuming one."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import functools
 import logging
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +25,8 @@ from trainchain.config import (
     Param,
     Pruning,
 )
+from trainchain.errors import StoreError
+from trainchain.redaction import redact
 from trainchain.settings import ensure_sqlite_folder
 from trainchain.space import fit_to_space
 
@@ -31,6 +38,13 @@ COMMIT_ATTR = "commit"
 GOAL_ATTR = "goal"
 # trial user attributes of a trial added from an earlier study
 WARM_ATTR = "warm_start"
+# seconds a SQLite study storage waits for another process's write lock
+SQLITE_LOCK_TIMEOUT_S = 60
+STORE_HINT = (
+    "check TRAINCHAIN_STUDY_STORAGE: the database must be reachable, and a SQLite file must "
+    "be an Optuna study database this user can read and write; a study is resumed from it, "
+    "so fix it rather than delete it"
+)
 
 
 def startup_trials(max_trials: int) -> int:
@@ -148,18 +162,48 @@ def make_pruner(pruning: Pruning) -> Any:
     )
 
 
+def _shown(storage: Any) -> str:
+    return redact(storage) if isinstance(storage, str) else type(storage).__name__
+
+
+@contextmanager
+def storage_errors(storage: Any, doing: str) -> Iterator[None]:
+    """Optuna's and its database's errors while ``doing`` as a :class:`StoreError` naming
+    the storage (password redacted) and saying what to do."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        detail = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise StoreError(
+            f"the study storage {_shown(storage)} failed while {doing}: {redact(detail)}",
+            hint=STORE_HINT,
+        ) from err
+
+
 def _storage(storage: Any) -> Any:
-    """An Optuna storage: a URL becomes an RDB storage (SQLite waits for its lock); a
-    storage object (an ``InMemoryStorage`` in a benchmark) is used as it is."""
+    """An Optuna storage: a URL becomes an RDB storage (SQLite waits
+    ``SQLITE_LOCK_TIMEOUT_S`` for its lock); a storage object (an ``InMemoryStorage`` in a
+    benchmark) is used as it is."""
     import optuna
 
     if not isinstance(storage, str):
         return storage
     ensure_sqlite_folder(storage)
-    return optuna.storages.RDBStorage(
-        storage,
-        engine_kwargs={"connect_args": {"timeout": 60}} if storage.startswith("sqlite") else {},
-    )
+    connect = {"timeout": SQLITE_LOCK_TIMEOUT_S} if storage.startswith("sqlite") else {}
+    with storage_errors(storage, "opening it"):
+        try:
+            return optuna.storages.RDBStorage(
+                storage, engine_kwargs={"connect_args": connect} if connect else {}
+            )
+        except ImportError as err:  # a database URL whose driver is not installed
+            raise StoreError(
+                f"cannot open the study storage {redact(storage)}: {err}",
+                hint="install the database driver its URL names (postgresql:// needs "
+                "psycopg, mysql:// needs PyMySQL), or use a sqlite:/// URL",
+            ) from err
 
 
 def open_study(
@@ -178,24 +222,45 @@ def open_study(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(
-        storage=_storage(storage),
-        study_name=name,
-        direction=direction.value,
-        sampler=sampler if sampler is not None else make_sampler(seed, max_trials, startup),
-        pruner=pruner if pruner is not None else optuna.pruners.NopPruner(),
-        load_if_exists=True,
-    )
+    backend = _storage(storage)
+    with storage_errors(storage, f"opening study {name!r}"):
+        return optuna.create_study(
+            storage=backend,
+            study_name=name,
+            direction=direction.value,
+            sampler=sampler if sampler is not None else make_sampler(seed, max_trials, startup),
+            pruner=pruner if pruner is not None else optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
 
 
-def study_names(storage_url: str) -> list[str]:
+def load_study(storage: Any, name: str) -> Any | None:
+    """Study ``name`` as it is stored, or None when the storage has no study of that name
+    (a storage that cannot be read raises :class:`StoreError`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return [s.study_name for s in optuna.get_all_study_summaries(storage=storage_url)]
-    except Exception:
-        return []
+    backend = _storage(storage)
+    with storage_errors(storage, f"loading study {name!r}"):
+        try:
+            return optuna.load_study(study_name=name, storage=backend)
+        except KeyError:  # Optuna's answer for a study name the storage does not hold
+            return None
+
+
+def study_names(storage: Any) -> list[str]:
+    """The names of the studies in ``storage``; an empty or new storage has none. A
+    storage that cannot be read raises :class:`StoreError`: the answer decides whether a
+    study is resumed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = _storage(storage)
+    with storage_errors(storage, "listing its studies"):
+        return [
+            s.study_name
+            for s in optuna.get_all_study_summaries(storage=backend, include_best_trial=False)
+        ]
 
 
 def distribution(param: Param) -> Any:
@@ -263,14 +328,18 @@ def earlier_trials(
     goal = [model.goal.val_metric, model.goal.direction.value]
     backend = _storage(storage)
     found: list[EarlierTrial] = []
-    for summary in optuna.get_all_study_summaries(storage=backend, include_best_trial=False):
+    with storage_errors(storage, "reading earlier studies"):
+        summaries = optuna.get_all_study_summaries(storage=backend, include_best_trial=False)
+    for summary in summaries:
         attrs = summary.user_attrs
         if summary.study_name in skip or attrs.get(MODEL_ATTR) != model.name:
             continue
         if list(attrs.get(GOAL_ATTR, [])) != goal:
             continue
-        study = optuna.load_study(study_name=summary.study_name, storage=backend)
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        with storage_errors(storage, f"reading study {summary.study_name!r}"):
+            study = optuna.load_study(study_name=summary.study_name, storage=backend)
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for t in trials:
             if t.user_attrs.get(WARM_ATTR) or t.value is None:
                 continue
             params = fit_to_space(model, t.params)

@@ -1,23 +1,29 @@
 """The MLflow adapter: runs, artifacts and the model registry (aliases, not stages).
 
 One writer per store: only trainchain, on the host, talks to the tracking store.
-No global MLflow state is set: every call goes through one ``MlflowClient``.
+No global MLflow state is set: every call goes through one ``MlflowClient``, wrapped so
+that a store that cannot be read or written is a :class:`~trainchain.errors.StoreError`
+naming the store (password redacted), and a missing run, model or artifact is a
+:class:`~trainchain.errors.NotInStore`: the one failure a caller may read as "none".
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainchain import keys
-from trainchain.errors import RegistryError
+from trainchain.errors import NotInStore, RegistryError, StoreError
+from trainchain.redaction import redact
 from trainchain.settings import ensure_sqlite_folder
 
 log = logging.getLogger(__name__)
@@ -31,6 +37,83 @@ _MAX_PARAM = 500  # MLflow's limit on a param value's length
 def _quiet_mlflow() -> None:
     for name in ("mlflow", "alembic", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+STORE_HINT = (
+    "check TRAINCHAIN_TRACKING_URI (or MLFLOW_TRACKING_URI): the tracking server must be "
+    "reachable, and a SQLite file must be an MLflow database this user can read and write"
+)
+
+
+def _first_line(text: str) -> str:
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+@contextmanager
+def store_errors(tracking_uri: str, doing: str) -> Iterator[None]:
+    """MLflow's and its database's errors while ``doing`` as trainchain's: a missing
+    resource is :class:`NotInStore`, anything else :class:`StoreError`; both name the
+    store (password redacted) and say what to do."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    shown = redact(tracking_uri)
+    try:
+        yield
+    except MlflowException as err:
+        detail = redact(_first_line(err.message))
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise NotInStore(
+                f"{detail} (MLflow store {shown})",
+                hint="check the name or id, and that TRAINCHAIN_TRACKING_URI points at the "
+                "store that holds it",
+            ) from err
+        raise StoreError(
+            f"the MLflow store {shown} failed while {doing}: {detail}", hint=STORE_HINT
+        ) from err
+    except SQLAlchemyError as err:
+        raise StoreError(
+            f"the MLflow store {shown} failed while {doing}: {redact(_first_line(str(err)))}",
+            hint=STORE_HINT,
+        ) from err
+
+
+class _Client:
+    """An ``MlflowClient`` whose every call runs inside :func:`store_errors`."""
+
+    def __init__(self, client: Any, tracking_uri: str) -> None:
+        self._client = client
+        self._uri = tracking_uri
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with store_errors(self._uri, f"calling {name}"):
+                return attr(*args, **kwargs)
+
+        return call
+
+
+def _client(tracking_uri: str) -> Any:
+    """The guarded client of ``tracking_uri``; MLflow opens (and upgrades) a database
+    store here, so a corrupt or unreadable file fails here, as a StoreError."""
+    from mlflow import MlflowClient
+
+    ensure_sqlite_folder(tracking_uri)
+    with store_errors(tracking_uri, "opening it"):
+        try:
+            client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        except ImportError as err:  # a database URL whose driver is not installed
+            raise StoreError(
+                f"cannot open the MLflow store {redact(tracking_uri)}: {err}",
+                hint="install the database driver the error names (postgresql:// needs "
+                "psycopg, mysql:// needs PyMySQL), or use a sqlite:/// or http:// URL",
+            ) from err
+    return _Client(client, tracking_uri)
 
 
 @dataclass(frozen=True)
@@ -49,12 +132,10 @@ class Tracker:
         _quiet_mlflow()
         # a progress bar per download is noise in a chain's log
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        from mlflow import MlflowClient
-
-        ensure_sqlite_folder(tracking_uri)
         self.tracking_uri = tracking_uri
+        self.shown_uri = redact(tracking_uri)  # for messages and logs
         self.artifact_root = artifact_root
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.client = _client(tracking_uri)
 
     # ---- runs ---------------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -162,14 +243,15 @@ class Tracker:
         from mlflow.artifacts import download_artifacts
 
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(
-            download_artifacts(
-                run_id=run_id,
-                artifact_path=path,
-                dst_path=str(dst),
-                tracking_uri=self.tracking_uri,
+        with store_errors(self.tracking_uri, f"downloading {path} of run {run_id}"):
+            return Path(
+                download_artifacts(
+                    run_id=run_id,
+                    artifact_path=path,
+                    dst_path=str(dst),
+                    tracking_uri=self.tracking_uri,
+                )
             )
-        )
 
     def has_model(self, run_id: str) -> bool:
         return any(
@@ -181,24 +263,30 @@ class Tracker:
 
     # ---- registry -----------------------------------------------------------
     def register(self, name: str, run_id: str, tags: Mapping[str, str]) -> str:
-        from mlflow.exceptions import MlflowException
-
-        try:
-            self.client.get_registered_model(name)
-        except MlflowException:
+        if not self.model_exists(name):
             self.client.create_registered_model(name)
         mv = self.client.create_model_version(
             name, source=self.artifact_uri(run_id), run_id=run_id, tags=dict(tags)
         )
         return str(mv.version)
 
-    def alias_version(self, name: str, alias: str) -> str | None:
-        from mlflow.exceptions import MlflowException
-
+    def model_exists(self, name: str) -> bool:
+        """Whether ``name`` is registered; a store that cannot answer raises StoreError."""
         try:
-            return str(self.client.get_model_version_by_alias(name, alias).version)
-        except MlflowException:
+            self.client.get_registered_model(name)
+        except NotInStore:
+            return False
+        return True
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` names, or None when the model or the alias does not exist;
+        a store that cannot answer raises StoreError (never "no such version")."""
+        try:
+            model = self.client.get_registered_model(name)
+        except NotInStore:
             return None
+        version = (model.aliases or {}).get(alias)
+        return None if version is None else str(version)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
@@ -220,13 +308,11 @@ class Tracker:
 
     def rollback(self, name: str) -> tuple[str, str]:
         """Move ``champion`` back to the version that held it before; returns (from, to)."""
-        from mlflow.exceptions import MlflowException
-
         try:
             history = self.champion_history(name)
-        except MlflowException:
+        except NotInStore:
             raise RegistryError(
-                f"no registered model named {name!r} in {self.tracking_uri}",
+                f"no registered model named {name!r} in {self.shown_uri}",
                 hint="`trainchain models NAME` lists a model's versions; run the chain first",
             ) from None
         current = self.alias_version(name, CHAMPION)
@@ -243,13 +329,11 @@ class Tracker:
         return current, previous
 
     def versions(self, name: str) -> list[VersionInfo]:
-        from mlflow.exceptions import MlflowException
-
         try:
             model = self.client.get_registered_model(name)
-        except MlflowException:
+        except NotInStore:
             raise RegistryError(
-                f"no registered model named {name!r} in {self.tracking_uri}",
+                f"no registered model named {name!r} in {self.shown_uri}",
                 hint="run the chain on a model repository first (`trainchain run PATH`)",
             ) from None
         aliases: dict[str, list[str]] = {}
@@ -261,7 +345,7 @@ class Tracker:
             if mv.run_id:
                 try:
                     metrics = dict(self.client.get_run(mv.run_id).data.metrics)
-                except MlflowException:
+                except NotInStore:  # the version's run was deleted
                     metrics = {}
             out.append(
                 VersionInfo(

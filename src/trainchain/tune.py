@@ -38,6 +38,7 @@ from trainchain.studies import (
     make_pruner,
     mark_study,
     open_study,
+    storage_errors,
     study_names,
 )
 from trainchain.tracking import CHAMPION, Tracker
@@ -107,11 +108,10 @@ def choose_study(prep: Prepared) -> tuple[str, bool]:
 
 
 def _champion_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str] | None:
+    """The champion's parameters fitted to this space, or None when there is no champion
+    (a registry that cannot answer raises: an outage is not "no champion")."""
     model = prep.loaded.model
-    try:
-        version = tracker.alias_version(model.name, CHAMPION)
-    except Exception:
-        version = None
+    version = tracker.alias_version(model.name, CHAMPION)
     if version is None:
         return None
     run_id = tracker.version_run_id(model.name, version)
@@ -519,7 +519,10 @@ def tune(
     chain report."""
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs)
-    with model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock):
+    with (
+        model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock),
+        storage_errors(prep.settings.study_storage, "tuning"),
+    ):
         session.open()
         try:
             reason = run_search(
@@ -548,7 +551,7 @@ def save_report(chains_dir: Path, report: ChainReport, tracker: Tracker | None =
 
 def load_report(chains_dir: Path, chain_id: str, tracker: Tracker) -> ChainReport:
     """Chain ``chain_id``'s report: this machine's copy, else the one in MLflow."""
-    from trainchain.errors import ConfigError
+    from trainchain.errors import ConfigError, NotInStore
 
     path = chains_dir / f"{chain_id}.json"
     if path.exists():
@@ -558,15 +561,15 @@ def load_report(chains_dir: Path, chain_id: str, tracker: Tracker) -> ChainRepor
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 local = tracker.download(run_id, REPORT_ARTIFACT, Path(tmp))
-            except Exception as err:  # the run exists but its report was never written
+            except NotInStore as err:  # the run exists but its report was never written
                 raise ConfigError(
-                    f"chain {chain_id!r} (MLflow run {run_id}) has no {REPORT_ARTIFACT}: {err}",
+                    f"chain {chain_id!r} (MLflow run {run_id}) has no {REPORT_ARTIFACT}: "
+                    f"{err.message}",
                     hint="the chain's tune job stopped before it finished; see its log",
                 ) from err
             return ChainReport.load(local)
     raise ConfigError(
-        f"no chain {chain_id!r}: not under {chains_dir} and not in MLflow at "
-        f"{tracker.tracking_uri}",
+        f"no chain {chain_id!r}: not under {chains_dir} and not in MLflow at {tracker.shown_uri}",
         hint="chain ids are printed by `trainchain tune` and named in each email; on another "
         "machine, point TRAINCHAIN_TRACKING_URI at the tracking server the chain used",
     )

@@ -25,6 +25,7 @@ import numpy as np
 
 from trainchain import keys
 from trainchain.config import Family
+from trainchain.errors import NotInStore, StoreError
 from trainchain.families.cnn import Preprocessing
 from trainchain.serving.config import ServeConfig
 from trainchain.tracking import CHALLENGER, CHAMPION, MODEL_ARTIFACT, Tracker
@@ -148,12 +149,16 @@ def _heldout_shape(tracker: Tracker, run_id: str, dst: Path) -> tuple[int, int] 
 
     try:
         path = download_heldout(tracker, run_id, dst)
+    except NotInStore as err:  # a store that cannot answer raises: the load fails, retried
+        log.info("no held-out data to read the input shape from (run %s): %s", run_id, err)
+        return None
+    try:
         with zipfile.ZipFile(path) as archive, archive.open("X.npy") as f:
             version = npy.read_magic(f)
             read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
             dims = read(f)[0]
-    except Exception as err:
-        log.info("no held-out data to read the input shape from (run %s): %s", run_id, err)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        log.info("the held-out data of run %s has no readable X: %s", run_id, err)
         return None
     return (int(dims[1]), int(dims[2])) if len(dims) == 3 else None
 
@@ -334,8 +339,12 @@ class ModelHolder:
         try:
             tracker = self._registry()
             wanted = tracker.alias_version(name, alias)
-        except Exception as err:
-            self._fail(alias, f"cannot read the registry {self.config.tracking_uri}: {err}")
+            # None: no such alias, or no such model (a registry that cannot answer raised)
+            exists = wanted is not None or tracker.model_exists(name)
+        except Exception as err:  # the registry cannot answer: a 503 that says so
+            # a StoreError names the store; anything else is kept, the watcher goes on
+            detail = err.message if isinstance(err, StoreError) else f"{type(err).__name__}: {err}"
+            self._fail(alias, f"cannot read the registry: {detail}")
             return
         status.wanted = wanted
         if wanted is None:
@@ -343,10 +352,8 @@ class ModelHolder:
                 self._swap(alias, current, None)
                 status.error = None
                 return
-            where = f"registered model {name!r} in {self.config.tracking_uri}"
-            problem = f"{where} has no {alias!r} alias"
-            if not self._exists(tracker, name):
-                problem = f"no {where}"
+            where = f"registered model {name!r} in {tracker.shown_uri}"
+            problem = f"{where} has no {alias!r} alias" if exists else f"no {where}"
             if current is not None:
                 problem += f"; still serving v{current.version}"
             self._fail(alias, problem)
@@ -387,11 +394,3 @@ class ModelHolder:
         if old is not None and all(m is not old for m in self._models.values()):
             # requests in flight hold the loaded model, not its files
             shutil.rmtree(old.path, ignore_errors=True)
-
-    @staticmethod
-    def _exists(tracker: Tracker, name: str) -> bool:
-        try:
-            tracker.client.get_registered_model(name)
-        except Exception:
-            return False
-        return True
