@@ -112,8 +112,8 @@ def main() -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from trainchain.chain import run_chain
-    from trainchain.settings import load_settings
+    from trainchain.chain.run import run_chain
+    from trainchain.core.settings import load_settings
 
     budgets = {"cats-vs-dogs": args.time_budget_cats, "fer2013-4class": args.time_budget_fer}
     summary = []

@@ -99,8 +99,8 @@ def main() -> int:
         return 0
     warnings.filterwarnings("ignore", category=FutureWarning)
 
-    from trainchain.chain import run_chain
-    from trainchain.settings import load_settings
+    from trainchain.chain.run import run_chain
+    from trainchain.core.settings import load_settings
 
     print(f"eegmmidb: goals val_accuracy >= {args.goals}, at most {args.max_trials} trials")
     print("reference: CSP(4) + linear SVC, 8-30 Hz, 5-fold CV x10 (data README / here)\n")

@@ -27,8 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from trainchain.chain.training import read_report
 from trainchain.executors import AttemptResult, AttemptSpec, LocalExecutor
-from trainchain.training import read_report
 
 SLEEPER = """
 from trainchain import task

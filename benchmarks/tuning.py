@@ -104,7 +104,7 @@ class Data:
         """The trial's estimate as the chain reads it from metrics.json; with ``trial``,
         each fold is reported to it and the pruner may stop it (``Pruned``), as the chain
         does (``search.prunable``)."""
-        from trainchain.verdict import read_estimate
+        from trainchain.core.verdict import read_estimate
 
         def report(step: int, val_accuracy: float) -> None:
             trial.report(val_accuracy, step)
@@ -138,7 +138,7 @@ class Outcome:
 def sampler_for(strategy: str, seed: int, budget: int) -> Any:
     import optuna
 
-    from trainchain.studies import make_sampler
+    from trainchain.adapters.studies import make_sampler
 
     if strategy == "random":
         return optuna.samplers.RandomSampler(seed=seed)
@@ -163,9 +163,9 @@ def run_chain(
     import optuna
     from optuna.trial import TrialState
 
-    from trainchain.search import Search, first_trials, run_search
-    from trainchain.studies import add_warm_trials, make_pruner, mark_study, open_study
-    from trainchain.verdict import confirm
+    from trainchain.adapters.studies import add_warm_trials, make_pruner, mark_study, open_study
+    from trainchain.chain.search import Search, first_trials, run_search
+    from trainchain.core.verdict import confirm
 
     budget, seed = model.budget.max_trials, model.budget.seed
     storage = storage if storage is not None else optuna.storages.InMemoryStorage()
@@ -246,7 +246,7 @@ def example_model(
 ) -> Any:
     """The example's trainchain.yaml with the benchmark's budget and seed (budget.seed:
     the sampler's and the start-up design's), goal and folds' seed."""
-    from trainchain.config import load_config, with_overrides
+    from trainchain.core.config import load_config, with_overrides
 
     model = with_overrides(load_config(EXAMPLE).model, max_trials=budget, threshold=threshold)
     return model.model_copy(
@@ -330,7 +330,7 @@ def mean_ratio(ours: Any, theirs: Any) -> Any:
 
 
 def share(hits: int, n: int) -> str:
-    from trainchain.verdict import binomial_interval
+    from trainchain.core.verdict import binomial_interval
 
     low, high = binomial_interval(hits, n)
     return f"{hits}/{n} = {hits / n:.0%} [{low:.0%}, {high:.0%}]"
@@ -368,7 +368,7 @@ def cold_start(tmp: Path, seeds: int) -> dict[str, Any]:
 
 
 def retune(tmp: Path, seeds: int) -> dict[str, Any]:
-    from trainchain.studies import earlier_trials
+    from trainchain.adapters.studies import earlier_trials
 
     strategies = ("ours-warm", "ours-champion", "ours-cold", "random")
     costs: dict[tuple[str, int], list[int]] = {(s, b): [] for s in strategies for b in BUDGETS}
@@ -459,11 +459,11 @@ def real_subjects(seeds: int) -> dict[tuple[str, float], dict[str, int]] | None:
 
 def chain_check(tmp: Path, expected: Outcome) -> str:
     """The real tune (subprocess trials, MLflow and Optuna SQLite stores) on seed 0."""
-    from trainchain.context import prepare
+    from trainchain.chain.context import prepare
+    from trainchain.chain.tune import tune
+    from trainchain.core.progress import TuneDisplay
+    from trainchain.core.settings import load_settings
     from trainchain.executors import LocalExecutor
-    from trainchain.progress import TuneDisplay
-    from trainchain.settings import load_settings
-    from trainchain.tune import tune
 
     with tempfile.TemporaryDirectory(prefix="trainchain-bench-") as home:
         settings = load_settings({"TRAINCHAIN_HOME": home})

@@ -62,11 +62,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainchain import containers
+from trainchain.adapters import containers
 from trainchain.executors import AttemptResult, AttemptSpec, LocalExecutor
 from trainchain.executors import docker as dockerx
-from trainchain.supervise import WatchdogPolicy
-from trainchain.watchdog import Watchdog
+from trainchain.supervise.restarts import WatchdogPolicy
+from trainchain.supervise.watchdog import Watchdog
 
 IMAGE = "trainchain/train-eeg:0.1.0"
 FALLBACK_IMAGE = "trainchain/test-toy:latest"
@@ -672,7 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     deadline = Deadline(args.max_seconds)
     restarts = RestartLog()
-    logging.getLogger("trainchain.watchdog").addHandler(restarts)
+    logging.getLogger("trainchain.supervise.watchdog").addHandler(restarts)
 
     try:
         client = containers.connect(timeout=10)

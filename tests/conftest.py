@@ -14,7 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pytest
 
-from trainchain.settings import Settings, load_settings
+from trainchain.core.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -240,7 +240,7 @@ def require_image(image: str, build: str) -> None:
     """Gate a Docker-tier test (or module) on an engine and ``image``: skip with the reason
     where either is missing, except where CI is set (see :func:`unavailable`). ``build``
     is the command that builds the image."""
-    from trainchain.images import docker_client
+    from trainchain.adapters.images import docker_client
 
     why = None
     try:

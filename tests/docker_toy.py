@@ -35,8 +35,12 @@ USER 1000:1000
 
 
 def _source_digest() -> str:
-    """The toy needs only the stdlib-only task helper: rebuild when it changes."""
-    return hashlib.sha256((REPO_ROOT / "src/trainchain/task.py").read_bytes()).hexdigest()[:16]
+    """The toy needs only the stdlib-only task helper (and the package root that exports
+    it): rebuild when either changes."""
+    digest = hashlib.sha256()
+    for part in ("src/trainchain/__init__.py", "src/trainchain/contract/task.py"):
+        digest.update((REPO_ROOT / part).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _ensure_base(client: Any) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainchain.config import Goal
-from trainchain.promotion import decide, heldout_test
-from trainchain.report import ChainReport, TrialSummary
-from trainchain.verdict import Confirmation, Estimate, confirm
+from trainchain.core.config import Goal
+from trainchain.core.promotion import decide, heldout_test
+from trainchain.core.report import ChainReport, TrialSummary
+from trainchain.core.verdict import Confirmation, Estimate, confirm
 
 
 def report(**changes: Any) -> ChainReport:

@@ -13,11 +13,11 @@ import pytest
 
 from tests.conftest import REPO_ROOT, run_cli
 from tests.smtp_server import Inbox, LoopbackController, serve
-from trainchain.chain import run_chain
+from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
+from trainchain.chain.registry import download_heldout
+from trainchain.chain.run import run_chain
+from trainchain.core.settings import load_settings
 from trainchain.families.eeg_synth import write_synthetic_dataset
-from trainchain.registry import download_heldout
-from trainchain.settings import load_settings
-from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
 
 pytestmark = pytest.mark.slow
 

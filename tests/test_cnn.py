@@ -114,7 +114,7 @@ def test_detect_picks_the_tensorflow_image_from_the_code(example: str) -> None:
 @pytest.mark.parametrize("example", CNN_EXAMPLES)
 def test_example_config_is_valid_and_its_defaults_are_in_its_space(example: str) -> None:
     """Each CNN example's trainchain.yaml loads, with pruning and early stopping on."""
-    from trainchain.config import load_config
+    from trainchain.core.config import load_config
 
     model = load_config(EXAMPLES / example).model
     assert model.goal.val_metric == "val_accuracy"
@@ -129,7 +129,7 @@ def test_importing_trainchain_does_not_load_tensorflow() -> None:
     """The CLI, the chain and the CNN family module import without TensorFlow or Keras:
     only the code that trains or loads a Keras model does."""
     code = (
-        "import sys, trainchain.cli, trainchain.chain, trainchain.registry, "
+        "import sys, trainchain.cli.main, trainchain.chain.run, trainchain.chain.registry, "
         "trainchain.families.cnn\n"
         "print(sorted(m for m in ('keras', 'tensorflow') if m in sys.modules))"
     )
@@ -156,7 +156,7 @@ def test_the_validation_split_is_the_plans_and_its_size_bounds_the_score(
 ) -> None:
     """The split follows the plan's seed (a confirmation gets a fresh one), and the metrics
     carry its one score, its size and its digest: what the exact binomial bound needs."""
-    from trainchain.verdict import lower_bound, read_estimate
+    from trainchain.core.verdict import lower_bound, read_estimate
 
     def images(seed: int) -> cnn.ImageData:
         return cnn.load_images(
@@ -281,10 +281,10 @@ def test_chain_trains_a_real_cnn_on_digits_and_registers_it_with_its_preprocessi
     loaded from the registry, and its MLmodel records the preprocessing."""
     from mlflow.models import Model
 
-    from trainchain.chain import run_chain
-    from trainchain.registry import download_heldout
-    from trainchain.settings import load_settings
-    from trainchain.tracking import CHAMPION, Tracker
+    from trainchain.adapters.tracking import CHAMPION, Tracker
+    from trainchain.chain.registry import download_heldout
+    from trainchain.chain.run import run_chain
+    from trainchain.core.settings import load_settings
 
     settings = load_settings({"TRAINCHAIN_HOME": str(home)})
     outcome = run_chain(str(digits_repo()), settings, executor="local", quiet=True)

@@ -43,7 +43,7 @@ def test_killed_cnn_container_resumes_after_its_last_finished_epoch(tmp_path: Pa
     """`train --executor docker` on the digits; the container is SIGKILLed after its third
     epoch report; attempt 2 loads the checkpoint and goes on: no epoch runs twice, and the
     trial ends with a model that still reaches 0.8."""
-    from trainchain.containers import connect
+    from trainchain.adapters.containers import connect
 
     data = write_digits(tmp_path / "digits")
     repo = make_digits_repo(tmp_path / "repo", data, epochs=10)

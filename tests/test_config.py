@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from trainchain.config import (
+from trainchain.core.config import (
     CategoricalParam,
     Direction,
     FloatParam,
@@ -17,7 +17,7 @@ from trainchain.config import (
     resolve_data_dir,
     with_overrides,
 )
-from trainchain.errors import ConfigError
+from trainchain.core.errors import ConfigError
 
 GOOD = {
     "name": "m",

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from trainchain.config import Detection, Rule, parse_config
-from trainchain.detect import (
+from trainchain.core.config import Detection, Rule, parse_config
+from trainchain.core.detect import (
     DEFAULT_RULES,
     Evidence,
     detect,
     effective_rules,
     format_text,
 )
-from trainchain.errors import DetectionError
+from trainchain.core.errors import DetectionError
 
 KERAS = """\
 import numpy as np

@@ -27,12 +27,17 @@ import pytest
 
 from tests.conftest import eventually, unavailable
 from tests.docker_toy import ensure_toy_image
-from trainchain.containers import CONTAINER_RECORD, DockerUnavailable, ImageMissing, connect
+from trainchain.adapters.containers import (
+    CONTAINER_RECORD,
+    DockerUnavailable,
+    ImageMissing,
+    connect,
+)
+from trainchain.chain.training import read_report
 from trainchain.executors import AttemptResult, AttemptSpec
 from trainchain.executors.docker import DockerExecutor
-from trainchain.supervise import GAVE_UP_FILE, ActionKind, WatchdogPolicy
-from trainchain.training import read_report
-from trainchain.watchdog import Watchdog
+from trainchain.supervise.restarts import GAVE_UP_FILE, ActionKind, WatchdogPolicy
+from trainchain.supervise.watchdog import Watchdog
 
 pytestmark = pytest.mark.docker
 
@@ -564,10 +569,10 @@ def test_pruned_trial_container_is_stopped_and_never_restarted(
     is stopped, recorded and removed, and neither the executor nor the watchdog starts a
     next attempt; the script saw the early-stopping policy inside the container."""
     from tests.test_pruning import EXPECTED_POLICY, make_prune_repo
-    from trainchain.context import prepare
-    from trainchain.progress import TuneDisplay
-    from trainchain.settings import load_settings
-    from trainchain.tune import tune
+    from trainchain.chain.context import prepare
+    from trainchain.chain.tune import tune
+    from trainchain.core.progress import TuneDisplay
+    from trainchain.core.settings import load_settings
 
     name = f"prunable-{uuid.uuid4().hex[:8]}"
     repo = make_prune_repo(tmp_path / "repo", name=name, image=toy_image, max_trials=3)

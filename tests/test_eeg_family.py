@@ -19,7 +19,7 @@ import pytest
 from sklearn.base import clone
 
 from trainchain import task
-from trainchain.config import load_config
+from trainchain.core.config import load_config
 from trainchain.families.eeg import (
     CHANNELS_BCI_IV_2A,
     BandPass,
@@ -358,8 +358,8 @@ def test_medium_data_defaults_miss_the_goal_and_a_good_band_is_confirmed(medium:
     """The calibration claim, seed 0: the textbook reference (CSP 4 + linear SVM, 8-30 Hz)
     stays below the 0.80 goal; the mu band (inside the search space) clears it, and its
     confirmation on 4 x 5 fresh folds clears it too (the bound the chain uses)."""
-    from trainchain.search import fresh_seed
-    from trainchain.verdict import Estimate, lower_bound
+    from trainchain.chain.search import fresh_seed
+    from trainchain.core.verdict import Estimate, lower_bound
 
     config = load_config(EXAMPLE).model
     assert config.goal.threshold == 0.80

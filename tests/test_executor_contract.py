@@ -25,8 +25,8 @@ import pytest
 
 from tests.conftest import ToyRepo, eventually, unavailable
 from trainchain import task
+from trainchain.chain.training import read_report
 from trainchain.executors import AttemptResult, AttemptSpec, Executor
-from trainchain.training import read_report
 
 PLAN: dict[str, Any] = {"folds": 3, "repeats": 2, "seed": 5, "purpose": "search"}
 
@@ -58,7 +58,7 @@ def _local_processes(script: Path) -> list[int]:
 def docker_toy(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, str]:
     """A Docker client that answered, and the toy image (built once when missing)."""
     from tests.docker_toy import ensure_toy_image
-    from trainchain.containers import DockerUnavailable, connect
+    from trainchain.adapters.containers import DockerUnavailable, connect
 
     try:
         client = connect(timeout=30)

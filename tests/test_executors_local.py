@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from trainchain.adapters.procgroup import pump
 from trainchain.executors import AttemptSpec, LocalExecutor
-from trainchain.procgroup import pump
 
 # 200 000 lines of 8 bytes: about 1.6 MB, far more than a pipe buffer (64 KiB)
 FLOODER = """
@@ -53,7 +53,7 @@ def test_a_failing_sink_does_not_block_the_training_process(
         raise RuntimeError("the console went away")
 
     spec = _spec(tmp_path, FLOODER)
-    with caplog.at_level(logging.ERROR, logger="trainchain.procgroup"):
+    with caplog.at_level(logging.ERROR, logger="trainchain.adapters.procgroup"):
         result = LocalExecutor().run(spec, broken_sink)
 
     assert not result.timed_out

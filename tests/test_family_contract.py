@@ -1,5 +1,5 @@
 """The model-family contract, one suite run over every family (as scikit-learn's estimator
-checks run over every estimator): each family of :class:`trainchain.config.Family` has one
+checks run over every estimator): each family of :class:`trainchain.core.config.Family` has one
 detection rule naming its training image, a Dockerfile under images/ for that image, and
 a model repository that detection assigns to it; a family with an example in examples/
 declares a search space whose defaults its model code understands, and its train script,
@@ -24,11 +24,11 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
-from trainchain.config import Family, ModelConfig, load_config
-from trainchain.detect import DEFAULT_RULES, detect
+from trainchain.adapters.images import image_family
+from trainchain.chain.training import read_report
+from trainchain.core.config import Family, ModelConfig, load_config
+from trainchain.core.detect import DEFAULT_RULES, detect
 from trainchain.executors import AttemptSpec, LocalExecutor
-from trainchain.images import image_family
-from trainchain.training import read_report
 
 EXAMPLES = REPO_ROOT / "examples"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from trainchain.errors import PullError
-from trainchain.gitrepo import PullResult, SourceInfo, describe, pull, workspace_name
-from trainchain.redaction import redact
+from trainchain.adapters.gitrepo import PullResult, SourceInfo, describe, pull, workspace_name
+from trainchain.core.errors import PullError
+from trainchain.core.redaction import redact
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs the git program")
 
@@ -166,7 +166,7 @@ def test_password_never_shows_in_errors_or_logs(
     workspaces: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     url = "https://alice:s3cr3t-pw@127.0.0.1:9/team/model.git"  # nothing listens on port 9
-    caplog.set_level(logging.DEBUG, logger="trainchain.gitrepo")
+    caplog.set_level(logging.DEBUG, logger="trainchain.adapters.gitrepo")
     with pytest.raises(PullError) as info:
         pull(url, "main", workspaces, timeout=60)
     shown = str(info.value)

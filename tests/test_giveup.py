@@ -9,11 +9,11 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from trainchain.config import Direction
-from trainchain.giveup import record_give_up
-from trainchain.settings import Settings
-from trainchain.studies import open_study
-from trainchain.tracking import Tracker
+from trainchain.adapters.studies import open_study
+from trainchain.adapters.tracking import Tracker
+from trainchain.chain.giveup import record_give_up
+from trainchain.core.config import Direction
+from trainchain.core.settings import Settings
 
 
 def test_give_up_marks_trial_failed_and_emails(settings: Settings, tmp_path: Path) -> None:

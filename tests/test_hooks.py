@@ -23,10 +23,17 @@ import pytest
 from werkzeug.serving import make_server
 
 from tests.conftest import ToyRepo, eventually, git, run_cli
-from trainchain.hooks import HookPaths, RunState, RunStatus, load_status, repo_key, try_lock
-from trainchain.settings import Settings
-from trainchain.trigger_queue import process_alive
-from trainchain.webhook import (
+from trainchain.core.settings import Settings
+from trainchain.triggers.hooks import (
+    HookPaths,
+    RunState,
+    RunStatus,
+    load_status,
+    repo_key,
+    try_lock,
+)
+from trainchain.triggers.queue import process_alive
+from trainchain.triggers.webhook import (
     WebhookConfig,
     WebhookRuns,
     create_app,
@@ -325,7 +332,7 @@ def test_each_delivery_that_is_not_a_push_to_run_is_answered_and_runs_nothing(
 ) -> None:
     """Unsigned, mis-signed, oversize, not JSON, ping, other events, other branches, tags and
     deletions each get their answer, start no run, and the log never shows the secret."""
-    caplog.set_level(logging.INFO, logger="trainchain.webhook")
+    caplog.set_level(logging.INFO, logger="trainchain.triggers.webhook")
     options = dict(delivery)
     payload = options.pop("payload", PUSH)
     with serving(settings, max_body=1024) as server:

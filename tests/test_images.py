@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import trainchain
-from trainchain.detect import DEFAULT_RULES
+from trainchain.core.detect import DEFAULT_RULES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGES = REPO_ROOT / "images"
@@ -288,7 +288,7 @@ def test_image_names_parse_one_way(
 ) -> None:
     """One parser (repository, tag, digest, family): a registry's port is not a tag, and
     train-NAME is the family NAME, for the build hint and for `trainchain images`."""
-    from trainchain.images import ImageInfo, image_family, parse_image
+    from trainchain.adapters.images import ImageInfo, image_family, parse_image
 
     ref = parse_image(image)
     assert (ref.repository, ref.tag, ref.digest, ref.family) == parts

@@ -22,8 +22,14 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from trainchain.cli import main
-from trainchain.jenkins import Build, Connection, JenkinsClient, keep_pipeline_state, same_config
+from trainchain.adapters.jenkins import (
+    Build,
+    Connection,
+    JenkinsClient,
+    keep_pipeline_state,
+    same_config,
+)
+from trainchain.cli.main import main
 
 JOBS_YAML = """
 - job:

@@ -669,7 +669,7 @@ def test_a_training_container_killed_mid_build_resumes_and_the_build_completes(
 ) -> None:
     """The training container of a Pipeline build is killed (SIGKILL) after two epochs;
     trainchain starts it again from its checkpoint and the build succeeds."""
-    from trainchain.containers import connect
+    from trainchain.adapters.containers import connect
 
     live = live_jenkins
     repo = tmp_path / "slow-model"

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ToyRepo, git, run_cli
-from trainchain import properties
-from trainchain.errors import Busy
-from trainchain.hooks import repo_key
-from trainchain.tune import model_lock
+from trainchain.adapters import properties
+from trainchain.chain.tune import model_lock
+from trainchain.core.errors import Busy
+from trainchain.triggers.hooks import repo_key
 
 
 def test_properties_round_trip_escapes_what_java_would_misread(tmp_path: Path) -> None:

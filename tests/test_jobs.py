@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from trainchain.cli import build_parser
+from trainchain.cli.main import build_parser
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 JOBS = REPO_ROOT / "jobs"

@@ -22,12 +22,12 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from tests.sample_reports import not_reached, report
 from tests.smtp_server import Inbox, LoopbackController, serve
-from trainchain.errors import NotifyError
-from trainchain.mailer import Delivery, deliver, write_outbox
-from trainchain.notify import render
-from trainchain.plots import metric_plot
-from trainchain.report import ChainReport
-from trainchain.settings import SmtpSettings, TlsMode
+from trainchain.adapters.mailer import Delivery, deliver, write_outbox
+from trainchain.core.errors import NotifyError
+from trainchain.core.notify import render
+from trainchain.core.plots import metric_plot
+from trainchain.core.report import ChainReport
+from trainchain.core.settings import SmtpSettings, TlsMode
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 USER = "trainchain-bot"
@@ -303,7 +303,7 @@ def test_without_hard_links_the_outbox_still_never_overwrites(
         # Stands in for a network or FUSE mount that refuses link(2); cannot be made here.
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr("trainchain.mailer.os.link", no_links)
+    monkeypatch.setattr("trainchain.adapters.mailer.os.link", no_links)
     now = dt.datetime(2025, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
     first = write_outbox(success_message(), tmp_path, now=now)
     second = write_outbox(success_message(sender="other@example.org"), tmp_path, now=now)

@@ -12,10 +12,10 @@ from email.message import EmailMessage
 import pytest
 
 from tests.sample_reports import confirmed, failed, not_reached, report, search_only
-from trainchain.notify import render, subject
-from trainchain.plots import metric_plot
-from trainchain.redaction import redact
-from trainchain.report import ChainReport, TrialSummary
+from trainchain.core.notify import render, subject
+from trainchain.core.plots import metric_plot
+from trainchain.core.redaction import redact
+from trainchain.core.report import ChainReport, TrialSummary
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAKE_PNG = PNG_MAGIC + b"not really a picture"
@@ -437,11 +437,11 @@ def test_metric_plot_uses_no_pyplot_and_matplotlib_loads_lazily() -> None:
     """Importing notify/plots loads no matplotlib; plotting uses Agg and never pyplot."""
     code = (
         "import sys\n"
-        "import trainchain.notify, trainchain.plots, trainchain.mailer\n"
+        "import trainchain.core.notify, trainchain.core.plots, trainchain.adapters.mailer\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported at import time'\n"
-        "from trainchain.report import ChainReport\n"
+        "from trainchain.core.report import ChainReport\n"
         "r = ChainReport('c', 'm', 'r', 'abc', 'val_accuracy', 0.8, 'maximize', 'failed', 3)\n"
-        "png = trainchain.plots.metric_plot(r)\n"
+        "png = trainchain.core.plots.metric_plot(r)\n"
         "assert png.startswith(b'\\x89PNG'), png[:8]\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
         "import matplotlib\n"

@@ -6,7 +6,7 @@ import io
 
 from rich.console import Console
 
-from trainchain.progress import TuneDisplay
+from trainchain.core.progress import TuneDisplay
 
 
 def _display(every: float, *, quiet: bool = False) -> tuple[TuneDisplay, io.StringIO]:
@@ -42,8 +42,8 @@ def test_each_trial_and_the_confirmation_show_their_uncertainty() -> None:
     """A finished trial shows its score with its fold spread; a trial pruned by the fold
     rule says it was worse than the best on the same folds; the confirmation shows its
     fresh-fold figure and the bound the goal is judged by."""
-    from trainchain.config import Goal
-    from trainchain.verdict import Estimate, confirm
+    from trainchain.core.config import Goal
+    from trainchain.core.verdict import Estimate, confirm
 
     display, out = _display(3600.0)
     display.trial_started(1, 8, {"band": "8-13"}, number=0)

@@ -19,13 +19,13 @@ from rich.console import Console
 
 from tests.conftest import eventually, git_init
 from trainchain import task
-from trainchain.cli import main
-from trainchain.context import prepare
+from trainchain.chain.context import prepare
+from trainchain.chain.training import ReportWatcher, read_report
+from trainchain.chain.tune import tune
+from trainchain.cli.main import main
+from trainchain.core.progress import TuneDisplay
+from trainchain.core.settings import Settings
 from trainchain.executors import AttemptSpec, LocalExecutor
-from trainchain.progress import TuneDisplay
-from trainchain.settings import Settings
-from trainchain.training import ReportWatcher, read_report
-from trainchain.tune import tune
 
 # Per-epoch val_accuracy grows to x: a trial with a smaller x is below the first
 # (default x=0.9) at every epoch, so the median rule prunes it after the warm-up.

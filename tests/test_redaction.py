@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainchain.redaction import redact, url_secrets, without_credentials
+from trainchain.core.redaction import redact, url_secrets, without_credentials
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,12 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import git, git_init, run_cli
-from trainchain import keys
-from trainchain.chain import run_chain
-from trainchain.errors import RegistryError
-from trainchain.registry import download_heldout
-from trainchain.settings import Settings
-from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
+from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
+from trainchain.chain.registry import download_heldout
+from trainchain.chain.run import run_chain
+from trainchain.core import keys
+from trainchain.core.errors import RegistryError
+from trainchain.core.settings import Settings
 
 pytestmark = pytest.mark.slow
 

@@ -223,8 +223,8 @@ def classify(address: tuple[str, int], body: bytes, content_type: str) -> dict[s
 @pytest.fixture(scope="module")
 def serve_image() -> str:
     """trainchain/serve built by scripts/build-images.sh serve (a no-op when up to date)."""
-    from trainchain.errors import TrainchainError
-    from trainchain.images import docker_client
+    from trainchain.adapters.images import docker_client
+    from trainchain.core.errors import TrainchainError
 
     try:
         docker_client(timeout=10)
@@ -244,7 +244,7 @@ def serve_image() -> str:
 @pytest.fixture
 def bridge() -> Iterator[tuple[str, str]]:
     """A user-defined bridge network: (its name, the host's address on it)."""
-    from trainchain.images import docker_client
+    from trainchain.adapters.images import docker_client
 
     client = docker_client()
     network = client.networks.create(f"trainchain-test-serve-{uuid.uuid4().hex[:8]}")
@@ -283,7 +283,7 @@ def test_image_serves_the_champion_from_a_tracking_server(
     from mlflow import MlflowClient
     from mlflow.sklearn import load_model
 
-    from trainchain.containers import connect
+    from trainchain.adapters.containers import connect
     from trainchain.families.eeg import load_epochs
     from trainchain.families.eeg_synth import write_synthetic_dataset
 

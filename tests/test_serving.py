@@ -29,15 +29,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.conftest import eventually, run_cli
-from trainchain.cli import main as cli_main
+from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
+from trainchain.cli.main import main as cli_main
+from trainchain.core.settings import Settings, load_settings
+from trainchain.core.sizes import human_size, parse_size
 from trainchain.families.cnn import Preprocessing, read_preprocessing
 from trainchain.serving.app import create_app, pick_alias, service_of
 from trainchain.serving.config import ServeConfig
 from trainchain.serving.inputs import RequestError, decode_image
 from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, served_family
-from trainchain.settings import Settings, load_settings
-from trainchain.sizes import human_size, parse_size
-from trainchain.tracking import CHALLENGER, CHAMPION, Tracker
 
 pytestmark = pytest.mark.slow
 

@@ -38,9 +38,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.test_serving import EEGRegistry, _loaded
+from trainchain.adapters.tracking import Tracker
+from trainchain.core.settings import load_settings
 from trainchain.serving.app import create_app, service_of
-from trainchain.settings import load_settings
-from trainchain.tracking import Tracker
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from trainchain.errors import ConfigError
-from trainchain.sizes import human_size, parse_size
+from trainchain.core.errors import ConfigError
+from trainchain.core.sizes import human_size, parse_size
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_human_size_is_the_largest_whole_binary_unit() -> None:
 
 def test_hooks_serve_reads_5k_as_5120_bytes() -> None:
     """`hooks serve --max-body 5K` is 5120 bytes, as for `serve` (one parser)."""
-    from trainchain.cli import build_parser
+    from trainchain.cli.main import build_parser
 
     assert build_parser().parse_args(["hooks", "serve", "--max-body", "5K"]).max_body == 5120
 
@@ -68,7 +68,7 @@ def test_hooks_serve_refuses_an_unreadable_size_in_argparse_words(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """A bad `hooks serve --max-body` is a usage error naming the flag once."""
-    from trainchain.cli import build_parser
+    from trainchain.cli.main import build_parser
 
     with pytest.raises(SystemExit) as exit_info:
         build_parser().parse_args(["hooks", "serve", "--max-body", "lots"])

@@ -7,10 +7,10 @@ import pytest
 from scipy import stats
 
 from tests.test_config import GOOD
-from trainchain.config import Direction, Goal, parse_config
-from trainchain.errors import ConfigError
-from trainchain.promotion import HeldoutTest, chance_test, decide, heldout_test, paired_test
-from trainchain.space import fit_to_space, parse_overrides
+from trainchain.core.config import Direction, Goal, parse_config
+from trainchain.core.errors import ConfigError
+from trainchain.core.promotion import HeldoutTest, chance_test, decide, heldout_test, paired_test
+from trainchain.core.space import fit_to_space, parse_overrides
 
 CFG = parse_config(GOOD)
 GOAL = Goal(metric="accuracy", threshold=0.8, direction=Direction.MAXIMIZE)

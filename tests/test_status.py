@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from trainchain import errors
-from trainchain.hooks import RepositoryBusy
-from trainchain.jenkins import JenkinsError
-from trainchain.status import BUILD_RESULT_EXIT, ExitCode, RunState
+from trainchain.adapters.jenkins import JenkinsError
+from trainchain.core import errors
+from trainchain.core.status import BUILD_RESULT_EXIT, ExitCode, RunState
+from trainchain.triggers.hooks import RepositoryBusy
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -113,7 +113,7 @@ def test_a_report_holds_its_status_as_the_run_state() -> None:
     import json
 
     from tests.sample_reports import failed
-    from trainchain.report import ChainReport
+    from trainchain.core.report import ChainReport
 
     report = failed().with_(status="goal_not_reached")
     assert report.status is RunState.GOAL_NOT_REACHED

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ToyRepo, run_cli
-from trainchain.errors import StoreError
+from trainchain.adapters.studies import load_study, study_names
+from trainchain.adapters.tracking import CHAMPION, Tracker
+from trainchain.core.errors import StoreError
 from trainchain.serving.app import create_app, service_of
 from trainchain.serving.config import ServeConfig
-from trainchain.studies import load_study, study_names
-from trainchain.tracking import CHAMPION, Tracker
 
 CORRUPT = b"this is not a database: " + b"x" * 200
 

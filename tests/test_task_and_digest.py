@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from trainchain import task
-from trainchain.digest import data_digest
+from trainchain.adapters.digest import data_digest
 
 
 def test_task_helper_imports_nothing_outside_the_stdlib() -> None:

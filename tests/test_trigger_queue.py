@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import eventually, run_cli
-from trainchain.trigger_queue import (
+from trainchain.triggers.queue import (
     AlreadyReceived,
     Holder,
     HookPaths,

@@ -17,12 +17,12 @@ import pytest
 from mlflow import MlflowClient
 
 from tests.conftest import ToyRepo, eventually, git, run_cli
-from trainchain.context import prepare
+from trainchain.adapters.studies import open_study
+from trainchain.chain.context import prepare
+from trainchain.chain.tune import tune
+from trainchain.core.progress import TuneDisplay
+from trainchain.core.settings import Settings
 from trainchain.executors import LocalExecutor
-from trainchain.progress import TuneDisplay
-from trainchain.settings import Settings
-from trainchain.studies import open_study
-from trainchain.tune import tune
 
 
 def _quiet() -> TuneDisplay:
@@ -176,7 +176,7 @@ def _interrupted_run(client: MlflowClient, parent: str) -> str:
 
 
 def prep_direction() -> object:
-    from trainchain.config import Direction
+    from trainchain.core.config import Direction
 
     return Direction.MAXIMIZE
 

@@ -12,9 +12,7 @@ import pytest
 from scipy import stats
 
 from tests.test_config import GOOD
-from trainchain.config import Direction, Goal, parse_config
-from trainchain.search import Search, first_trials, fresh_seed
-from trainchain.studies import (
+from trainchain.adapters.studies import (
     EarlierTrial,
     add_warm_trials,
     make_pruner,
@@ -22,7 +20,9 @@ from trainchain.studies import (
     space_filling,
     startup_trials,
 )
-from trainchain.verdict import Estimate, binomial_interval, confirm, lower_bound, read_estimate
+from trainchain.chain.search import Search, first_trials, fresh_seed
+from trainchain.core.config import Direction, Goal, parse_config
+from trainchain.core.verdict import Estimate, binomial_interval, confirm, lower_bound, read_estimate
 
 GOAL = Goal(metric="accuracy", threshold=0.8)
 FOLDS = [0.9, 0.85, 0.95, 0.8, 0.9]

@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from trainchain import task
-from trainchain.containers import (
+from trainchain.adapters.containers import (
     DockerUnavailable,
     EngineError,
     connect,
     engine_errors,
     info_from_attrs,
 )
-from trainchain.errors import TrainchainError
+from trainchain.adapters.images import image_family
+from trainchain.core.errors import TrainchainError
 from trainchain.executors import AttemptSpec
 from trainchain.executors.docker import (
     attempt_result,
@@ -23,8 +24,7 @@ from trainchain.executors.docker import (
     container_labels,
     container_mounts,
 )
-from trainchain.images import image_family
-from trainchain.supervise import (
+from trainchain.supervise.restarts import (
     ActionKind,
     ContainerState,
     WatchdogPolicy,

@@ -1,5 +1,5 @@
 import sys
 
-from trainchain.cli import main
+from trainchain.cli.main import main
 
 sys.exit(main())

@@ -12,14 +12,14 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from trainchain.adapters.procgroup import LineSink
 from trainchain.executors._base import AttemptResult, AttemptSpec, Executor
 from trainchain.executors.local import LocalExecutor
-from trainchain.procgroup import LineSink
 
 if TYPE_CHECKING:
-    from trainchain.config import ModelConfig
-    from trainchain.settings import Settings
-    from trainchain.supervise import GiveUpCallback
+    from trainchain.core.config import ModelConfig
+    from trainchain.core.settings import Settings
+    from trainchain.supervise.restarts import GiveUpCallback
 
 __all__ = [
     "AttemptResult",
@@ -39,7 +39,7 @@ EXECUTORS = ("auto", "docker", "local")
 def resolve_executor(name: str, image: str | None = None) -> str:
     """What ``name`` runs on. ``auto`` is ``docker`` when an engine answers and ``image``
     exists in it, else ``local`` (with a warning that says why)."""
-    from trainchain.errors import ConfigError
+    from trainchain.core.errors import ConfigError
 
     if name not in EXECUTORS:
         raise ConfigError(
@@ -49,7 +49,7 @@ def resolve_executor(name: str, image: str | None = None) -> str:
         )
     if name != "auto":
         return name
-    from trainchain.containers import DockerUnavailable, ImageMissing, check_image, connect
+    from trainchain.adapters.containers import DockerUnavailable, ImageMissing, check_image, connect
 
     try:
         with contextlib.closing(connect(timeout=3)) as client:
@@ -71,9 +71,9 @@ def get_executor(
     """The executor ``name`` resolves to; docker takes its limits from ``model``.
 
     ``on_give_up``: what the Docker executor does past the restart cap, given by the
-    chain layer (:func:`trainchain.giveup.give_up_callback` marks the trial failed and
+    chain layer (:func:`trainchain.chain.giveup.give_up_callback` marks the trial failed and
     sends the email); executors never reach into the chain themselves."""
-    from trainchain.errors import ConfigError
+    from trainchain.core.errors import ConfigError
 
     resolved = resolve_executor(name)
     if resolved == "local":

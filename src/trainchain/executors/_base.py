@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from trainchain import task
-from trainchain.procgroup import LineSink  # the sink of every log pump
+from trainchain.adapters.procgroup import LineSink  # the sink of every log pump
+from trainchain.contract import task
 
 
 @dataclass(frozen=True)

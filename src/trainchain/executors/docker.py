@@ -32,8 +32,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-from trainchain import task
-from trainchain.containers import (
+from trainchain.adapters.containers import (
     LABEL_ATTEMPT,
     LABEL_ATTEMPT_DIR,
     LABEL_BACKOFF,
@@ -54,13 +53,14 @@ from trainchain.containers import (
     engine_errors,
     remove,
 )
-from trainchain.errors import TrainingError
+from trainchain.adapters.procgroup import LineSink
+from trainchain.contract import task
+from trainchain.core.errors import TrainingError
 from trainchain.executors._base import AttemptResult, AttemptSpec
-from trainchain.procgroup import LineSink
-from trainchain.supervise import GiveUpCallback, TrialEnd, TrialSupervisor, WatchdogPolicy
+from trainchain.supervise.restarts import GiveUpCallback, TrialEnd, TrialSupervisor, WatchdogPolicy
 
 if TYPE_CHECKING:
-    from trainchain.config import Train, WatchdogLimits
+    from trainchain.core.config import Train, WatchdogLimits
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,10 @@ import sys
 import threading
 import time
 
-from trainchain import procgroup, task
+from trainchain.adapters import procgroup
+from trainchain.adapters.procgroup import LineSink
+from trainchain.contract import task
 from trainchain.executors._base import AttemptResult, AttemptSpec
-from trainchain.procgroup import LineSink
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
-from trainchain import task
+from trainchain.contract import task
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ImageData:
         "fold" with its size (trainchain bounds it with the exact binomial interval) and
         the digest of the split (the same in every trial of a study; a confirmation run
         gets a fresh split from its plan's seed)."""
-        from trainchain import task
+        from trainchain.contract import task
 
         return {
             "val_accuracy": float(val_accuracy),

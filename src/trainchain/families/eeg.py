@@ -24,7 +24,7 @@ import numpy.typing as npt
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from trainchain.errors import TrainchainError
+from trainchain.core.errors import TrainchainError
 
 __all__ = [
     "CHANNELS_BCI_IV_2A",
@@ -531,7 +531,7 @@ def train_epochs(
     """
     import pickle
 
-    from trainchain.task import atomic_write_bytes
+    from trainchain.contract.task import atomic_write_bytes
 
     epochs = _check_epochs(epochs)
     features = pipe[:-1].fit(x_fit, y_fit)
@@ -583,7 +583,7 @@ class CrossValidation:
     def metrics(self, metric: str = "accuracy") -> dict[str, Any]:
         """The contract's keys for ``metrics.json``: ``val_<metric>`` (the mean),
         ``val_<metric>_folds`` and ``val_folds_id``."""
-        from trainchain import task
+        from trainchain.contract import task
 
         return {
             f"val_{metric}": self.mean,
@@ -742,7 +742,7 @@ def cross_validate(
     """
     import json
 
-    from trainchain.task import atomic_write_bytes, folds_id
+    from trainchain.contract.task import atomic_write_bytes, folds_id
 
     plan = fold_assignment(y, folds=folds, repeats=repeats, seed=seed)
     digest = folds_id(val for _, val in plan)

@@ -21,14 +21,14 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
-from trainchain.config import Family
+from trainchain.adapters.tracking import CHALLENGER, CHAMPION
+from trainchain.core.config import Family
+from trainchain.core.sizes import human_size
 from trainchain.serving import inputs, openapi
 from trainchain.serving.config import ServeConfig
 from trainchain.serving.inputs import RequestError
 from trainchain.serving.metrics import ServingMetrics
 from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, ModelHolder
-from trainchain.sizes import human_size
-from trainchain.tracking import CHALLENGER, CHAMPION
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainchain.errors import ConfigError
-from trainchain.settings import Settings
+from trainchain.core.errors import ConfigError
+from trainchain.core.settings import Settings
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_EPOCHS = 256

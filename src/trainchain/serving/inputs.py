@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from trainchain.errors import TrainchainError
+from trainchain.core.errors import TrainchainError
 from trainchain.families.cnn import Preprocessing
 
 FloatArray = npt.NDArray[np.float64]

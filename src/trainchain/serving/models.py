@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from trainchain import keys
-from trainchain.config import Family
-from trainchain.errors import NotInStore, StoreError
+from trainchain.adapters.tracking import CHALLENGER, CHAMPION, MODEL_ARTIFACT, Tracker
+from trainchain.core import keys
+from trainchain.core.config import Family
+from trainchain.core.errors import NotInStore, StoreError
 from trainchain.families.cnn import Preprocessing
 from trainchain.serving.config import ServeConfig
-from trainchain.tracking import CHALLENGER, CHAMPION, MODEL_ARTIFACT, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _iso(ts: float) -> str:
 
 def _signature_input(model: Any) -> tuple[tuple[int, int], str] | None:
     """(channels, samples) and dtype from a tensor signature shaped (-1, C, S)."""
-    from trainchain.registry import signature_tensor
+    from trainchain.chain.registry import signature_tensor
 
     signed = signature_tensor(model)
     if signed is None:
@@ -145,7 +145,7 @@ def _heldout_shape(tracker: Tracker, run_id: str, dst: Path) -> tuple[int, int] 
     """(channels, samples) of the held-out ``X`` the version was scored on (header only)."""
     from numpy.lib import format as npy
 
-    from trainchain.registry import download_heldout
+    from trainchain.chain.registry import download_heldout
 
     try:
         path = download_heldout(tracker, run_id, dst)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from trainchain import __version__
-from trainchain.sizes import human_size
+from trainchain.core.sizes import human_size
 
 _REF = "#/components/schemas/"
 ERROR_STATUSES = {

@@ -1,0 +1,398 @@
+"""The Optuna adapter: the study store, the sampler and pruners, warm-start trials, and
+sampling the search space.
+
+A study storage that cannot be opened, read or written is a
+:class:`~trainchain.core.errors.StoreError` naming its URL (password redacted): never "no
+earlier study", which would start a new study instead of resuming one."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from trainchain.core.config import (
+    CategoricalParam,
+    Direction,
+    FloatParam,
+    IntParam,
+    ModelConfig,
+    Param,
+    Pruning,
+)
+from trainchain.core.errors import StoreError
+from trainchain.core.redaction import redact
+from trainchain.core.settings import ensure_sqlite_folder
+from trainchain.core.space import fit_to_space
+
+log = logging.getLogger(__name__)
+
+# study user attributes that say whose study it is (read by later studies' warm starts)
+MODEL_ATTR = "model"
+COMMIT_ATTR = "commit"
+GOAL_ATTR = "goal"
+# trial user attributes of a trial added from an earlier study
+WARM_ATTR = "warm_start"
+# seconds a SQLite study storage waits for another process's write lock
+SQLITE_LOCK_TIMEOUT_S = 60
+STORE_HINT = (
+    "check TRAINCHAIN_STUDY_STORAGE: the database must be reachable, and a SQLite file must "
+    "be an Optuna study database this user can read and write; a study is resumed from it, "
+    "so fix it rather than delete it"
+)
+
+
+def startup_trials(max_trials: int) -> int:
+    """The start-up trials before TPE models the results, sized to the budget: all of a
+    budget of up to 10 trials, 10 of a larger one (Optuna's default), at least 2; the
+    chain fills them with a space-filling design, not random draws. benchmarks/tuning.py
+    measured the choice: where a few categories solve the problem, TPE modelling after 2
+    or 3 trials keeps to the best of those and does worse than random search, and a
+    design of half the budget did no better than random search at 5 and 10 trials."""
+    return max(2, min(10, max_trials))
+
+
+def space_filling(
+    config: ModelConfig, count: int, seed: int, *, tried: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """``count`` start-up configurations that spread over the space instead of random
+    draws: each categorical's choices in shuffled cycles (no choice again before every
+    other one came; a choice in ``tried`` comes last in the first cycle), each number
+    from its own stratum (a Latin hypercube; on the log scale for a log parameter)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tried = tried or {}
+    columns: dict[str, list[Any]] = {}
+    for name, p in config.search_space.items():
+        if isinstance(p, CategoricalParam):
+            fresh = [c for c in p.choices if c != tried.get(name, object())]
+            seen = [c for c in p.choices if c not in fresh]
+            cycle = [fresh[i] for i in rng.permutation(len(fresh))] + seen
+            while len(cycle) < count:
+                cycle += [p.choices[i] for i in rng.permutation(len(p.choices))]
+            columns[name] = cycle[:count]
+            continue
+        strata = (rng.permutation(count) + rng.uniform(size=count)) / max(count, 1)
+        low, high = (math.log(p.low), math.log(p.high)) if p.log else (p.low, p.high)
+        values = [low + float(v) * (high - low) for v in strata]
+        values = [math.exp(v) for v in values] if p.log else values
+        if isinstance(p, IntParam):
+            columns[name] = [
+                min(p.high, p.low + p.step * round((v - p.low) / p.step)) for v in values
+            ]
+        else:
+            columns[name] = [min(p.high, max(p.low, v)) for v in values]
+    return [{name: columns[name][i] for name in config.search_space} for i in range(count)]
+
+
+def make_sampler(seed: int, max_trials: int, startup: int | None = None) -> Any:
+    """Multivariate TPE (it models the search space jointly, which is what a few trials
+    need), its start-up sized to the budget unless ``startup`` is given (the chain fills
+    the start-up with :func:`space_filling` configurations; TPE would draw at random)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=startup_trials(max_trials) if startup is None else startup,
+            multivariate=True,
+        )
+
+
+@functools.cache
+def _fold_pruner_class() -> type:
+    import optuna
+    from optuna.trial import TrialState
+
+    class _View:
+        """What WilcoxonPruner reads of a study: its direction and its best trial."""
+
+        def __init__(self, direction: Any, best_trial: Any) -> None:
+            self.direction = direction
+            self.best_trial = best_trial
+
+    class FoldPruner(optuna.pruners.BasePruner):
+        """Optuna's WilcoxonPruner, fold by fold against the best of this study's own
+        trials: trials added from earlier studies (a warm start) were scored on other
+        code, so they inform the sampler but never decide a pruning."""
+
+        def __init__(self, p_threshold: float, n_startup_steps: int) -> None:
+            with warnings.catch_warnings():  # marked experimental since Optuna 3.6
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._wilcoxon = optuna.pruners.WilcoxonPruner(
+                    p_threshold=p_threshold, n_startup_steps=n_startup_steps
+                )
+
+        def prune(self, study: Any, trial: Any) -> bool:
+            own = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if not t.user_attrs.get(WARM_ATTR) and t.intermediate_values and t.value is not None
+            ]
+            if not own:
+                return False
+            maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+            best = (max if maximize else min)(own, key=lambda t: t.value)
+            view: Any = _View(study.direction, best)
+            return bool(self._wilcoxon.prune(view, trial))
+
+    return FoldPruner
+
+
+def make_pruner(pruning: Pruning) -> Any:
+    """``pruning:`` of trainchain.yaml as an Optuna pruner: the median rule (steps are
+    epochs), the Wilcoxon rule (steps are the study's folds), or none."""
+    import optuna
+
+    if not pruning.enabled:
+        return optuna.pruners.NopPruner()
+    if pruning.rule == "wilcoxon":
+        return _fold_pruner_class()(
+            p_threshold=pruning.p_threshold, n_startup_steps=max(2, pruning.warmup_steps)
+        )
+    return optuna.pruners.MedianPruner(
+        n_startup_trials=pruning.startup_trials, n_warmup_steps=pruning.warmup_steps
+    )
+
+
+def _shown(storage: Any) -> str:
+    return redact(storage) if isinstance(storage, str) else type(storage).__name__
+
+
+@contextmanager
+def storage_errors(storage: Any, doing: str) -> Iterator[None]:
+    """Optuna's and its database's errors while ``doing`` as a :class:`StoreError` naming
+    the storage (password redacted) and saying what to do."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        yield
+    except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
+        detail = next((line for line in str(err).splitlines() if line.strip()), "")
+        raise StoreError(
+            f"the study storage {_shown(storage)} failed while {doing}: {redact(detail)}",
+            hint=STORE_HINT,
+        ) from err
+
+
+def _storage(storage: Any) -> Any:
+    """An Optuna storage: a URL becomes an RDB storage (SQLite waits
+    ``SQLITE_LOCK_TIMEOUT_S`` for its lock); a storage object (an ``InMemoryStorage`` in a
+    benchmark) is used as it is."""
+    import optuna
+
+    if not isinstance(storage, str):
+        return storage
+    ensure_sqlite_folder(storage)
+    connect = {"timeout": SQLITE_LOCK_TIMEOUT_S} if storage.startswith("sqlite") else {}
+    with storage_errors(storage, "opening it"):
+        try:
+            return optuna.storages.RDBStorage(
+                storage, engine_kwargs={"connect_args": connect} if connect else {}
+            )
+        except ImportError as err:  # a database URL whose driver is not installed
+            raise StoreError(
+                f"cannot open the study storage {redact(storage)}: {err}",
+                hint="install the database driver its URL names (postgresql:// needs "
+                "psycopg, mysql:// needs PyMySQL), or use a sqlite:/// URL",
+            ) from err
+
+
+def open_study(
+    storage: Any,
+    name: str,
+    direction: Direction,
+    seed: int,
+    *,
+    pruner: Any = None,
+    sampler: Any = None,
+    max_trials: int = 20,
+    startup: int | None = None,
+) -> Any:
+    """Create or load study ``name``. Neither pruner nor sampler is stored with the study:
+    pass them each time; None means no pruning and :func:`make_sampler`."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = _storage(storage)
+    with storage_errors(storage, f"opening study {name!r}"):
+        return optuna.create_study(
+            storage=backend,
+            study_name=name,
+            direction=direction.value,
+            sampler=sampler if sampler is not None else make_sampler(seed, max_trials, startup),
+            pruner=pruner if pruner is not None else optuna.pruners.NopPruner(),
+            load_if_exists=True,
+        )
+
+
+def load_study(storage: Any, name: str) -> Any | None:
+    """Study ``name`` as it is stored, or None when the storage has no study of that name
+    (a storage that cannot be read raises :class:`StoreError`)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = _storage(storage)
+    with storage_errors(storage, f"loading study {name!r}"):
+        try:
+            return optuna.load_study(study_name=name, storage=backend)
+        except KeyError:  # Optuna's answer for a study name the storage does not hold
+            return None
+
+
+def study_names(storage: Any) -> list[str]:
+    """The names of the studies in ``storage``; an empty or new storage has none. A
+    storage that cannot be read raises :class:`StoreError`: the answer decides whether a
+    study is resumed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    backend = _storage(storage)
+    with storage_errors(storage, "listing its studies"):
+        return [
+            s.study_name
+            for s in optuna.get_all_study_summaries(storage=backend, include_best_trial=False)
+        ]
+
+
+def distribution(param: Param) -> Any:
+    """The Optuna distribution of one hyperparameter (what :func:`suggest` samples)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    if isinstance(param, IntParam):
+        return IntDistribution(param.low, param.high, log=param.log, step=param.step)
+    if isinstance(param, FloatParam):
+        return FloatDistribution(param.low, param.high, log=param.log)
+    return CategoricalDistribution(list(param.choices))
+
+
+def suggest(trial: Any, config: ModelConfig) -> dict[str, Any]:
+    """This trial's hyperparameters. An enqueued trial (defaults, champion, retry) gets
+    its fixed values back from the same calls."""
+    params: dict[str, Any] = {}
+    for name, p in config.search_space.items():
+        if isinstance(p, IntParam):
+            params[name] = trial.suggest_int(name, p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatParam):
+            params[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+        elif isinstance(p, CategoricalParam):
+            params[name] = trial.suggest_categorical(name, list(p.choices))
+    return params
+
+
+# --------------------------------------------------------------------------- warm start
+
+
+@dataclass(frozen=True)
+class EarlierTrial:
+    """A finished trial of an earlier study of the same model, fitted to this space."""
+
+    params: dict[str, Any]
+    value: float
+    study: str
+    commit: str
+    number: int
+    intermediate: dict[int, float] = field(default_factory=dict)
+
+
+def mark_study(study: Any, model: ModelConfig, commit: str) -> None:
+    """Say whose study this is, so that later studies of the model can start from it."""
+    study.set_user_attr(MODEL_ATTR, model.name)
+    study.set_user_attr(COMMIT_ATTR, commit)
+    study.set_user_attr(GOAL_ATTR, [model.goal.val_metric, model.goal.direction.value])
+
+
+def earlier_trials(
+    storage: Any, model: ModelConfig, *, exclude: Iterable[str] = (), limit: int = 500
+) -> list[EarlierTrial]:
+    """Finished trials of earlier studies of ``model`` (same name, same goal metric and
+    direction) whose parameters fit its current search space; at most ``limit``, the
+    best first. Trials that were themselves warm starts are not copied again."""
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    skip = set(exclude)
+    goal = [model.goal.val_metric, model.goal.direction.value]
+    backend = _storage(storage)
+    found: list[EarlierTrial] = []
+    with storage_errors(storage, "reading earlier studies"):
+        summaries = optuna.get_all_study_summaries(storage=backend, include_best_trial=False)
+    for summary in summaries:
+        attrs = summary.user_attrs
+        if summary.study_name in skip or attrs.get(MODEL_ATTR) != model.name:
+            continue
+        if list(attrs.get(GOAL_ATTR, [])) != goal:
+            continue
+        with storage_errors(storage, f"reading study {summary.study_name!r}"):
+            study = optuna.load_study(study_name=summary.study_name, storage=backend)
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        for t in trials:
+            if t.user_attrs.get(WARM_ATTR) or t.value is None:
+                continue
+            params = fit_to_space(model, t.params)
+            if params is None:
+                continue
+            found.append(
+                EarlierTrial(
+                    params=params,
+                    value=float(t.value),
+                    study=summary.study_name,
+                    commit=str(attrs.get(COMMIT_ATTR, "")),
+                    number=t.number,
+                    intermediate=dict(t.intermediate_values),
+                )
+            )
+    maximize = model.goal.direction is Direction.MAXIMIZE
+    found.sort(key=lambda e: -e.value if maximize else e.value)
+    return found[:limit]
+
+
+def add_warm_trials(study: Any, model: ModelConfig, trials: Sequence[EarlierTrial]) -> int:
+    """Add ``trials`` to ``study`` as finished trials the sampler learns from, each tagged
+    with its study and commit; returns how many were added."""
+    import optuna
+
+    distributions = {name: distribution(p) for name, p in model.search_space.items()}
+    study.add_trials(
+        [
+            optuna.trial.create_trial(
+                params=t.params,
+                distributions=distributions,
+                value=t.value,
+                intermediate_values=t.intermediate,
+                user_attrs={
+                    WARM_ATTR: True,
+                    "from_study": t.study,
+                    "from_trial": t.number,
+                    "commit": t.commit,
+                },
+            )
+            for t in trials
+        ]
+    )
+    return len(trials)
+
+
+def best_distinct(trials: Sequence[EarlierTrial], count: int) -> list[dict[str, Any]]:
+    """The parameters of the best ``count`` distinct configurations (``trials`` sorted best
+    first)."""
+    out: list[dict[str, Any]] = []
+    for t in trials:
+        if len(out) >= count:
+            break
+        if t.params not in out:
+            out.append(t.params)
+    return out

@@ -1,0 +1,105 @@
+"""The whole chain on one machine: pull, detect, tune (which trains), promote, notify."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainchain.adapters.gitrepo import pull
+from trainchain.adapters.mailer import Delivery
+from trainchain.adapters.tracking import Tracker
+from trainchain.chain.context import prepare
+from trainchain.chain.giveup import give_up_callback
+from trainchain.chain.registry import promote
+from trainchain.chain.report_mail import send_report
+from trainchain.chain.tune import save_report, tune
+from trainchain.core.config import CONFIG_FILE
+from trainchain.core.progress import TuneDisplay
+from trainchain.core.report import ChainReport
+from trainchain.core.settings import Settings
+from trainchain.core.status import ExitCode, RunState
+from trainchain.executors import get_executor
+
+
+@dataclass(frozen=True)
+class ChainOutcome:
+    report: ChainReport
+    delivery: Delivery | None
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return self.report.status.exit_code
+
+
+def conclude(report: ChainReport, settings: Settings) -> ChainReport:
+    """After tuning: promote a chain that reached its goal, else say why not; save the report."""
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    if report.status is RunState.SUCCEEDED:
+        report = promote(report, tracker)
+    elif report.status is RunState.GOAL_NOT_REACHED:
+        report = promote(report, tracker)  # says why not, registers nothing
+    save_report(settings.chains_dir, report, tracker)
+    return report
+
+
+def resolve_source(
+    source: str, ref: str | None, settings: Settings, subdir: str = ""
+) -> tuple[Path, str | None, str | None]:
+    """A folder with trainchain.yaml is used in place; anything else is pulled (job 1)."""
+    path = Path(source)
+    if ref is None and (path / subdir / CONFIG_FILE).is_file():
+        return path / subdir, None, None
+    pulled = pull(source, ref, settings.workspaces)
+    return pulled.path / subdir, pulled.repository, pulled.commit
+
+
+def run_chain(
+    source: str,
+    settings: Settings,
+    *,
+    ref: str | None = None,
+    subdir: str = "",
+    data: str | None = None,
+    executor: str = "local",
+    threshold: float | None = None,
+    max_trials: int | None = None,
+    timeout: float | None = None,
+    image: str | None = None,
+    quiet: bool = False,
+    stream_logs: bool = False,
+    wait_lock: float = 0.0,
+) -> ChainOutcome:
+    """Run the chain; the source is a model folder (used in place) or a repository to pull."""
+    path, repository, commit = resolve_source(source, ref, settings, subdir)
+    prep = prepare(
+        path,
+        settings,
+        data=data,
+        executor=executor,
+        threshold=threshold,
+        max_trials=max_trials,
+        timeout=timeout,
+        image=image,
+        repository=repository,
+        commit=commit,
+    )
+    display = TuneDisplay.for_goal(prep.loaded.model.goal, quiet=quiet)
+    display.note(
+        f"detect: {prep.detection.family} family, image {prep.detection.image} "
+        f"({len(prep.detection.evidence)} pieces of evidence)"
+    )
+    report = tune(
+        prep,
+        get_executor(
+            prep.lineage.executor,
+            prep.loaded.model,
+            settings,
+            on_give_up=give_up_callback(settings),
+        ),
+        display=display,
+        stream_logs=stream_logs,
+        wait_lock=wait_lock,
+    )
+    report = conclude(report, settings)
+    delivery = send_report(report, settings)
+    return ChainOutcome(report, delivery)

@@ -1,0 +1,595 @@
+"""Job 4: tune until a confirmed goal, within the budget, resumable after any kill.
+
+An Optuna study (multivariate TPE, its random start-up sized to the budget) in the study
+store; each trial is an MLflow child run under one parent run for the chain, scored by
+the study's estimator (the same folds for every trial). When the best trial reaches the
+goal on that validation, it is confirmed on fresh folds (``trainchain.search``); only a
+confirmed goal is "goal reached". A new study starts from the earlier studies of the
+same model (warm start). A tune started again continues the same study: finished trials
+are kept, the count goes on, and a trial that was running when the process died is
+retried with its parameters and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+from trainchain.adapters.locks import flock_within
+from trainchain.adapters.studies import (
+    EarlierTrial,
+    add_warm_trials,
+    earlier_trials,
+    make_pruner,
+    mark_study,
+    open_study,
+    storage_errors,
+    study_names,
+)
+from trainchain.adapters.tracking import CHAMPION, Tracker
+from trainchain.chain.context import Prepared
+from trainchain.chain.search import RETRY_ATTR, Search, first_trials, run_search
+from trainchain.chain.training import TrialContext, TrialOutcome, run_trial
+from trainchain.core import keys
+from trainchain.core.config import base_metric
+from trainchain.core.errors import Busy
+from trainchain.core.progress import TuneDisplay
+from trainchain.core.report import ChainReport, TrialSummary
+from trainchain.core.space import fit_to_space
+from trainchain.core.status import RunState
+from trainchain.core.verdict import (
+    ACCURACY_LIKE,
+    Confirmation,
+    Estimate,
+    binomial_interval,
+    confirm,
+)
+from trainchain.executors import Executor
+
+log = logging.getLogger(__name__)
+
+FINISHED_ATTR = "finished"
+PARENT_ATTR = "mlflow_parent_run_id"
+ELAPSED_ATTR = "elapsed_s"
+WARM_NOTE_ATTR = "warm_start_note"
+
+
+def model_lock(locks: Path, name: str, wait: float = 0.0) -> AbstractContextManager[None]:
+    """One chain at a time per model: a second one waits up to ``wait`` seconds, then is
+    refused; never interleaved."""
+    path = locks / f"{name}.lock"
+    waited = f" after waiting {wait:.0f} s" if wait > 0 else ""
+    return flock_within(
+        path,
+        wait,
+        lambda: Busy(
+            f"another trainchain process is tuning {name} (lock {path} is held){waited}",
+            hint="wait for it to finish (--wait-lock SECONDS waits), or stop it; the study "
+            "resumes where it stopped",
+        ),
+        poll_s=1.0,
+    )
+
+
+def _state(trial: Any) -> str:
+    return str(trial.state.name)
+
+
+def _open(prep: Prepared, name: str) -> Any:
+    model = prep.loaded.model
+    return open_study(
+        prep.settings.study_storage,
+        name,
+        model.goal.direction,
+        model.budget.seed,
+        pruner=make_pruner(model.pruning),
+        max_trials=model.budget.max_trials,
+        startup=model.budget.startup_trials,
+    )
+
+
+def choose_study(prep: Prepared) -> tuple[str, bool]:
+    """The study to use: the newest of this code/data/goal if unfinished, else a new one."""
+    base = prep.study_base()
+    storage = prep.settings.study_storage
+    existing = [n for n in study_names(storage) if n == base or n.startswith(base + "-r")]
+    if not existing:
+        return base, False
+    newest = max(existing, key=lambda n: int(n.rsplit("-r", 1)[1]) if n != base else 1)
+    if FINISHED_ATTR not in _open(prep, newest).user_attrs:
+        return newest, True
+    index = int(newest.rsplit("-r", 1)[1]) + 1 if newest != base else 2
+    return f"{base}-r{index}", False
+
+
+def _champion_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str] | None:
+    """The champion's parameters fitted to this space, or None when there is no champion
+    (a registry that cannot answer raises: an outage is not "no champion")."""
+    model = prep.loaded.model
+    version = tracker.alias_version(model.name, CHAMPION)
+    if version is None:
+        return None
+    run_id = tracker.version_run_id(model.name, version)
+    if not run_id:
+        return None
+    _, _, tags = tracker.run_data(run_id)
+    champion = fit_to_space(model, json.loads(tags.get(keys.PARAMS, "{}")))
+    if champion is None:
+        return None
+    return champion, f"parameters of champion v{version}"
+
+
+def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> list[int]:
+    """Trials left RUNNING by a killed process: mark them failed and enqueue them again;
+    their MLflow runs (and a confirmation's) are marked interrupted."""
+    from optuna.trial import TrialState
+
+    retried = []
+    for t in study.trials:
+        if _state(t) != "RUNNING":
+            continue
+        key = t.user_attrs.get("checkpoint_key", t.number)
+        study.tell(t.number, state=TrialState.FAIL)
+        study.enqueue_trial(
+            dict(t.params), user_attrs={RETRY_ATTR: t.number, "checkpoint_key": key}
+        )
+        retried.append(t.number)
+    # the runs of interrupted trials, and of a confirmation that was running (it is run
+    # again: its candidate has no recorded confirmation yet)
+    runs = tracker.client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        tracker.log(run.info.run_id, tags={keys.STATUS: "interrupted"})
+        tracker.finish(run.info.run_id, ok=False)
+    return retried
+
+
+def _summaries(search: Search) -> tuple[TrialSummary, ...]:
+    own = search.own_trials()
+    retried = {t.user_attrs.get(RETRY_ATTR): t.number for t in own}
+    out = []
+    for t in own:
+        state = _state(t)
+        if state in {"RUNNING", "WAITING"}:
+            continue
+        if t.number in retried and retried[t.number] is not None:
+            state = "INTERRUPTED"
+        duration = t.duration.total_seconds() if t.duration is not None else None
+        estimate = search.estimate_of(t)
+        out.append(
+            TrialSummary(
+                number=t.number,
+                state=state,
+                # a pruned trial's value is its last reported one (Optuna keeps it)
+                value=t.value if state in {"COMPLETE", "PRUNED"} else None,
+                params=dict(t.params),
+                test_value=t.user_attrs.get("test_value"),
+                run_id=t.user_attrs.get("mlflow_run_id"),
+                duration_s=duration,
+                folds=estimate.folds if estimate is not None and state == "COMPLETE" else (),
+                note=str(t.user_attrs.get("note", "")),
+            )
+        )
+    return tuple(out)
+
+
+class _Session:
+    """One invocation of tune on one study: its state between trials."""
+
+    def __init__(
+        self, prep: Prepared, executor: Executor, display: TuneDisplay, stream_logs: bool
+    ) -> None:
+        self.prep = prep
+        self.model = prep.loaded.model
+        self.goal = self.model.goal
+        self.display = display
+        self.stream_logs = stream_logs
+        self.executor = executor
+        self.tracker = Tracker(prep.settings.tracking_uri, prep.settings.artifacts)
+        self.failures = 0
+        self.error: str | None = None
+        self.last_tail = ""
+        self.started = time.monotonic()
+
+    def open(self) -> None:
+        """Open (or create) the study and its parent run; recover interrupted trials."""
+        prep, model, goal = self.prep, self.model, self.goal
+        self.chain_id, resumed = choose_study(prep)
+        self.study = _open(prep, self.chain_id)
+        self.search = Search(self.study, model)
+        experiment_id = self.tracker.experiment_id(model.name)
+        parent = self.study.user_attrs.get(PARENT_ATTR)
+        if parent:
+            self.tracker.reopen(parent)
+        else:
+            parent = self.tracker.start_run(
+                experiment_id,
+                f"chain {self.chain_id}",
+                prep.lineage.tags() | {keys.CHAIN: self.chain_id},
+            )
+            self.tracker.log(
+                parent,
+                params={
+                    "goal_metric": goal.val_metric,
+                    "goal_threshold": goal.threshold,
+                    "max_trials": model.budget.max_trials,
+                    "seed": model.budget.seed,
+                    "validation": json.dumps(self.search.search_plan(), sort_keys=True),
+                },
+            )
+            self.study.set_user_attr(PARENT_ATTR, parent)
+        self.parent: str = parent
+        retried = _recover(self.study, self.tracker, experiment_id, parent)
+        self.display.start(self.chain_id, resumed, self.search.used(), model.budget.max_trials)
+        if not self.study.trials:
+            self._first_trials()
+        for number in retried:
+            self.display.note(
+                f"  trial {number} was interrupted: it is retried with its "
+                "parameters and checkpoints"
+            )
+        self.elapsed_before = float(self.study.user_attrs.get(ELAPSED_ATTR, 0.0))
+        self.ctx = TrialContext(
+            loaded=prep.loaded,
+            settings=prep.settings,
+            tracker=self.tracker,
+            executor=self.executor,
+            lineage=prep.lineage,
+            chain_id=self.chain_id,
+            experiment_id=experiment_id,
+            data_dir=prep.data_dir,
+            val_metric=goal.val_metric,
+            parent_run_id=parent,
+        )
+
+    def _first_trials(self) -> None:
+        """A new study: say whose it is, start from the model's earlier studies (warm
+        start), and enqueue the first trials (``trainchain.chain.search.first_trials``)."""
+        model = self.model
+        mark_study(self.study, model, self.prep.lineage.commit)
+        earlier: list[EarlierTrial] = []
+        if model.warm_start.enabled:
+            earlier = earlier_trials(
+                self.prep.settings.study_storage,
+                model,
+                exclude={self.chain_id},
+                limit=model.warm_start.max_trials,
+            )
+        if earlier:
+            added = add_warm_trials(self.study, model, earlier)
+            commits = sorted({e.commit[:12] for e in earlier if e.commit})
+            studies = len({e.study for e in earlier})
+            note = (
+                f"{added} finished trials of {studies} earlier "
+                f"stud{'y' if studies == 1 else 'ies'} of {model.name} (commits "
+                f"{', '.join(commits) or 'unknown'})"
+            )
+            self.study.set_user_attr(WARM_NOTE_ATTR, note)
+            self.display.note(f"  warm start: the sampler starts from {note}")
+        first = first_trials(
+            model, champion=_champion_params(self.prep, self.tracker), earlier=earlier
+        )
+        for params, source in first:
+            self.study.enqueue_trial(params, user_attrs={"source": source})
+        sources = list(dict.fromkeys(source for _, source in first))
+        uses = "s use" if len(first) > 1 else " uses"
+        self.display.note(f"  the first trial{uses} the " + " and ".join(sources))
+
+    @property
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def stop_reason(self) -> str | None:
+        return self.search.stop_reason(failures=self.failures, elapsed=self.elapsed)
+
+    def run_one(self) -> None:
+        from optuna.trial import TrialState
+
+        goal, total = self.goal, self.model.budget.max_trials
+        n = self.search.used() + 1
+        trial, params = self.search.ask()
+        key = trial.user_attrs.get("checkpoint_key", trial.number)
+        trial.set_user_attr("checkpoint_key", key)
+        self.display.trial_started(n, total, params, number=trial.number)
+
+        def on_attempt(_number: int, attempt: int) -> None:
+            if attempt > 1:
+                self.display.trial_started(n, total, params, number=trial.number, attempt=attempt)
+
+        def on_report(step: int, value: float) -> bool:
+            # called once per step, in increasing order (Optuna warns on a repeated step)
+            trial.report(value, step)
+            return self.search.prunable(step) and bool(trial.should_prune())
+
+        outcome = run_trial(
+            self.ctx,
+            trial.number,
+            params,
+            checkpoint_key=key,
+            on_line=self.display.console.print if self.stream_logs else self.display.line,
+            on_attempt=on_attempt,
+            on_report=on_report,
+            validation=self.search.search_plan(),
+        )
+        # a watchdog that gave up on the trial has already marked it failed in the study,
+        # which then refuses any change to it
+        running = self.study.trials[trial.number].state is TrialState.RUNNING
+        test_value = outcome.metrics.get(goal.test_metric)
+        if running:
+            trial.set_user_attr("mlflow_run_id", outcome.run_id)
+            if test_value is not None:
+                trial.set_user_attr("test_value", test_value)
+            if "n_test" in outcome.metrics:
+                trial.set_user_attr("test_n", int(outcome.metrics["n_test"]))
+        self.study.set_user_attr(ELAPSED_ATTR, self.elapsed)
+        self.last_tail = outcome.log_tail
+        refused = self._refused(outcome)
+        if outcome.ok and running and refused is None and outcome.estimate is not None:
+            self.search.tell_complete(trial, outcome.estimate)
+            self.failures = 0
+        elif outcome.pruned:  # not a failure: the rule stopped it
+            if running:
+                self.study.tell(trial, state=TrialState.PRUNED)
+        else:
+            error = outcome.error if refused is None else f"refused: {refused}"
+            if running:
+                if error:
+                    trial.set_user_attr("note", error[:500])
+                self.study.tell(trial, state=TrialState.FAIL)
+            self.failures += 1
+            self.error = error
+        best = self.search.best()
+        if outcome.pruned:
+            self.display.trial_pruned(
+                n,
+                total,
+                step=outcome.pruned_step,
+                value=outcome.pruned_value,
+                best=best.value if best else None,
+                best_trial=best.number if best else None,
+                rule=self.model.pruning.rule if self.model.pruning.enabled else "median",
+            )
+            return
+        ok = outcome.ok and refused is None
+        self.display.trial_finished(
+            n,
+            total,
+            value=outcome.estimate if ok else None,
+            best=best.value if best else None,
+            best_trial=best.number if best else None,
+            error=None if ok else self.error,
+            test=test_value,
+        )
+
+    def _refused(self, outcome: TrialOutcome) -> str | None:
+        """Why a finished trial's score is not the study's estimator, or None."""
+        if not outcome.ok or outcome.estimate is None:
+            return None
+        problem = self.search.check_estimate(outcome.estimate)
+        if problem is not None:
+            self.tracker.log(
+                outcome.run_id,
+                tags={keys.STATUS: "refused", keys.ERROR: problem},
+            )
+        return problem
+
+    def confirm(self, candidate: Any) -> None:
+        """Cross-validate the candidate's parameters on fresh folds and record the result."""
+        index = len(self.search.confirmations())
+        plan = self.search.confirm_plan(index)
+        alpha = self.search.confirmation_alpha()
+        estimate = self.search.estimate_of(candidate)
+        shown = estimate.describe() if estimate is not None else f"{candidate.value:.4f}"
+        self.display.note(
+            f"  confirming #{candidate.number} ({self.goal.val_metric} {shown}) on fresh "
+            f"folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
+        )
+        self.display.confirmation_started(candidate.number)
+        outcome = run_trial(
+            self.ctx,
+            candidate.number,
+            dict(candidate.params),
+            on_line=self.display.console.print if self.stream_logs else self.display.line,
+            extra_tags={
+                keys.PURPOSE: "confirm",
+                keys.CONFIRMS: str(candidate.number),
+            },
+            validation=plan,
+            label=f"confirm-{index}-trial-{candidate.number:04d}",
+        )
+        if outcome.ok and outcome.estimate is not None:
+            result = confirm(
+                self.goal,
+                candidate.number,
+                outcome.estimate,
+                search_folds_ids=self.search.search_folds_ids(),
+                folds_per_repeat=plan["folds"],
+                alpha=alpha,
+                run_id=outcome.run_id,
+            )
+        else:
+            result = Confirmation(
+                trial=candidate.number,
+                estimate=estimate or Estimate(float(candidate.value)),
+                bound=None,
+                alpha=alpha,
+                confirmed=False,
+                reason=f"not confirmed: the confirmation run failed: {outcome.error}",
+                run_id=outcome.run_id,
+            )
+        self.search.record(result)
+        self.tracker.log(
+            outcome.run_id,
+            tags={keys.CONFIRMED: str(result.confirmed).lower()},
+            metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
+        )
+        self.display.confirmation(result)
+
+    def finish(self, stop_reason: str) -> ChainReport:
+        model, goal, settings = self.model, self.goal, self.prep.settings
+        search = self.search
+        best = search.best()
+        failed = self.failures >= model.budget.max_consecutive_failures
+        verdict = search.verdict(failed=failed)
+        status = {
+            "confirmed": RunState.SUCCEEDED,
+            "failed": RunState.FAILED,
+        }.get(verdict, RunState.GOAL_NOT_REACHED)
+        if status is not RunState.FAILED:  # a failed chain stays open: fixing the cause resumes it
+            self.study.set_user_attr(FINISHED_ATTR, status.value)
+        confirmed = search.confirmed()
+        self.tracker.log(
+            self.parent,
+            metrics=({"best_" + goal.val_metric: best.value} if best else {})
+            | ({"confirmation_bound": confirmed.bound} if confirmed and confirmed.bound else {}),
+            tags={
+                keys.STATUS: status.value,
+                keys.VERDICT: verdict,
+                keys.STOP_REASON: stop_reason,
+            },
+        )
+        self.tracker.finish(self.parent, ok=status is RunState.SUCCEEDED)
+        self.display.note(f"tune: {stop_reason}")
+        test_value = best.user_attrs.get("test_value") if best else None
+        test_n = best.user_attrs.get("test_n") if best else None
+        report = ChainReport(
+            chain_id=self.chain_id,
+            model_name=model.name,
+            repository=self.prep.lineage.repository,
+            commit=self.prep.lineage.commit,
+            goal_metric=goal.val_metric,
+            threshold=goal.threshold,
+            direction=goal.direction.value,
+            status=status,
+            max_trials=model.budget.max_trials,
+            promotion_margin=model.promotion.margin,
+            promotion_alpha=model.promotion.alpha,
+            trials=_summaries(search),
+            best_trial=best.number if best else None,
+            best_value=best.value if best else None,
+            best_test_value=test_value,
+            best_test_n=test_n,
+            best_test_interval=_test_interval(goal.test_metric, test_value, test_n),
+            best_params=dict(best.params) if best else {},
+            best_run_id=best.user_attrs.get("mlflow_run_id") if best else None,
+            tracking_uri=settings.tracking_uri,
+            parent_run_id=self.parent,
+            family=self.prep.detection.family,
+            image=self.prep.lineage.image,
+            executor=self.executor.name,
+            error=f"{self.failures} trials in a row failed; last: {self.error}" if failed else None,
+            log_tail=self.last_tail if status is not RunState.SUCCEEDED else "",
+            recipients=model.notify.to,
+            jenkins_build_url=settings.jenkins_build_url,
+            elapsed_s=self.elapsed,
+            verdict=verdict,
+            confirmations=tuple(search.confirmations()),
+            confirmation_alpha=model.confirmation.alpha,
+            warm_start=str(self.study.user_attrs.get(WARM_NOTE_ATTR, "")),
+        )
+        save_report(settings.chains_dir, report, self.tracker)
+        return report
+
+
+def _test_interval(
+    test_metric: str, value: float | None, n: int | None
+) -> tuple[float, float] | None:
+    """The 95% exact interval of a held-out accuracy of ``n`` examples."""
+    if value is None or not n or base_metric(test_metric) not in ACCURACY_LIKE:
+        return None
+    return binomial_interval(round(value * n), int(n))
+
+
+def tune(
+    prep: Prepared,
+    executor: Executor,
+    *,
+    display: TuneDisplay | None = None,
+    stream_logs: bool = False,
+    wait_lock: float = 0.0,
+) -> ChainReport:
+    """Tune ``prep``'s model until a confirmed goal or the end of the budget; return the
+    chain report."""
+    display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
+    session = _Session(prep, executor, display, stream_logs)
+    with (
+        model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock),
+        storage_errors(prep.settings.study_storage, "tuning"),
+    ):
+        session.open()
+        try:
+            reason = run_search(
+                session.search,
+                run_one=session.run_one,
+                confirm_one=session.confirm,
+                stop_reason=session.stop_reason,
+            )
+        finally:
+            session.display.close()
+        return session.finish(reason)
+
+
+REPORT_ARTIFACT = "chain-report.json"
+
+
+def save_report(chains_dir: Path, report: ChainReport, tracker: Tracker | None = None) -> Path:
+    """Write the report under ``chains_dir`` and, with a tracker, into the chain's MLflow run,
+    so that a job on another machine sharing the tracking server can read it."""
+    path = report.save(chains_dir / f"{report.chain_id}.json")
+    (chains_dir / f"{report.model_name}.latest").write_text(report.chain_id, encoding="utf-8")
+    if tracker is not None and report.parent_run_id:
+        tracker.save_text(report.parent_run_id, report.to_json(), REPORT_ARTIFACT)
+    return path
+
+
+def load_report(chains_dir: Path, chain_id: str, tracker: Tracker) -> ChainReport:
+    """Chain ``chain_id``'s report: this machine's copy, else the one in MLflow."""
+    from trainchain.core.errors import ConfigError, NotInStore
+
+    path = chains_dir / f"{chain_id}.json"
+    if path.exists():
+        return ChainReport.load(path)
+    run_id = tracker.find_chain_run(chain_id)
+    if run_id is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                local = tracker.download(run_id, REPORT_ARTIFACT, Path(tmp))
+            except NotInStore as err:  # the run exists but its report was never written
+                raise ConfigError(
+                    f"chain {chain_id!r} (MLflow run {run_id}) has no {REPORT_ARTIFACT}: "
+                    f"{err.message}",
+                    hint="the chain's tune job stopped before it finished; see its log",
+                ) from err
+            return ChainReport.load(local)
+    raise ConfigError(
+        f"no chain {chain_id!r}: not under {chains_dir} and not in MLflow at {tracker.shown_uri}",
+        hint="chain ids are printed by `trainchain tune` and named in each email; on another "
+        "machine, point TRAINCHAIN_TRACKING_URI at the tracking server the chain used",
+    )
+
+
+def latest_report(chains_dir: Path, model_name: str | None = None) -> ChainReport:
+    from trainchain.core.errors import ConfigError
+
+    if model_name:
+        pointer = chains_dir / f"{model_name}.latest"
+        if not pointer.exists():
+            raise ConfigError(
+                f"no chain has run for model {model_name!r} under {chains_dir.parent}",
+                hint="run `trainchain tune PATH` or `trainchain run PATH` first",
+            )
+        return ChainReport.load(chains_dir / f"{pointer.read_text().strip()}.json")
+    reports = sorted(chains_dir.glob("*.json"), key=lambda p: p.stat().st_mtime)
+    if not reports:
+        raise ConfigError(
+            f"no chain report under {chains_dir}",
+            hint="run `trainchain tune PATH` or `trainchain run PATH` first",
+        )
+    return ChainReport.load(reports[-1])

@@ -1,0 +1,175 @@
+"""`trainchain serve`: the registry's champion over HTTP, under gunicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainchain.core.errors import ConfigError
+
+MODEL_ENV = "TRAINCHAIN_SERVE_MODEL"
+METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def _out(text: str) -> None:
+    print(text, flush=True)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {text!r}") from None
+    if not 0 <= port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {port}")
+    return port
+
+
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of processes >= 1, got {text!r}"
+        ) from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of processes >= 1, got {n}")
+    return n
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    from trainchain.core.settings import for_command
+    from trainchain.core.sizes import human_size, parse_size
+    from trainchain.serving.config import MIN_BODY, ServeConfig
+
+    model = args.model or os.environ.get(MODEL_ENV, "").strip()
+    if not model:
+        raise ConfigError(
+            "no model to serve: --model is not given and TRAINCHAIN_SERVE_MODEL is not set",
+            hint="pass --model NAME (a registered model; `trainchain models NAME` lists its "
+            "versions) or set TRAINCHAIN_SERVE_MODEL",
+        )
+    settings = for_command(args.home)
+    master = os.getpid()
+    # until gunicorn installs its own handlers, SIGTERM still runs the clean-up below
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    run_dir = Path(tempfile.mkdtemp(prefix="trainchain-serve-"))
+    try:
+        metrics_dir = run_dir / "prometheus"
+        metrics_dir.mkdir()
+        # prometheus_client picks its multiprocess mode when imported: before any import
+        os.environ[METRICS_ENV] = str(metrics_dir)
+        config = ServeConfig.from_settings(
+            settings,
+            model,
+            reload_interval=args.reload_interval,
+            canary_share=args.canary_share,
+            shadow=args.shadow,
+            max_body=parse_size(args.max_body, at_least=MIN_BODY),
+            workdir=run_dir / "models",
+            metrics_dir=metrics_dir,
+        )
+        if not args.quiet:
+            logging.getLogger("trainchain.serving").setLevel(logging.INFO)
+        from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
+        from trainchain.serving.server import run
+
+        tracker = Tracker(settings.tracking_uri, settings.artifacts)
+        champion = tracker.alias_version(model, CHAMPION)
+        host = f"[{args.host}]" if ":" in args.host else args.host
+        _out(f"serving:   {model} at http://{host}:{args.port} ({args.workers} worker(s))")
+        if champion is None:
+            _out(
+                f"champion:  none yet in {settings.tracking_uri}; /health answers 503 until "
+                f"{model}@champion exists (checked every {args.reload_interval:g} s)"
+            )
+        else:
+            _out(
+                f"champion:  {model} v{champion} (reloaded when the alias moves, checked "
+                f"every {args.reload_interval:g} s)"
+            )
+        if config.uses_challenger:
+            challenger = tracker.alias_version(model, CHALLENGER)
+            mode = (
+                f"canary {config.canary_share:.0%} of requests"
+                if config.canary_share
+                else "shadow (compared, never answers)"
+            )
+            _out(
+                f"challenger: v{challenger} - {mode}"
+                if challenger
+                else f"challenger: none yet - {mode} once {model}@challenger exists"
+            )
+        _out(
+            f"limits:    body {human_size(config.max_body)}, {config.max_epochs} epochs, "
+            f"{config.max_image_pixels} pixels per request"
+        )
+        sys.stdout.flush()
+        return run(config, args.host, args.port, args.workers)
+    finally:
+        # gunicorn's workers are forks of this process: only the master cleans up
+        if os.getpid() == master:
+            os.environ.pop(METRICS_ENV, None)
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def register(
+    add: Callable[[str, Any, str], argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    sp = add(
+        "serve",
+        cmd_serve,
+        "serve the registry's champion over HTTP: /classify (EEG), /predict (images), "
+        "/health, /model, /metrics, /openapi.json",
+    )
+    sp.add_argument(
+        "--model",
+        metavar="NAME",
+        help=f"the registered model to serve (default: ${MODEL_ENV})",
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    sp.add_argument("--port", type=_port, default=5005, help="port (default: 5005)")
+    sp.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="worker processes, each with its own copy of the model (default: 1)",
+    )
+    sp.add_argument(
+        "--reload-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how often to check the registry's aliases; a moved alias is loaded and swapped "
+        "in without failing a request (default: 5)",
+    )
+    sp.add_argument(
+        "--canary-share",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of requests (0..1) the challenger answers (default: 0)",
+    )
+    sp.add_argument(
+        "--shadow",
+        action="store_true",
+        help="also send every request to the challenger, log and count whether it agrees; "
+        "the champion always answers",
+    )
+    sp.add_argument(
+        "--max-body",
+        default="16MiB",
+        metavar="SIZE",
+        help="largest request body, e.g. 16MiB, 512K (K, M, G are powers of 1024; "
+        "default: 16MiB); larger ones get 413",
+    )

@@ -1,0 +1,3 @@
+"""The script-side contract shipped in the training images (stdlib only): what a training
+script reads and writes.
+"""

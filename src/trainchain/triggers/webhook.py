@@ -1,0 +1,454 @@
+"""GitHub push webhooks without Jenkins: the server behind `trainchain hooks serve`.
+
+GitHub POSTs each push to ``/`` (or ``/github-webhook/``, Jenkins' path, so one GitHub
+setting serves both) signed with the shared secret (``X-Hub-Signature-256``). A signed
+push to a watched branch becomes a run in the one trigger queue
+(:mod:`trainchain.trigger_queue`), the one the post-receive hook uses: one chain at a time
+per repository, each run by a detached drainer in its own process (:mod:`trainchain.hooks`),
+so a crashing chain never takes the server down, a chain still running at shutdown
+finishes and records its outcome on its own, and a run queued when the server was killed
+is drained when it starts again.
+
+The decisions (is the signature right, is this a push to run) are plain functions;
+:class:`WebhookApp` answers requests without any socket; :func:`create_app` makes it a
+Flask app, run under gunicorn (:func:`trainchain.serving.server.run_embedded`) with a
+bounded number of workers and threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from pathlib import Path
+from typing import IO, Any
+
+from flask import Flask, request
+from flask import Response as FlaskResponse
+from werkzeug.exceptions import HTTPException
+
+from trainchain import __version__
+from trainchain.core.errors import ConfigError
+from trainchain.triggers.hooks import (
+    ZERO_SHA,
+    child_env,
+    dispatch,
+    enqueue,
+)
+from trainchain.triggers.queue import (
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_RUN_TIMEOUT_S,
+    AlreadyReceived,
+    HookPaths,
+    QueueFull,
+    RunRequest,
+    RunStatus,
+    TriggerQueue,
+    check_max_queue,
+)
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATHS = frozenset({"/", "/github-webhook/", "/github-webhook"})
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+DEFAULT_MAX_BODY = 5 << 20  # GitHub caps payloads at 25 MB; pushes are far smaller
+MAX_BODY_LIMIT = 100 << 20
+DEFAULT_SHUTDOWN_WAIT_S = 30.0
+DEFAULT_WORKERS = 2
+MAX_WORKERS = 16
+THREADS = 4  # per worker: at most workers x threads deliveries are answered at once
+MAX_CONNECTIONS = 100  # per worker; more wait in the listen backlog
+GRACEFUL_TIMEOUT_S = 20
+WORKER_TIMEOUT_S = 60  # a worker stuck this long (a client that stops sending) is restarted
+STOP_POLL_S = 0.5
+EXTENSION = "trainchain-hooks"
+_SHA40 = re.compile(r"^[0-9a-f]{40}$")
+_DELIVERY = re.compile(r"^[A-Za-z0-9._-]{1,100}$")
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    secret: bytes = field(repr=False)  # never in repr, logs or messages
+    host: str = "127.0.0.1"
+    port: int = 8088
+    branches: tuple[str, ...] = ()  # empty: each repository's default branch
+    executor: str | None = None
+    data: str | None = None
+    max_queue: int = DEFAULT_MAX_QUEUE
+    max_body: int = DEFAULT_MAX_BODY
+    run_timeout: float = DEFAULT_RUN_TIMEOUT_S
+    shutdown_wait: float = DEFAULT_SHUTDOWN_WAIT_S
+    workers: int = DEFAULT_WORKERS
+
+    def __post_init__(self) -> None:
+        if not self.secret:
+            raise ConfigError(
+                "the webhook secret is empty",
+                hint="set TRAINCHAIN_WEBHOOK_SECRET to the secret of the GitHub webhook",
+            )
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range: expected 0-65535")
+        check_max_queue(self.max_queue)
+        if not 0 < self.max_body <= MAX_BODY_LIMIT:
+            raise ConfigError(
+                f"a body limit of {self.max_body} bytes is out of range: "
+                f"expected 1 to {MAX_BODY_LIMIT} (100 MiB)"
+            )
+        if not 0 <= self.shutdown_wait <= 3600:
+            raise ConfigError(
+                f"shutdown wait {self.shutdown_wait:g} s is out of range: expected 0 to 3600 s"
+            )
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise ConfigError(
+                f"{self.workers} workers is out of range: expected 1 to {MAX_WORKERS}"
+            )
+
+
+# ---- decisions --------------------------------------------------------------------
+def sign(secret: bytes, body: bytes) -> str:
+    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def signature_problem(secret: bytes, body: bytes, header: str | None) -> str | None:
+    """None when ``header`` signs ``body`` with ``secret``; else what is wrong with it."""
+    if not header:
+        return f"no {SIGNATURE_HEADER} header: the webhook has no secret set"
+    if not header.startswith("sha256="):
+        return f"{SIGNATURE_HEADER} is not sha256=<hex>"
+    if not hmac.compare_digest(header.encode(), sign(secret, body).encode()):
+        return f"{SIGNATURE_HEADER} does not match the body: the secrets differ"
+    return None
+
+
+class BadPayload(ValueError):
+    """The push payload lacks a field trainchain needs."""
+
+
+@dataclass(frozen=True)
+class Push:
+    repository: str  # repository.clone_url
+    name: str  # repository.full_name
+    branch: str
+    commit: str
+
+
+@dataclass(frozen=True)
+class Ignore:
+    reason: str
+
+
+def _field(data: Mapping[str, Any], path: str) -> Any:
+    value: Any = data
+    for part in path.split("."):
+        if not isinstance(value, Mapping) or part not in value:
+            raise BadPayload(f"the push payload has no {path}")
+        value = value[part]
+    return value
+
+
+def _text(data: Mapping[str, Any], path: str) -> str:
+    value = _field(data, path)
+    if not isinstance(value, str) or not value:
+        raise BadPayload(f"the push payload's {path} is not a string: {value!r}")
+    return value
+
+
+def describe(payload: Any) -> str:
+    """``<repository> <branch> <sha12>`` of a push payload, as far as it has them."""
+    if not isinstance(payload, Mapping):
+        return "-"
+    repo = payload.get("repository")
+    parts = [
+        repo.get("full_name") if isinstance(repo, Mapping) else None,
+        payload.get("ref"),
+        payload.get("after"),
+    ]
+    texts = [p if isinstance(p, str) else "?" for p in parts]
+    return f"{texts[0]} {texts[1].removeprefix('refs/heads/')} {texts[2][:12]}"
+
+
+def read_push(payload: Any, branches: tuple[str, ...]) -> Push | Ignore:
+    """A push event's payload: the run it asks for, or why it asks for none."""
+    if not isinstance(payload, Mapping):
+        raise BadPayload("the push payload is not a JSON object")
+    ref = _text(payload, "ref")
+    name = _text(payload, "repository.full_name")
+    if not ref.startswith("refs/heads/"):
+        return Ignore(f"{ref} is not a branch")
+    branch = ref.removeprefix("refs/heads/")
+    after = _text(payload, "after")
+    if payload.get("deleted") is True or after == ZERO_SHA:
+        return Ignore(f"branch {branch} was deleted")
+    watched = branches or (_text(payload, "repository.default_branch"),)
+    if branch not in watched:
+        return Ignore(f"branch {branch} is not watched")
+    if not _SHA40.match(after):
+        raise BadPayload(f"the push payload's after is not a commit sha: {after!r}")
+    clone_url = _text(payload, "repository.clone_url")
+    if clone_url.startswith("-"):
+        raise BadPayload(f"the push payload's repository.clone_url is not a URL: {clone_url!r}")
+    return Push(repository=clone_url, name=name, branch=branch, commit=after)
+
+
+# ---- runs -----------------------------------------------------------------------------
+class WebhookRuns:
+    """The webhook's side of the trigger queue: queue a push and start its drainer; at a
+    graceful stop, cancel the runs still waiting and wait a bounded time for running ones."""
+
+    def __init__(
+        self,
+        paths: HookPaths,
+        *,
+        home: Path,
+        python: str,
+        env: Mapping[str, str],
+        max_queue: int = DEFAULT_MAX_QUEUE,
+    ) -> None:
+        self.paths = paths
+        self.home = home
+        self.python = python
+        self.env = child_env(env, home)
+        self.max_queue = check_max_queue(max_queue)
+        self.queue = TriggerQueue(paths)
+
+    def submit(self, request: RunRequest) -> tuple[RunStatus, int]:
+        """Queue a run (QueueFull, AlreadyReceived); (its status, runs ahead of it)."""
+        return enqueue(
+            self.paths,
+            request,
+            max_queue=self.max_queue,
+            python=self.python,
+            env=self.env,
+            home=self.home,
+            full_hint="redeliver the push from GitHub once some have run, or restart "
+            "`trainchain hooks serve` with a larger --max-queue",
+        )
+
+    def resume(self) -> list[str]:
+        """At start-up: settle what killed drainers left, start drainers for queued runs."""
+        done = self.queue.reconcile()
+        started = dispatch(self.queue, python=self.python, env=self.env, home=self.home)
+        if started:
+            done.append(f"started {started} drainer(s) for runs left queued")
+        return done
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        return self.queue.snapshot()
+
+    def close(self, wait_s: float) -> list[str]:
+        """Cancel the waiting webhook runs, wait up to ``wait_s`` for the running ones; what
+        was left running."""
+        for status in self.queue.cancel_queued(
+            "webhook", "the server stopped before the run started; push again"
+        ):
+            log.warning("run %s cancelled: the server is stopping", status.run_id)
+        deadline = time.monotonic() + wait_s
+        while (running := self.queue.running("webhook")) and time.monotonic() < deadline:
+            time.sleep(min(STOP_POLL_S, max(deadline - time.monotonic(), 0.0)))
+        return [
+            f"run {status.run_id} left running (pid {pid if pid else '?'}); its status "
+            f"file will show how it ends: {self.paths.status(status.run_id)}"
+            for status, pid in running
+        ]
+
+
+# ---- answering requests ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Response:
+    status: int
+    body: dict[str, Any]
+
+
+class WebhookApp:
+    """Answers webhook deliveries and status requests; no sockets."""
+
+    def __init__(self, config: WebhookConfig, runs: WebhookRuns) -> None:
+        self.config = config
+        self.runs = runs
+
+    def receive(  # noqa: PLR0911 - one return per answer, in the order of the checks
+        self, headers: Mapping[str, str], body: bytes, peer: str = ""
+    ) -> Response:
+        """One POSTed delivery (``headers``' names in lower case), logged in one line."""
+        event = headers.get("x-github-event") or ""
+        delivery = headers.get("x-github-delivery") or ""
+        signature = headers.get(SIGNATURE_HEADER.lower())
+        problem = signature_problem(self.config.secret, body, signature)
+        if problem is not None:
+            return self._answer(headers, peer, "-", HTTPStatus.UNAUTHORIZED, {"error": problem})
+        try:
+            payload = json.loads(body)
+        except ValueError as err:
+            error = {"error": f"the body is not JSON: {err}"}
+            return self._answer(headers, peer, "-", HTTPStatus.BAD_REQUEST, error)
+        where = describe(payload)
+        if event == "ping":
+            return self._answer(headers, peer, where, HTTPStatus.OK, {"pong": True})
+        if event != "push":
+            ignored = {"ignored": f"event {event or '(none)'}"}
+            return self._answer(headers, peer, where, HTTPStatus.ACCEPTED, ignored)
+        if not _DELIVERY.match(delivery):
+            error = {"error": "no X-GitHub-Delivery header (GitHub sends a unique id with each)"}
+            return self._answer(headers, peer, where, HTTPStatus.BAD_REQUEST, error)
+        try:
+            decision = read_push(payload, self.config.branches)
+        except BadPayload as err:
+            return self._answer(headers, peer, where, HTTPStatus.BAD_REQUEST, {"error": str(err)})
+        replay = {"ignored": f"delivery {delivery} was already received"}
+        if isinstance(decision, Ignore):
+            if not self.runs.queue.remember(delivery):
+                return self._answer(headers, peer, where, HTTPStatus.OK, replay)
+            ignored = {"ignored": decision.reason}
+            return self._answer(headers, peer, where, HTTPStatus.ACCEPTED, ignored)
+        try:
+            code, answer = self._queue(delivery, decision)
+        except AlreadyReceived:
+            code, answer = HTTPStatus.OK, replay
+        return self._answer(headers, peer, where, code, answer)
+
+    def refuse(self, headers: Mapping[str, str], code: int, error: str, peer: str = "") -> Response:
+        """A delivery refused before its body is read (no length, too long)."""
+        return self._answer(headers, peer, "-", code, {"error": error})
+
+    def _queue(self, delivery: str, push: Push) -> tuple[int, dict[str, Any]]:
+        request = RunRequest(
+            repository=push.repository,
+            commit=push.commit,
+            branch=push.branch,
+            trigger="webhook",
+            delivery=delivery,
+            executor=self.config.executor,
+            data=self.config.data,
+            run_timeout=self.config.run_timeout,
+        )
+        try:
+            status, ahead = self.runs.submit(request)
+        except QueueFull as err:
+            return HTTPStatus.SERVICE_UNAVAILABLE, {"error": err.message, "hint": err.hint}
+        return HTTPStatus.ACCEPTED, {
+            "run_id": status.run_id,
+            "repository": push.repository,
+            "commit": push.commit,
+            "queued_behind": ahead,
+            "log": status.log,
+            "status": f"/runs/{status.run_id}",
+        }
+
+    def _answer(
+        self, headers: Mapping[str, str], peer: str, where: str, code: int, body: dict[str, Any]
+    ) -> Response:
+        """The answer, and its log line: event, delivery, repository, branch, sha, outcome
+        (never the secret or the signature)."""
+        delivery = headers.get("x-github-delivery") or ""
+        shown = delivery if _DELIVERY.match(delivery) else repr(delivery[:40])
+        event = headers.get("x-github-event") or "-"
+        outcome = body.get("run_id") and f"queued run {body['run_id']}"
+        outcome = outcome or body.get("ignored") or body.get("error") or "pong"
+        level = logging.WARNING if code in (401, 413, 503) else logging.INFO
+        log.log(
+            level,
+            "delivery %s: event %s from %s, %s: %d %s",
+            shown,
+            event,
+            peer or "-",
+            where,
+            code,
+            outcome,
+        )
+        return Response(code, body)
+
+    def get(self, path: str) -> Response:
+        if path == "/health":
+            return Response(
+                HTTPStatus.OK, {"ok": True, "version": __version__, "runs": self.runs.snapshot()}
+            )
+        if path.startswith("/runs/"):
+            run_id = path.removeprefix("/runs/")
+            try:
+                return Response(HTTPStatus.OK, self.runs.queue.get(run_id).to_dict())
+            except ConfigError as err:
+                return Response(HTTPStatus.NOT_FOUND, {"error": err.message})
+        return Response(
+            HTTPStatus.NOT_FOUND, {"error": f"no page {path}: try /health or /runs/<id>"}
+        )
+
+    def post(self, path: str, headers: Mapping[str, str], body: IO[bytes], peer: str) -> Response:
+        """A POST: the delivery, checked for its length before its body is read."""
+        if path not in WEBHOOK_PATHS:
+            return Response(HTTPStatus.NOT_FOUND, {"error": f"no webhook at {path}"})
+        limit = self.config.max_body
+        raw = headers.get("content-length")
+        if raw is None or not raw.isdigit():
+            error = "send a Content-Length header"
+            return self.refuse(headers, HTTPStatus.LENGTH_REQUIRED, error, peer)
+        length = int(raw)
+        if length > limit:
+            # read (a bounded amount) before answering: closing on unread data resets the
+            # connection, and the sender would never see the answer
+            body.read(min(length, 4 * limit))
+            error = f"the body is {length} bytes; the limit is {limit} (--max-body)"
+            return self.refuse(headers, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, error, peer)
+        return self.receive(headers, body.read(length), peer=peer)
+
+
+def create_app(config: WebhookConfig, runs: WebhookRuns) -> Flask:
+    """The Flask app behind `trainchain hooks serve`: every path goes to :class:`WebhookApp`,
+    every answer is JSON."""
+    webhook = WebhookApp(config, runs)
+    app = Flask(__name__)
+    app.extensions[EXTENSION] = webhook
+
+    def send(response: Response, *, close: bool = False) -> FlaskResponse:
+        out = FlaskResponse(
+            json.dumps(response.body) + "\n", response.status, mimetype="application/json"
+        )
+        if close:
+            out.headers["Connection"] = "close"
+        return out
+
+    @app.route("/", defaults={"path": ""}, methods=["GET", "POST"])
+    @app.route("/<path:path>", methods=["GET", "POST"])
+    def handle(path: str) -> FlaskResponse:
+        path = request.path
+        if request.method == "GET":
+            return send(webhook.get(path))
+        headers = {name.lower(): value for name, value in request.headers.items()}
+        answer = webhook.post(path, headers, request.stream, request.remote_addr or "")
+        return send(answer, close=answer.status in (411, 413))
+
+    @app.errorhandler(HTTPException)
+    def http_error(err: HTTPException) -> FlaskResponse:
+        code = err.code or 500
+        return send(Response(code, {"error": f"{err.name}: {err.description}"}))
+
+    return app
+
+
+def gunicorn_options(config: WebhookConfig, fd: int) -> dict[str, Any]:
+    """gunicorn settings for the webhook server on the listening socket ``fd``: a bounded
+    number of workers and threads, connections and request sizes."""
+    return {
+        "bind": [f"fd://{fd}"],
+        "workers": config.workers,
+        "worker_class": "gthread",
+        "threads": THREADS,
+        "worker_connections": MAX_CONNECTIONS,
+        "preload_app": False,
+        "graceful_timeout": GRACEFUL_TIMEOUT_S,
+        "timeout": WORKER_TIMEOUT_S,
+        "keepalive": 5,
+        "limit_request_line": 4094,
+        "limit_request_fields": 100,
+        "accesslog": None,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "trainchain-hooks-serve",
+        "control_socket_disable": True,
+    }
