@@ -1,9 +1,9 @@
 """Tuning to a confirmed goal: trainchain's tuner against random search and Optuna's default
 TPE, re-tunes at a new commit with and without the warm start, and false successes.
 
-Every chain here makes the chain's own decisions (``trainchain.search``: the study's
+Every chain here makes the chain's own decisions (``trainchain.chain.search``: the study's
 estimator, the candidate, its confirmation on fresh folds, the stop rule, the first
-trials; ``trainchain.studies``: the sampler, the fold pruner, the warm start) and scores
+trials; ``trainchain.adapters.studies``: the sampler, the fold pruner, the warm start) and scores
 its trials with the example's own estimator (``validate`` of
 examples/eeg-motor-imagery/train.py, which is ``trainchain.families.eeg.cross_validate``)
 in-process, through a ``FeatureCache``: it changes no number (tests/test_eeg_family.py

@@ -6,7 +6,7 @@ container (and the replacement of a dead one), reading its state, stopping and r
 keeping its log and exit state, and streaming its log through
 :func:`trainchain.adapters.procgroup.pump`. No training policy lives here: the executor
 (:mod:`trainchain.executors.docker`) defines the container of an attempt,
-:mod:`trainchain.supervise` decides about restarts.
+:mod:`trainchain.supervise.restarts` decides about restarts.
 
 The docker SDK is imported lazily: importing this module needs no engine.
 """

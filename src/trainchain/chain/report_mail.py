@@ -1,7 +1,7 @@
 """Job 5: a chain's report as an email, sent by SMTP when configured, else kept in the outbox.
 
 Used by the chain (its outcome), ``trainchain notify`` and the give-up of a trial
-(:mod:`trainchain.giveup`)."""
+(:mod:`trainchain.chain.giveup`)."""
 
 from __future__ import annotations
 

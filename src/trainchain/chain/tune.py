@@ -3,7 +3,7 @@
 An Optuna study (multivariate TPE, its random start-up sized to the budget) in the study
 store; each trial is an MLflow child run under one parent run for the chain, scored by
 the study's estimator (the same folds for every trial). When the best trial reaches the
-goal on that validation, it is confirmed on fresh folds (``trainchain.search``); only a
+goal on that validation, it is confirmed on fresh folds (``trainchain.chain.search``); only a
 confirmed goal is "goal reached". A new study starts from the earlier studies of the
 same model (warm start). A tune started again continues the same study: finished trials
 are kept, the count goes on, and a trial that was running when the process died is

@@ -1,7 +1,7 @@
 """`trainchain hooks ...`: push triggers without Jenkins.
 
 ``hooks install`` puts a post-receive hook into a bare repository; ``hooks serve``
-receives GitHub push webhooks. Both queue runs the same way (:mod:`trainchain.hooks`):
+receives GitHub push webhooks. Both queue runs the same way (:mod:`trainchain.triggers.hooks`):
 one chain at a time per repository, each with a log and a status file under
 ``$TRAINCHAIN_HOME/hooks/runs``. This module is an entry point: it reads the
 environment (the webhook secret, JENKINS_URL) and passes it down.

@@ -3,7 +3,7 @@ trigger a build and follow it, show the jobs' last builds.
 
 The connection comes from --url, --user and --token, else from JENKINS_URL,
 JENKINS_USER and JENKINS_TOKEN, read here and nowhere else. The adapter is
-:mod:`trainchain.jenkins`; it is imported only when a jenkins command runs.
+:mod:`trainchain.adapters.jenkins`; it is imported only when a jenkins command runs.
 """
 
 from __future__ import annotations

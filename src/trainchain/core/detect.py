@@ -1,6 +1,6 @@
 """Job 2: read the model code, decide the model family and the training image.
 
-Pure logic: stdlib and :mod:`trainchain.config` only. Matching is by code, never by
+Pure logic: stdlib and :mod:`trainchain.core.config` only. Matching is by code, never by
 text: every ``.py`` file and every code cell of every notebook is parsed with
 :mod:`ast`, and only imports, names and attributes count. A comment or a string
 that says ``Conv2D`` is not evidence.

@@ -3,7 +3,7 @@
 :func:`render` turns a :class:`~trainchain.core.report.ChainReport` into an
 :class:`email.message.EmailMessage`: a plain-text body, an HTML alternative,
 and the metric plot attached as ``metric-per-trial.png`` when one is given.
-Sending or keeping the message is :mod:`trainchain.mailer`'s job.
+Sending or keeping the message is :mod:`trainchain.adapters.mailer`'s job.
 
 The renderer never sees SMTP settings, so it cannot leak the SMTP password;
 credentials embedded in URLs (``scheme://user:password@host``) anywhere in the

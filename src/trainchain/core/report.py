@@ -73,7 +73,7 @@ class ChainReport:
     recipients: tuple[str, ...] = ()
     jenkins_build_url: str | None = None
     elapsed_s: float = 0.0
-    # confirmed | search_only | not_reached | failed (trainchain.verdict)
+    # confirmed | search_only | not_reached | failed (trainchain.core.verdict)
     verdict: str = ""
     confirmations: tuple[Confirmation, ...] = ()
     confirmation_alpha: float = 0.05

@@ -13,8 +13,8 @@ image, mounts, checkpoint folder and environment, ``TRAINCHAIN_ATTEMPT`` + 1),
 by whoever claims it first: :meth:`DockerExecutor.run` for its own trial, or a
 ``trainchain watchdog``. ``run`` follows the trial through its restarts and
 returns one result for it. This module turns an attempt's spec into a container;
-the container primitives are in :mod:`trainchain.containers`, the restart policy,
-the claim and the following of a trial in :mod:`trainchain.supervise`.
+the container primitives are in :mod:`trainchain.adapters.containers`, the restart policy,
+the claim and the following of a trial in :mod:`trainchain.supervise.restarts`.
 
 The docker SDK is imported lazily: importing this module needs no engine.
 """

@@ -2,7 +2,7 @@
 
 :class:`Watchdog` scans the containers labelled ``trainchain.managed=true`` on every
 Docker ``die``/``oom`` event and on an interval, and acts on each through
-:mod:`trainchain.supervise` (the decision, the claim, the restart or give-up), the same
+:mod:`trainchain.supervise.restarts` (the decision, the claim, the restart or give-up), the same
 code the Docker executor uses for its own trial. It never touches a container without
 trainchain labels.
 """

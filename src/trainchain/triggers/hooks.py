@@ -1,8 +1,8 @@
 """Triggers without Jenkins: the post-receive hook, and the drainers that run queued runs.
 
 A trigger (the post-receive hook of a bare repository, or the GitHub webhook server of
-:mod:`trainchain.webhook`) turns a pushed commit into a *run* queued in the one trigger
-queue (:mod:`trainchain.trigger_queue`, SQLite under ``$TRAINCHAIN_HOME/hooks``), then
+:mod:`trainchain.triggers.webhook`) turns a pushed commit into a *run* queued in the one trigger
+queue (:mod:`trainchain.triggers.queue`, SQLite under ``$TRAINCHAIN_HOME/hooks``), then
 starts a detached *drainer* (`trainchain hooks drain`) for each repository it could claim,
 so the push (or the delivery) is answered at once. A drainer runs its repository's
 queued runs oldest first, each as ``trainchain run <repository> --ref <sha>`` in its own

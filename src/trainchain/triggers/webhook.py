@@ -3,11 +3,11 @@
 GitHub POSTs each push to ``/`` (or ``/github-webhook/``, Jenkins' path, so one GitHub
 setting serves both) signed with the shared secret (``X-Hub-Signature-256``). A signed
 push to a watched branch becomes a run in the one trigger queue
-(:mod:`trainchain.trigger_queue`), the one the post-receive hook uses: one chain at a time
-per repository, each run by a detached drainer in its own process (:mod:`trainchain.hooks`),
-so a crashing chain never takes the server down, a chain still running at shutdown
-finishes and records its outcome on its own, and a run queued when the server was killed
-is drained when it starts again.
+(:mod:`trainchain.triggers.queue`), the one the post-receive hook uses: one chain at a time
+per repository, each run by a detached drainer in its own process
+(:mod:`trainchain.triggers.hooks`), so a crashing chain never takes the server down, a
+chain still running at shutdown finishes and records its outcome on its own, and a run
+queued when the server was killed is drained when it starts again.
 
 The decisions (is the signature right, is this a push to run) are plain functions;
 :class:`WebhookApp` answers requests without any socket; :func:`create_app` makes it a
