@@ -33,35 +33,14 @@ def cmd_synth_eeg(args: argparse.Namespace) -> int:
 
 def cmd_heldout(args: argparse.Namespace) -> int:
     """A registered version's held-out examples as a JSON request body (for /classify)."""
-    import tempfile
-
-    import numpy as np
-
     from trainchain.adapters.tracking import Tracker
-    from trainchain.chain.registry import download_heldout
-    from trainchain.core.errors import NotInStore, RegistryError
+    from trainchain.chain.registry import heldout_examples
 
     if not 1 <= args.n <= 256:
         raise TrainchainError(f"-n {args.n}: expected 1 to 256 examples")
     settings = command_settings(args)
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
-    version = tracker.alias_version(args.model, args.alias)
-    run_id = tracker.version_run_id(args.model, version) if version else None
-    if run_id is None:
-        raise RegistryError(
-            f"{args.model} has no version with the alias {args.alias!r} in {settings.tracking_uri}",
-            hint=f"`trainchain models {args.model}` lists its versions and aliases",
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = download_heldout(tracker, run_id, Path(tmp))
-        except NotInStore as err:
-            raise RegistryError(
-                f"{args.model} v{version} has no held-out data ({err.message})",
-                hint="the training script writes it with trainchain.contract.task.heldout_path()",
-            ) from err
-        with np.load(path, allow_pickle=False) as data:
-            x, y = data["X"][: args.n], data["y"][: args.n]
+    version, x, y = heldout_examples(tracker, args.model, args.alias, args.n)
     target = Path(args.out)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(x.astype(float).tolist()), encoding="utf-8")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -59,41 +58,15 @@ def cmd_detect(args: argparse.Namespace) -> int:
 
 # ---- job 3 ------------------------------------------------------------------
 def cmd_train(args: argparse.Namespace) -> int:
-    from trainchain.adapters.tracking import Tracker
-    from trainchain.chain.giveup import give_up_callback
-    from trainchain.chain.training import TrialContext, run_trial
+    from trainchain.chain.training import train_once
     from trainchain.core.space import parse_overrides
-    from trainchain.executors import get_executor
 
     settings = command_settings(args)
     prep = prepare(args, settings)
     model = prep.loaded.model
     params = model.defaults() | parse_overrides(model, args.set or [])
-    tracker = Tracker(settings.tracking_uri, settings.artifacts)
-    chain_id = f"train-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    ctx = TrialContext(
-        loaded=prep.loaded,
-        settings=settings,
-        tracker=tracker,
-        executor=get_executor(
-            prep.lineage.executor, model, settings, on_give_up=give_up_callback(settings)
-        ),
-        lineage=prep.lineage,
-        chain_id=chain_id,
-        experiment_id=tracker.experiment_id(model.name),
-        data_dir=prep.data_dir,
-        val_metric=model.goal.val_metric,
-    )
     out(f"train: {model.name} with " + ", ".join(f"{k}={v}" for k, v in params.items()))
-    outcome = run_trial(ctx, 0, params, on_line=lambda line: out(f"  | {line}"))
-    if not outcome.ok:
-        from trainchain.core.errors import TrainingError
-
-        raise TrainingError(
-            f"training {model.name} failed: {outcome.error}",
-            hint=f"the full log is under {settings.runs_dir / chain_id}",
-            log_tail=outcome.log_tail,
-        )
+    outcome = train_once(prep, settings, params, on_line=lambda line: out(f"  | {line}"))
     out("metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(outcome.metrics.items())))
     if outcome.estimate is not None:
         out(f"{model.goal.val_metric}: {outcome.estimate.describe(4)}")
