@@ -11,7 +11,7 @@ from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
 from trainchain.contract import task
 from trainchain.core import keys
 from trainchain.core.config import Promotion, base_metric
-from trainchain.core.errors import NotInStore, StoreError
+from trainchain.core.errors import NotInStore, RegistryError, StoreError
 from trainchain.core.promotion import HeldoutTest, decide, heldout_test
 from trainchain.core.report import ChainReport
 from trainchain.core.status import RunState
@@ -68,6 +68,30 @@ def download_heldout(tracker: Tracker, run_id: str, dst: Path) -> Path:
         owner, path = shared.split(":", 1)
         return tracker.download(owner, path, dst)
     return tracker.download(run_id, task.HELDOUT_FILE, dst)
+
+
+def heldout_examples(tracker: Tracker, model: str, alias: str, n: int) -> tuple[str, Any, Any]:
+    """The version under ``alias`` of ``model`` and its first ``n`` held-out examples and
+    labels (``trainchain data heldout``)."""
+    import numpy as np
+
+    version = tracker.alias_version(model, alias)
+    run_id = tracker.version_run_id(model, version) if version else None
+    if version is None or run_id is None:
+        raise RegistryError(
+            f"{model} has no version with the alias {alias!r} in {tracker.tracking_uri}",
+            hint=f"`trainchain models {model}` lists its versions and aliases",
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = download_heldout(tracker, run_id, Path(tmp))
+        except NotInStore as err:
+            raise RegistryError(
+                f"{model} v{version} has no held-out data ({err.message})",
+                hint="the training script writes it with trainchain.contract.task.heldout_path()",
+            ) from err
+        with np.load(path, allow_pickle=False) as data:
+            return version, data["X"][:n], data["y"][:n]
 
 
 def _heldout_test(

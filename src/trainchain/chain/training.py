@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from trainchain.adapters.tracking import MODEL_ARTIFACT, Tracker
 from trainchain.contract import task
@@ -24,6 +24,9 @@ from trainchain.core.config import LoadedConfig
 from trainchain.core.settings import Settings
 from trainchain.core.verdict import Estimate, read_estimate
 from trainchain.executors import AttemptResult, AttemptSpec, Executor, LineSink
+
+if TYPE_CHECKING:
+    from trainchain.chain.context import Prepared
 
 log = logging.getLogger(__name__)
 
@@ -360,6 +363,41 @@ def run_trial(
         pruned_value=pruned_value,
         estimate=estimate if ok else None,
     )
+
+
+def train_once(
+    prep: Prepared, settings: Settings, params: Mapping[str, Any], on_line: LineSink
+) -> TrialOutcome:
+    """One training run of a prepared model with ``params`` (job 3, `trainchain train`),
+    logged as its own MLflow run; a failed run is a TrainingError naming its log."""
+    from trainchain.chain.giveup import give_up_callback
+    from trainchain.core.errors import TrainingError
+    from trainchain.executors import get_executor
+
+    model = prep.loaded.model
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    chain_id = f"train-{model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    ctx = TrialContext(
+        loaded=prep.loaded,
+        settings=settings,
+        tracker=tracker,
+        executor=get_executor(
+            prep.lineage.executor, model, settings, on_give_up=give_up_callback(settings)
+        ),
+        lineage=prep.lineage,
+        chain_id=chain_id,
+        experiment_id=tracker.experiment_id(model.name),
+        data_dir=prep.data_dir,
+        val_metric=model.goal.val_metric,
+    )
+    outcome = run_trial(ctx, 0, params, on_line=on_line)
+    if not outcome.ok:
+        raise TrainingError(
+            f"training {model.name} failed: {outcome.error}",
+            hint=f"the full log is under {settings.runs_dir / chain_id}",
+            log_tail=outcome.log_tail,
+        )
+    return outcome
 
 
 def _run_attempts(

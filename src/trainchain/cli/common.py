@@ -1,0 +1,74 @@
+"""What every command module of the CLI shares: printing, the settings, the values
+handed on to the next Jenkins job, and the model source a command works on."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from trainchain.core.settings import Settings, for_command
+
+log = logging.getLogger("trainchain")
+
+
+def out(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def command_settings(args: argparse.Namespace) -> Settings:
+    return for_command(args.home)
+
+
+def hand_on(args: argparse.Namespace, values: dict[str, str]) -> None:
+    """--properties FILE: the values the next Jenkins job receives as parameters."""
+    if getattr(args, "properties", None):
+        from trainchain.adapters import properties
+
+        path = properties.write(args.properties, values)
+        log.info("wrote %s for the next job", path)
+
+
+def source(args: argparse.Namespace, settings: Settings) -> tuple[Path, str | None, str | None]:
+    """SOURCE [--ref] [--subdir]: a model folder used in place, or a repository pulled (job 1)."""
+    from trainchain.chain.run import resolve_source
+
+    return resolve_source(args.source, args.ref, settings, args.subdir)
+
+
+def prepare(args: argparse.Namespace, settings: Settings) -> Any:
+    """SOURCE pulled if need be, loaded and checked with the command's overrides."""
+    from trainchain.chain.context import prepare as prepare_chain
+
+    path, repository, commit = source(args, settings)
+    return prepare_chain(
+        path,
+        settings,
+        data=args.data,
+        executor=args.executor,
+        threshold=getattr(args, "threshold", None),
+        max_trials=getattr(args, "max_trials", None),
+        timeout=getattr(args, "timeout", None),
+        image=args.image,
+        repository=repository,
+        commit=commit,
+    )
+
+
+def chain_report(settings: Settings, args: argparse.Namespace) -> Any:
+    """The chain named by --chain, else the latest (of --model, when given)."""
+    from trainchain.adapters.tracking import Tracker
+    from trainchain.chain.tune import latest_report, load_report
+    from trainchain.core.errors import ConfigError
+
+    if args.chain is not None and not args.chain.strip():
+        raise ConfigError(
+            "--chain is empty: no chain id was handed on",
+            hint="the tune job (job 4) stopped before a chain started; its console says why",
+        )
+    if not args.chain:
+        return latest_report(settings.chains_dir, args.model)
+    return load_report(
+        settings.chains_dir, args.chain, Tracker(settings.tracking_uri, settings.artifacts)
+    )

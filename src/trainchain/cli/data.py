@@ -1,0 +1,83 @@
+"""`trainchain data`: synthetic EEG recordings, and a registered version's held-out
+examples as a request body."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainchain.cli.common import command_settings, out
+from trainchain.core.errors import TrainchainError
+
+
+def cmd_synth_eeg(args: argparse.Namespace) -> int:
+    from trainchain.families.eeg_synth import write_synthetic_dataset
+
+    try:
+        files = write_synthetic_dataset(
+            Path(args.out),
+            subjects=args.subjects,
+            difficulty=args.difficulty,
+            seed=args.seed,
+            trials_per_class=args.trials_per_class,
+        )
+    except ValueError as err:
+        raise TrainchainError(str(err)) from None
+    for f in files:
+        out(str(f))
+    return 0
+
+
+def cmd_heldout(args: argparse.Namespace) -> int:
+    """A registered version's held-out examples as a JSON request body (for /classify)."""
+    from trainchain.adapters.tracking import Tracker
+    from trainchain.chain.registry import heldout_examples
+
+    if not 1 <= args.n <= 256:
+        raise TrainchainError(f"-n {args.n}: expected 1 to 256 examples")
+    settings = command_settings(args)
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    version, x, y = heldout_examples(tracker, args.model, args.alias, args.n)
+    target = Path(args.out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(x.astype(float).tolist()), encoding="utf-8")
+    shape = " x ".join(str(d) for d in x.shape)
+    out(f"wrote {shape} held-out examples of {args.model} v{version} to {target}")
+    out("their labels: " + ", ".join(str(v) for v in y.tolist()))
+    return 0
+
+
+def register(
+    add: Callable[[str, Any, str], argparse.ArgumentParser], common: argparse.ArgumentParser
+) -> None:
+    data = add("data", lambda a: 0, "data helpers")
+    dsub = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
+    sp = dsub.add_parser(
+        "synth-eeg", parents=[common], help="write synthetic motor-imagery EEG recordings"
+    )
+    sp.set_defaults(func=cmd_synth_eeg)
+    sp.add_argument("--out", required=True, help="folder to write into")
+    sp.add_argument("--subjects", type=int, default=1)
+    sp.add_argument(
+        "--difficulty", choices=["easy", "medium", "hard", "impossible"], default="medium"
+    )
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--trials-per-class",
+        type=int,
+        default=144,
+        help="cues per class and subject (default 144: one BCI IV 2a session)",
+    )
+    sp = dsub.add_parser(
+        "heldout",
+        parents=[common],
+        help="write a registered version's held-out examples as a JSON request body",
+    )
+    sp.set_defaults(func=cmd_heldout)
+    sp.add_argument("model", help="registered model name")
+    sp.add_argument("--alias", default="champion", help="which version (default: champion)")
+    sp.add_argument("-n", type=int, default=1, help="how many examples (default: 1)")
+    sp.add_argument("--out", required=True, help="the JSON file to write")
