@@ -20,19 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainchain.cli.common import command_settings as _settings
+from trainchain.cli.common import out as _out
 from trainchain.core.errors import ConfigError
-from trainchain.core.settings import Settings, for_command
 
 SECRET_ENV = "TRAINCHAIN_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
 LISTEN_BACKLOG = 64
-
-
-def _out(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    return for_command(args.home)
 
 
 def _data_dir(args: argparse.Namespace) -> str | None:

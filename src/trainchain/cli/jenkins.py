@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainchain.cli.common import out as _out
 from trainchain.core.errors import ConfigError
 from trainchain.core.status import BUILD_RESULT_EXIT, ExitCode
 
@@ -34,10 +35,6 @@ _ENV_HINTS = {
     "user": "the Jenkins user the jobs are installed and triggered as",
     "token": "an API token of that user (Jenkins: the user's Security page > API Token)",
 }
-
-
-def _out(text: str = "") -> None:
-    print(text, flush=True)
 
 
 def _info(args: argparse.Namespace, text: str) -> None:

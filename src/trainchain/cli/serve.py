@@ -12,14 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainchain.cli.common import out as _out
 from trainchain.core.errors import ConfigError
 
 MODEL_ENV = "TRAINCHAIN_SERVE_MODEL"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
-
-
-def _out(text: str) -> None:
-    print(text, flush=True)
 
 
 def _port(text: str) -> int:
