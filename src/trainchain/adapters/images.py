@@ -14,7 +14,7 @@ from typing import Any
 from trainchain.core.config import Rule
 from trainchain.core.errors import TrainchainError
 
-BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-images.sh"
+BUILD_SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "build-images.sh"
 
 
 @dataclass(frozen=True)

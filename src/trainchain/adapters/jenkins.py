@@ -123,7 +123,7 @@ class RenderedItem:
 
 def default_jobs_dir() -> Path:
     """``jobs/`` of the trainchain checkout (the repository root of this src layout)."""
-    return Path(__file__).resolve().parents[2] / "jobs"
+    return Path(__file__).resolve().parents[3] / "jobs"
 
 
 def _jjb_config() -> Any:
