@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import sqlite3
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,6 +76,28 @@ def test_a_missing_model_or_alias_is_none_and_a_broken_registry_raises(tmp_path:
     assert "TRAINCHAIN_TRACKING_URI" in (info.value.hint or "")
     with pytest.raises(StoreError):
         broken.model_exists("m")
+
+
+def test_store_errors_work_where_sqlalchemy_is_not_installed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The serve image has mlflow-skinny and no SQLAlchemy: MLflow's errors are still the
+    store's, and a lookup of what is not there is still NotInStore (the image's service
+    failed at its first registry call when the import was unconditional)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    from trainchain.adapters.tracking import store_errors
+    from trainchain.core.errors import NotInStore
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
+    monkeypatch.setitem(sys.modules, "sqlalchemy.exc", None)
+    uri = "http://user:secret@127.0.0.1:5000"
+    with pytest.raises(NotInStore), store_errors(uri, "reading"):
+        raise MlflowException("no model m", error_code=RESOURCE_DOES_NOT_EXIST)
+    with pytest.raises(StoreError) as info, store_errors(uri, "reading"):
+        raise MlflowException("the server said 500")
+    assert "secret" not in info.value.message and "127.0.0.1:5000" in info.value.message
 
 
 def test_a_corrupt_tracking_store_is_a_store_error_naming_it(tmp_path: Path) -> None:

@@ -55,8 +55,14 @@ def store_errors(tracking_uri: str, doing: str) -> Iterator[None]:
     resource is :class:`NotInStore`, anything else :class:`StoreError`; both name the
     store (password redacted) and say what to do."""
     from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError
 
+    database_errors: tuple[type[Exception], ...]
+    try:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        database_errors = (SQLAlchemyError,)
+    except ImportError:  # mlflow-skinny (the serve image) talks to a server: no database here
+        database_errors = ()
     shown = redact(tracking_uri)
     try:
         yield
@@ -71,7 +77,7 @@ def store_errors(tracking_uri: str, doing: str) -> Iterator[None]:
         raise StoreError(
             f"the MLflow store {shown} failed while {doing}: {detail}", hint=STORE_HINT
         ) from err
-    except SQLAlchemyError as err:
+    except database_errors as err:
         raise StoreError(
             f"the MLflow store {shown} failed while {doing}: {redact(_first_line(str(err)))}",
             hint=STORE_HINT,
