@@ -100,6 +100,7 @@ def config(**extra: Any) -> Any:
 
 
 def test_keras_conv2d_is_cnn_with_file_line_evidence(tmp_path: Path) -> None:
+    """Keras Conv2D code is the cnn family, with file:line evidence for each symbol found."""
     result = detect(write(tmp_path, {"model/net.py": KERAS}))
     assert (result.family, result.image, result.explicit) == (
         "cnn",
@@ -113,6 +114,7 @@ def test_keras_conv2d_is_cnn_with_file_line_evidence(tmp_path: Path) -> None:
 
 
 def test_mne_csp_is_eeg_even_with_sklearn(tmp_path: Path) -> None:
+    """mne's CSP makes code eeg even when it also uses sklearn, the fallback family."""
     result = detect(write(tmp_path, {"train.py": EEG}))
     assert (result.family, result.image) == ("eeg", "trainchain/train-eeg:0.1.0")
     assert Evidence("train.py", 2, "mne.decoding.CSP", "eeg") in result.evidence
@@ -123,29 +125,34 @@ def test_mne_csp_is_eeg_even_with_sklearn(tmp_path: Path) -> None:
 
 
 def test_csp_counts_only_when_imported_from_mne(tmp_path: Path) -> None:
+    """A CSP imported from another library is not eeg evidence."""
     code = "from mylib import CSP\nfrom sklearn.svm import SVC\nCSP()\n"
     assert detect(write(tmp_path, {"train.py": code})).family == "sklearn"
 
 
 def test_sklearn_alone_is_sklearn(tmp_path: Path) -> None:
+    """Code that imports only sklearn is the sklearn family, with that import as its evidence."""
     result = detect(write(tmp_path, {"train.py": SKLEARN}))
     assert (result.family, result.image) == ("sklearn", "trainchain/train-sklearn:0.1.0")
     assert [(e.line, e.symbol) for e in result.evidence] == [(1, "sklearn")]
 
 
 def test_comments_docstrings_and_strings_are_not_evidence(tmp_path: Path) -> None:
+    """Library names in comments, docstrings and strings are not evidence."""
     result = detect(write(tmp_path, {"train.py": MENTIONS_ONLY}))
     assert result.family == "sklearn"
     assert {e.family for e in result.evidence} == {"sklearn"}
 
 
 def test_aliases_and_dotted_paths_resolve(tmp_path: Path) -> None:
+    """An import alias resolves, so m.decoding.CSP counts as mne.decoding.CSP."""
     code = "import mne as m\nimport numpy as np\nest = m.decoding.CSP()\n"
     result = detect(write(tmp_path, {"eeg.py": code}))
     assert Evidence("eeg.py", 3, "mne.decoding.CSP", "eeg") in result.evidence
 
 
 def test_a_submodule_of_another_package_is_not_that_package(tmp_path: Path) -> None:
+    """mlflow.sklearn belongs to mlflow: it is no evidence for scikit-learn."""
     code = "import mlflow.sklearn\nimport mne\nmlflow.sklearn.save_model(None, 'm')\n"
     result = detect(write(tmp_path, {"train.py": code}))
     assert result.family == "eeg"
@@ -153,6 +160,8 @@ def test_a_submodule_of_another_package_is_not_that_package(tmp_path: Path) -> N
 
 
 def test_notebook_code_cells_count_markdown_cells_do_not(tmp_path: Path) -> None:
+    """In a notebook, code cells are evidence located by cell and line, names resolve across
+    cells, and markdown cells, magics and shell lines are not evidence."""
     nb = notebook(
         [
             ("markdown", "# EEG\nWe use `import mne` and mne.decoding.CSP here.\n"),
@@ -172,12 +181,14 @@ def test_notebook_code_cells_count_markdown_cells_do_not(tmp_path: Path) -> None
 
 
 def test_markdown_only_notebook_is_no_evidence(tmp_path: Path) -> None:
+    """A notebook with only markdown cells adds no evidence."""
     nb = notebook([("markdown", "import mne\nfrom tensorflow import keras\n")])
     write(tmp_path, {"readme.ipynb": nb, "train.py": SKLEARN})
     assert detect(tmp_path).family == "sklearn"
 
 
 def test_hidden_and_virtualenv_folders_are_skipped(tmp_path: Path) -> None:
+    """Hidden, virtualenv, node_modules and checkpoint folders are not scanned."""
     write(
         tmp_path,
         {
@@ -193,6 +204,8 @@ def test_hidden_and_virtualenv_folders_are_skipped(tmp_path: Path) -> None:
 
 
 def test_keras_and_mne_is_a_tie_listing_both_families(tmp_path: Path) -> None:
+    """Keras and mne in one project is a tie: the error lists both families with evidence
+    and hints at `image:`."""
     write(tmp_path, {"cnn.py": KERAS, "eeg.py": EEG})
     with pytest.raises(DetectionError) as info:
         detect(tmp_path)
@@ -205,6 +218,8 @@ def test_keras_and_mne_is_a_tie_listing_both_families(tmp_path: Path) -> None:
 
 
 def test_no_match_raises_with_the_image_hint(tmp_path: Path) -> None:
+    """No matching rule is an error (exit code 4) that says how many files were scanned and
+    hints at `image:`."""
     write(tmp_path, {"train.py": "import numpy as np\nprint(np.zeros(3))\n"})
     with pytest.raises(DetectionError) as info:
         detect(tmp_path)
@@ -214,6 +229,7 @@ def test_no_match_raises_with_the_image_hint(tmp_path: Path) -> None:
 
 
 def test_explicit_image_wins(tmp_path: Path) -> None:
+    """An `image:` in the config is used over the detected one, and the text says so."""
     write(tmp_path, {"train.py": EEG})
     result = detect(tmp_path, config(image="registry.local/my-eeg:2"))
     assert (result.family, result.image, result.explicit) == (
@@ -225,6 +241,7 @@ def test_explicit_image_wins(tmp_path: Path) -> None:
 
 
 def test_explicit_image_without_match_or_with_tie_is_custom(tmp_path: Path) -> None:
+    """With an explicit image and no match or a tie, the family is custom, not an error."""
     empty = detect(write(tmp_path / "a", {"x.py": "x = 1\n"}), config(image="mine:1"))
     tie = detect(write(tmp_path / "b", {"c.py": KERAS, "e.py": EEG}), config(image="mine:1"))
     assert (empty.family, empty.image) == ("custom", "mine:1")
@@ -232,6 +249,7 @@ def test_explicit_image_without_match_or_with_tie_is_custom(tmp_path: Path) -> N
 
 
 def test_config_rule_adds_a_family(tmp_path: Path) -> None:
+    """A detection rule in the config adds a family that wins over the sklearn fallback."""
     torch_rule = {"family": "pytorch", "image": "me/train-torch:1", "symbols": ["torch"]}
     code = "import torch\nfrom sklearn.metrics import accuracy_score\n"
     result = detect(write(tmp_path, {"train.py": code}), config(detection={"rules": [torch_rule]}))
@@ -240,6 +258,7 @@ def test_config_rule_adds_a_family(tmp_path: Path) -> None:
 
 
 def test_config_rule_replaces_the_default_of_its_family(tmp_path: Path) -> None:
+    """A config rule for a default family replaces that family's default rule."""
     rule = {"family": "cnn", "image": "me/cnn:2", "symbols": ["Conv2D"]}
     rules = effective_rules(Detection.model_validate({"rules": [rule]}))
     assert [r.family for r in rules].count("cnn") == 1
@@ -249,6 +268,7 @@ def test_config_rule_replaces_the_default_of_its_family(tmp_path: Path) -> None:
 
 
 def test_replace_defaults_uses_only_the_config_rules(tmp_path: Path) -> None:
+    """With replace_defaults only the config's rules apply, so default families no longer match."""
     rule = Rule(family="jax", image="me/jax:1", symbols=("jax",))
     assert effective_rules(Detection(rules=(rule,), replace_defaults=True)) == (rule,)
     assert effective_rules(None) == DEFAULT_RULES
@@ -258,6 +278,8 @@ def test_replace_defaults_uses_only_the_config_rules(tmp_path: Path) -> None:
 
 
 def test_syntax_errors_do_not_crash_and_are_reported(tmp_path: Path) -> None:
+    """Unparsable, non-UTF-8 and broken notebook files become warnings, not crashes; a
+    declared coding line is honoured."""
     broken = "import tensorflow\ndef broken(:\n"
     write(tmp_path, {"broken.py": broken, "train.py": SKLEARN, "bad.ipynb": "{not json"})
     (tmp_path / "binary.py").write_bytes(b"import keras\nx = '\xff'\n")  # not UTF-8, no coding
@@ -272,11 +294,14 @@ def test_syntax_errors_do_not_crash_and_are_reported(tmp_path: Path) -> None:
 
 
 def test_invalid_escape_in_user_code_is_not_a_warning(tmp_path: Path) -> None:
+    """An invalid escape sequence in user code does not produce a warning."""
     result = detect(write(tmp_path, {"train.py": 'import sklearn\nPATTERN = "\\d+"\n'}))
     assert (result.family, result.warnings) == ("sklearn", ())
 
 
 def test_evidence_is_sorted_deduplicated_and_the_text_is_capped(tmp_path: Path) -> None:
+    """Evidence is sorted by file and line, one per symbol per line, and the text shows at
+    most `limit` lines then says how many more."""
     body = "".join(f"y{i} = layers.Conv2D(8, 3); z{i} = layers.Conv2D(8, 3)\n" for i in range(40))
     write(tmp_path, {"b.py": "from tensorflow.keras import layers\n" + body, "a.py": SKLEARN})
     result = detect(tmp_path)
@@ -290,6 +315,7 @@ def test_evidence_is_sorted_deduplicated_and_the_text_is_capped(tmp_path: Path) 
 
 
 def test_to_dict_is_json_serialisable(tmp_path: Path) -> None:
+    """The result's to_dict survives a JSON round trip with its family and evidence."""
     result = detect(write(tmp_path, {"train.py": EEG}))
     data = json.loads(json.dumps(result.to_dict()))
     assert data["family"] == "eeg"
@@ -300,5 +326,6 @@ def test_to_dict_is_json_serialisable(tmp_path: Path) -> None:
 
 
 def test_not_a_folder_is_a_detection_error(tmp_path: Path) -> None:
+    """Detecting in a path that is not a folder is a DetectionError saying so."""
     with pytest.raises(DetectionError, match="is not a folder"):
         detect(tmp_path / "missing")

@@ -165,6 +165,8 @@ def test_recordings_at_another_rate_are_resampled(tmp_path: Path) -> None:
 def test_a_missing_channel_is_named_with_the_file_and_the_channels_present(
     medium: Path,
 ) -> None:
+    """A requested channel absent from a recording is an error naming it, the file, and the
+    channels it has."""
     with pytest.raises(ValueError, match=r"\['Oz'\] not in the recording") as err:
         load_epochs(medium, channels=[*CHANNELS_BCI_IV_2A, "Oz"])
     assert "S01_raw.fif" in str(err.value)
@@ -181,6 +183,7 @@ def test_channels_match_despite_dots_and_case(tmp_path: Path) -> None:
 
 
 def test_unknown_and_bad_options_are_rejected_clearly(medium: Path) -> None:
+    """Unknown data options and bad tmin/tmax, cues or sfreq are rejected naming the option."""
     with pytest.raises(ValueError, match=r"unknown data option\(s\) \['window'\]"):
         load_epochs(medium, window=3.0)
     with pytest.raises(ValueError, match="expected tmin < tmax"):
@@ -194,6 +197,8 @@ def test_unknown_and_bad_options_are_rejected_clearly(medium: Path) -> None:
 def test_no_recordings_or_no_cues_say_what_was_searched_and_found(
     tmp_path: Path, medium: Path
 ) -> None:
+    """No matching recordings, a missing folder, or no such cue annotations are errors that say
+    what was searched for and what was found."""
     (tmp_path / "empty").mkdir()
     with pytest.raises(EEGDataError, match=r"no recordings in .*empty matching \['\*\.gdf'"):
         load_epochs(tmp_path / "empty")
@@ -204,6 +209,8 @@ def test_no_recordings_or_no_cues_say_what_was_searched_and_found(
 
 
 def test_subjects_keep_only_matching_files(tmp_path: Path) -> None:
+    """`subjects` keeps only the files whose names start with one (searched recursively); a subject
+    with no file is an error."""
     write_recording(tmp_path / "S01_raw.fif", cues=[(2.0, "769"), (9.0, "770")])
     write_recording(tmp_path / "sub" / "S02_raw.fif", cues=[(2.0, "770")])
     _, y, meta = load_epochs(tmp_path, subjects=["S02"])
@@ -243,6 +250,7 @@ def test_real_eegmmidb_edf_of_one_subject_loads() -> None:
 
 @pytest.mark.slow
 def test_synthetic_data_is_deterministic_for_a_seed(tmp_path: Path) -> None:
+    """The same seed writes the same synthetic data; another seed writes different data."""
     a = write_synthetic_dataset(tmp_path / "a", seed=3, trials_per_class=10)
     b = write_synthetic_dataset(tmp_path / "b", seed=3, trials_per_class=10)
     c = write_synthetic_dataset(tmp_path / "c", seed=4, trials_per_class=10)
@@ -271,6 +279,7 @@ def test_synthetic_recording_looks_like_bci_iv_2a(tmp_path: Path) -> None:
 
 
 def test_synthetic_arguments_are_validated(tmp_path: Path) -> None:
+    """Bad difficulty, subjects or trials_per_class are rejected before any file is written."""
     with pytest.raises(
         ValueError,
         match=r"difficulty: expected one of \['easy', 'medium', 'hard', 'impossible'\]",
@@ -289,6 +298,8 @@ def test_synthetic_arguments_are_validated(tmp_path: Path) -> None:
 
 
 def test_bandpass_keeps_the_band_and_removes_the_rest() -> None:
+    """BandPass keeps a 10 Hz signal in an 8-13 Hz band, removes a 40 Hz one, and clones
+    with its parameters."""
     t = np.arange(750) / 250.0
     inside = np.sin(2 * np.pi * 10.0 * t)
     outside = np.sin(2 * np.pi * 40.0 * t)
@@ -306,6 +317,8 @@ def test_bandpass_keeps_the_band_and_removes_the_rest() -> None:
 
 
 def test_bad_bands_and_hyperparameters_are_rejected() -> None:
+    """Bad bands, unknown or invalid hyperparameters and wrongly shaped input are rejected;
+    good ones set the band-pass."""
     with pytest.raises(ValueError, match=r"expected 0 < l_freq < h_freq < 125\.0"):
         build_pipeline({"band": "30-8"}, 250.0)
     with pytest.raises(ValueError, match="expected 'LOW-HIGH'"):
@@ -349,6 +362,7 @@ def cross_validated(folder: Path, params: dict[str, Any], **plan: Any) -> Any:
 
 @pytest.mark.slow
 def test_easy_data_the_default_hyperparameters_reach_90_percent(easy: Path) -> None:
+    """On easy synthetic data the example's default hyperparameters reach 0.9 cross-validated."""
     defaults = load_config(EXAMPLE).model.defaults()
     assert cross_validated(easy, defaults).mean >= 0.9
 
@@ -481,6 +495,8 @@ def test_cross_validation_resumes_after_its_last_finished_fold(
 
 
 def test_more_folds_than_a_class_has_epochs_is_a_clear_error(small: tuple[Any, Any]) -> None:
+    """Asking for more folds than a class has epochs is an EEGDataError saying how many are
+    needed."""
     _, y = small
     with pytest.raises(EEGDataError, match="30 folds need at least 30 epochs of every class"):
         fold_assignment(y, folds=30)
@@ -490,6 +506,8 @@ def test_more_folds_than_a_class_has_epochs_is_a_clear_error(small: tuple[Any, A
 
 
 def test_example_config_is_valid_and_its_data_options_fit_load_epochs() -> None:
+    """The example's config loads, its defaults build a pipeline, and its data options are
+    ones load_epochs accepts."""
     config = load_config(EXAMPLE).model
     assert config.name == "eeg-motor-imagery"
     options = dict(config.data.options)

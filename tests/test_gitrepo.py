@@ -68,6 +68,7 @@ def workspaces(tmp_path: Path) -> Path:
 
 
 def test_pull_without_ref_checks_out_the_default_branch(upstream: Path, workspaces: Path) -> None:
+    """Without a ref, pull checks out the default branch into a named workspace."""
     result = pull(str(upstream), None, workspaces)
     assert result == PullResult(
         path=result.path,
@@ -81,17 +82,20 @@ def test_pull_without_ref_checks_out_the_default_branch(upstream: Path, workspac
 
 
 def test_pull_by_branch(upstream: Path, workspaces: Path) -> None:
+    """A branch name pulls that branch's head commit."""
     result = pull(str(upstream), "dev", workspaces)
     assert (result.commit, result.ref) == (git(upstream, "rev-parse", "dev"), "dev")
     assert (result.path / "train.py").read_text() == "print('dev')\n"
 
 
 def test_pull_by_annotated_tag_gives_the_commit(upstream: Path, workspaces: Path) -> None:
+    """An annotated tag resolves to the commit it points at, not the tag object."""
     result = pull(str(upstream), "v1", workspaces)
     assert result.commit == git(upstream, "rev-parse", "v1^{commit}")
 
 
 def test_pull_by_full_and_short_sha(upstream: Path, workspaces: Path) -> None:
+    """A full or short SHA pulls that commit, reporting the full SHA and the ref as given."""
     sha = git(upstream, "rev-parse", "dev")
     assert pull(str(upstream), sha, workspaces).commit == sha
     short = pull(str(upstream), sha[:8], workspaces)
@@ -100,6 +104,7 @@ def test_pull_by_full_and_short_sha(upstream: Path, workspaces: Path) -> None:
 
 
 def test_pull_by_sha_that_no_branch_contains(upstream: Path, workspaces: Path) -> None:
+    """A SHA reachable only from a non-branch ref (a pull request head) can be pulled."""
     git(upstream, "checkout", "-q", "--detach")
     orphan = commit(upstream, "train.py", "print('pr')\n", "pull request head")
     git(upstream, "update-ref", "refs/pull/1/head", orphan)
@@ -110,6 +115,8 @@ def test_pull_by_sha_that_no_branch_contains(upstream: Path, workspaces: Path) -
 def test_second_pull_fetches_new_commits_into_the_same_workspace(
     upstream: Path, workspaces: Path
 ) -> None:
+    """A second pull fetches new commits and tags into the same workspace, discarding local
+    edits and untracked files."""
     first = pull(str(upstream), "main", workspaces)
     (first.path / "train.py").write_text("edited in the workspace\n")
     (first.path / "stray.txt").write_text("untracked\n")
@@ -125,6 +132,7 @@ def test_second_pull_fetches_new_commits_into_the_same_workspace(
 
 
 def test_pull_from_a_file_url(upstream: Path, workspaces: Path) -> None:
+    """A file:// URL is pulled and reported as given."""
     url = upstream.resolve().as_uri()
     result = pull(url, "dev", workspaces)
     assert result.repository == url
@@ -134,11 +142,13 @@ def test_pull_from_a_file_url(upstream: Path, workspaces: Path) -> None:
 def test_relative_and_absolute_paths_share_a_workspace(
     upstream: Path, workspaces: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A relative and an absolute path to one repository pull into the same workspace."""
     monkeypatch.chdir(upstream.parent)
     assert pull("upstream", None, workspaces).path == pull(str(upstream), None, workspaces).path
 
 
 def test_unknown_ref_is_one_clear_error_listing_refs(upstream: Path, workspaces: Path) -> None:
+    """An unknown ref is a PullError (exit code 5) whose hint lists the refs that exist."""
     with pytest.raises(PullError) as info:
         pull(str(upstream), "nope", workspaces)
     assert info.value.message == f"ref 'nope' not found in {upstream.resolve()}"
@@ -149,11 +159,13 @@ def test_unknown_ref_is_one_clear_error_listing_refs(upstream: Path, workspaces:
 
 
 def test_a_ref_that_looks_like_an_option_is_refused(upstream: Path, workspaces: Path) -> None:
+    """A ref starting with '-' is refused, so it cannot inject a git option."""
     with pytest.raises(PullError, match="not a valid ref"):
         pull(str(upstream), "--upload-pack=touch /tmp/x", workspaces)
 
 
 def test_missing_repository_is_a_pull_error_naming_it(tmp_path: Path, workspaces: Path) -> None:
+    """A missing repository is a PullError naming it with git's reason, and leaves no workspace."""
     missing = tmp_path / "no-such-repo"
     with pytest.raises(PullError) as info:
         pull(str(missing), "main", workspaces)
@@ -165,6 +177,7 @@ def test_missing_repository_is_a_pull_error_naming_it(tmp_path: Path, workspaces
 def test_password_never_shows_in_errors_or_logs(
     workspaces: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A password in the URL is redacted in the error and in every log record."""
     url = "https://alice:s3cr3t-pw@127.0.0.1:9/team/model.git"  # nothing listens on port 9
     caplog.set_level(logging.DEBUG, logger="trainchain.adapters.gitrepo")
     with pytest.raises(PullError) as info:
@@ -177,6 +190,7 @@ def test_password_never_shows_in_errors_or_logs(
 
 
 def test_a_silent_server_times_out_with_a_clear_error(workspaces: Path) -> None:
+    """A server that accepts but never answers makes the clone time out with an error saying so."""
     with socket.socket() as server:  # accepts connections (backlog), never answers
         server.bind(("127.0.0.1", 0))
         server.listen(8)
@@ -187,6 +201,7 @@ def test_a_silent_server_times_out_with_a_clear_error(workspaces: Path) -> None:
 
 
 def test_ssh_failure_names_the_cause(workspaces: Path) -> None:
+    """An SSH clone failure names the URL and git's cause, without git's boilerplate."""
     with pytest.raises(PullError) as info:  # nothing listens on port 1
         pull("ssh://git@127.0.0.1:1/team/model.git", None, workspaces, timeout=60)
     message = info.value.message
@@ -195,6 +210,7 @@ def test_ssh_failure_names_the_cause(workspaces: Path) -> None:
 
 
 def test_redact_hides_passwords_and_http_tokens() -> None:
+    """redact hides URL passwords and HTTP tokens and leaves plain users and paths alone."""
     assert redact("fatal: https://u:p%40ss@h/r.git") == "fatal: https://u:***@h/r.git"
     assert redact("https://ghp_token@github.com/o/r") == "https://***@github.com/o/r"
     assert redact("ssh://git@host/o/r.git") == "ssh://git@host/o/r.git"
@@ -202,6 +218,7 @@ def test_redact_hides_passwords_and_http_tokens() -> None:
 
 
 def test_workspace_name_is_readable_and_ignores_credentials() -> None:
+    """A workspace name starts with the repository's name and does not depend on credentials."""
     name = workspace_name("https://u:one@host/team/eeg-model.git")
     assert name.startswith("eeg-model-")
     assert name == workspace_name("https://u:two@host/team/eeg-model.git")
@@ -211,6 +228,7 @@ def test_workspace_name_is_readable_and_ignores_credentials() -> None:
 def test_concurrent_pulls_of_one_repository_do_not_interleave(
     upstream: Path, workspaces: Path
 ) -> None:
+    """Concurrent pulls of one repository share a workspace and leave it clean at the commit."""
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda ref: pull(str(upstream), ref, workspaces), ["main"] * 3))
     assert {r.path for r in results} == {results[0].path}
@@ -221,6 +239,7 @@ def test_concurrent_pulls_of_one_repository_do_not_interleave(
 def test_inherited_git_dir_does_not_redirect_the_pull(
     upstream: Path, workspaces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A GIT_DIR inherited from the environment (as in a git hook) does not redirect the pull."""
     other = tmp_path / "hook-repo"
     other.mkdir()
     git(other, "init", "-q")
@@ -232,18 +251,22 @@ def test_inherited_git_dir_does_not_redirect_the_pull(
 def test_git_missing_is_a_clear_error(
     upstream: Path, workspaces: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Without git on the PATH, pull fails with an error saying git is not installed."""
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(PullError, match="git is not installed"):
         pull(str(upstream), None, workspaces)
 
 
 def test_describe_clean_repository(upstream: Path) -> None:
+    """describe gives a clean repository's path and HEAD commit, not dirty."""
     assert describe(upstream) == SourceInfo(
         repository=str(upstream.resolve()), commit=git(upstream, "rev-parse", "HEAD"), dirty=False
     )
 
 
 def test_describe_dirty_repository_limited_to_the_folder(upstream: Path) -> None:
+    """describe counts only changes inside the described folder, untracked files included, as
+    dirty."""
     commit(upstream, "model/net.py", "x = 1\n", "model")
     (upstream / "train.py").write_text("changed\n")
     assert describe(upstream).dirty is True
@@ -253,6 +276,7 @@ def test_describe_dirty_repository_limited_to_the_folder(upstream: Path) -> None
 
 
 def test_describe_pulled_workspace_names_the_origin(upstream: Path, workspaces: Path) -> None:
+    """describe of a pulled workspace names its origin URL as the repository."""
     result = pull(upstream.resolve().as_uri(), "dev", workspaces)
     assert describe(result.path) == SourceInfo(
         repository=upstream.resolve().as_uri(), commit=result.commit, dirty=False
@@ -260,11 +284,13 @@ def test_describe_pulled_workspace_names_the_origin(upstream: Path, workspaces: 
 
 
 def test_describe_redacts_the_origin_password(upstream: Path) -> None:
+    """describe redacts the password in the origin URL."""
     git(upstream, "remote", "add", "origin", "https://bob:hunter22@example.com/m.git")
     assert describe(upstream).repository == "https://bob:***@example.com/m.git"
 
 
 def test_describe_non_git_folder(tmp_path: Path) -> None:
+    """describe of a folder outside git gives commit 'none', dirty."""
     folder = tmp_path / "plain"
     folder.mkdir()
     assert describe(folder) == SourceInfo(repository=str(folder), commit="none", dirty=True)

@@ -96,6 +96,8 @@ def pins(requirements: Path, *, includes: tuple[str, ...] = ()) -> dict[str, str
 
 
 def test_every_family_detection_names_has_an_image_folder() -> None:
+    """Every image that detection names is trainchain/train-<family> at the package version, with an
+    images/<family> folder."""
     assert FAMILIES == ["eeg", "sklearn", "tensorflow"]
     for rule in DEFAULT_RULES:
         match = re.fullmatch(r"trainchain/train-([a-z0-9]+):(.+)", rule.image)
@@ -123,6 +125,8 @@ def test_one_dockerfile_builds_every_family() -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_base_image_is_an_arg_with_a_pinned_official_default(family: str) -> None:
+    """The base image is the first ARG with a pinned default; every stage starts from it or an
+    earlier stage, the final one from the plain base."""
     steps = instructions(DOCKERFILE)
     assert steps[0] == ("ARG", f"BASE_IMAGE={DEFAULT_BASE}"), "the first instruction sets the base"
     stages: list[str] = []
@@ -142,6 +146,8 @@ def test_base_image_is_an_arg_with_a_pinned_official_default(family: str) -> Non
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_installs_only_from_the_wheelhouse_into_opt_venv(family: str) -> None:
+    """pip installs only from the copied wheelhouse into /opt/venv (the lock, then trainchain
+    without dependencies), and nothing is fetched from the network."""
     steps = instructions(DOCKERFILE)
     runs = [args for keyword, args in steps if keyword == "RUN"]
     installs = [
@@ -168,6 +174,7 @@ def test_installs_only_from_the_wheelhouse_into_opt_venv(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_wheelhouse_stays_out_of_the_final_image(family: str) -> None:
+    """The final stage copies only from earlier stages, never the wheelhouse."""
     steps = instructions(DOCKERFILE)
     final = final_stage(steps, "train")
     for keyword, args in final:
@@ -178,6 +185,8 @@ def test_wheelhouse_stays_out_of_the_final_image(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_runs_as_the_non_root_user_with_labels_and_environment(family: str) -> None:
+    """The final image runs as the non-root trainchain user in /work, with family and version
+    labels and the expected environment."""
     steps = final_stage(instructions(DOCKERFILE), "train")
     users = [args for keyword, args in steps if keyword == "USER"]
     assert users, "no USER: the image would run as root"
@@ -199,6 +208,7 @@ def test_runs_as_the_non_root_user_with_labels_and_environment(family: str) -> N
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_no_secret_in_any_instruction(family: str) -> None:
+    """No Dockerfile instruction carries a secret-looking word or mounts a secret."""
     for keyword, args in instructions(DOCKERFILE):
         if keyword in ("ENV", "ARG", "COPY", "ADD", "LABEL"):
             upper = args.upper()
@@ -210,6 +220,8 @@ def test_no_secret_in_any_instruction(family: str) -> None:
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_requirements_are_exact_pins_that_agree_with_the_repository(family: str) -> None:
+    """Each family's requirements are exact pins, agree with the repository's, and include what
+    its scripts import, but not trainchain."""
     image_pins = pins(IMAGES / family / "requirements.txt")
     repo_pins = pins(REPO_ROOT / "requirements.txt")
     for name, version in image_pins.items():
@@ -231,6 +243,7 @@ def test_requirements_are_exact_pins_that_agree_with_the_repository(family: str)
 
 @pytest.mark.parametrize("script", ["build-images.sh", "start-docker.sh"])
 def test_scripts_parse(script: str) -> None:
+    """The image scripts are executable and parse with bash -n."""
     path = REPO_ROOT / "scripts" / script
     assert path.stat().st_mode & 0o111, f"{script} is not executable"
     bash = shutil.which("bash")
@@ -240,6 +253,8 @@ def test_scripts_parse(script: str) -> None:
 
 
 def test_build_script_names_the_images_detection_uses() -> None:
+    """build-images.sh builds trainchain/train-<family>:<version> from the one Dockerfile, with
+    FAMILY as a build argument, offline and from the pinned base."""
     text = (REPO_ROOT / "scripts" / "build-images.sh").read_text(encoding="utf-8")
     assert f"VERSION={trainchain.__version__}" in text
     assert "image=trainchain/train-$1:$VERSION" in text

@@ -147,6 +147,7 @@ def test_challenger_must_beat_the_champion_significantly_beyond_the_margin(
 
 
 def test_error_while_deciding_never_promotes() -> None:
+    """An error while deciding never promotes, and the reason carries the error."""
     d = decide(confirmed=True, test=_test([True] * 24), error="boom")
     assert not d.promote and "boom" in d.reason
 

@@ -32,6 +32,7 @@ FOLDS = [0.9, 0.85, 0.95, 0.8, 0.9]
 
 
 def test_read_estimate_takes_the_folds_their_id_and_sizes() -> None:
+    """read_estimate takes the per-fold scores, their id and sizes, and describes the spread."""
     raw = {
         "val_accuracy": sum(FOLDS) / 5,
         "val_accuracy_folds": FOLDS,
@@ -48,6 +49,7 @@ def test_read_estimate_takes_the_folds_their_id_and_sizes() -> None:
 
 
 def test_a_score_without_folds_is_kept_with_its_spread_unknown() -> None:
+    """A score without per-fold scores is kept, with its spread unknown."""
     estimate, problem = read_estimate({"val_accuracy": 0.7}, "val_accuracy")
     assert problem is None and estimate == Estimate(0.7)
     assert estimate.spread is None and "spread unknown" in estimate.describe()
@@ -64,6 +66,7 @@ def test_a_score_without_folds_is_kept_with_its_spread_unknown() -> None:
     ],
 )
 def test_malformed_folds_are_refused_with_the_reason(raw: dict[str, Any], message: str) -> None:
+    """Malformed fold scores or a missing score are refused with the reason."""
     estimate, problem = read_estimate(raw, "val_accuracy")
     assert estimate is None and problem is not None and message in problem
 
@@ -88,6 +91,7 @@ def test_lower_bound_is_the_corrected_repeated_cv_t_bound() -> None:
 
 
 def test_one_split_of_known_size_gets_the_exact_binomial_bound() -> None:
+    """One split of known size gets the exact binomial bound; of unknown size, no bound."""
     estimate = Estimate(0.8, (0.8,), sizes=(400,))
     bound = lower_bound(estimate, folds_per_repeat=1, alpha=0.05)
     assert bound == pytest.approx(binomial_interval(320, 400, 0.90)[0])
@@ -96,6 +100,8 @@ def test_one_split_of_known_size_gets_the_exact_binomial_bound() -> None:
 
 
 def test_binomial_interval_is_clopper_pearson() -> None:
+    """binomial_interval is the exact Clopper-Pearson interval and rejects more successes than
+    trials."""
     low, high = binomial_interval(22, 24)
     ci = stats.binomtest(22, 24).proportion_ci(method="exact")
     assert (low, high) == pytest.approx((ci.low, ci.high))
@@ -109,6 +115,8 @@ def _fresh(values: list[float], folds_id: str = "fresh") -> Estimate:
 
 
 def test_confirmed_when_the_fresh_folds_bound_clears_the_threshold() -> None:
+    """A result is confirmed when the lower bound on fresh folds clears the threshold, and the
+    reason says so."""
     result = confirm(
         GOAL, 4, _fresh(FOLDS * 4), search_folds_ids=["search"], folds_per_repeat=5, alpha=0.025
     )
@@ -136,6 +144,7 @@ def test_a_lucky_search_score_is_not_confirmed_when_its_bound_misses() -> None:
     ],
 )
 def test_no_confirmation_without_fresh_folds_or_a_spread(estimate: Estimate, message: str) -> None:
+    """No confirmation on the search's own folds, without per-fold scores, or without a spread."""
     result = confirm(
         GOAL, 1, estimate, search_folds_ids=["search"], folds_per_repeat=5, alpha=0.025
     )
@@ -161,6 +170,8 @@ def _finish(search: Search, value: float, folds_id: str = "search") -> Any:
 
 
 def test_search_confirms_the_best_trial_once_and_stops_after_a_confirmation() -> None:
+    """The search confirms each new best trial above the goal once, on fresh folds at a split
+    alpha, and stops after a confirmation."""
     model = _model(confirmation={"candidates": 2, "alpha": 0.05, "repeats": 4})
     search = Search(_study(), model)
     _finish(search, 0.7)
@@ -187,6 +198,7 @@ def test_search_confirms_the_best_trial_once_and_stops_after_a_confirmation() ->
 
 
 def test_search_stops_when_no_confirmation_is_left() -> None:
+    """The search stops, saying none was confirmed, when its confirmations are used up."""
     search = Search(_study(), _model(confirmation={"candidates": 1}))
     best = _finish(search, 0.85)
     search.record(confirm(GOAL, best.number, Estimate(0.85), search_folds_ids=["search"],
@@ -196,6 +208,7 @@ def test_search_stops_when_no_confirmation_is_left() -> None:
 
 
 def test_a_trial_on_other_folds_is_not_the_studys_estimator() -> None:
+    """A trial validated on other folds or with fewer fold scores is refused with the reason."""
     search = Search(_study(), _model())
     _finish(search, 0.7, folds_id="a")
     assert search.check_estimate(Estimate(0.7, (0.7,) * 5, "a")) is None
@@ -206,6 +219,8 @@ def test_a_trial_on_other_folds_is_not_the_studys_estimator() -> None:
 
 
 def test_warm_trials_inform_the_sampler_but_not_the_budget_or_the_best() -> None:
+    """Warm trials from an earlier study count neither against the budget nor as the best or a
+    candidate."""
     model = _model()
     search = Search(_study(), model)
     earlier = EarlierTrial({"n": 4, "C": 1.0, "kernel": "rbf"}, 0.99, "old", "c0ffee", 3)
@@ -218,6 +233,7 @@ def test_warm_trials_inform_the_sampler_but_not_the_budget_or_the_best() -> None
 
 @pytest.mark.parametrize(("budget", "startup"), [(1, 2), (3, 3), (5, 5), (10, 10), (25, 10)])
 def test_startup_trials_are_sized_to_the_budget(budget: int, startup: int) -> None:
+    """Startup trials follow the budget, at least 2 and at most 10."""
     assert startup_trials(budget) == startup
 
 

@@ -72,6 +72,7 @@ def test_a_container_without_trainchain_labels_is_never_touched() -> None:
 
 
 def test_a_finished_or_starting_container_is_left_alone() -> None:
+    """A container that exited 0 or is still being created is left alone."""
     assert decide(dead(0), NOW, POLICY).kind is ActionKind.LEAVE
     assert decide(ContainerState(OURS, "created"), NOW, POLICY).kind is ActionKind.LEAVE
 
@@ -91,17 +92,20 @@ def test_a_failed_container_is_restarted_after_its_backoff() -> None:
 
 
 def test_backoff_doubles_and_is_capped() -> None:
+    """The restart backoff doubles from 5 s up to its cap, counting from when it finished."""
     assert [POLICY.backoff(n) for n in range(6)] == [5.0, 10.0, 20.0, 40.0, 40.0, 40.0]
     assert decide(dead(2, restarts=2, finished=NOW), NOW + 1, POLICY).delay == 19.0
 
 
 def test_kills_and_out_of_memory_are_named() -> None:
+    """Reasons name out of memory, SIGKILL and other signals from the exit status."""
     assert "out of memory" in decide(dead(137, oom=True), NOW, POLICY).reason
     assert decide(dead(137), NOW, POLICY).reason == "killed by SIGKILL (exit 137)"
     assert decide(dead(143), NOW, POLICY).reason == "killed by signal 15 (exit 143)"
 
 
 def test_past_the_restart_cap_it_gives_up_with_the_reason() -> None:
+    """Past max_restarts the watchdog gives up, saying why and after how many restarts."""
     action = decide(dead(2, restarts=3), NOW, POLICY)
     assert action.kind is ActionKind.GIVE_UP
     assert action.reason == "exited with status 2; gave up after 3 restart(s) (max_restarts 3)"
@@ -125,11 +129,13 @@ def test_a_fresh_attempt_is_not_hung_on_its_predecessors_report() -> None:
 
 
 def test_without_a_heartbeat_limit_nothing_is_hung() -> None:
+    """Without a heartbeat limit a running container is never judged hung."""
     policy = WatchdogPolicy(heartbeat_limit=None)
     assert decide(running(started=0.0, last_report=0.0), NOW, policy).kind is ActionKind.LEAVE
 
 
 def test_the_containers_own_limits_win() -> None:
+    """A container's own valid limit labels override the policy; invalid or unset ones do not."""
     labels = OURS | {"trainchain.max_restarts": "1", "trainchain.heartbeat_limit": "5"}
     policy = effective_policy(labels, POLICY)
     assert (policy.max_restarts, policy.heartbeat_limit) == (1, 5.0)
@@ -149,6 +155,7 @@ def test_the_containers_own_limits_win() -> None:
     ],
 )
 def test_policy_rejects_bad_values_quoting_them(kwargs: dict[str, float], message: str) -> None:
+    """WatchdogPolicy rejects bad values with an error quoting the value."""
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         WatchdogPolicy(**kwargs)  # type: ignore[arg-type]
 
@@ -225,11 +232,13 @@ def test_a_signal_death_reads_like_the_local_executors() -> None:
 
 
 def test_image_family_for_the_build_hint() -> None:
+    """image_family gives a trainchain image's family, and a placeholder for other images."""
     assert image_family("trainchain/train-eeg:0.1.0") == "eeg"
     assert image_family("python:3.11-slim") == "<family>"
 
 
 def test_no_engine_is_an_error_saying_how_to_start_one(tmp_path: Path) -> None:
+    """No reachable engine is an error saying how to start one and to check DOCKER_HOST."""
     with pytest.raises(DockerUnavailable) as caught:
         connect(f"unix://{tmp_path / 'no.sock'}", timeout=2)
     assert "scripts/start-docker.sh" in str(caught.value)
