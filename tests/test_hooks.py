@@ -29,6 +29,7 @@ from trainchain.triggers.hooks import (
     RunState,
     RunStatus,
     load_status,
+    recent_runs,
     repo_key,
     try_lock,
 )
@@ -185,14 +186,19 @@ def test_a_push_to_another_branch_or_a_deletion_starts_no_run(
 def test_with_jenkins_configured_a_push_triggers_the_jenkins_job(
     model: Path, hub: Path, home: Path, settings: Settings
 ) -> None:
-    """With JENKINS_URL set at push time, the hook calls `trainchain jenkins trigger` with
-    the default job instead of running the chain here."""
+    """With JENKINS_URL set at push time, the hook queues a build of the default job
+    instead of running the chain here; without the rest of the connection (JENKINS_USER)
+    that run fails at once with what to set, shown to the pusher."""
     assert run_cli("hooks", "install", str(hub), "--home", str(home)).returncode == 0
     sha = new_commit(model, "for jenkins")
     pushed = push(model, "main", env={"JENKINS_URL": "http://127.0.0.1:9/"})
     assert f"triggering Jenkins job trainchain-1-pull for {sha[:12]}" in pushed
     assert "queued for" not in pushed
-    assert not HookPaths.under(settings.home).runs.exists()
+    assert "trainchain-1-pull failed: cannot reach Jenkins: JENKINS_USER is not set" in pushed
+    (run,) = recent_runs(HookPaths.under(settings.home))
+    assert run.target == "jenkins" and run.jenkins_job == "trainchain-1-pull"
+    assert run.jenkins_params == {"REPOSITORY": str(hub), "COMMIT": sha}
+    assert run.state is RunState.FAILED and not (home / "chains").exists()
 
 
 # ---- the webhook server -----------------------------------------------------------------

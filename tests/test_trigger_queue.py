@@ -4,9 +4,12 @@ reason, bounds that say what to do."""
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -16,6 +19,7 @@ from trainchain.triggers.queue import (
     AlreadyReceived,
     Holder,
     HookPaths,
+    JenkinsTarget,
     QueueFull,
     RunRequest,
     RunState,
@@ -138,3 +142,120 @@ def test_a_run_left_running_by_a_dead_drainer_is_settled_with_the_reason(
         lambda: (s := queue.get(taken.run_id)).state.final and s, "the resumed run", 120
     )
     assert resumed.state is RunState.FAILED and resumed.exit_code == 5
+
+
+# ---- runs with a target: Jenkins ------------------------------------------------------
+# The schema a trainchain before run targets wrote (schema version 0), as it wrote it.
+OLD_SCHEMA = """
+CREATE TABLE runs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id TEXT NOT NULL UNIQUE,
+    repo TEXT NOT NULL,
+    state TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    chain_start TEXT,
+    record TEXT NOT NULL
+);
+CREATE INDEX runs_by_repo ON runs (repo, state, seq);
+CREATE TABLE claims (
+    repo TEXT PRIMARY KEY, token TEXT NOT NULL UNIQUE, run_id TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, pid_start TEXT, since TEXT NOT NULL
+);
+CREATE TABLE deliveries (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE);
+"""
+
+
+def jenkins_request(n: int, url: str = URL) -> RunRequest:
+    target = JenkinsTarget("trainchain-1-pull", {"REPOSITORY": url, "COMMIT": f"{n}" * 40})
+    return RunRequest(
+        repository=url, commit=f"{n}" * 40, branch="main", trigger="post-receive", jenkins=target
+    )
+
+
+def test_a_queue_file_from_before_run_targets_keeps_its_runs_and_takes_jenkins_runs(
+    home: Path,
+) -> None:
+    """A queue.db an older trainchain wrote (no target column, version 0) with a finished
+    and a queued run: opened, it is migrated in place; both runs are still there, as local
+    chain runs, the queued one is claimed first, and a Jenkins run queues behind it."""
+    paths = HookPaths.under(home)
+    paths.root.mkdir(parents=True)
+    old_done = {
+        "run_id": "20260101T000000Z-toy-11111111-aaaaaa", "state": "succeeded",
+        "repository": URL, "commit": "1" * 40, "branch": "main", "trigger": "webhook",
+        "log": "/x.log", "queued_at": "2026-01-01T00:00:00Z", "exit_code": 0,
+    }  # fmt: skip
+    old_queued = old_done | {
+        "run_id": "20260101T000001Z-toy-22222222-bbbbbb", "state": "queued", "commit": "2" * 40,
+        "exit_code": None,
+    }  # fmt: skip
+    con = sqlite3.connect(paths.db)
+    con.executescript(OLD_SCHEMA)
+    for record in (old_done, old_queued):
+        con.execute(
+            "INSERT INTO runs (run_id, repo, state, trigger, record) VALUES (?, ?, ?, ?, ?)",
+            (record["run_id"], repo_key(URL), record["state"], "webhook", json.dumps(record)),
+        )
+    con.execute("INSERT INTO deliveries (id) VALUES ('d-old')")
+    con.commit()
+    con.close()
+
+    queue = TriggerQueue(paths)
+    done = queue.get(old_done["run_id"])
+    assert done.state is RunState.SUCCEEDED and done.target == "chain" and done.exit_code == 0
+    assert queue.received("d-old")
+    jenkins, ahead = queue.enqueue(jenkins_request(3), max_queue=4, full_hint="")
+    assert ahead == 1 and jenkins.target == "jenkins"
+    with closing(sqlite3.connect(paths.db)) as con:
+        assert con.execute("PRAGMA user_version").fetchone() == (1,)
+        targets = con.execute("SELECT run_id, target FROM runs ORDER BY seq").fetchall()
+    assert targets == [
+        (old_done["run_id"], "chain"), (old_queued["run_id"], "chain"), (jenkins.run_id, "jenkins")
+    ]  # fmt: skip
+    (token,) = queue.claim_waiting(Holder())
+    current = queue.current(token)
+    assert current is not None and current.run_id == old_queued["run_id"]
+    assert TriggerQueue(paths).get(jenkins.run_id) == jenkins  # opened again: nothing changes
+
+
+def test_a_jenkins_run_left_running_by_a_dead_drainer_is_never_triggered_twice(
+    queue: TriggerQueue,
+) -> None:
+    """Jenkins runs whose drainer died: with the queue item Jenkins answered it is done
+    (Jenkins has the build), without one it is failed saying to check Jenkins, and one
+    taken but never tried is queued again: none is triggered a second time."""
+    queued_url = "http://jenkins.example/queue/item/9/"
+    answered, _ = queue.enqueue(jenkins_request(1), max_queue=4, full_hint="")
+    trying, _ = queue.enqueue(jenkins_request(2, "file:///second.git"), max_queue=4, full_hint="")
+    taken, _ = queue.enqueue(jenkins_request(3, "file:///third.git"), max_queue=4, full_hint="")
+    dead = Holder(pid=dead_pid())
+    by_run = {}
+    for token in queue.claim_waiting(dead):
+        current = queue.current(token)
+        assert current is not None
+        by_run[current.run_id] = token
+    at = "2026-01-01T00:00:00Z"
+    queue.started(
+        by_run[answered.run_id],
+        queue.get(answered.run_id).with_(started_at=at, attempts=1, jenkins_queue_url=queued_url),
+    )
+    queue.started(
+        by_run[trying.run_id],
+        queue.get(trying.run_id).with_(started_at=at, attempts=2, error="attempt 2 of 6: 503"),
+    )
+
+    lines = queue.reconcile()
+    assert len(lines) == 3
+    done = queue.get(answered.run_id)
+    assert done.state is RunState.SUCCEEDED and done.jenkins_queue_url == queued_url
+    assert f"after Jenkins queued the build ({queued_url}); not triggered again" in (
+        done.error or ""
+    )
+    failed = queue.get(trying.run_id)
+    assert failed.state is RunState.FAILED and failed.finished_at
+    assert "Jenkins may or may not have queued a build: check trainchain-1-pull" in (
+        failed.error or ""
+    )
+    assert "(the last attempt: attempt 2 of 6: 503)" in (failed.error or "")
+    assert queue.get(taken.run_id).state is RunState.QUEUED
+    assert queue.reconcile() == []  # settled once

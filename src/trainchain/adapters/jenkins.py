@@ -84,10 +84,27 @@ class JenkinsError(TrainchainError):
         *,
         url: str | None = None,
         status: int | None = None,
+        unreachable: bool = False,
     ) -> None:
         super().__init__(message, hint)
         self.url = url
         self.status = status
+        self.unreachable = unreachable  # no connection was made: nothing reached Jenkins
+
+    @property
+    def transient(self) -> bool:
+        """Worth trying again shortly: Jenkins could not be connected to (down, restarting)
+        or answered 5xx (a proxy in front of a Jenkins that is down, or Jenkins starting).
+        A timeout is not: the call may have been carried out without an answer."""
+        return self.unreachable or (self.status is not None and self.status >= 500)
+
+
+ENV_VARS = {"url": "JENKINS_URL", "user": "JENKINS_USER", "token": "JENKINS_TOKEN"}
+_ENV_HINTS = {
+    "url": "the Jenkins root, e.g. http://jenkins.example.com:8080/",
+    "user": "the Jenkins user the jobs are installed and triggered as",
+    "token": "an API token of that user (Jenkins: the user's Security page > API Token)",
+}
 
 
 @dataclass(frozen=True)
@@ -109,6 +126,30 @@ class Connection:
     @property
     def base(self) -> str:
         return self.url if self.url.endswith("/") else self.url + "/"
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        timeout: float = 30.0,
+        given: Mapping[str, str | None] | None = None,
+    ) -> Connection:
+        """The connection from ``given`` (command-line options, when the command takes them),
+        else from JENKINS_URL, JENKINS_USER and JENKINS_TOKEN in ``env`` (the environment
+        an entry point read)."""
+        values: dict[str, str] = {}
+        for key, var in ENV_VARS.items():
+            value = ((given or {}).get(key) or env.get(var, "")).strip()
+            if not value:
+                option = f" and --{key} was not given" if given is not None else ""
+                raise ConfigError(
+                    f"{var} is not set{option}",
+                    hint=f"set {var}{f' (or pass --{key})' if given is not None else ''} "
+                    f"to {_ENV_HINTS[key]}",
+                )
+            values[key] = value
+        return cls(values["url"], values["user"], values["token"], timeout=timeout)
 
 
 # ---- rendering: Jenkins Job Builder, offline ------------------------------------
@@ -444,6 +485,7 @@ class JenkinsClient:
                 hint="check the URL (JENKINS_URL or --url) and that Jenkins is up and "
                 "reachable from this machine",
                 url=j.last_url or self.server,
+                unreachable=True,
             ) from None
         except (python_jenkins.JenkinsException, requests.RequestException, ValueError) as err:
             status = j.last_status

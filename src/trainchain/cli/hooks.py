@@ -1,10 +1,11 @@
-"""`trainchain hooks ...`: push triggers without Jenkins.
+"""`trainchain hooks ...`: push triggers, with or without Jenkins.
 
 ``hooks install`` puts a post-receive hook into a bare repository; ``hooks serve``
 receives GitHub push webhooks. Both queue runs the same way (:mod:`trainchain.triggers.hooks`):
 one chain at a time per repository, each with a log and a status file under
-``$TRAINCHAIN_HOME/hooks/runs``. This module is an entry point: it reads the
-environment (the webhook secret, JENKINS_URL) and passes it down.
+``$TRAINCHAIN_HOME/hooks/runs``; with Jenkins set up, a run is a build of a Jenkins job
+that the drainer triggers. This module is an entry point: it reads the environment (the
+webhook secret, JENKINS_URL and the Jenkins credentials) and passes it down.
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "`openssl rand -hex 32`), then start the server again",
         )
     settings = _settings(args)
+    jenkins_job = _serve_jenkins_job(args)
     config = WebhookConfig(
         secret=secret.encode("utf-8"),
         host=args.host,
@@ -94,6 +96,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         run_timeout=args.run_timeout,
         shutdown_wait=args.shutdown_wait,
         workers=args.workers,
+        jenkins_job=jenkins_job,
+        jenkins_retries=args.jenkins_retries,
     )
     paths = HookPaths.under(settings.home)
     env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}  # chains never see it
@@ -106,6 +110,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     watched = ", ".join(config.branches) or "each repository's default branch"
     _out(f"hooks serve: listening on http://{host!s}:{port}/ and /github-webhook/")
+    if jenkins_job:
+        _out(f"hooks serve: pushes to {watched} become builds of the Jenkins job {jenkins_job}")
     _out(f"hooks serve: pushes to {watched} become runs under {paths.runs}")
     for line in runs.resume():  # what a killed server or drainer left behind
         _out(f"hooks serve: {line}")
@@ -122,6 +128,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return code
 
 
+def _serve_jenkins_job(args: argparse.Namespace) -> str | None:
+    """The Jenkins job pushes become builds of (--jenkins-job, or trainchain-1-pull when
+    JENKINS_URL is set), as for the post-receive hook; its connection settings are checked
+    now (the drainers read them from the environment when they trigger a build)."""
+    from trainchain.adapters.jenkins import Connection
+    from trainchain.triggers.hooks import DEFAULT_JENKINS_JOB
+
+    job: str | None = args.jenkins_job
+    if job is None and os.environ.get("JENKINS_URL"):
+        job = DEFAULT_JENKINS_JOB
+    if job is not None:
+        Connection.from_env(os.environ)
+    return job
+
+
 # ---- hooks install / post-receive -------------------------------------------------------
 def _hook_options(args: argparse.Namespace) -> Any:
     from trainchain.triggers.hooks import HookOptions
@@ -134,6 +155,7 @@ def _hook_options(args: argparse.Namespace) -> Any:
         url=args.url,
         max_queue=args.max_queue,
         run_timeout=args.run_timeout,
+        jenkins_retries=args.jenkins_retries,
     )
 
 
@@ -150,7 +172,10 @@ def cmd_install(args: argparse.Namespace) -> int:
     _out(f"installed {hook}")
     watched = ", ".join(options.branches) or "the repository's HEAD branch"
     if options.jenkins_job:
-        _out(f"a push to {watched} triggers the Jenkins job {options.jenkins_job}")
+        _out(
+            f"a push to {watched} queues a build of the Jenkins job {options.jenkins_job}; "
+            f"logs and status under {HookPaths.under(settings.home).runs}"
+        )
     else:
         _out(
             f"a push to {watched} queues `trainchain run` (a Jenkins build instead when "
@@ -188,7 +213,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not runs:
         _out(f"no runs under {paths.runs}")
     for run in runs:
-        _out(f"{run.run_id}  {run.state:<16}  {run.commit[:12]}  {run.repository}")
+        line = f"{run.run_id}  {run.state:<16}  {run.commit[:12]}  {run.repository}"
+        if run.jenkins_job:
+            where = run.jenkins_build_url or run.jenkins_queue_url
+            line += f"  (Jenkins {run.jenkins_job}{f': {where}' if where else ''})"
+        _out(line)
     return 0
 
 
@@ -246,6 +275,14 @@ def _run_options(sp: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="a chain running longer is stopped and counts as failed (default: 86400)",
     )
+    sp.add_argument(
+        "--jenkins-retries",
+        type=int,
+        default=5,
+        metavar="N",
+        help="with Jenkins: how many times a trigger that could not connect or got a 5xx "
+        "is tried again, after 2, 4, 8, 16, 30, 30... s (default: 5, about a minute)",
+    )
 
 
 def _hook_install_options(sp: argparse.ArgumentParser) -> None:
@@ -253,8 +290,9 @@ def _hook_install_options(sp: argparse.ArgumentParser) -> None:
     sp.add_argument(
         "--jenkins-job",
         metavar="JOB",
-        help="trigger this Jenkins job instead of running the chain here (without it, "
-        "trainchain-1-pull is triggered when JENKINS_URL is set at push time)",
+        help="queue a build of this Jenkins job instead of running the chain here (without "
+        "it, trainchain-1-pull when JENKINS_URL is set at push time); JENKINS_URL, "
+        "JENKINS_USER and JENKINS_TOKEN come from the pusher's environment",
     )
     sp.add_argument(
         "--url",
@@ -304,6 +342,13 @@ def register(
         type=int,
         default=2,
         help="gunicorn worker processes (default: 2), each answering 4 deliveries at once",
+    )
+    sp.add_argument(
+        "--jenkins-job",
+        metavar="JOB",
+        help="queue a build of this Jenkins job per push instead of running the chain here "
+        "(without it, trainchain-1-pull when JENKINS_URL is set); JENKINS_URL, JENKINS_USER "
+        "and JENKINS_TOKEN come from the environment",
     )
 
     sp = sub("install", cmd_install, "write a post-receive hook into a bare repository")

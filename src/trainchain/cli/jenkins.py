@@ -29,13 +29,6 @@ if TYPE_CHECKING:
         RenderedItem,
     )
 
-_ENV = {"url": "JENKINS_URL", "user": "JENKINS_USER", "token": "JENKINS_TOKEN"}
-_ENV_HINTS = {
-    "url": "the Jenkins root, e.g. http://jenkins.example.com:8080/",
-    "user": "the Jenkins user the jobs are installed and triggered as",
-    "token": "an API token of that user (Jenkins: the user's Security page > API Token)",
-}
-
 
 def _info(args: argparse.Namespace, text: str) -> None:
     if not args.quiet:
@@ -46,16 +39,8 @@ def _connection(args: argparse.Namespace, timeout: float) -> Connection:
     """The connection from the options, else the environment (read here, at the entry point)."""
     from trainchain.adapters.jenkins import Connection
 
-    values: dict[str, str] = {}
-    for key, var in _ENV.items():
-        value = getattr(args, key) or os.environ.get(var, "")
-        if not value.strip():
-            raise ConfigError(
-                f"{var} is not set and --{key} was not given",
-                hint=f"set {var} (or pass --{key}) to {_ENV_HINTS[key]}",
-            )
-        values[key] = value.strip()
-    return Connection(values["url"], values["user"], values["token"], timeout=timeout)
+    given = {"url": args.url, "user": args.user, "token": args.token}
+    return Connection.from_env(os.environ, timeout=timeout, given=given)
 
 
 def _jobs_dir(args: argparse.Namespace) -> Path:

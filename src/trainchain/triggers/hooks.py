@@ -1,4 +1,4 @@
-"""Triggers without Jenkins: the post-receive hook, and the drainers that run queued runs.
+"""Push triggers: the post-receive hook, and the drainers that run queued runs.
 
 A trigger (the post-receive hook of a bare repository, or the GitHub webhook server of
 :mod:`trainchain.triggers.webhook`) turns a pushed commit into a *run* queued in the one trigger
@@ -7,7 +7,9 @@ starts a detached *drainer* (`trainchain hooks drain`) for each repository it co
 so the push (or the delivery) is answered at once. A drainer runs its repository's
 queued runs oldest first, each as ``trainchain run <repository> --ref <sha>`` in its own
 process group with a log, ``$TRAINCHAIN_HOME/hooks/runs/<run_id>.log``; one chain at a
-time per repository, at most ``max_running`` repositories at once.
+time per repository, at most ``max_running`` repositories at once. A run whose target is
+a Jenkins job is triggered there instead (:mod:`trainchain.triggers.jenkins`: bounded
+retries, the queue item's URL recorded), with its log in the same place.
 
 The drainer also holds ``flock`` on ``hooks/locks/<repository key>.lock`` around each
 chain: the claim in SQLite says which drainer owns a repository, the lock is the
@@ -24,6 +26,7 @@ import re
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
@@ -35,17 +38,21 @@ from trainchain.contract.task import atomic_write_bytes
 from trainchain.core.errors import ConfigError
 from trainchain.core.status import RunState
 from trainchain.triggers.queue import (
+    DEFAULT_JENKINS_RETRIES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_RUN_TIMEOUT_S,
+    JENKINS,
     SHOWN_RUNS,
     AlreadyReceived,
     Holder,
     HookPaths,
+    JenkinsTarget,
     QueueFull,
     RepositoryBusy,
     RunRequest,
     RunStatus,
     TriggerQueue,
+    check_jenkins_job,
     check_max_queue,
     now_iso,
     repo_key,
@@ -69,7 +76,8 @@ log = logging.getLogger(__name__)
 HOOK_MARKER = "# trainchain post-receive hook"
 ZERO_SHA = "0" * 40
 DEFAULT_JENKINS_JOB = "trainchain-1-pull"
-JENKINS_TIMEOUT_S = 120.0
+JENKINS_SHOWN_S = 30.0  # the hook waits this long to show the pusher Jenkins' answer
+JENKINS_SHOWN_POLL_S = 0.2
 LOCK_POLL_S = 0.2
 KILL_GRACE_S = 30.0  # a timed-out or stopped chain gets this long after SIGTERM
 DRAIN_LOG_LIMIT = 1 << 20  # the drainers' shared stderr log is emptied past 1 MiB
@@ -231,6 +239,10 @@ def run_claimed(
     status = queue.current(token)
     if status is None:
         return None
+    if status.target == JENKINS:  # no chain runs here: the repository's lock is not needed
+        from trainchain.triggers.jenkins import trigger_build
+
+        return trigger_build(queue, token, status, env=env)
     what = f"run {status.run_id}"
     try:
         with wait_lock(queue.paths.lock(repo_key(status.repository)), status.run_timeout, what):
@@ -383,6 +395,7 @@ class HookOptions:
     url: str | None = None  # what the chain pulls; default: the bare repository's path
     max_queue: int = DEFAULT_MAX_QUEUE
     run_timeout: float = DEFAULT_RUN_TIMEOUT_S
+    jenkins_retries: int = DEFAULT_JENKINS_RETRIES
 
     def __post_init__(self) -> None:
         check_max_queue(self.max_queue)
@@ -391,10 +404,8 @@ class HookOptions:
                 raise ConfigError(
                     f"{branch!r} is not a branch name", hint="pass e.g. --branch main"
                 )
-        if self.jenkins_job is not None and not re.match(r"^[A-Za-z0-9._/-]+$", self.jenkins_job):
-            raise ConfigError(
-                f"{self.jenkins_job!r} is not a Jenkins job name: expected letters, digits, . _ / -"
-            )
+        if self.jenkins_job is not None:
+            check_jenkins_job(self.jenkins_job)
 
     def argv(self) -> list[str]:
         """The options as `trainchain hooks post-receive` arguments."""
@@ -409,7 +420,10 @@ class HookOptions:
         ):
             if value:
                 out += [flag, value]
-        return [*out, "--max-queue", str(self.max_queue), "--run-timeout", f"{self.run_timeout:g}"]
+        out += ["--max-queue", str(self.max_queue), "--run-timeout", f"{self.run_timeout:g}"]
+        if self.jenkins_retries != DEFAULT_JENKINS_RETRIES:
+            out += ["--jenkins-retries", str(self.jenkins_retries)]
+        return out
 
 
 def post_receive(
@@ -424,8 +438,9 @@ def post_receive(
     jenkins_url: str | None,
     out: Callable[[str], None],
 ) -> int:
-    """Each pushed branch the hook watches becomes a Jenkins build (when Jenkins is set up) or
-    a queued chain run; 0 when all went well. git shows ``out``'s lines to the pusher."""
+    """Each pushed branch the hook watches becomes a queued run: a Jenkins build (when
+    Jenkins is set up) or a chain run here; 0 when all went well. git shows ``out``'s lines
+    to the pusher."""
     repository = options.url or str(repo)
     default = head_branch(repo)
     job = options.jenkins_job or (DEFAULT_JENKINS_JOB if jenkins_url else None)
@@ -435,14 +450,12 @@ def post_receive(
         if reason is not None:
             log.info("post-receive: %s: no run", reason)
             continue
+        sha12 = update.new[:12]
+        jenkins = None
         if job is not None:
-            failures += (
-                trigger_jenkins(
-                    job, repository, update.new, python=python, env=env, home=home, out=out
-                )
-                != 0
-            )
-            continue
+            params = {"REPOSITORY": repository, "COMMIT": update.new}
+            jenkins = JenkinsTarget(job, params, retries=options.jenkins_retries)
+            out(f"trainchain: triggering Jenkins job {job} for {sha12}")
         request = RunRequest(
             repository=repository,
             commit=update.new,
@@ -451,50 +464,47 @@ def post_receive(
             executor=options.executor,
             data=options.data,
             run_timeout=options.run_timeout,
+            jenkins=jenkins,
         )
         try:
             status, _ = enqueue(
                 paths, request, max_queue=options.max_queue, python=python, env=env, home=home
             )
         except RepositoryBusy as err:
-            out(f"trainchain: no run for {update.new[:12]}: {err.message}")
+            out(f"trainchain: no run for {sha12}: {err.message}")
             failures += 1
             continue
-        sha12 = update.new[:12]
-        out(f"trainchain: chain run {status.run_id} queued for {sha12} (log: {status.log})")
+        if jenkins is None:
+            out(f"trainchain: chain run {status.run_id} queued for {sha12} (log: {status.log})")
+            continue
+        out(f"trainchain: Jenkins run {status.run_id} in the trigger queue (log: {status.log})")
+        failures += not show_jenkins_answer(TriggerQueue(paths), status, out)
     return 1 if failures else 0
 
 
-def trigger_jenkins(
-    job: str,
-    repository: str,
-    commit: str,
-    *,
-    python: str,
-    env: Mapping[str, str],
-    home: Path,
-    out: Callable[[str], None],
-) -> int:
-    """`trainchain jenkins trigger`, its output shown to the pusher; its exit status."""
-    argv = [
-        python, "-m", "trainchain", "jenkins", "trigger", job,
-        "--param", f"REPOSITORY={repository}", "--param", f"COMMIT={commit}",
-    ]  # fmt: skip
-    out(f"trainchain: triggering Jenkins job {job} for {commit[:12]}")
-    try:
-        proc = subprocess.run(
-            argv,
-            stdin=subprocess.DEVNULL,
-            env=child_env(env, home),
-            timeout=JENKINS_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        out(f"trainchain: no answer within {JENKINS_TIMEOUT_S:g} s; no build for {commit[:12]}")
-        return 1
-    if proc.returncode != 0:
-        out(f"trainchain: {job} failed (exit {proc.returncode}); no build for {commit[:12]}")
-    return proc.returncode
+def show_jenkins_answer(queue: TriggerQueue, status: RunStatus, out: Callable[[str], None]) -> bool:
+    """Wait (at most :data:`JENKINS_SHOWN_S`) for the drainer's first word from Jenkins on a
+    Jenkins run and show it to the pusher; False when the run failed."""
+    job, sha12 = status.jenkins_job, status.commit[:12]
+    deadline = time.monotonic() + JENKINS_SHOWN_S
+    while time.monotonic() < deadline:
+        status = queue.get(status.run_id)
+        if status.jenkins_queue_url:
+            out(f"trainchain: queued {job}: {status.jenkins_queue_url}")
+            return True
+        if status.state is RunState.FAILED:
+            out(f"trainchain: {job} failed: {status.error}; no build for {sha12}")
+            return False
+        if status.state.final:  # cancelled
+            out(f"trainchain: {job}: {status.state}: {status.error}; no build for {sha12}")
+            return False
+        time.sleep(JENKINS_SHOWN_POLL_S)
+    why = f" ({status.error})" if status.error else ""
+    out(
+        f"trainchain: Jenkins has not taken the build of {sha12} yet{why}; the trigger "
+        f"goes on: `trainchain hooks status {status.run_id}` follows it"
+    )
+    return True
 
 
 # ---- installing the hook -------------------------------------------------------------

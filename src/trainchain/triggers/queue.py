@@ -1,6 +1,8 @@
 """The one trigger queue: runs the post-receive hook and the webhook asked for, in SQLite.
 
-A trigger turns a pushed commit into a *run* (``trainchain run <repository> --ref <sha>``).
+A trigger turns a pushed commit into a *run* with a target: a local chain run (``trainchain
+run <repository> --ref <sha>``), or a build of a Jenkins job (its name and parameters,
+REPOSITORY and COMMIT; never credentials, which the drainer reads from its environment).
 Every run is a row of ``$TRAINCHAIN_HOME/hooks/queue.db`` (WAL, a busy timeout, stdlib
 ``sqlite3``), so a run queued survives whatever process queued it. Its state goes from
 ``queued`` to ``running`` to ``succeeded``, ``goal_not_reached``, ``failed`` or
@@ -18,7 +20,12 @@ this host) and whose chain process is gone too is *stale*, and :meth:`TriggerQue
 settles it: a run taken but whose chain never started goes back to ``queued`` (nothing
 happened yet, so running it later is safe); a run whose chain had started is marked
 ``failed`` with the reason, not run again, because its chain may have registered a model
-or sent its email before the drainer died, and its log shows how far it got.
+or sent its email before the drainer died, and its log shows how far it got. A Jenkins
+run is never triggered twice either: with the Jenkins queue item it recorded it counts as
+done (Jenkins has the build), without one it is ``failed`` with the reason.
+
+The schema has a version (``PRAGMA user_version``); opening a queue file an older
+trainchain wrote migrates it in place, keeping every row (its runs are local chain runs).
 """
 
 from __future__ import annotations
@@ -58,6 +65,12 @@ _SHA40 = re.compile(r"^[0-9a-f]{40}$")
 _RUN_ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[A-Za-z0-9._-]{1,100}$")
 _KEY = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 
+CHAIN = "chain"  # a run's target: `trainchain run` here
+JENKINS = "jenkins"  # a run's target: a build of a Jenkins job
+TARGETS = (CHAIN, JENKINS)
+SCHEMA_VERSION = 1  # 0: before runs had a target (every run was a chain run)
+DEFAULT_JENKINS_RETRIES = 5
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,7 +79,8 @@ CREATE TABLE IF NOT EXISTS runs (
     state TEXT NOT NULL,
     trigger TEXT NOT NULL,
     chain_start TEXT,
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT 'chain'
 );
 CREATE INDEX IF NOT EXISTS runs_by_repo ON runs (repo, state, seq);
 CREATE TABLE IF NOT EXISTS claims (
@@ -98,8 +112,27 @@ class AlreadyReceived(TrainchainError):
 
 
 @dataclass(frozen=True)
+class JenkinsTarget:
+    """Trigger a build of ``job`` with ``params`` instead of running the chain here; a
+    connection error or 5xx is tried again ``retries`` times (waits: :func:`retry_waits`)."""
+
+    job: str
+    params: Mapping[str, str]
+    retries: int = DEFAULT_JENKINS_RETRIES
+
+    def __post_init__(self) -> None:
+        check_jenkins_job(self.job)
+        if not 0 <= self.retries <= MAX_JENKINS_RETRIES:
+            raise ConfigError(
+                f"{self.retries} Jenkins retries is out of range: expected 0 to "
+                f"{MAX_JENKINS_RETRIES}"
+            )
+
+
+@dataclass(frozen=True)
 class RunRequest:
-    """What a trigger asks for: run the chain on ``repository`` at ``commit``."""
+    """What a trigger asks for: run the chain on ``repository`` at ``commit``, here or (with
+    ``jenkins``) as a Jenkins build."""
 
     repository: str  # what `trainchain run` pulls: a URL, or an absolute path
     commit: str  # the full sha
@@ -109,6 +142,7 @@ class RunRequest:
     executor: str | None = None  # None: `trainchain run`'s default
     data: str | None = None
     run_timeout: float = DEFAULT_RUN_TIMEOUT_S
+    jenkins: JenkinsTarget | None = None
 
     def __post_init__(self) -> None:
         if not self.repository or self.repository.startswith("-"):
@@ -147,6 +181,14 @@ class RunStatus:
     exit_code: int | None = None
     pid: int | None = None
     error: str | None = None
+    # a Jenkins run (target "jenkins"): the job, its parameters, what Jenkins answered
+    target: str = CHAIN
+    jenkins_job: str | None = None
+    jenkins_params: dict[str, str] | None = None
+    jenkins_retries: int = DEFAULT_JENKINS_RETRIES
+    attempts: int = 0
+    jenkins_queue_url: str | None = None
+    jenkins_build_url: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"state": str(self.state)}
@@ -207,6 +249,23 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+MAX_JENKINS_RETRIES = 10
+RETRY_WAIT_S = 2.0  # the first wait before trying Jenkins again; doubled each time
+MAX_RETRY_WAIT_S = 30.0
+
+
+def retry_waits(retries: int) -> list[float]:
+    """The waits before each retry of a Jenkins trigger: 2, 4, 8, 16, 30, 30 ... seconds
+    (the default 5 retries: 6 attempts over about a minute)."""
+    return [min(RETRY_WAIT_S * 2**i, MAX_RETRY_WAIT_S) for i in range(retries)]
+
+
+def check_jenkins_job(job: str) -> str:
+    if not re.match(r"^[A-Za-z0-9._/-]+$", job):
+        raise ConfigError(f"{job!r} is not a Jenkins job name: expected letters, digits, . _ / -")
+    return job
+
+
 def check_key(key: str) -> str:
     if not _KEY.match(key) or key.startswith("."):
         raise ConfigError(f"{key!r} is not a repository key: expected letters, digits, . _ -")
@@ -241,7 +300,7 @@ def new_run_id(repository: str, commit: str) -> str:
 
 def new_status(paths: HookPaths, request: RunRequest) -> RunStatus:
     run_id = new_run_id(request.repository, request.commit)
-    return RunStatus(
+    status = RunStatus(
         run_id=run_id,
         state=RunState.QUEUED,
         repository=request.repository,
@@ -254,6 +313,14 @@ def new_status(paths: HookPaths, request: RunRequest) -> RunStatus:
         executor=request.executor,
         data=request.data,
         run_timeout=request.run_timeout,
+    )
+    if request.jenkins is None:
+        return status
+    return status.with_(
+        target=JENKINS,
+        jenkins_job=request.jenkins.job,
+        jenkins_params=dict(request.jenkins.params),
+        jenkins_retries=request.jenkins.retries,
     )
 
 
@@ -311,7 +378,7 @@ class TriggerQueue:
         paths.root.mkdir(parents=True, exist_ok=True)
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
+        self._migrate()
         self._import_old_deliveries()
 
     @contextmanager
@@ -354,10 +421,40 @@ class TriggerQueue:
                 (json.dumps(status.to_dict(), indent=2) + "\n").encode("utf-8"),
             )
 
+    def _migrate(self) -> None:
+        """Create the tables, or bring a queue file an older trainchain wrote up to
+        :data:`SCHEMA_VERSION` in one transaction (its rows kept as they are)."""
+        with self._connect() as con:
+            (version,) = con.execute("PRAGMA user_version").fetchone()
+        if version == SCHEMA_VERSION:
+            return
+        with self._txn() as (con, _):
+            (version,) = con.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"the trigger queue {self.paths.db} has schema version {version}, newer "
+                    f"than this trainchain's {SCHEMA_VERSION}",
+                    hint="run the trainchain that wrote it, or upgrade this one",
+                )
+            had_runs = con.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+            ).fetchone()
+            if had_runs and version < 1:  # version 0: every run was a local chain run
+                columns = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+                if "target" not in columns:
+                    con.execute(
+                        f"ALTER TABLE runs ADD COLUMN target TEXT NOT NULL DEFAULT '{CHAIN}'"
+                    )
+            for statement in _SCHEMA.split(";"):  # executescript would commit
+                if statement.strip():
+                    con.execute(statement)
+            con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
     @staticmethod
     def _put(con: sqlite3.Connection, changed: list[RunStatus], status: RunStatus) -> None:
         con.execute(
-            "INSERT INTO runs (run_id, repo, state, trigger, record) VALUES (?, ?, ?, ?, ?) "
+            "INSERT INTO runs (run_id, repo, state, trigger, record, target) "
+            "VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT (run_id) DO UPDATE SET state = excluded.state, record = excluded.record",
             (
                 status.run_id,
@@ -365,6 +462,7 @@ class TriggerQueue:
                 str(status.state),
                 status.trigger,
                 json.dumps(status.to_dict()),
+                status.target,
             ),
         )
         changed.append(status)
@@ -577,10 +675,39 @@ class TriggerQueue:
         if run.started_at is None:  # taken, but its chain never started: run it later
             self._put(con, changed, run.with_(state=RunState.QUEUED))
             return f"run {run.run_id}: {who} went away before its chain started; queued again"
+        if run.target == JENKINS:
+            return self._settle_jenkins(con, changed, run, who)
         error = (
             f"{who} went away while the chain (pid {run.pid}) ran; its outcome was not "
             "recorded (the run's log shows how far it got): push again to run it again"
         )
+        self._put(
+            con, changed, run.with_(state=RunState.FAILED, finished_at=now_iso(), error=error)
+        )
+        return f"run {run.run_id} marked failed: {error}"
+
+    def _settle_jenkins(
+        self, con: sqlite3.Connection, changed: list[RunStatus], run: RunStatus, who: str
+    ) -> str:
+        """A Jenkins run whose drainer went away while triggering it: never triggered again.
+        With the queue item Jenkins answered, Jenkins has the build: done."""
+        url = run.jenkins_build_url or run.jenkins_queue_url
+        if url:
+            note = f"{who} went away after Jenkins queued the build ({url}); not triggered again"
+            self._put(
+                con,
+                changed,
+                run.with_(state=RunState.SUCCEEDED, finished_at=now_iso(), error=note),
+            )
+            return f"run {run.run_id} marked succeeded: {note}"
+        error = (
+            f"{who} went away while triggering the Jenkins job {run.jenkins_job}, before "
+            "Jenkins' answer was recorded; Jenkins may or may not have queued a build: "
+            f"check {run.jenkins_job} in Jenkins, and push again if it has no build of "
+            f"{run.commit[:12]}"
+        )
+        if run.error:
+            error += f" (the last attempt: {run.error})"
         self._put(
             con, changed, run.with_(state=RunState.FAILED, finished_at=now_iso(), error=error)
         )

@@ -1,4 +1,4 @@
-"""GitHub push webhooks without Jenkins: the server behind `trainchain hooks serve`.
+"""GitHub push webhooks: the server behind `trainchain hooks serve`.
 
 GitHub POSTs each push to ``/`` (or ``/github-webhook/``, Jenkins' path, so one GitHub
 setting serves both) signed with the shared secret (``X-Hub-Signature-256``). A signed
@@ -7,7 +7,9 @@ push to a watched branch becomes a run in the one trigger queue
 per repository, each run by a detached drainer in its own process
 (:mod:`trainchain.triggers.hooks`), so a crashing chain never takes the server down, a
 chain still running at shutdown finishes and records its outcome on its own, and a run
-queued when the server was killed is drained when it starts again.
+queued when the server was killed is drained when it starts again. With a Jenkins job
+configured (``jenkins_job``), a push becomes a queued build of that job instead, with
+REPOSITORY and COMMIT, triggered by the drainer (:mod:`trainchain.triggers.jenkins`).
 
 The decisions (is the signature right, is this a push to run) are plain functions;
 :class:`WebhookApp` answers requests without any socket; :func:`create_app` makes it a
@@ -42,14 +44,17 @@ from trainchain.triggers.hooks import (
     enqueue,
 )
 from trainchain.triggers.queue import (
+    DEFAULT_JENKINS_RETRIES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_RUN_TIMEOUT_S,
     AlreadyReceived,
     HookPaths,
+    JenkinsTarget,
     QueueFull,
     RunRequest,
     RunStatus,
     TriggerQueue,
+    check_jenkins_job,
     check_max_queue,
 )
 
@@ -85,6 +90,8 @@ class WebhookConfig:
     run_timeout: float = DEFAULT_RUN_TIMEOUT_S
     shutdown_wait: float = DEFAULT_SHUTDOWN_WAIT_S
     workers: int = DEFAULT_WORKERS
+    jenkins_job: str | None = None  # set: each push becomes a build of this Jenkins job
+    jenkins_retries: int = DEFAULT_JENKINS_RETRIES
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -108,6 +115,8 @@ class WebhookConfig:
             raise ConfigError(
                 f"{self.workers} workers is out of range: expected 1 to {MAX_WORKERS}"
             )
+        if self.jenkins_job is not None:
+            check_jenkins_job(self.jenkins_job)
 
 
 # ---- decisions --------------------------------------------------------------------
@@ -318,6 +327,12 @@ class WebhookApp:
         return self._answer(headers, peer, "-", code, {"error": error})
 
     def _queue(self, delivery: str, push: Push) -> tuple[int, dict[str, Any]]:
+        jenkins = None
+        if self.config.jenkins_job is not None:
+            params = {"REPOSITORY": push.repository, "COMMIT": push.commit}
+            jenkins = JenkinsTarget(
+                self.config.jenkins_job, params, retries=self.config.jenkins_retries
+            )
         request = RunRequest(
             repository=push.repository,
             commit=push.commit,
@@ -327,6 +342,7 @@ class WebhookApp:
             executor=self.config.executor,
             data=self.config.data,
             run_timeout=self.config.run_timeout,
+            jenkins=jenkins,
         )
         try:
             status, ahead = self.runs.submit(request)
@@ -334,6 +350,8 @@ class WebhookApp:
             return HTTPStatus.SERVICE_UNAVAILABLE, {"error": err.message, "hint": err.hint}
         return HTTPStatus.ACCEPTED, {
             "run_id": status.run_id,
+            "target": status.target,
+            **({"jenkins_job": status.jenkins_job} if jenkins else {}),
             "repository": push.repository,
             "commit": push.commit,
             "queued_behind": ahead,
