@@ -256,6 +256,22 @@ def test_a_webhook_push_with_a_jenkins_job_becomes_a_jenkins_build(
     no_token_under(settings.home)
 
 
+def test_serve_with_a_jenkins_job_needs_the_whole_connection_before_it_listens(
+    home: Path,
+) -> None:
+    """`hooks serve --jenkins-job` without JENKINS_USER and JENKINS_TOKEN is refused at
+    start (exit 2, what to set) rather than failing every push later."""
+    env = {"TRAINCHAIN_WEBHOOK_SECRET": "s", "JENKINS_URL": "http://127.0.0.1:9/"}
+    env |= {"JENKINS_USER": "", "JENKINS_TOKEN": ""}
+    out = run_cli(
+        "hooks", "serve", "--jenkins-job", "trainchain-pipeline", "--port", "0",
+        "--home", str(home), env=env, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "JENKINS_USER is not set" in out.stderr, out.stderr
+    assert "hint: set JENKINS_USER to the Jenkins user" in out.stderr
+    assert "listening" not in out.stdout
+
+
 # ---- no answer at all ------------------------------------------------------------------
 def test_a_jenkins_that_never_answers_is_not_triggered_again(home: Path) -> None:
     """A Jenkins that accepts the connection and never answers (a listening socket nobody

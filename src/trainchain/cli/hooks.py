@@ -305,7 +305,10 @@ def register(
     add: Callable[[str, Any, str], argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
     hooks = add(
-        "hooks", lambda a: 0, "push triggers without Jenkins: a post-receive hook, a webhook server"
+        "hooks",
+        lambda a: 0,
+        "push triggers: a post-receive hook, a webhook server (a chain run here or a Jenkins "
+        "build)",
     )
     hsub = hooks.add_subparsers(dest="hooks_command", required=True, metavar="COMMAND")
 
