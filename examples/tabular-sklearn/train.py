@@ -1,14 +1,11 @@
 """Breast cancer diagnosis from tabular features: standard scaling and a classifier.
 
-Run by trainchain (`trainchain train .`, `trainchain tune .`): it reads this trial's
-hyperparameters, the data options of trainchain.yaml and the validation plan trainchain
-gives every trial of a study (TRAINCHAIN_VALIDATION: k folds, repeats, seed). Every
-classifier is scored by the same stratified k-fold cross-validation of the development
-part (val_accuracy, the mean of the per-fold scores it reports beside it); then the
-pipeline is fitted on the whole development part, scored once on the held-out part
-(test_accuracy) and saved as an MLflow scikit-learn model. A confirmation run (purpose
-"confirm": fresh folds for the study's best) only cross-validates.
-"""
+trainchain runs it for each trial (`trainchain train .`, `trainchain tune .`). The
+classifier the trial's hyperparameters name is scored on the study's validation plan
+(TRAINCHAIN_VALIDATION): stratified k-fold cross-validation of the development rows, one
+report line per fold. Outside a confirmation run (which only cross-validates, on fresh
+folds) the pipeline is then fitted on all development rows, scored once on the held-out
+rows and saved in MLflow's sklearn flavour."""
 
 from __future__ import annotations
 

@@ -26,6 +26,7 @@ from sklearn.pipeline import Pipeline
 from trainchain.core.config import Family
 from trainchain.families import validation
 from trainchain.families.base import FamilyDataError, FamilySpec
+from trainchain.families.params import one_of, positive, with_defaults
 from trainchain.families.validation import CrossValidation
 
 __all__ = [
@@ -438,14 +439,9 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
     from mne.decoding import CSP
     from sklearn.preprocessing import StandardScaler
 
-    unknown = sorted(set(params) - set(PIPELINE_PARAMS))
-    if unknown:
-        raise EEGDataError(
-            f"unknown hyperparameter(s) {unknown}: the EEG pipeline understands "
-            f"{list(PIPELINE_PARAMS)}",
-            hint="rename them in search_space of trainchain.yaml",
-        )
-    p = {**DEFAULT_PARAMS, **params}
+    p = with_defaults(
+        params, DEFAULT_PARAMS, known=PIPELINE_PARAMS, pipeline="EEG", error=EEGDataError
+    )
     if "l_freq" in params or "h_freq" in params:
         if "band" in params:
             raise EEGDataError(
@@ -460,13 +456,8 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
         raise EEGDataError(
             f"hyperparameter 'csp_components': expected an integer >= 1, got {n_components!r}"
         )
-    C = p["C"]
-    if isinstance(C, bool) or not isinstance(C, int | float) or not C > 0:
-        raise EEGDataError(f"hyperparameter 'C': expected a number > 0, got {C!r}")
-    if p["kernel"] not in _KERNELS:
-        raise EEGDataError(
-            f"hyperparameter 'kernel': expected one of {list(_KERNELS)}, got {p['kernel']!r}"
-        )
+    C = positive("C", p["C"], EEGDataError)
+    one_of("kernel", p["kernel"], _KERNELS, EEGDataError)
     gamma = p["gamma"]
     if gamma not in ("scale", "auto") and (
         isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma > 0
@@ -474,11 +465,7 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
         raise EEGDataError(
             f"hyperparameter 'gamma': expected 'scale', 'auto' or a number > 0, got {gamma!r}"
         )
-    if p["classifier"] not in _CLASSIFIERS:
-        raise EEGDataError(
-            f"hyperparameter 'classifier': expected one of {list(_CLASSIFIERS)}, "
-            f"got {p['classifier']!r}"
-        )
+    one_of("classifier", p["classifier"], _CLASSIFIERS, EEGDataError)
     reg = p["csp_reg"]
     if isinstance(reg, str) and reg.lower() in ("none", "null", ""):
         reg = None
@@ -489,7 +476,7 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
             ("bandpass", bandpass),
             ("csp", CSP(n_components=n_components, reg=reg, log=True, rank="full")),
             ("scale", StandardScaler()),
-            ("clf", _classifier(p, float(C), gamma)),
+            ("clf", _classifier(p, C, gamma)),
         ]
     )
 
@@ -498,10 +485,8 @@ def _classifier(p: Mapping[str, Any], C: float, gamma: Any) -> Any:
     if p["classifier"] == "sgd":
         from sklearn.linear_model import SGDClassifier
 
-        alpha = p["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
-            raise EEGDataError(f"hyperparameter 'alpha': expected a number > 0, got {alpha!r}")
-        return SGDClassifier(loss="hinge", alpha=float(alpha), random_state=0)
+        alpha = positive("alpha", p["alpha"], EEGDataError)
+        return SGDClassifier(loss="hinge", alpha=alpha, random_state=0)
     from sklearn.svm import SVC
 
     return SVC(C=C, kernel=p["kernel"], gamma=gamma)

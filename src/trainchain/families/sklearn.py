@@ -28,6 +28,7 @@ import numpy.typing as npt
 from trainchain.core.config import Family
 from trainchain.families import validation
 from trainchain.families.base import FamilyDataError, FamilySpec
+from trainchain.families.params import one_of, positive, with_defaults
 from trainchain.families.validation import CrossValidation
 
 __all__ = [
@@ -225,13 +226,6 @@ def load_table(
 # --------------------------------------------------------------------------- pipeline
 
 
-def _positive(params: Mapping[str, Any], name: str) -> float:
-    value = params[name]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise TabularDataError(f"hyperparameter {name!r}: expected a number > 0, got {value!r}")
-    return float(value)
-
-
 def _count(params: Mapping[str, Any], name: str, *, optional: bool = False) -> int | None:
     value = params[name]
     if optional and value is None:
@@ -248,16 +242,15 @@ def _classifier(p: Mapping[str, Any]) -> Any:
     if p["classifier"] == "logistic":
         from sklearn.linear_model import LogisticRegression
 
-        return LogisticRegression(C=_positive(p, "C"), max_iter=1000)
+        return LogisticRegression(C=positive("C", p["C"], TabularDataError), max_iter=1000)
     if p["classifier"] == "svc":
         from sklearn.svm import SVC
 
-        if p["kernel"] not in _KERNELS:
-            raise TabularDataError(
-                f"hyperparameter 'kernel': expected one of {list(_KERNELS)}, got {p['kernel']!r}"
-            )
-        gamma = p["gamma"] if p["gamma"] in ("scale", "auto") else _positive(p, "gamma")
-        return SVC(C=_positive(p, "C"), kernel=p["kernel"], gamma=gamma)
+        kernel = one_of("kernel", p["kernel"], _KERNELS, TabularDataError)
+        gamma = p["gamma"]
+        if gamma not in ("scale", "auto"):
+            gamma = positive("gamma", gamma, TabularDataError)
+        return SVC(C=positive("C", p["C"], TabularDataError), kernel=kernel, gamma=gamma)
     from sklearn.ensemble import RandomForestClassifier
 
     return RandomForestClassifier(
@@ -275,19 +268,14 @@ def build_pipeline(params: Mapping[str, Any]) -> Any:
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    unknown = sorted(set(params) - set(DEFAULT_PARAMS))
-    if unknown:
-        raise TabularDataError(
-            f"unknown hyperparameter(s) {unknown}: the scikit-learn pipeline understands "
-            f"{list(DEFAULT_PARAMS)}",
-            hint="rename them in search_space of trainchain.yaml",
-        )
-    p = {**DEFAULT_PARAMS, **params}
-    if p["classifier"] not in CLASSIFIERS:
-        raise TabularDataError(
-            f"hyperparameter 'classifier': expected one of {list(CLASSIFIERS)}, "
-            f"got {p['classifier']!r}"
-        )
+    p = with_defaults(
+        params,
+        DEFAULT_PARAMS,
+        known=DEFAULT_PARAMS,
+        pipeline="scikit-learn",
+        error=TabularDataError,
+    )
+    one_of("classifier", p["classifier"], CLASSIFIERS, TabularDataError)
     return Pipeline([("scale", StandardScaler()), ("clf", _classifier(p))])
 
 
