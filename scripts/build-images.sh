@@ -251,7 +251,7 @@ make_context() {
 smoke_command() {
   case $1 in
     eeg) echo "import mne, sklearn, scipy, numpy, mlflow.sklearn, cloudpickle; from trainchain import task; from trainchain.families.eeg import build_pipeline, load_epochs; print('mne', mne.__version__, 'sklearn', sklearn.__version__, 'numpy', numpy.__version__)" ;;
-    sklearn) echo "import sklearn, scipy, numpy, mlflow.sklearn, cloudpickle; from trainchain import task; print('sklearn', sklearn.__version__, 'numpy', numpy.__version__)" ;;
+    sklearn) echo "import sklearn, scipy, numpy, mlflow.sklearn, cloudpickle; from trainchain import task; from trainchain.families.sklearn import build_pipeline, load_table; print('sklearn', sklearn.__version__, 'numpy', numpy.__version__)" ;;
     tensorflow) echo "import tensorflow as tf, keras, numpy, mlflow, cloudpickle; from trainchain import task; print('tensorflow', tf.__version__, 'keras', keras.__version__, 'numpy', numpy.__version__)" ;;
     serve) echo "import shutil, subprocess, mlflow.sklearn; from importlib.metadata import version; from trainchain.families.eeg import build_pipeline; from trainchain.serving.app import create_app; subprocess.run([shutil.which('trainchain'), 'serve', '--help'], check=True, capture_output=True); print(*(f'{p} {version(p)}' for p in ('flask', 'gunicorn', 'mne', 'scikit-learn')), '; trainchain serve --help runs')" ;;
   esac

@@ -1,14 +1,14 @@
 """The model-family contract, one suite run over every family (as scikit-learn's estimator
 checks run over every estimator): each family of :class:`trainchain.core.config.Family` has one
-detection rule naming its training image, a Dockerfile under images/ for that image, and
-a model repository that detection assigns to it; a family with an example in examples/
-declares a search space whose defaults its model code understands, and its train script,
-run through the local executor on a tiny dataset, honours the training contract.
+detection rule naming its training image, a Dockerfile under images/ for that image, a family
+module declaring its :class:`~trainchain.families.base.FamilySpec`, and examples in examples/
+that detection assigns to it; each example declares a search space whose defaults its family's
+model code understands, and its train script, run through the local executor on a tiny
+dataset, honours the training contract.
 
 The tiny datasets: synthetic EEG (trainchain.families.eeg_synth) for eeg, scikit-learn's
 digits as PNGs for cnn (marked ``tensorflow`` and ``slow`` like the other tests that load
-Keras). The sklearn family has a rule and an image but no example and no family module
-yet: its repository here is a two-line scikit-learn script, checked for detection only.
+Keras), scikit-learn's iris as a CSV (trainchain.families.sklearn.write_dataset) for sklearn.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,28 +30,17 @@ from trainchain.chain.training import read_report
 from trainchain.core.config import Family, ModelConfig, load_config
 from trainchain.core.detect import DEFAULT_RULES, detect
 from trainchain.executors import AttemptSpec, LocalExecutor
+from trainchain.families.base import family_spec
 
 EXAMPLES = REPO_ROOT / "examples"
-
-SKLEARN_TRAIN = """\
-from sklearn.linear_model import LogisticRegression
-model = LogisticRegression()
-"""
-
-
-def _sklearn_repo(root: Path) -> Path:
-    root.mkdir(parents=True)
-    (root / "train.py").write_text(SKLEARN_TRAIN)
-    return root
 
 
 @dataclass(frozen=True)
 class FamilyCase:
-    """One family and the repositories it is checked on."""
+    """One family and the examples it is checked on."""
 
     family: Family
-    examples: tuple[str, ...] = ()  # folders of examples/
-    make_repo: Callable[[Path], Path] | None = None  # a repository made here (no example)
+    examples: tuple[str, ...]  # folders of examples/
     understands: Callable[[ModelConfig], object] | None = None  # the family takes its defaults
 
 
@@ -60,10 +50,16 @@ def _eeg_understands(model: ModelConfig) -> object:
     return build_pipeline(model.defaults(), float(model.data.options.get("sfreq", 250.0)))
 
 
+def _sklearn_understands(model: ModelConfig) -> object:
+    from trainchain.families.sklearn import build_pipeline
+
+    return build_pipeline(model.defaults())
+
+
 CASES = (
     FamilyCase(Family.EEG, examples=("eeg-motor-imagery",), understands=_eeg_understands),
     FamilyCase(Family.CNN, examples=("cats-vs-dogs-cnn", "emotion-cnn")),
-    FamilyCase(Family.SKLEARN, make_repo=_sklearn_repo),
+    FamilyCase(Family.SKLEARN, examples=("tabular-sklearn",), understands=_sklearn_understands),
 )
 assert {c.family for c in CASES} == set(Family), "every family needs a case in this suite"
 
@@ -93,12 +89,22 @@ def test_declares_one_training_image_built_from_images(case: FamilyCase) -> None
 
 
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_detection_assigns_its_repositories_to_it(case: FamilyCase, tmp_path: Path) -> None:
+def test_declares_its_spec_in_its_family_module(case: FamilyCase) -> None:
+    """The family's module (found through families.base, imported only then) declares the
+    spec of this family: its models' inputs, their MLflow flavour, and requirements of which
+    those installed here are pinned exactly."""
+    spec = family_spec(case.family)
+    assert spec.family == case.family
+    assert spec.inputs and spec.flavor in {"sklearn", "keras"}
+    assert all(re.fullmatch(r"[A-Za-z0-9_.-]+==\S+", r) for r in spec.pip_requirements())
+    assert "numpy" in spec.requirements
+
+
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_detection_assigns_its_repositories_to_it(case: FamilyCase) -> None:
     """Detection (code only, no image: in trainchain.yaml) picks the family and its image
-    for each of its repositories, with evidence from its code."""
+    for each of its examples, with evidence from its code."""
     repos = [EXAMPLES / name for name in case.examples]
-    if case.make_repo is not None:
-        repos.append(case.make_repo(tmp_path / "repo"))
     assert repos, f"{case.family}: no repository to detect"
     for repo in repos:
         found = detect(repo)
@@ -107,9 +113,7 @@ def test_detection_assigns_its_repositories_to_it(case: FamilyCase, tmp_path: Pa
         assert any(e.family == case.family.value for e in found.evidence), found.evidence
 
 
-@pytest.mark.parametrize(
-    "case", [c for c in CASES if c.examples], ids=_ids
-)  # a family without an example has no search space to check
+@pytest.mark.parametrize("case", CASES, ids=_ids)
 def test_its_examples_declare_a_search_space_with_defaults_it_understands(
     case: FamilyCase,
 ) -> None:
@@ -191,3 +195,27 @@ def test_cnn_train_script_honours_the_contract_on_a_tiny_dataset(tmp_path: Path)
     data = write_digits(tmp_path / "digits")
     repo = make_digits_repo(tmp_path / "repo", data, epochs=4)
     check_train_contract(*_run(repo, data, tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_sklearn_train_script_honours_the_contract_on_a_tiny_dataset(tmp_path: Path) -> None:
+    """The tabular example on scikit-learn's iris (150 rows, three classes) meets the
+    training contract; its saved model predicts the held-out rows' classes."""
+    from trainchain.families.sklearn import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, "iris")
+    repo = tmp_path / "repo"
+    shutil.copytree(EXAMPLES / "tabular-sklearn", repo)
+    config = repo / "trainchain.yaml"
+    config.write_text(config.read_text().replace("breast_cancer.csv", "iris.csv"))
+    result, spec, model = _run(repo, data, tmp_path / "run")
+    check_train_contract(result, spec, model)
+
+    import mlflow.pyfunc
+    import numpy as np
+
+    heldout = np.load(spec.output_dir / "heldout.npz")
+    predicted = mlflow.pyfunc.load_model(str(spec.output_dir / "model")).predict(heldout["X"])
+    assert set(np.asarray(predicted).tolist()) <= {"setosa", "versicolor", "virginica"}
+    assert "scikit-learn==" in (spec.output_dir / "model" / "requirements.txt").read_text()

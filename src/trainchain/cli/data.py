@@ -1,5 +1,5 @@
-"""`trainchain data`: synthetic EEG recordings, and a registered version's held-out
-examples as a request body."""
+"""`trainchain data`: synthetic EEG recordings, a tabular CSV from a dataset shipped with
+scikit-learn, and a registered version's held-out examples as a request body."""
 
 from __future__ import annotations
 
@@ -28,6 +28,13 @@ def cmd_synth_eeg(args: argparse.Namespace) -> int:
         raise TrainchainError(str(err)) from None
     for f in files:
         out(str(f))
+    return 0
+
+
+def cmd_tabular(args: argparse.Namespace) -> int:
+    from trainchain.families.sklearn import write_dataset
+
+    out(str(write_dataset(Path(args.out), args.dataset)))
     return 0
 
 
@@ -70,6 +77,19 @@ def register(
         type=int,
         default=144,
         help="cues per class and subject (default 144: one BCI IV 2a session)",
+    )
+    sp = dsub.add_parser(
+        "tabular",
+        parents=[common],
+        help="write a dataset shipped with scikit-learn as a CSV file (features, then label)",
+    )
+    sp.set_defaults(func=cmd_tabular)
+    sp.add_argument("--out", required=True, help="folder to write <dataset>.csv into")
+    sp.add_argument(
+        "--dataset",
+        default="breast_cancer",
+        help="which of scikit-learn's bundled datasets (trainchain.families.sklearn.DATASETS: "
+        "breast_cancer, iris, wine; default: breast_cancer)",
     )
     sp = dsub.add_parser(
         "heldout",

@@ -25,11 +25,12 @@ import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
 
 from trainchain.contract import task
+from trainchain.core.config import Family
+from trainchain.families.base import FamilyDataError, FamilySpec
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,16 @@ BEST_WEIGHTS = "best.weights.h5"
 METADATA_KEY = "trainchain"
 
 
-class ImageDataError(ValueError):
+# What the family's models are: Keras models on TensorFlow, preprocessing in their metadata.
+SPEC = FamilySpec(
+    family=Family.CNN,
+    inputs="images: uint8 0-255 (n, height, width, channels), any size",
+    flavor="keras",
+    requirements=("keras", "tensorflow-cpu", "tensorflow", "numpy"),
+)
+
+
+class ImageDataError(FamilyDataError):
     """The image folders are not laid out as the family expects."""
 
 
@@ -454,17 +464,6 @@ def _save_atomically(path: Path, save: Callable[[str], Any]) -> None:
 # --- the model for MLflow -----------------------------------------------------------
 
 
-def pip_requirements() -> list[str]:
-    """The exact libraries the saved model needs to load (those of this environment)."""
-    out = []
-    for dist in ("keras", "tensorflow-cpu", "tensorflow", "numpy"):
-        try:
-            out.append(f"{dist}=={importlib_metadata.version(dist)}")
-        except importlib_metadata.PackageNotFoundError:
-            continue
-    return out
-
-
 def save_model(model: Any, path: Path, preprocessing: Preprocessing) -> Path:
     """Save ``model`` in MLflow's ``keras`` flavor, its preprocessing in the metadata."""
     import mlflow.keras
@@ -480,7 +479,7 @@ def save_model(model: Any, path: Path, preprocessing: Preprocessing) -> Path:
         model,
         str(path),
         signature=signature,
-        pip_requirements=pip_requirements(),
+        pip_requirements=SPEC.pip_requirements(),
         metadata={METADATA_KEY: preprocessing.as_metadata()},
     )
     return Path(path)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,11 @@ import numpy.typing as npt
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.pipeline import Pipeline
 
-from trainchain.core.errors import TrainchainError
+from trainchain.core.config import Family
+from trainchain.families import validation
+from trainchain.families.base import FamilyDataError, FamilySpec
+from trainchain.families.params import one_of, positive, with_defaults
+from trainchain.families.validation import CrossValidation
 
 __all__ = [
     "CHANNELS_BCI_IV_2A",
@@ -33,6 +36,7 @@ __all__ = [
     "DEFAULT_PARAMS",
     "LOAD_OPTIONS",
     "PIPELINE_PARAMS",
+    "SPEC",
     "BandPass",
     "CrossValidation",
     "EEGDataError",
@@ -109,7 +113,16 @@ FloatArray = npt.NDArray[np.float64]
 Labels = npt.NDArray[np.str_]
 
 
-class EEGDataError(TrainchainError, ValueError):
+# What the family's models are: fitted scikit-learn pipelines with mne's steps, pickled.
+SPEC = FamilySpec(
+    family=Family.EEG,
+    inputs="EEG epochs: float array (n, channels, samples), the channels and rate of training",
+    flavor="sklearn",
+    requirements=("mne", "scikit-learn", "numpy", "scipy", "cloudpickle"),
+)
+
+
+class EEGDataError(FamilyDataError):
     """Recordings, options or hyperparameters of the EEG family are wrong."""
 
 
@@ -426,14 +439,9 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
     from mne.decoding import CSP
     from sklearn.preprocessing import StandardScaler
 
-    unknown = sorted(set(params) - set(PIPELINE_PARAMS))
-    if unknown:
-        raise EEGDataError(
-            f"unknown hyperparameter(s) {unknown}: the EEG pipeline understands "
-            f"{list(PIPELINE_PARAMS)}",
-            hint="rename them in search_space of trainchain.yaml",
-        )
-    p = {**DEFAULT_PARAMS, **params}
+    p = with_defaults(
+        params, DEFAULT_PARAMS, known=PIPELINE_PARAMS, pipeline="EEG", error=EEGDataError
+    )
     if "l_freq" in params or "h_freq" in params:
         if "band" in params:
             raise EEGDataError(
@@ -448,13 +456,8 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
         raise EEGDataError(
             f"hyperparameter 'csp_components': expected an integer >= 1, got {n_components!r}"
         )
-    C = p["C"]
-    if isinstance(C, bool) or not isinstance(C, int | float) or not C > 0:
-        raise EEGDataError(f"hyperparameter 'C': expected a number > 0, got {C!r}")
-    if p["kernel"] not in _KERNELS:
-        raise EEGDataError(
-            f"hyperparameter 'kernel': expected one of {list(_KERNELS)}, got {p['kernel']!r}"
-        )
+    C = positive("C", p["C"], EEGDataError)
+    one_of("kernel", p["kernel"], _KERNELS, EEGDataError)
     gamma = p["gamma"]
     if gamma not in ("scale", "auto") and (
         isinstance(gamma, bool) or not isinstance(gamma, int | float) or not gamma > 0
@@ -462,11 +465,7 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
         raise EEGDataError(
             f"hyperparameter 'gamma': expected 'scale', 'auto' or a number > 0, got {gamma!r}"
         )
-    if p["classifier"] not in _CLASSIFIERS:
-        raise EEGDataError(
-            f"hyperparameter 'classifier': expected one of {list(_CLASSIFIERS)}, "
-            f"got {p['classifier']!r}"
-        )
+    one_of("classifier", p["classifier"], _CLASSIFIERS, EEGDataError)
     reg = p["csp_reg"]
     if isinstance(reg, str) and reg.lower() in ("none", "null", ""):
         reg = None
@@ -477,7 +476,7 @@ def build_pipeline(params: Mapping[str, Any], sfreq: float) -> Pipeline:
             ("bandpass", bandpass),
             ("csp", CSP(n_components=n_components, reg=reg, log=True, rank="full")),
             ("scale", StandardScaler()),
-            ("clf", _classifier(p, float(C), gamma)),
+            ("clf", _classifier(p, C, gamma)),
         ]
     )
 
@@ -486,10 +485,8 @@ def _classifier(p: Mapping[str, Any], C: float, gamma: Any) -> Any:
     if p["classifier"] == "sgd":
         from sklearn.linear_model import SGDClassifier
 
-        alpha = p["alpha"]
-        if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not alpha > 0:
-            raise EEGDataError(f"hyperparameter 'alpha': expected a number > 0, got {alpha!r}")
-        return SGDClassifier(loss="hinge", alpha=float(alpha), random_state=0)
+        alpha = positive("alpha", p["alpha"], EEGDataError)
+        return SGDClassifier(loss="hinge", alpha=alpha, random_state=0)
     from sklearn.svm import SVC
 
     return SVC(C=C, kernel=p["kernel"], gamma=gamma)
@@ -566,52 +563,20 @@ def train_epochs(
 # --------------------------------------------------------------------------- validation
 
 
-@dataclass(frozen=True)
-class CrossValidation:
-    """The scores of one cross-validation: each fold's accuracy, repeat after repeat, and
-    the digest of the fold assignment (the same digest means the same folds)."""
-
-    scores: tuple[float, ...]
-    folds_id: str
-    folds: int
-    repeats: int
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.scores))
-
-    def metrics(self, metric: str = "accuracy") -> dict[str, Any]:
-        """The contract's keys for ``metrics.json``: ``val_<metric>`` (the mean),
-        ``val_<metric>_folds`` and ``val_folds_id``."""
-        from trainchain.contract import task
-
-        return {
-            f"val_{metric}": self.mean,
-            f"val_{metric}{task.FOLDS_SUFFIX}": list(self.scores),
-            task.FOLDS_ID_KEY: self.folds_id,
-        }
-
-
 def fold_assignment(
     y: Any, *, folds: int, repeats: int = 1, seed: int = 0
 ) -> list[tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]]:
-    """``(fit, validate)`` index pairs of stratified ``folds``-fold cross-validation,
-    repeated ``repeats`` times on new assignments; the same for the same labels and seed."""
-    from sklearn.model_selection import RepeatedStratifiedKFold
-
-    for name, value, low in (("folds", folds, 2), ("repeats", repeats, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise EEGDataError(f"validation {name}: expected an integer >= {low}, got {value!r}")
-    labels = np.asarray(y)
-    smallest = int(min(np.unique(labels, return_counts=True)[1])) if labels.size else 0
-    if folds > smallest:
-        raise EEGDataError(
-            f"validation folds: {folds} folds need at least {folds} epochs of every class; the "
-            f"smallest class has {smallest}",
-            hint="lower validation.folds in trainchain.yaml, or add recordings",
-        )
-    cv = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=seed)
-    return list(cv.split(np.zeros(len(labels)), labels))
+    """``(fit, validate)`` index pairs of the shared validation plan
+    (:func:`trainchain.families.validation.fold_assignment`), counted in epochs."""
+    return validation.fold_assignment(
+        y,
+        folds=folds,
+        repeats=repeats,
+        seed=seed,
+        unit="epochs",
+        more="add recordings",
+        error=EEGDataError,
+    )
 
 
 class FeatureCache:
@@ -734,33 +699,23 @@ def cross_validate(
     """Accuracy of each fold of stratified ``folds``-fold cross-validation of ``X``,
     repeated ``repeats`` times (``fold_assignment``), for every classifier alike.
 
-    ``report(step=i, val_accuracy=score)`` is called after fold ``i`` (the step is the
-    fold's index, the same fold in every trial with the same plan: what a fold pruner
-    compares). With ``checkpoint`` (a JSON file) the scores so far are kept after each
-    fold, and a run started again on the same folds resumes after the last finished one.
-    ``cache`` (a :class:`FeatureCache` of ``X``) only makes repeated calls faster.
+    ``report`` and ``checkpoint`` are those of
+    :func:`trainchain.families.validation.cross_validate` (a report step is a fold; a run
+    started again on the same folds resumes after the last finished one). ``cache`` (a
+    :class:`FeatureCache` of ``X``) only makes repeated calls faster.
     """
-    import json
 
-    from trainchain.contract.task import atomic_write_bytes, folds_id
+    def score_fold(fit_idx: Any, val_idx: Any) -> float:
+        return _fold_score(params, X, y, fit_idx, val_idx, sfreq=sfreq, cache=cache)
 
-    plan = fold_assignment(y, folds=folds, repeats=repeats, seed=seed)
-    digest = folds_id(val for _, val in plan)
-    scores: list[float] = []
-    if checkpoint is not None and checkpoint.exists():
-        state = json.loads(checkpoint.read_text(encoding="utf-8"))
-        if state.get("folds_id") == digest:
-            scores = [float(v) for v in state["scores"]]
-    for index, (fit_idx, val_idx) in enumerate(plan):
-        if index < len(scores):
-            continue  # finished by an earlier attempt
-        scores.append(_fold_score(params, X, y, fit_idx, val_idx, sfreq=sfreq, cache=cache))
-        if checkpoint is not None:
-            state = {"folds_id": digest, "scores": scores}
-            atomic_write_bytes(checkpoint, json.dumps(state).encode("utf-8"))
-        if report is not None:
-            report(step=index, val_accuracy=scores[-1])
-    return CrossValidation(tuple(scores), digest, folds, repeats)
+    return validation.cross_validate(
+        score_fold,
+        fold_assignment(y, folds=folds, repeats=repeats, seed=seed),
+        folds=folds,
+        repeats=repeats,
+        report=report,
+        checkpoint=checkpoint,
+    )
 
 
 def fit_final(

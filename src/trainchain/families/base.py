@@ -1,0 +1,81 @@
+"""The contract every model family declares, and where the family modules are.
+
+A family module (``eeg``, ``cnn``, ``sklearn``) holds the training code a model
+repository's script uses inside the family's image, and declares one :class:`FamilySpec`
+as its module attribute ``SPEC``: which :class:`~trainchain.core.config.Family` it is,
+what its models take as input, the MLflow flavour they are saved in and the libraries a
+saved model needs to load. :func:`family_spec` finds a family's spec by importing its
+module only then: importing this module imports no ML library (mne, scikit-learn,
+TensorFlow), and the cnn module imports Keras only inside its functions.
+
+Issue 14 adds to the contract the reference statistics each family declares for drift
+monitoring: they belong here, as a field of :class:`FamilySpec`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+
+from trainchain.core.config import Family
+from trainchain.core.errors import TrainchainError
+
+__all__ = ["FAMILY_MODULES", "FamilyDataError", "FamilySpec", "family_spec"]
+
+# Each family's module, imported by family_spec only when its spec is asked for.
+FAMILY_MODULES: Mapping[Family, str] = {
+    Family.EEG: "trainchain.families.eeg",
+    Family.CNN: "trainchain.families.cnn",
+    Family.SKLEARN: "trainchain.families.sklearn",
+}
+
+
+class FamilyDataError(TrainchainError, ValueError):
+    """A family's data, data options or hyperparameters are wrong (each family's own error
+    class derives from it)."""
+
+
+@dataclass(frozen=True)
+class FamilySpec:
+    """What a family declares about its models."""
+
+    family: Family
+    inputs: str  # what a saved model takes as input (and serving must be given)
+    flavor: str  # the MLflow flavour its models are saved in (``mlflow.<flavor>``)
+    # The distributions a saved model needs to load, in the order they are pinned; those
+    # not installed here are left out (tensorflow-cpu or tensorflow, whichever is).
+    requirements: tuple[str, ...]
+    # Issue 14: the family's drift statistics (reference statistics of its inputs) go here.
+
+    def __post_init__(self) -> None:
+        if not self.requirements:
+            raise ValueError(f"{self.family}: a family spec names at least one requirement")
+
+    def pip_requirements(self) -> list[str]:
+        """``name==version`` of each of ``requirements`` installed in this environment: the
+        exact libraries a model saved here needs (what ``pip_requirements`` of MLflow's
+        ``save_model`` takes)."""
+        out = []
+        for dist in self.requirements:
+            try:
+                out.append(f"{dist}=={importlib_metadata.version(dist)}")
+            except importlib_metadata.PackageNotFoundError:
+                continue
+        return out
+
+
+def family_spec(family: Family | str) -> FamilySpec:
+    """The spec ``family``'s module declares (the module is imported now, not before)."""
+    try:
+        key = Family(family)
+    except ValueError:
+        raise FamilyDataError(
+            f"unknown model family {family!r}: expected one of {[f.value for f in Family]}"
+        ) from None
+    module = importlib.import_module(FAMILY_MODULES[key])
+    spec = getattr(module, "SPEC", None)
+    if not isinstance(spec, FamilySpec) or spec.family != key:
+        raise TypeError(f"{FAMILY_MODULES[key]}.SPEC is not the FamilySpec of {key}: {spec!r}")
+    return spec
