@@ -130,10 +130,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "==> installing Debian's ${missing[*]} (no service is started or enabled)"
   started=$SECONDS
   apt_install_guarded "${missing[@]}"
-  # The packages register system services (an init.d script and a systemd unit, enabled);
-  # the guard kept them from starting now, and these keep them from starting at boot.
+  # The packages' postinst enables their system services (update-rc.d defaults for the
+  # init.d script, deb-systemd-helper enable for the unit) and starts them (invoke-rc.d,
+  # which the guard refused: nothing runs). These undo the enabling, so nothing starts
+  # them at boot either; with systemd running, systemctl stops any that did start.
   for service in prometheus prometheus-alertmanager; do
     update-rc.d "$service" disable >/dev/null 2>&1 || true
+    if command -v deb-systemd-helper >/dev/null 2>&1; then
+      deb-systemd-helper disable "$service.service" >/dev/null 2>&1 || true
+    fi
     if [ -d /run/systemd/system ]; then
       systemctl disable --now "$service" >/dev/null 2>&1 || true
     fi
