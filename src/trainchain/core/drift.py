@@ -157,6 +157,7 @@ class Reference:
     groups: Mapping[str, GroupReference]
     classes: Mapping[str, int]  # predicted-class counts on the (subsampled) training rows
     n_rows: int  # training rows summarised, before subsampling
+    input_shape: tuple[int, ...] | None = None  # one input's shape, e.g. (22, 750)
 
     @classmethod
     def build(
@@ -168,6 +169,7 @@ class Reference:
         predictions: Sequence[Any] | None = None,
         max_rows: int = MAX_ROWS,
         seed: int = 0,
+        input_shape: Sequence[int] | None = None,
     ) -> Reference:
         """A reference from the training part's summary (``{group: (rows, features)}``)
         and the model's predictions on the same rows; at most ``max_rows`` rows are kept,
@@ -192,13 +194,15 @@ class Reference:
             kept = np.asarray(predictions).astype(str)[keep]
             labels, counts = np.unique(kept, return_counts=True)
             classes = {str(k): int(c) for k, c in zip(labels, counts, strict=True)}
-        return cls(family=family, groups=groups, classes=classes, n_rows=n)
+        shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        return cls(family=family, groups=groups, classes=classes, n_rows=n, input_shape=shape)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "family": self.family,
             "n_rows": self.n_rows,
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
             "classes": dict(self.classes),
             "groups": {
                 g: {"features": list(ref.features), "values": ref.values.T.tolist()}
@@ -233,11 +237,13 @@ class Reference:
             classes = {str(k): int(v) for k, v in dict(data.get("classes") or {}).items()}
             if len(classes) > MAX_CLASSES or any(v < 0 for v in classes.values()):
                 raise DriftError(f"expected at most {MAX_CLASSES} class counts >= 0")
+            shape = data.get("input_shape")
             return cls(
                 family=str(data["family"]),
                 groups=groups,
                 classes=classes,
                 n_rows=int(data["n_rows"]),
+                input_shape=None if shape is None else tuple(int(d) for d in shape),
             )
         except DriftError as err:
             raise DriftError(f"not a valid drift reference: {err}") from None

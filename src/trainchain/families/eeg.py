@@ -878,4 +878,5 @@ def drift_reference(
         names=drift_feature_names(summary, channels),
         predictions=[str(p) for p in predictions],
         seed=seed,
+        input_shape=x.shape[1:],
     )
