@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -73,9 +73,6 @@ MAX_MOVED = 10  # moved features listed per group (the strongest)
 MAX_WINDOW = 100_000
 CLASSES_GROUP = "classes"  # the predicted-class shares, reported like a feature group
 _DIGITS = 6  # significant digits kept in the JSON
-
-Correction = Literal["holm", "bh"]
-
 
 class DriftError(TrainchainError, ValueError):
     """A reference, a window or a summary is not what drift testing expects."""
