@@ -74,6 +74,7 @@ MAX_WINDOW = 100_000
 CLASSES_GROUP = "classes"  # the predicted-class shares, reported like a feature group
 _DIGITS = 6  # significant digits kept in the JSON
 
+
 class DriftError(TrainchainError, ValueError):
     """A reference, a window or a summary is not what drift testing expects."""
 
