@@ -32,3 +32,7 @@ _.queued_at
 _.received
 _.wait_for
 _.try_lock
+# monitoring: of trainchain.yaml (core/config.py): read by the drift window of the serving
+# service and the retrain request (issue 14, next parts), documented in the README now.
+_.persist_windows
+_.capture

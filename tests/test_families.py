@@ -49,6 +49,16 @@ def test_every_family_has_a_module() -> None:
     assert {family_spec(f.value).family for f in Family} == set(Family)
 
 
+def test_the_monitored_families_declare_their_drift_statistics() -> None:
+    """EEG and image models are monitored for drift: their specs name the family's own
+    drift monitor; the tabular family declares none yet (trainchain drift says so)."""
+    from trainchain.families import cnn, eeg
+
+    assert family_spec("eeg").drift_monitor is eeg.drift_monitor
+    assert family_spec("cnn").drift_monitor is cnn.drift_monitor
+    assert family_spec("sklearn").drift_monitor is None
+
+
 def test_an_unknown_family_is_a_clear_error() -> None:
     """family_spec of a name that is no Family says which names there are."""
     with pytest.raises(FamilyDataError, match=r"unknown model family 'xgboost': expected one of"):

@@ -95,7 +95,7 @@ def main():
         f"test_accuracy {test_accuracy:.4f}",
         flush=True,
     )
-    save_model(model, task.model_dir(), prep)
+    save_model(model, task.model_dir(), prep, reference_images=data.x_train)
     save_heldout(data)
     task.write_metrics(
         {

@@ -6,7 +6,8 @@ gives every trial of a study (TRAINCHAIN_VALIDATION: k folds, repeats, seed). Ev
 classifier is scored by the same stratified k-fold cross-validation of the development
 part (val_accuracy, the mean of the per-fold scores it reports beside it); then the
 pipeline is fitted on the whole development part, scored once on the held-out part
-(test_accuracy) and saved as an MLflow scikit-learn model. A confirmation run (purpose
+(test_accuracy) and saved as an MLflow scikit-learn model, with the drift reference of
+the development part inside the model folder. A confirmation run (purpose
 "confirm": fresh folds for the study's best) only cross-validates.
 """
 
@@ -20,7 +21,8 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from trainchain import task
-from trainchain.families.eeg import cross_validate, fit_final, load_epochs
+from trainchain.families.drift import write_reference
+from trainchain.families.eeg import cross_validate, drift_reference, fit_final, load_epochs
 
 # Exact versions of the libraries the pickled pipeline needs (as in requirements.txt).
 PIP_REQUIREMENTS = [
@@ -108,6 +110,8 @@ def main():
         serialization_format="cloudpickle",
         pip_requirements=PIP_REQUIREMENTS,
     )
+    # what serving and `trainchain drift` compare inputs with: the development part only
+    write_reference(drift_reference(pipe, X_dev, channels=meta["channels"]), task.model_dir())
     print(f"saved the model to {task.model_dir()} ({time.perf_counter() - started:.1f} s)")
 
 

@@ -1,5 +1,6 @@
 """`trainchain data`: synthetic EEG recordings, a tabular CSV from a dataset shipped with
-scikit-learn, and a registered version's held-out examples as a request body."""
+scikit-learn, a registered version's held-out examples as a request body, and EEG epochs
+with a shift (for `trainchain drift`)."""
 
 from __future__ import annotations
 
@@ -57,6 +58,44 @@ def cmd_heldout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_drift_epochs(args: argparse.Namespace) -> int:
+    """EEG epochs (a .npy array, or the JSON body `data heldout` writes) with one shift."""
+    import numpy as np
+
+    from trainchain.families.eeg import EEGDataError
+    from trainchain.families.eeg_synth import shift_epochs
+
+    source = Path(args.input)
+    try:
+        if source.suffix.lower() == ".json":
+            epochs = np.asarray(json.loads(source.read_text(encoding="utf-8")), dtype=np.float64)
+        else:
+            epochs = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise TrainchainError(
+            f"{source}: expected a .npy array or a JSON list of epochs: {err}",
+            hint="`trainchain data heldout MODEL -n 200 --out heldout.json` writes one",
+        ) from None
+    try:
+        shifted = shift_epochs(
+            epochs,
+            args.shift,
+            channel=args.channel,
+            factor=args.factor,
+            swap=(args.swap[0], args.swap[1]),
+            line_hz=args.line_hz,
+            seed=args.seed,
+        )
+    except EEGDataError as err:
+        raise TrainchainError(err.message, hint=err.hint) from None
+    target = Path(args.out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    np.save(target, shifted)
+    shape = " x ".join(str(d) for d in shifted.shape)
+    out(f"wrote {shape} epochs with the shift {args.shift} to {target}")
+    return 0
+
+
 def register(
     add: Callable[[str, Any, str], argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -101,3 +140,19 @@ def register(
     sp.add_argument("--alias", default="champion", help="which version (default: champion)")
     sp.add_argument("-n", type=int, default=1, help="how many examples (default: 1)")
     sp.add_argument("--out", required=True, help="the JSON file to write")
+    sp = dsub.add_parser(
+        "drift-epochs",
+        parents=[common],
+        help="write EEG epochs with a shift (gain, line noise, swapped electrodes) as .npy",
+    )
+    sp.set_defaults(func=cmd_drift_epochs)
+    sp.add_argument("--input", required=True, help="epochs: a .npy array or `data heldout`'s JSON")
+    sp.add_argument("--shift", required=True, choices=["gain", "line-noise", "swap"])
+    sp.add_argument("--out", required=True, help="the .npy file to write")
+    sp.add_argument("--channel", default="C3", help="gain: the channel (default C3)")
+    sp.add_argument("--factor", type=float, default=1.5, help="gain: the factor (default 1.5)")
+    sp.add_argument(
+        "--swap", nargs=2, default=["Fz", "C3"], metavar="CH", help="swap: two channels"
+    )
+    sp.add_argument("--line-hz", type=float, default=50.0, help="line-noise: its frequency")
+    sp.add_argument("--seed", type=int, default=0, help="line-noise: the phases' seed")

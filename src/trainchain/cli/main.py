@@ -2,7 +2,7 @@
 
 One module per command group declares its subcommands (`register`) and runs them:
 `jobs` (the chain's jobs and `trainchain run`), `models` (the registry), `images`,
-`data`, `jenkins`, `hooks`, `serve`. Jenkins, the local runner and the tests all run
+`data`, `drift`, `jenkins`, `hooks`, `serve`. Jenkins, the local runner and the tests all run
 these same functions. Every command returns an exit status; errors become one clear
 line and a hint.
 """
@@ -19,6 +19,7 @@ from typing import Any
 
 from trainchain import __version__
 from trainchain.cli import data as data_cli
+from trainchain.cli import drift as drift_cli
 from trainchain.cli import hooks as hooks_cli
 from trainchain.cli import images as images_cli
 from trainchain.cli import jenkins as jenkins_cli
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs_cli.register_rest(add, common)
     images_cli.register(add, common)
     data_cli.register(add, common)
+    drift_cli.register(add, common)
     jenkins_cli.register(add, common)
     hooks_cli.register(add, common)
     serve_cli.register(add, common)

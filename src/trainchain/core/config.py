@@ -350,6 +350,39 @@ class EarlyStopping(_Frozen):
         return v
 
 
+class Monitoring(_Frozen):
+    """``monitoring:`` in trainchain.yaml: how a served model's inputs are compared with
+    its training data (``trainchain.core.drift``; ``trainchain drift`` for batch data)."""
+
+    # the latest inputs (epochs, images) kept and tested; the oldest drop out
+    window: int = Field(200, ge=10, le=100_000)
+    # no test before the window holds this many inputs
+    min_window: int = Field(50, ge=10, le=100_000)
+    # the chance of a false alarm in a window where nothing moved (after the correction)
+    alpha: Real = 0.01
+    # holm: family-wise error, valid whatever the features' dependence; bh: more power
+    # when many features move, assumes positive dependence
+    correction: Literal["holm", "bh"] = "holm"
+    # keep the drifted window with a retrain request (for the retrain to look at)
+    persist_windows: bool = True
+    # keep the raw inputs of requests (not only their summaries): off, they may be personal
+    capture: bool = False
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        return _level("alpha", v)
+
+    @model_validator(mode="after")
+    def _min_window_fits(self) -> Monitoring:
+        if self.min_window > self.window:
+            raise ValueError(
+                f"min_window {self.min_window} is larger than window {self.window}: expected "
+                "min_window <= window"
+            )
+        return self
+
+
 class Rule(_Frozen):
     """A detection rule: any of ``symbols`` in the code means ``family`` and ``image``.
 
@@ -400,6 +433,7 @@ class ModelConfig(_Frozen):
     validation: Validation = Field(default_factory=Validation)  # type: ignore[arg-type]
     confirmation: Confirmation = Field(default_factory=Confirmation)  # type: ignore[arg-type]
     warm_start: WarmStart = Field(default_factory=WarmStart)  # type: ignore[arg-type]
+    monitoring: Monitoring = Field(default_factory=Monitoring)  # type: ignore[arg-type]
 
     @field_validator("search_space")
     @classmethod

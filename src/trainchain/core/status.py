@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     NOTIFY = 8  # the email could not be sent (it is kept in the outbox)
     BUSY = 9  # another process holds the model's or the repository's lock
     JENKINS = 10  # Jenkins refused or could not be reached
+    DRIFT = 11  # `trainchain drift`: the inputs drifted from the model's training data
     INTERRUPTED = 130  # Ctrl-C; a Jenkins build's ABORTED (128 + SIGINT)
 
 

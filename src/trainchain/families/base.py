@@ -8,21 +8,28 @@ saved model needs to load. :func:`family_spec` finds a family's spec by importin
 module only then: importing this module imports no ML library (mne, scikit-learn,
 TensorFlow), and the cnn module imports Keras only inside its functions.
 
-Issue 14 adds to the contract the reference statistics each family declares for drift
-monitoring: they belong here, as a field of :class:`FamilySpec`.
+A family that is monitored for drift also declares its statistics: ``drift_monitor``
+loads a saved model and returns what summarises a batch of its inputs
+(:data:`DriftMonitor`); ``trainchain drift`` and the service use it, whatever the family.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
 
 from trainchain.core.config import Family
 from trainchain.core.errors import TrainchainError
 
-__all__ = ["FAMILY_MODULES", "FamilyDataError", "FamilySpec", "family_spec"]
+__all__ = ["FAMILY_MODULES", "DriftMonitor", "FamilyDataError", "FamilySpec", "family_spec"]
+
+# A batch of a model's inputs -> its drift summary ({feature group: (n, features)}, the
+# groups of the family's trainchain.core.drift.Reference) and the classes the model predicts.
+DriftMonitor = Callable[[Any], tuple[dict[str, Any], list[str]]]
 
 # Each family's module, imported by family_spec only when its spec is asked for.
 FAMILY_MODULES: Mapping[Family, str] = {
@@ -47,7 +54,9 @@ class FamilySpec:
     # The distributions a saved model needs to load, in the order they are pinned; those
     # not installed here are left out (tensorflow-cpu or tensorflow, whichever is).
     requirements: tuple[str, ...]
-    # Issue 14: the family's drift statistics (reference statistics of its inputs) go here.
+    # The family's drift statistics: the saved model's folder -> its DriftMonitor (the model
+    # loaded once). None: the family declares none, and its models are not monitored.
+    drift_monitor: Callable[[Path], DriftMonitor] | None = None
 
     def __post_init__(self) -> None:
         if not self.requirements:

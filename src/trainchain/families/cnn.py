@@ -42,12 +42,6 @@ METADATA_KEY = "trainchain"
 
 
 # What the family's models are: Keras models on TensorFlow, preprocessing in their metadata.
-SPEC = FamilySpec(
-    family=Family.CNN,
-    inputs="images: uint8 0-255 (n, height, width, channels), any size",
-    flavor="keras",
-    requirements=("keras", "tensorflow-cpu", "tensorflow", "numpy"),
-)
 
 
 class ImageDataError(FamilyDataError):
@@ -464,8 +458,12 @@ def _save_atomically(path: Path, save: Callable[[str], Any]) -> None:
 # --- the model for MLflow -----------------------------------------------------------
 
 
-def save_model(model: Any, path: Path, preprocessing: Preprocessing) -> Path:
-    """Save ``model`` in MLflow's ``keras`` flavor, its preprocessing in the metadata."""
+def save_model(
+    model: Any, path: Path, preprocessing: Preprocessing, reference_images: Any = None
+) -> Path:
+    """Save ``model`` in MLflow's ``keras`` flavor, its preprocessing in the metadata; with
+    ``reference_images`` (the training images, never the held-out ones) also its drift
+    reference (``drift_reference.json`` in the model folder)."""
     import mlflow.keras
     import numpy as np
     from mlflow.models.signature import ModelSignature
@@ -482,6 +480,10 @@ def save_model(model: Any, path: Path, preprocessing: Preprocessing) -> Path:
         pip_requirements=SPEC.pip_requirements(),
         metadata={METADATA_KEY: preprocessing.as_metadata()},
     )
+    if reference_images is not None:
+        from trainchain.families.drift import write_reference
+
+        write_reference(drift_reference(model, reference_images, preprocessing), path)
     return Path(path)
 
 
@@ -511,3 +513,127 @@ def save_heldout(data: ImageData, path: Path | None = None) -> Path:
     np.savez_compressed(buffer, X=data.x_test, y=data.y_test)
     task.atomic_write_bytes(target, buffer.getvalue())
     return target
+
+
+# --------------------------------------------------------------------------- drift
+
+# The statistics the image family declares for drift monitoring (trainchain.core.drift):
+# brightness, contrast and sharpness of each image, its per-channel colour means, and the
+# model's confidence (its largest class probability) when the model or its output is given.
+IMAGE_FEATURES = ("brightness", "contrast", "sharpness")
+_CHANNEL_NAMES = {1: ("gray",), 3: ("red", "green", "blue")}
+
+
+def summarise(batch: Any, model: Any = None, probabilities: Any = None) -> dict[str, Any]:
+    """Drift summary of images ``(n, height, width, channels)`` (``uint8`` 0-255, or
+    ``(n, height, width)`` grey): ``{group: (n, features)}`` with groups ``image``
+    (brightness: mean level, contrast: its SD, sharpness: mean absolute difference of
+    neighbouring pixels, all on a 0-1 scale), ``colour`` (mean of each channel) and,
+    given the model (or its ``probabilities``), ``confidence`` (the largest probability)."""
+    import numpy as np
+
+    x = np.asarray(batch, dtype=np.float32)
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or len(x) < 1 or min(x.shape[1:3]) < 2 or x.shape[-1] not in _CHANNEL_NAMES:
+        raise ImageDataError(
+            "images for a drift summary: expected an array (n, height, width, channels) of "
+            f"images at least 2 x 2 with 1 or 3 channels, got shape {x.shape}"
+        )
+    x = x / 255.0
+    gray = x.mean(axis=-1)
+    sharpness = (
+        np.abs(np.diff(gray, axis=1)).mean(axis=(1, 2))
+        + np.abs(np.diff(gray, axis=2)).mean(axis=(1, 2))
+    ) / 2.0
+    out: dict[str, Any] = {
+        "image": np.stack(
+            [gray.mean(axis=(1, 2)), gray.std(axis=(1, 2)), sharpness], axis=1
+        ).astype(np.float64),
+        "colour": x.mean(axis=(1, 2)).astype(np.float64),
+    }
+    if probabilities is None and model is not None:
+        probabilities = predict_probabilities(model, np.asarray(batch, dtype=np.float32))
+    if probabilities is not None:
+        out["confidence"] = np.asarray(probabilities, dtype=np.float64).max(axis=-1)[:, None]
+    return out
+
+
+def predict_probabilities(model: Any, x: Any) -> Any:
+    """Class probabilities of a Keras model (quietly) or any model with ``predict``."""
+    try:
+        return model.predict(x, verbose=0)
+    except TypeError:
+        return model.predict(x)
+
+
+def drift_reference(model: Any, images: Any, preprocessing: Preprocessing, seed: int = 0) -> Any:
+    """The drift reference of a trained model on its training ``images``: their summary and
+    the classes the model predicts for them, at most ``trainchain.core.drift.MAX_ROWS``."""
+    import numpy as np
+
+    from trainchain.core.drift import MAX_ROWS, Reference
+
+    x = np.asarray(images)
+    if len(x) > MAX_ROWS:
+        x = x[np.sort(np.random.default_rng(seed).permutation(len(x))[:MAX_ROWS])]
+    probabilities = np.asarray(predict_probabilities(model, x.astype(np.float32)), dtype=np.float64)
+    summary = summarise(x, probabilities=probabilities)
+    channels = summary["colour"].shape[1]
+    names = {
+        "image": list(IMAGE_FEATURES),
+        "colour": list(_CHANNEL_NAMES[channels]),
+        "confidence": ["max_probability"],
+    }
+    classes = [preprocessing.class_names[int(i)] for i in probabilities.argmax(axis=-1)]
+    return Reference.build(
+        "cnn", summary, names=names, predictions=classes, seed=seed, input_shape=x.shape[1:]
+    )
+
+
+def read_images(paths: Sequence[Path], preprocessing: Preprocessing) -> Any:
+    """Image files as the model's training arrays: decoded in its colour mode, resized
+    (bilinear) to its image size, ``uint8`` ``(n, height, width, channels)``."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    mode = "RGB" if preprocessing.color_mode == "rgb" else "L"
+    height, width = preprocessing.image_size
+    out = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                pixels = img.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
+                out.append(np.asarray(pixels, dtype=np.uint8).reshape(height, width, -1))
+        except (OSError, UnidentifiedImageError) as err:
+            raise ImageDataError(f"{path}: not an image file this family reads: {err}") from None
+    return np.stack(out)
+
+
+def drift_monitor(model_dir: Path) -> Any:
+    """The family's :data:`~trainchain.families.base.DriftMonitor` for the Keras model
+    saved in ``model_dir``: summary (with the model's confidence) and predicted classes."""
+    import mlflow.keras
+    import numpy as np
+
+    names = read_preprocessing(model_dir).class_names
+    keras_model = mlflow.keras.load_model(str(model_dir))
+
+    def monitor(batch: Any) -> tuple[dict[str, Any], list[str]]:
+        probabilities = np.asarray(
+            predict_probabilities(keras_model, np.asarray(batch, np.float32))
+        )
+        summary = summarise(batch, probabilities=probabilities)
+        return summary, [names[int(i)] for i in probabilities.argmax(axis=-1)]
+
+    return monitor
+
+
+# The family's contract (trainchain.families.base), declared once its functions exist.
+SPEC = FamilySpec(
+    family=Family.CNN,
+    inputs="images: uint8 0-255 (n, height, width, channels), any size",
+    flavor="keras",
+    requirements=("keras", "tensorflow-cpu", "tensorflow", "numpy"),
+    drift_monitor=drift_monitor,
+)

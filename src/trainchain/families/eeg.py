@@ -114,12 +114,6 @@ Labels = npt.NDArray[np.str_]
 
 
 # What the family's models are: fitted scikit-learn pipelines with mne's steps, pickled.
-SPEC = FamilySpec(
-    family=Family.EEG,
-    inputs="EEG epochs: float array (n, channels, samples), the channels and rate of training",
-    flavor="sklearn",
-    requirements=("mne", "scikit-learn", "numpy", "scipy", "cloudpickle"),
-)
 
 
 class EEGDataError(FamilyDataError):
@@ -736,3 +730,125 @@ def fit_final(
         pipe, X, y, epochs={**DEFAULT_PARAMS, **params}["epochs"], checkpoint=checkpoint, log=log
     )
     return fitted
+
+
+# --------------------------------------------------------------------------- drift
+
+# The statistics the EEG family declares for drift monitoring (trainchain.core.drift):
+# per channel, log band power in the mu and beta bands and the log variance of each
+# epoch, and the model's own features (the CSP log-variances) when a fitted pipeline is
+# given. One rfft per batch: well under a millisecond per 22 x 750 epoch.
+DRIFT_BANDS: Mapping[str, tuple[float, float]] = {"mu": (8.0, 12.0), "beta": (13.0, 30.0)}
+_TINY = 1e-30  # log of a flat channel stays finite (and far from any real value)
+
+
+def _sfreq_of(model: Any, default: float) -> float:
+    try:
+        return float(model.named_steps["bandpass"].sfreq)
+    except (AttributeError, KeyError, TypeError):
+        return default
+
+
+def _csp_features(model: Any, x: FloatArray) -> FloatArray | None:
+    """The fitted pipeline's features up to its CSP (band-pass, CSP), or None when the
+    model has no such steps."""
+    steps = getattr(model, "named_steps", None)
+    if steps is None or "csp" not in steps:
+        return None
+    names = [name for name, _ in model.steps]
+    head = model[: names.index("csp") + 1]
+    return np.asarray(head.transform(x), dtype=np.float64)
+
+
+def summarise(batch: Any, model: Any = None, *, sfreq: float = 250.0) -> dict[str, FloatArray]:
+    """Drift summary of epochs ``(n, channels, samples)``: ``{group: (n, features)}`` with
+    groups ``mu`` and ``beta`` (log mean power in the band, per channel), ``log_var`` (log
+    variance, per channel) and, given the fitted pipeline, ``csp`` (its CSP features). The
+    sampling rate is the pipeline's band-pass rate when there is one, else ``sfreq``."""
+    x = np.asarray(batch, dtype=np.float64)
+    if x.ndim != 3 or min(x.shape) < 1:
+        raise EEGDataError(
+            f"epochs for a drift summary: expected an array (n, channels, samples), got shape "
+            f"{x.shape}"
+        )
+    rate = _sfreq_of(model, sfreq)
+    power = np.abs(np.fft.rfft(x, axis=-1)) ** 2
+    freqs = np.fft.rfftfreq(x.shape[-1], 1.0 / rate)
+    out: dict[str, FloatArray] = {}
+    for name, (low, high) in DRIFT_BANDS.items():
+        in_band = (freqs >= low) & (freqs <= high)
+        if not in_band.any():
+            raise EEGDataError(
+                f"epochs of {x.shape[-1]} samples at {rate} Hz have no frequency bin in the "
+                f"{name} band {low}-{high} Hz: expected longer epochs"
+            )
+        out[name] = np.log(power[..., in_band].mean(axis=-1) + _TINY)
+    out["log_var"] = np.log(x.var(axis=-1) + _TINY)
+    if model is not None:
+        features = _csp_features(model, x)
+        if features is not None:
+            out["csp"] = features
+    return out
+
+
+def drift_feature_names(
+    summary: Mapping[str, Any], channels: Sequence[str] | None = None
+) -> dict[str, list[str]]:
+    """Feature names of a :func:`summarise` result: channel names per band, CSP components."""
+    names: dict[str, list[str]] = {}
+    for group, values in summary.items():
+        k = int(np.asarray(values).shape[1])
+        if group == "csp":
+            names[group] = [f"csp{j + 1}" for j in range(k)]
+        else:
+            chans = list(channels) if channels is not None and len(channels) == k else None
+            if chans is None and k == len(CHANNELS_BCI_IV_2A):
+                chans = list(CHANNELS_BCI_IV_2A)
+            names[group] = chans or [f"ch{j}" for j in range(k)]
+    return names
+
+
+def drift_reference(
+    pipe: Any, X: Any, *, channels: Sequence[str] | None = None, seed: int = 0
+) -> Any:
+    """The drift reference of a fitted pipeline on its training epochs ``X`` (the
+    development part, never the held-out part): their summary and the classes the
+    pipeline predicts for them, at most ``trainchain.core.drift.MAX_ROWS`` rows."""
+    from trainchain.core.drift import MAX_ROWS, Reference
+
+    x = np.asarray(X, dtype=np.float64)
+    if len(x) > MAX_ROWS:  # summarise only the rows the reference keeps
+        x = x[np.sort(np.random.default_rng(seed).permutation(len(x))[:MAX_ROWS])]
+    summary = summarise(x, pipe)
+    predictions = pipe.predict(x)
+    return Reference.build(
+        "eeg",
+        summary,
+        names=drift_feature_names(summary, channels),
+        predictions=[str(p) for p in predictions],
+        seed=seed,
+        input_shape=x.shape[1:],
+    )
+
+
+def drift_monitor(model_dir: Path) -> Any:
+    """The family's :data:`~trainchain.families.base.DriftMonitor` for the pipeline saved
+    in ``model_dir``: summary (with its CSP features) and predicted classes of a batch."""
+    import mlflow.sklearn
+
+    pipe = mlflow.sklearn.load_model(str(model_dir))
+
+    def monitor(batch: Any) -> tuple[dict[str, Any], list[str]]:
+        return dict(summarise(batch, pipe)), [str(p) for p in pipe.predict(batch)]
+
+    return monitor
+
+
+# The family's contract (trainchain.families.base), declared once its functions exist.
+SPEC = FamilySpec(
+    family=Family.EEG,
+    inputs="EEG epochs: float array (n, channels, samples), the channels and rate of training",
+    flavor="sklearn",
+    requirements=("mne", "scikit-learn", "numpy", "scipy", "cloudpickle"),
+    drift_monitor=drift_monitor,
+)

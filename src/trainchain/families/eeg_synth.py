@@ -26,6 +26,7 @@ one BCI IV 2a session. The data are deterministic for a given seed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +37,14 @@ import numpy.typing as npt
 
 from trainchain.families.eeg import CHANNELS_BCI_IV_2A, EEGDataError
 
-__all__ = ["DIFFICULTIES", "SFREQ", "TRIALS_PER_CLASS", "write_synthetic_dataset"]
+__all__ = [
+    "DIFFICULTIES",
+    "SFREQ",
+    "SHIFTS",
+    "TRIALS_PER_CLASS",
+    "shift_epochs",
+    "write_synthetic_dataset",
+]
 
 SFREQ = 250.0
 MONTAGE = "colin27_1020"  # the standard 10-20 positions (mne's former "standard_1020")
@@ -331,3 +339,59 @@ def write_synthetic_dataset(
         raw.save(path, fmt="short", overwrite=True, verbose="error")
         paths.append(path)
     return paths
+
+
+# --------------------------------------------------------------------------- shifts
+
+# What goes wrong with recordings after a model is trained, applied to epochs
+# (n, channels, samples): what drift monitoring must notice (`trainchain data
+# drift-epochs`, tests/test_drift.py).
+SHIFTS = ("gain", "line-noise", "swap")
+
+
+def _channel_index(name: str) -> int:
+    names = {c.upper(): i for i, c in enumerate(CHANNELS_BCI_IV_2A)}
+    if name.upper() not in names:
+        raise EEGDataError(
+            f"channel {name!r}: expected one of the BCI IV 2a channels {list(CHANNELS_BCI_IV_2A)}"
+        )
+    return names[name.upper()]
+
+
+def shift_epochs(
+    epochs: npt.ArrayLike,
+    shift: str,
+    *,
+    channel: str = "C3",
+    factor: float = 1.5,
+    swap: tuple[str, str] = ("Fz", "C3"),
+    line_hz: float = 50.0,
+    sfreq: float = SFREQ,
+    seed: int = 0,
+) -> FloatArray:
+    """A copy of 22-channel ``epochs`` with one shift: ``gain`` (``channel`` amplified by
+    ``factor``), ``line-noise`` (a ``line_hz`` sine on every channel, of each channel's own
+    RMS, random phase per epoch: a lost ground) or ``swap`` (two electrodes' leads swapped).
+    """
+    x = np.array(epochs, dtype=np.float64)
+    if x.ndim != 3 or x.shape[1] != len(CHANNELS_BCI_IV_2A):
+        raise EEGDataError(
+            f"epochs to shift: expected (n, {len(CHANNELS_BCI_IV_2A)}, samples), got {x.shape}"
+        )
+    if shift == "gain":
+        if not (math.isfinite(factor) and factor > 0):
+            raise EEGDataError(f"gain factor: expected a number > 0, got {factor!r}")
+        x[:, _channel_index(channel)] *= factor
+    elif shift == "line-noise":
+        t = np.arange(x.shape[-1]) / sfreq
+        phase = np.random.default_rng(seed).uniform(0, 2 * np.pi, size=(len(x), 1, 1))
+        rms = x.std(axis=-1, keepdims=True)
+        x += np.sqrt(2) * rms * np.sin(2 * np.pi * line_hz * t + phase)
+    elif shift == "swap":
+        a, b = (_channel_index(c) for c in swap)
+        if a == b:
+            raise EEGDataError(f"swap: expected two different channels, got {swap}")
+        x[:, [a, b]] = x[:, [b, a]]
+    else:
+        raise EEGDataError(f"shift {shift!r}: expected one of {list(SHIFTS)}")
+    return x

@@ -67,7 +67,6 @@ _KEY = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 
 CHAIN = "chain"  # a run's target: `trainchain run` here
 JENKINS = "jenkins"  # a run's target: a build of a Jenkins job
-TARGETS = (CHAIN, JENKINS)
 SCHEMA_VERSION = 1  # 0: before runs had a target (every run was a chain run)
 DEFAULT_JENKINS_RETRIES = 5
 
