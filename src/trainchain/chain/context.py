@@ -144,5 +144,6 @@ def prepare(
         executor=executor,
         family=detection.family,
         jenkins_build_url=settings.jenkins_build_url,
+        reason=settings.reason,
     )
     return Prepared(loaded, settings, data_dir, detection, lineage, code_key)

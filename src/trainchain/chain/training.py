@@ -45,6 +45,7 @@ class Lineage:
     executor: str
     family: str = ""
     jenkins_build_url: str | None = None
+    reason: str = ""
 
     def tags(self) -> dict[str, str]:
         tags = {
@@ -57,6 +58,8 @@ class Lineage:
         }
         if self.jenkins_build_url:
             tags[keys.JENKINS_BUILD_URL] = self.jenkins_build_url
+        if self.reason:
+            tags[keys.REASON] = self.reason
         return tags
 
 

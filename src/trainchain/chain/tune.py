@@ -493,6 +493,7 @@ class _Session:
             confirmations=tuple(search.confirmations()),
             confirmation_alpha=model.confirmation.alpha,
             warm_start=str(self.study.user_attrs.get(WARM_NOTE_ATTR, "")),
+            reason=settings.reason,
         )
         save_report(settings.chains_dir, report, self.tracker)
         return report

@@ -18,7 +18,16 @@ def out(text: str = "") -> None:
 
 
 def command_settings(args: argparse.Namespace) -> Settings:
-    return for_command(args.home)
+    """The command's settings; with its --reason (`run`, `tune`) as why the chain runs."""
+    settings = for_command(args.home)
+    reason = getattr(args, "reason", None)
+    if reason:
+        from dataclasses import replace
+
+        from trainchain.core.report import clean_reason
+
+        settings = replace(settings, reason=clean_reason(reason))
+    return settings
 
 
 def hand_on(args: argparse.Namespace, values: dict[str, str]) -> None:

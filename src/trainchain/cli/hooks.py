@@ -1,8 +1,10 @@
 """`trainchain hooks ...`: push triggers, with or without Jenkins.
 
 ``hooks install`` puts a post-receive hook into a bare repository; ``hooks serve``
-receives GitHub push webhooks. Both queue runs the same way (:mod:`trainchain.triggers.hooks`):
-one chain at a time per repository, each with a log and a status file under
+receives GitHub push webhooks (and, with a token, Alertmanager's drift alerts as retrain
+requests); ``hooks retrain`` asks for a retrain from the command line. All queue runs
+the same way (:mod:`trainchain.triggers.hooks`): one chain at a time per repository, each
+with a log and a status file under
 ``$TRAINCHAIN_HOME/hooks/runs``; with Jenkins set up, a run is a build of a Jenkins job
 that the drainer triggers. This module is an entry point: it reads the environment (the
 webhook secret, JENKINS_URL and the Jenkins credentials) and passes it down.
@@ -26,6 +28,8 @@ from trainchain.cli.common import out as _out
 from trainchain.core.errors import ConfigError
 
 SECRET_ENV = "TRAINCHAIN_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
+ALERT_TOKEN_ENV = "TRAINCHAIN_ALERT_TOKEN"  # noqa: S105 - the variable's name, not a token
+MAX_TOKEN_FILE = 4096
 LISTEN_BACKLOG = 64
 
 
@@ -84,6 +88,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     settings = _settings(args)
     jenkins_job = _serve_jenkins_job(args)
+    from trainchain.triggers.retrain import target_map
+
     config = WebhookConfig(
         secret=secret.encode("utf-8"),
         host=args.host,
@@ -98,9 +104,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         jenkins_job=jenkins_job,
         jenkins_retries=args.jenkins_retries,
+        alert_token=_alert_token(args.alert_token_file),
+        retrain=target_map(args.retrain or ()),
+        retrain_cooldown=args.retrain_cooldown,
     )
     paths = HookPaths.under(settings.home)
-    env = {k: v for k, v in os.environ.items() if k != SECRET_ENV}  # chains never see it
+    hidden = (SECRET_ENV, ALERT_TOKEN_ENV)
+    env = {k: v for k, v in os.environ.items() if k not in hidden}  # chains never see them
     runs = WebhookRuns(
         paths, home=settings.home, python=_python(), env=env, max_queue=config.max_queue
     )
@@ -113,6 +123,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if jenkins_job:
         _out(f"hooks serve: pushes to {watched} become builds of the Jenkins job {jenkins_job}")
     _out(f"hooks serve: pushes to {watched} become runs under {paths.runs}")
+    if config.alert_token is None:
+        _out(f"hooks serve: /alerts is off (no --alert-token-file or {ALERT_TOKEN_ENV})")
+    else:
+        models = ", ".join(str(t) for t in config.retrain.values()) or "none (give --retrain)"
+        _out(
+            f"hooks serve: alerts at http://{host!s}:{port}/alerts retrain {models}; "
+            f"cooldown {config.retrain_cooldown:g} s"
+        )
     for line in runs.resume():  # what a killed server or drainer left behind
         _out(f"hooks serve: {line}")
 
@@ -126,6 +144,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     code = run_embedded(partial(create_app, config, runs), options)
     _out("hooks serve: stopped")
     return code
+
+
+def _alert_token(path: str | None) -> bytes | None:
+    """The bearer token Alertmanager sends to /alerts: the file's first line, else
+    TRAINCHAIN_ALERT_TOKEN; None (the endpoint is off) when neither is given."""
+    if path is None:
+        token = os.environ.get(ALERT_TOKEN_ENV, "").strip()
+        return token.encode("utf-8") if token else None
+    try:
+        with Path(path).expanduser().open("rb") as handle:
+            raw = handle.read(MAX_TOKEN_FILE + 1)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read the alert token file {path}: {err.strerror or err}",
+            hint="give the file Alertmanager's credentials_file names",
+        ) from None
+    lines = raw.decode("utf-8", errors="replace").strip().splitlines()
+    if len(raw) > MAX_TOKEN_FILE or not lines or not lines[0].strip():
+        raise ConfigError(
+            f"the alert token file {path} is empty or longer than {MAX_TOKEN_FILE} bytes",
+            hint="put one token in it (make one with `openssl rand -hex 32`)",
+        )
+    return lines[0].strip().encode("utf-8")
 
 
 def _serve_jenkins_job(args: argparse.Namespace) -> str | None:
@@ -201,6 +242,47 @@ def cmd_post_receive(args: argparse.Namespace) -> int:
     )
 
 
+# ---- hooks retrain ------------------------------------------------------------------------
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from trainchain.core.status import ExitCode
+    from trainchain.triggers.hooks import HookPaths, enqueue
+    from trainchain.triggers.retrain import (
+        RetrainOptions,
+        parse_target,
+        request_retrain,
+        retrain_request,
+    )
+
+    settings = _settings(args)
+    options = RetrainOptions(
+        executor=args.executor,
+        data=_data_dir(args),
+        run_timeout=args.run_timeout,
+        jenkins_job=_serve_jenkins_job(args),
+        jenkins_retries=args.jenkins_retries,
+        cooldown=args.cooldown,
+    )
+    request = retrain_request(parse_target(args.target), args.reason, "retrain", options)
+
+    def submit(request: Any, cooldown: float) -> Any:
+        return enqueue(
+            HookPaths.under(settings.home),
+            request,
+            max_queue=args.max_queue,
+            python=_python(),
+            env={k: v for k, v in os.environ.items() if k not in (SECRET_ENV, ALERT_TOKEN_ENV)},
+            home=settings.home,
+            full_hint="ask again once some have run, or give a larger --max-queue",
+            cooldown=cooldown,
+        )
+
+    answer = request_retrain(submit, request, options.cooldown)
+    _out(f"retrain {request.model}: {answer.text}")
+    if answer.status is not None:
+        _out(f"log: {answer.status.log}")
+    return ExitCode.BUSY if answer.outcome == "cooling_down" else 0
+
+
 # ---- runs --------------------------------------------------------------------------------
 def cmd_status(args: argparse.Namespace) -> int:
     from trainchain.triggers.hooks import HookPaths, load_status, recent_runs
@@ -248,14 +330,24 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
-def _run_options(sp: argparse.ArgumentParser) -> None:
-    sp.add_argument(
-        "--branch",
-        action="append",
-        metavar="NAME",
-        help="a branch whose pushes start runs (repeatable; default: the repository's "
-        "default branch)",
-    )
+def _cooldown(text: str) -> float:
+    from trainchain.triggers.retrain import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _run_options(sp: argparse.ArgumentParser, *, branches: bool = True) -> None:
+    if branches:
+        sp.add_argument(
+            "--branch",
+            action="append",
+            metavar="NAME",
+            help="a branch whose pushes start runs (repeatable; default: the repository's "
+            "default branch)",
+        )
     sp.add_argument(
         "--executor",
         choices=["auto", "docker", "local"],
@@ -353,6 +445,27 @@ def register(
         "(without it, trainchain-1-pull when JENKINS_URL is set); JENKINS_URL, JENKINS_USER "
         "and JENKINS_TOKEN come from the environment",
     )
+    sp.add_argument(
+        "--alert-token-file",
+        metavar="FILE",
+        help="turn on POST /alerts (Alertmanager's webhook): the bearer token it must send, "
+        f"the file's first line (default: ${ALERT_TOKEN_ENV}; neither: /alerts is off)",
+    )
+    sp.add_argument(
+        "--retrain",
+        action="append",
+        metavar="MODEL=REPOSITORY[@BRANCH]",
+        help="a firing alert whose model label is MODEL retrains it: the chain on BRANCH's "
+        "head (default: main) of REPOSITORY (repeatable, one per model)",
+    )
+    sp.add_argument(
+        "--retrain-cooldown",
+        type=_cooldown,
+        default="6h",
+        metavar="DURATION",
+        help="no second retrain of a model within this long of the last, e.g. 6h "
+        "(default), 30m, 1d, 0; kept in the queue, so a restart keeps it",
+    )
 
     sp = sub("install", cmd_install, "write a post-receive hook into a bare repository")
     sp.add_argument("repo", metavar="BARE_REPO", help="the bare repository people push to")
@@ -368,6 +481,34 @@ def register(
     )
     sp.add_argument("--repo", required=True, help="the bare repository")
     _hook_install_options(sp)
+
+    sp = sub(
+        "retrain",
+        cmd_retrain,
+        "queue a retrain of a model, as a drift alert to `hooks serve` does (for cron or "
+        "a script): at most one pending per model, none within the cooldown",
+    )
+    sp.add_argument(
+        "target",
+        metavar="MODEL=REPOSITORY[@BRANCH]",
+        help="the model, and the repository and branch (default: main) whose head retrains it",
+    )
+    sp.add_argument("--reason", required=True, help="why: shown in the chain's email")
+    _run_options(sp, branches=False)
+    sp.add_argument(
+        "--cooldown",
+        type=_cooldown,
+        default="6h",
+        metavar="DURATION",
+        help="refuse (exit 9) when the model's last retrain was queued less than this long "
+        "ago, e.g. 6h (default), 30m, 0",
+    )
+    sp.add_argument(
+        "--jenkins-job",
+        metavar="JOB",
+        help="queue a build of this Jenkins job (REPOSITORY, COMMIT: the branch, REASON) "
+        "instead of a chain run here (without it, trainchain-1-pull when JENKINS_URL is set)",
+    )
 
     sp = sub("status", cmd_status, "a run's status, or the latest runs")
     sp.add_argument("run_id", nargs="?", help="a run id (default: list the latest runs)")

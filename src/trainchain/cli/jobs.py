@@ -79,6 +79,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _print_summary(report: Any) -> None:
     op = ">=" if report.direction == "maximize" else "<="
     used = sum(1 for t in report.trials if t.state != "INTERRUPTED")
+    if report.reason:
+        out(f"why:       {report.reason}")
     out(f"goal:      {report.goal_metric} {op} {report.threshold}: {report.verdict_text}")
     out(f"search:    {report.search_figure()}")
     out(f"confirm:   {report.confirmation_figure()}")
@@ -270,6 +272,13 @@ def _add_run_opts(sp: argparse.ArgumentParser, budget: bool = True) -> None:
             metavar="SECONDS",
             help="when another process is tuning the same model, wait this long for it "
             f"(default: 0, exit {ExitCode.BUSY:d} at once)",
+        )
+        sp.add_argument(
+            "--reason",
+            metavar="TEXT",
+            help="why this chain runs (a drift alert, a person's note): kept in the chain's "
+            "report and MLflow tags, shown in its summary and email; one line, at most "
+            "500 characters (longer is cut)",
         )
 
 

@@ -17,6 +17,7 @@ IMAGE = "trainchain.image"
 EXECUTOR = "trainchain.executor"
 FAMILY = "trainchain.family"
 JENKINS_BUILD_URL = "trainchain.jenkins_build_url"
+REASON = "trainchain.reason"  # why the chain ran (`trainchain run --reason`), when it was said
 
 # --- MLflow run tags: a trial's run (CHAIN and TRIAL are container labels too)
 CHAIN = "trainchain.chain"

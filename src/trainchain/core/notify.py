@@ -403,8 +403,13 @@ def _promotion_sentence(report: ChainReport) -> str:
     return "Nothing was promoted: the champion alias was not moved."
 
 
+def _why(report: ChainReport) -> str:
+    """Why the chain ran, when whoever started it said (a drift alert, a person)."""
+    return f"Why this run: {redact(report.reason)}" if report.reason else ""
+
+
 def _plain(report: ChainReport) -> str:
-    lines: list[str] = []
+    lines: list[str] = [_why(report), ""] if report.reason else []
     if report.status is RunState.SUCCEEDED:
         lines.append(_reached_sentence(report))
         lines.append(_best_sentence(report))
@@ -466,6 +471,8 @@ def _html(report: ChainReport) -> str:
         '<!DOCTYPE html><html><body style="font-family:sans-serif">',
         f'<h2 style="color:{colour}">{_h(subject(report).removeprefix("[trainchain] "))}</h2>',
     ]
+    if report.reason:
+        parts.append(f"<p><strong>{_h(_why(report))}</strong></p>")
     if ok:
         parts.append(f"<p>{_h(_best_sentence(report))}</p>")
         parts.append(_html_rows(_verdict_rows(report)))

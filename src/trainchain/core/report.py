@@ -22,6 +22,18 @@ VERDICT_TEXT = {
     "failed": "NOT reached (the chain failed)",
 }
 
+MAX_REASON_CHARS = 500  # why a chain ran (`trainchain run --reason`): one line, this long at most
+
+
+def clean_reason(text: str) -> str:
+    """Why a chain ran, as reports, tags and emails hold it: one line (whitespace and
+    control characters folded to single spaces), at most :data:`MAX_REASON_CHARS` long
+    (cut with "...")."""
+    folded = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    if len(folded) > MAX_REASON_CHARS:
+        folded = folded[: MAX_REASON_CHARS - 3].rstrip() + "..."
+    return folded
+
 
 @dataclass(frozen=True)
 class TrialSummary:
@@ -82,6 +94,7 @@ class ChainReport:
     promotion_alpha: float = 0.05
     promotion_test: HeldoutTest | None = None
     warm_start: str = ""  # what the study started from, when an earlier study
+    reason: str = ""  # why this chain ran (`trainchain run --reason`: a drift alert, a person)
 
     def __post_init__(self) -> None:
         # a report read from JSON, or made with a plain string, holds the enum

@@ -40,6 +40,7 @@ class Settings:
     smtp: SmtpSettings | None
     default_recipients: tuple[str, ...]
     jenkins_build_url: str | None = None
+    reason: str = ""  # why the chain runs: a command's --reason (`trainchain run`, `tune`)
 
     @property
     def outbox(self) -> Path:

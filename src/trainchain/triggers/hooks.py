@@ -38,6 +38,7 @@ from trainchain.contract.task import atomic_write_bytes
 from trainchain.core.errors import ConfigError
 from trainchain.core.status import RunState
 from trainchain.triggers.queue import (
+    BRANCH_NAME,
     DEFAULT_JENKINS_RETRIES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_RUN_TIMEOUT_S,
@@ -84,7 +85,6 @@ DRAIN_LOG_LIMIT = 1 << 20  # the drainers' shared stderr log is emptied past 1 M
 MAX_DRAINED_RUNS = 10_000  # one drainer's runs before it ends (the next push starts another)
 
 _SHA40 = re.compile(r"^[0-9a-f]{40}$")
-_BRANCH = re.compile(r"^[^\s~^:?*\[\\]+$")
 # git sets these for a hook; inherited, they would point a chain's git calls at the bare repo
 _KEEP_GIT_ENV = frozenset({"GIT_SSH", "GIT_SSH_COMMAND", "GIT_ASKPASS", "GIT_SSL_CAINFO"})
 # drainers this process started: reaped when the next one starts, so none stays a zombie
@@ -116,6 +116,8 @@ def run_argv(python: str, status: RunStatus, home: Path) -> list[str]:
         argv += ["--executor", status.executor]
     if status.data:
         argv += ["--data", status.data]
+    if status.reason:  # one argument, whatever it starts with
+        argv.append(f"--reason={status.reason}")
     return [*argv, "--home", str(home)]
 
 
@@ -325,11 +327,14 @@ def enqueue(
     home: Path,
     full_hint: str = "push again once some have run, or reinstall the hook with a larger "
     "--max-queue",
+    cooldown: float = 0.0,
 ) -> tuple[RunStatus, int]:
     """Queue a run and start the drainers it needs; (its status, runs of its repository
-    ahead of it)."""
+    ahead of it). ``cooldown``: a retrain's (:meth:`TriggerQueue.enqueue`)."""
     queue = TriggerQueue(paths)
-    status, ahead = queue.enqueue(request, max_queue=max_queue, full_hint=full_hint)
+    status, ahead = queue.enqueue(
+        request, max_queue=max_queue, full_hint=full_hint, cooldown=cooldown
+    )
     queue.prune()
     dispatch(queue, python=python, env=env, home=home)
     return status, ahead
@@ -400,7 +405,7 @@ class HookOptions:
     def __post_init__(self) -> None:
         check_max_queue(self.max_queue)
         for branch in self.branches:
-            if not _BRANCH.match(branch) or branch.startswith("-"):
+            if not BRANCH_NAME.match(branch) or branch.startswith("-"):
                 raise ConfigError(
                     f"{branch!r} is not a branch name", hint="pass e.g. --branch main"
                 )

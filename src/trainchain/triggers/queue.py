@@ -24,8 +24,16 @@ or sent its email before the drainer died, and its log shows how far it got. A J
 run is never triggered twice either: with the Jenkins queue item it recorded it counts as
 done (Jenkins has the build), without one it is ``failed`` with the reason.
 
+A *retrain* request (a drift alert through `hooks serve`, or `trainchain hooks retrain`)
+is a run like any other, of a branch's head rather than a pushed commit, with the model it
+retrains and why. Per model the ``retrains`` table keeps the latest one: while it is
+queued or running, another is refused (:class:`RetrainPending`); after it was queued, no
+other is queued for the cooldown (:class:`CoolingDown`; a cancelled one does not count).
+The table lives in the queue file, so both rules survive restarts.
+
 The schema has a version (``PRAGMA user_version``); opening a queue file an older
 trainchain wrote migrates it in place, keeping every row (its runs are local chain runs).
+The ``retrains`` table is created on open when missing: a trainchain without it ignores it.
 """
 
 from __future__ import annotations
@@ -96,6 +104,14 @@ CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT NOT NULL UNIQUE
 );
 """
+# the latest retrain of each model (added without a schema version: older ones ignore it)
+_RETRAINS = """
+CREATE TABLE IF NOT EXISTS retrains (
+    model TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    queued_at REAL NOT NULL
+)
+"""
 
 
 class RepositoryBusy(Busy):
@@ -108,6 +124,26 @@ class QueueFull(RepositoryBusy):
 
 class AlreadyReceived(TrainchainError):
     """A webhook delivery id that was queued (or ignored) before."""
+
+
+class RetrainPending(TrainchainError):
+    """A model's retrain is queued or running already: no second one."""
+
+    def __init__(self, model: str, run_id: str) -> None:
+        super().__init__(f"a retrain of {model} is already pending: {run_id}")
+        self.run_id = run_id
+
+
+class CoolingDown(TrainchainError):
+    """A model was retrained less than the cooldown ago."""
+
+    def __init__(self, model: str, run_id: str, until: float) -> None:
+        when = datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds")
+        super().__init__(
+            f"{model} is cooling down until {when} (its last retrain: {run_id})",
+            hint="ask again after that, or give a shorter --retrain-cooldown",
+        )
+        self.until = when
 
 
 @dataclass(frozen=True)
@@ -142,6 +178,8 @@ class RunRequest:
     data: str | None = None
     run_timeout: float = DEFAULT_RUN_TIMEOUT_S
     jenkins: JenkinsTarget | None = None
+    reason: str = ""  # why it runs (`trainchain run --reason`), for a retrain
+    model: str | None = None  # set: a retrain of this model, whose ``commit`` is a branch
 
     def __post_init__(self) -> None:
         if not self.repository or self.repository.startswith("-"):
@@ -149,7 +187,10 @@ class RunRequest:
                 f"repository {self.repository!r} is not a URL or a path",
                 hint="pass a URL git accepts or a path to a repository",
             )
-        if not _SHA40.match(self.commit):
+        if self.model is not None:
+            check_model(self.model)
+            check_branch(self.commit)
+        elif not _SHA40.match(self.commit):
             raise ConfigError(
                 f"commit {self.commit!r} is not a full sha: expected 40 lowercase hex digits"
             )
@@ -188,6 +229,9 @@ class RunStatus:
     attempts: int = 0
     jenkins_queue_url: str | None = None
     jenkins_build_url: str | None = None
+    # a retrain: the model, and why (``commit`` is then the branch whose head runs)
+    model: str | None = None
+    reason: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"state": str(self.state)}
@@ -265,6 +309,25 @@ def check_jenkins_job(job: str) -> str:
     return job
 
 
+_MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+BRANCH_NAME = re.compile(r"^[^\s~^:?*\[\\]{1,200}$")  # what git allows, roughly
+
+
+def check_model(model: str) -> str:
+    if not _MODEL.match(model):
+        raise ConfigError(
+            f"{model!r} is not a model name: expected letters, digits, . _ - (as the "
+            "`model` label of the alert and `name` in trainchain.yaml)"
+        )
+    return model
+
+
+def check_branch(branch: str) -> str:
+    if not BRANCH_NAME.match(branch) or branch.startswith("-") or ".." in branch:
+        raise ConfigError(f"{branch!r} is not a branch name", hint="give e.g. main")
+    return branch
+
+
 def check_key(key: str) -> str:
     if not _KEY.match(key) or key.startswith("."):
         raise ConfigError(f"{key!r} is not a repository key: expected letters, digits, . _ -")
@@ -294,7 +357,8 @@ def now_iso() -> str:
 def new_run_id(repository: str, commit: str) -> str:
     slug = repo_key(repository).rsplit("-", 1)[0][:40] or "repo"
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{stamp}-{slug}-{commit[:8]}-{secrets.token_hex(3)}"
+    what = re.sub(r"[^A-Za-z0-9._-]", "-", commit[:8])  # a retrain's branch, not a sha
+    return f"{stamp}-{slug}-{what}-{secrets.token_hex(3)}"
 
 
 def new_status(paths: HookPaths, request: RunRequest) -> RunStatus:
@@ -312,6 +376,8 @@ def new_status(paths: HookPaths, request: RunRequest) -> RunStatus:
         executor=request.executor,
         data=request.data,
         run_timeout=request.run_timeout,
+        model=request.model,
+        reason=request.reason,
     )
     if request.jenkins is None:
         return status
@@ -378,6 +444,8 @@ class TriggerQueue:
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
         self._migrate()
+        with self._connect() as con:
+            con.execute(_RETRAINS)
         self._import_old_deliveries()
 
     @contextmanager
@@ -487,17 +555,21 @@ class TriggerQueue:
 
     # ---- queueing -------------------------------------------------------------------
     def enqueue(
-        self, request: RunRequest, *, max_queue: int, full_hint: str
+        self, request: RunRequest, *, max_queue: int, full_hint: str, cooldown: float = 0.0
     ) -> tuple[RunStatus, int]:
         """Queue a run: (its status, the runs of its repository ahead of it). At most
         ``max_queue`` runs wait behind the one running (QueueFull); a delivery id already
-        received raises AlreadyReceived, and is recorded with the run otherwise."""
+        received raises AlreadyReceived, and is recorded with the run otherwise. A retrain
+        (``request.model``) is refused while the model's last one is pending
+        (RetrainPending) or was queued less than ``cooldown`` seconds ago (CoolingDown)."""
         check_max_queue(max_queue)
         status = new_status(self.paths, request)
         key = repo_key(request.repository)
         with self._txn() as (con, changed):
             if request.delivery is not None and self._received(con, request.delivery):
                 raise AlreadyReceived(f"delivery {request.delivery} was already received")
+            if request.model is not None:
+                self._check_retrain(con, request.model, cooldown)
             (ahead,) = con.execute(
                 "SELECT COUNT(*) FROM runs WHERE repo = ? AND state IN (?, ?)",
                 (key, RunState.QUEUED, RunState.RUNNING),
@@ -511,8 +583,31 @@ class TriggerQueue:
             self._put(con, changed, status)
             if request.delivery is not None:
                 self._remember(con, request.delivery)
+            if request.model is not None:
+                con.execute(
+                    "INSERT INTO retrains (model, run_id, queued_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (model) DO UPDATE SET run_id = excluded.run_id, "
+                    "queued_at = excluded.queued_at",
+                    (request.model, status.run_id, time.time()),
+                )
         self.paths.runs.mkdir(parents=True, exist_ok=True)
         return status, int(ahead)
+
+    @staticmethod
+    def _check_retrain(con: sqlite3.Connection, model: str, cooldown: float) -> None:
+        row = con.execute(
+            "SELECT t.run_id, t.queued_at, r.state FROM retrains t "
+            "LEFT JOIN runs r ON r.run_id = t.run_id WHERE t.model = ?",
+            (model,),
+        ).fetchone()
+        if row is None:
+            return
+        run_id, queued_at, state = row
+        if state in (RunState.QUEUED, RunState.RUNNING):
+            raise RetrainPending(model, run_id)
+        until = float(queued_at) + cooldown
+        if state != RunState.CANCELLED and time.time() < until:
+            raise CoolingDown(model, run_id, until)
 
     @staticmethod
     def _received(con: sqlite3.Connection, delivery: str) -> bool:

@@ -11,6 +11,11 @@ queued when the server was killed is drained when it starts again. With a Jenkin
 configured (``jenkins_job``), a push becomes a queued build of that job instead, with
 REPOSITORY and COMMIT, triggered by the drainer (:mod:`trainchain.triggers.jenkins`).
 
+With a bearer token configured, ``POST /alerts`` takes Alertmanager's webhook
+notifications: each firing alert whose ``model`` label names a model the server retrains
+(``retrain``) becomes a retrain request (:mod:`trainchain.triggers.retrain`) in the same
+queue, at most one pending per model and none within the cooldown.
+
 The decisions (is the signature right, is this a push to run) are plain functions;
 :class:`WebhookApp` answers requests without any socket; :func:`create_app` makes it a
 Flask app, run under gunicorn (:func:`trainchain.serving.server.run_embedded`) with a
@@ -51,16 +56,30 @@ from trainchain.triggers.queue import (
     HookPaths,
     JenkinsTarget,
     QueueFull,
+    RepositoryBusy,
     RunRequest,
     RunStatus,
     TriggerQueue,
     check_jenkins_job,
     check_max_queue,
 )
+from trainchain.triggers.retrain import (
+    DEFAULT_COOLDOWN_S,
+    FIRING,
+    BadAlerts,
+    RetrainOptions,
+    RetrainTarget,
+    alert_reason,
+    read_alerts,
+    request_retrain,
+    retrain_request,
+)
 
 log = logging.getLogger(__name__)
 
 WEBHOOK_PATHS = frozenset({"/", "/github-webhook/", "/github-webhook"})
+ALERTS_PATH = "/alerts"
+ALERT_TRIGGER = "alert"  # the trigger of a run a drift alert asked for
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 DEFAULT_MAX_BODY = 5 << 20  # GitHub caps payloads at 25 MB; pushes are far smaller
 MAX_BODY_LIMIT = 100 << 20
@@ -92,6 +111,10 @@ class WebhookConfig:
     workers: int = DEFAULT_WORKERS
     jenkins_job: str | None = None  # set: each push becomes a build of this Jenkins job
     jenkins_retries: int = DEFAULT_JENKINS_RETRIES
+    # POST /alerts: the bearer token (None: the endpoint is off), the models it retrains
+    alert_token: bytes | None = field(default=None, repr=False)
+    retrain: Mapping[str, RetrainTarget] = field(default_factory=dict)
+    retrain_cooldown: float = DEFAULT_COOLDOWN_S
 
     def __post_init__(self) -> None:
         if not self.secret:
@@ -117,6 +140,20 @@ class WebhookConfig:
             )
         if self.jenkins_job is not None:
             check_jenkins_job(self.jenkins_job)
+        if self.alert_token is not None and not self.alert_token:
+            raise ConfigError("the alert token is empty", hint="put a token in the file")
+        RetrainOptions(cooldown=self.retrain_cooldown)  # checks the cooldown
+
+    @property
+    def retrain_options(self) -> RetrainOptions:
+        return RetrainOptions(
+            executor=self.executor,
+            data=self.data,
+            run_timeout=self.run_timeout,
+            jenkins_job=self.jenkins_job,
+            jenkins_retries=self.jenkins_retries,
+            cooldown=self.retrain_cooldown,
+        )
 
 
 # ---- decisions --------------------------------------------------------------------
@@ -133,6 +170,18 @@ def signature_problem(secret: bytes, body: bytes, header: str | None) -> str | N
         return f"{SIGNATURE_HEADER} is not sha256=<hex>"
     if not hmac.compare_digest(header.encode(), sign(secret, body).encode()):
         return f"{SIGNATURE_HEADER} does not match the body: the secrets differ"
+    return None
+
+
+def bearer_problem(token: bytes, header: str | None) -> str | None:
+    """None when ``header`` is ``Bearer <token>``; else what is wrong with it."""
+    if not header:
+        return "no Authorization header: send Authorization: Bearer <token>"
+    scheme, _, given = header.partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return "the Authorization header is not Bearer <token>"
+    if not hmac.compare_digest(given.strip().encode(), token):
+        return "the bearer token is not this server's (--alert-token-file)"
     return None
 
 
@@ -227,8 +276,9 @@ class WebhookRuns:
         self.max_queue = check_max_queue(max_queue)
         self.queue = TriggerQueue(paths)
 
-    def submit(self, request: RunRequest) -> tuple[RunStatus, int]:
-        """Queue a run (QueueFull, AlreadyReceived); (its status, runs ahead of it)."""
+    def submit(self, request: RunRequest, cooldown: float = 0.0) -> tuple[RunStatus, int]:
+        """Queue a run (QueueFull, AlreadyReceived; a retrain's RetrainPending,
+        CoolingDown); (its status, runs ahead of it)."""
         return enqueue(
             self.paths,
             request,
@@ -238,6 +288,7 @@ class WebhookRuns:
             home=self.home,
             full_hint="redeliver the push from GitHub once some have run, or restart "
             "`trainchain hooks serve` with a larger --max-queue",
+            cooldown=cooldown,
         )
 
     def resume(self) -> list[str]:
@@ -399,8 +450,17 @@ class WebhookApp:
 
     def post(self, path: str, headers: Mapping[str, str], body: IO[bytes], peer: str) -> Response:
         """A POST: the delivery, checked for its length before its body is read."""
+        if path == ALERTS_PATH:
+            return self.alerts(headers, body, peer)
         if path not in WEBHOOK_PATHS:
             return Response(HTTPStatus.NOT_FOUND, {"error": f"no webhook at {path}"})
+        read = self._read(headers, body, peer)
+        if isinstance(read, Response):
+            return read
+        return self.receive(headers, read, peer=peer)
+
+    def _read(self, headers: Mapping[str, str], body: IO[bytes], peer: str) -> bytes | Response:
+        """The body, or the answer refusing it (no length, too long)."""
         limit = self.config.max_body
         raw = headers.get("content-length")
         if raw is None or not raw.isdigit():
@@ -413,7 +473,77 @@ class WebhookApp:
             body.read(min(length, 4 * limit))
             error = f"the body is {length} bytes; the limit is {limit} (--max-body)"
             return self.refuse(headers, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, error, peer)
-        return self.receive(headers, body.read(length), peer=peer)
+        return body.read(length)
+
+    # ---- POST /alerts -------------------------------------------------------------
+    def alerts(self, headers: Mapping[str, str], body: IO[bytes], peer: str) -> Response:
+        """Alertmanager's notification: each firing alert of a model this server retrains
+        becomes a retrain request; 200 with what became of each alert, 503 when the queue
+        could not take one (Alertmanager sends the notification again)."""
+        token = self.config.alert_token
+        if token is None:
+            return self._alerted(
+                peer,
+                HTTPStatus.NOT_FOUND,
+                {
+                    "error": "no alert endpoint: this server has no alert token",
+                    "hint": "start `trainchain hooks serve` with --alert-token-file FILE (or "
+                    "TRAINCHAIN_ALERT_TOKEN) and --retrain MODEL=REPOSITORY[@BRANCH]",
+                },
+            )
+        read = self._read(headers, body, peer)
+        if isinstance(read, Response):
+            return read
+        problem = bearer_problem(token, headers.get("authorization"))
+        if problem is not None:
+            return self._alerted(peer, HTTPStatus.UNAUTHORIZED, {"error": problem})
+        try:
+            alerts = read_alerts(json.loads(read))
+        except ValueError as err:  # BadAlerts, or not JSON
+            error = str(err) if isinstance(err, BadAlerts) else f"the body is not JSON: {err}"
+            return self._alerted(peer, HTTPStatus.BAD_REQUEST, {"error": error})
+        answers: list[dict[str, Any]] = []
+        code = HTTPStatus.OK
+        for alert in alerts:
+            answer: dict[str, Any] = {"alertname": alert.name, "model": alert.model}
+            target = self.config.retrain.get(alert.model or "")
+            if alert.status != FIRING:
+                answer["ignored"] = "resolved"
+            elif alert.model is None:
+                answer["ignored"] = "the alert has no model label"
+            elif target is None:
+                known = ", ".join(sorted(self.config.retrain)) or "none"
+                answer["ignored"] = f"{alert.model} is not a model this server retrains ({known})"
+            else:
+                request = retrain_request(
+                    target, alert_reason(alert), ALERT_TRIGGER, self.config.retrain_options
+                )
+                try:
+                    done = request_retrain(self.runs.submit, request, self.config.retrain_cooldown)
+                except RepositoryBusy as err:  # the queue is full or locked: try again later
+                    code = HTTPStatus.SERVICE_UNAVAILABLE
+                    answer |= {"error": err.message, "hint": err.hint}
+                else:
+                    answer |= {"outcome": done.outcome, "detail": done.text}
+                    answer |= {"run_id": done.run_id} if done.run_id else {}
+                    answer |= {"reason": request.reason} if done.outcome == "queued" else {}
+            log.log(
+                logging.INFO if code == HTTPStatus.OK else logging.WARNING,
+                "alert %s (%s) for %s from %s: %s",
+                alert.name,
+                alert.status,
+                alert.model or "-",
+                peer or "-",
+                answer.get("detail") or answer.get("ignored") or answer.get("error"),
+            )
+            answers.append(answer)
+        return Response(code, {"alerts": answers})
+
+    @staticmethod
+    def _alerted(peer: str, code: int, body: dict[str, Any]) -> Response:
+        """An alert notification refused as a whole, and its log line (never the token)."""
+        log.warning("alerts from %s: %d %s", peer or "-", code, body.get("error"))
+        return Response(code, body)
 
 
 def create_app(config: WebhookConfig, runs: WebhookRuns) -> Flask:
