@@ -1,5 +1,6 @@
 """`trainchain data`: synthetic EEG recordings, a tabular CSV from a dataset shipped with
-scikit-learn, and a registered version's held-out examples as a request body."""
+scikit-learn, a registered version's held-out examples as a request body, and the
+labelled captures of `trainchain serve --capture` as training data."""
 
 from __future__ import annotations
 
@@ -57,6 +58,21 @@ def cmd_heldout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    """The captured requests that received true labels, as data the families read."""
+    from trainchain.serving.capture import export_captures
+
+    summary = export_captures(Path(args.folder), Path(args.out))
+    for path in summary.files[:20]:
+        out(str(path))
+    out(
+        f"exported {summary.epochs} labelled EEG epoch(s) and {summary.images} image(s) from "
+        f"{args.folder} to {args.out}"
+        + ("" if summary.files else " (no capture has feedback yet: POST /feedback)")
+    )
+    return 0
+
+
 def register(
     add: Callable[[str, Any, str], argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -101,3 +117,13 @@ def register(
     sp.add_argument("--alias", default="champion", help="which version (default: champion)")
     sp.add_argument("-n", type=int, default=1, help="how many examples (default: 1)")
     sp.add_argument("--out", required=True, help="the JSON file to write")
+    sp = dsub.add_parser(
+        "capture",
+        parents=[common],
+        help="export the captures of `trainchain serve --capture` that received true labels "
+        "(POST /feedback): EEG epochs as OUT/<model>-v<version>.epochs.npz (the EEG family's "
+        "load_epochs reads them beside recordings), images as class folders OUT/<label>/",
+    )
+    sp.set_defaults(func=cmd_capture)
+    sp.add_argument("folder", help="the --capture folder of trainchain serve")
+    sp.add_argument("--out", required=True, help="folder to write into")
