@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -351,3 +352,27 @@ def test_gunicorn_workers_share_the_capture_folder(registry: EEGRegistry, tmp_pa
     assert proc.returncode == 0, output
     assert f"capture:   100% of requests into {folder}" in output
     assert len(list(folder.glob("*" + FEEDBACK))) == 10
+
+
+def test_an_epochs_file_that_does_not_fit_the_data_options_is_refused(tmp_path: Path) -> None:
+    """load_epochs checks an epochs file against the data options: a wrong epoch length, a
+    wrong rate and labels outside the cues are each refused with what to set."""
+    from trainchain.families.eeg import EEGDataError, load_epochs, save_epochs
+
+    x = np.zeros((2, 3, 750))
+    cases = [
+        ({"x": np.zeros((2, 3, 700))}, {}, "700 samples long, the data options make 750"),
+        ({"sfreq": 128.0}, {}, "sampled at 128 Hz, the data options say 250 Hz"),
+        ({"y": ["left", "feet"]}, {}, "labels ['feet'] are not among the cues' classes"),
+        ({}, {"channels": ["C3", "Cz"]}, "3 channels, the data options pick 2"),
+    ]
+    for i, (saved, options, message) in enumerate(cases):
+        folder = tmp_path / str(i)
+        save_epochs(
+            folder / "c.epochs.npz",
+            saved.get("x", x),
+            saved.get("y", ["left", "right"]),
+            sfreq=saved.get("sfreq"),
+        )
+        with pytest.raises(EEGDataError, match=re.escape(message)):
+            load_epochs(folder, **({"channels": None} | options))
