@@ -250,6 +250,7 @@ def test_health_model_metrics_and_openapi_describe_the_served_version(
     assert set(doc["paths"]) == {
         "/classify",
         "/predict",
+        "/feedback",
         "/health",
         "/model",
         "/metrics",

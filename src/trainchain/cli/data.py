@@ -1,6 +1,7 @@
 """`trainchain data`: synthetic EEG recordings, a tabular CSV from a dataset shipped with
-scikit-learn, a registered version's held-out examples as a request body, and EEG epochs
-with a shift (for `trainchain drift`)."""
+scikit-learn, a registered version's held-out examples as a request body, EEG epochs
+with a shift (for `trainchain drift`), and the labelled captures of `trainchain serve
+--capture` as training data."""
 
 from __future__ import annotations
 
@@ -96,6 +97,21 @@ def cmd_drift_epochs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    """The captured requests that received true labels, as data the families read."""
+    from trainchain.serving.capture import export_captures
+
+    summary = export_captures(Path(args.folder), Path(args.out))
+    for path in summary.files[:20]:
+        out(str(path))
+    out(
+        f"exported {summary.epochs} labelled EEG epoch(s) and {summary.images} image(s) from "
+        f"{args.folder} to {args.out}"
+        + ("" if summary.files else " (no capture has feedback yet: POST /feedback)")
+    )
+    return 0
+
+
 def register(
     add: Callable[[str, Any, str], argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
@@ -156,3 +172,13 @@ def register(
     )
     sp.add_argument("--line-hz", type=float, default=50.0, help="line-noise: its frequency")
     sp.add_argument("--seed", type=int, default=0, help="line-noise: the phases' seed")
+    sp = dsub.add_parser(
+        "capture",
+        parents=[common],
+        help="export the captures of `trainchain serve --capture` that received true labels "
+        "(POST /feedback): EEG epochs as OUT/<model>-v<version>.epochs.npz (the EEG family's "
+        "load_epochs reads them beside recordings), images as class folders OUT/<label>/",
+    )
+    sp.set_defaults(func=cmd_capture)
+    sp.add_argument("folder", help="the --capture folder of trainchain serve")
+    sp.add_argument("--out", required=True, help="folder to write into")

@@ -46,7 +46,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from trainchain.core.settings import for_command
     from trainchain.core.sizes import human_size, parse_size
-    from trainchain.serving.config import MIN_BODY, ServeConfig
+    from trainchain.serving.config import (
+        DEFAULT_CAPTURE_RATE,
+        MIN_BODY,
+        CaptureConfig,
+        ServeConfig,
+    )
 
     model = args.model or os.environ.get(MODEL_ENV, "").strip()
     if not model:
@@ -74,7 +79,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             max_body=parse_size(args.max_body, at_least=MIN_BODY),
             workdir=run_dir / "models",
             metrics_dir=metrics_dir,
+            capture=CaptureConfig(
+                Path(args.capture).resolve(),
+                rate=DEFAULT_CAPTURE_RATE if args.capture_rate is None else args.capture_rate,
+                max_bytes=parse_size(args.capture_max, "--capture-max"),
+            )
+            if args.capture
+            else None,
         )
+        if config.capture is not None:
+            try:
+                config.capture.folder.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise ConfigError(
+                    f"--capture {args.capture}: the folder cannot be made ({err})",
+                    hint="pass a folder this user can write to",
+                ) from None
         if not args.quiet:
             logging.getLogger("trainchain.serving").setLevel(logging.INFO)
         from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
@@ -110,6 +130,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"limits:    body {human_size(config.max_body)}, {config.max_epochs} epochs, "
             f"{config.max_image_pixels} pixels per request"
         )
+        if config.capture is not None:
+            _out(
+                f"capture:   {config.capture.rate:.0%} of requests into {config.capture.folder} "
+                f"(at most {human_size(config.capture.max_bytes)}); true labels by POST /feedback"
+            )
         sys.stdout.flush()
         return run(config, args.host, args.port, args.workers)
     finally:
@@ -169,4 +194,23 @@ def register(
         metavar="SIZE",
         help="largest request body, e.g. 16MiB, 512K (K, M, G are powers of 1024; "
         "default: 16MiB); larger ones get 413",
+    )
+    sp.add_argument(
+        "--capture",
+        metavar="DIR",
+        help="store a sampled share of the requests (inputs, predictions) in DIR, for true "
+        "labels by POST /feedback and `trainchain data capture DIR` (default: none)",
+    )
+    sp.add_argument(
+        "--capture-rate",
+        type=float,
+        metavar="F",
+        help="share of requests (0..1] --capture stores (default: 0.1, one in ten)",
+    )
+    sp.add_argument(
+        "--capture-max",
+        default="500MiB",
+        metavar="SIZE",
+        help="size cap of the --capture folder; the oldest captures are deleted beyond it "
+        "(default: 500MiB)",
     )

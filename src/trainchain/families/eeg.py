@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_CUES",
     "DEFAULT_FILES",
     "DEFAULT_PARAMS",
+    "EPOCHS_SUFFIX",
     "LOAD_OPTIONS",
     "PIPELINE_PARAMS",
     "SPEC",
@@ -47,6 +48,7 @@ __all__ = [
     "fold_assignment",
     "load_epochs",
     "parse_band",
+    "save_epochs",
     "train_epochs",
 ]
 
@@ -75,7 +77,9 @@ CHANNELS_BCI_IV_2A: tuple[str, ...] = (
     "P2",
     "POz",
 )
-DEFAULT_FILES: tuple[str, ...] = ("*.gdf", "*.edf", "*.bdf", "*.fif")
+# Epochs already cut, with their labels (save_epochs; `trainchain data capture` writes them)
+EPOCHS_SUFFIX = ".epochs.npz"
+DEFAULT_FILES: tuple[str, ...] = ("*.gdf", "*.edf", "*.bdf", "*.fif", f"*{EPOCHS_SUFFIX}")
 # BCI Competition IV 2a event codes: 769 left hand, 770 right hand.
 DEFAULT_CUES: Mapping[str, str] = {"left": "769", "right": "770"}
 
@@ -239,6 +243,107 @@ def _read(path: Path, wanted: list[str] | None, rate: float) -> tuple[Any, list[
     return raw, picked
 
 
+def _same_channels(path: Path, picked: list[str], names: list[str] | None) -> None:
+    if names is not None and [_norm_channel(n) for n in picked] != [
+        _norm_channel(n) for n in names
+    ]:
+        raise EEGDataError(
+            f"{path}: its EEG channels {picked} differ from those of the first recording {names}",
+            hint="list the channels to use in data.options.channels",
+        )
+
+
+def save_epochs(
+    path: Path,
+    x: npt.ArrayLike,
+    y: Sequence[str],
+    *,
+    channels: Sequence[str] = (),
+    sfreq: float | None = None,
+) -> Path:
+    """Epochs already cut ``(n, channels, samples)`` and their labels as one
+    ``*.epochs.npz`` file that :func:`load_epochs` reads beside recordings. ``channels``
+    and ``sfreq`` when known (else the reader's data options are taken to be theirs)."""
+    array = np.asarray(x, dtype=np.float64)
+    if array.ndim != 3 or len(array) != len(y):
+        raise EEGDataError(
+            f"save_epochs: expected X of shape (n, channels, samples) and n labels, got X "
+            f"{array.shape} and {len(y)} labels"
+        )
+    if not path.name.endswith(EPOCHS_SUFFIX):
+        raise EEGDataError(f"save_epochs: the file name must end in {EPOCHS_SUFFIX}, got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        np.savez(
+            f,
+            X=array,
+            y=np.asarray(list(y), dtype=np.str_),
+            channels=np.asarray(list(channels), dtype=np.str_),
+            sfreq=np.float64(math.nan if sfreq is None else sfreq),
+        )
+    return path
+
+
+def _read_epochs_file(
+    path: Path,
+    wanted: list[str] | None,
+    rate: float,
+    n_samples: int,
+    cues: Mapping[str, str],
+) -> tuple[list[FloatArray], list[str], list[str]]:
+    """The epochs, labels and channel names of a :func:`save_epochs` file, checked against
+    the data options: the same channels, rate and epoch length, labels among the cues."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x = np.asarray(f["X"], dtype=np.float64)
+            y = [str(v) for v in f["y"]]
+            stored = [str(c) for c in f["channels"]] if "channels" in f else []
+            sfreq = float(f["sfreq"]) if "sfreq" in f else math.nan
+    except (OSError, ValueError, KeyError) as err:
+        raise EEGDataError(
+            f"{path}: not an epochs file save_epochs writes (X, y): {type(err).__name__}: {err}"
+        ) from None
+    if x.ndim != 3 or len(x) != len(y):
+        raise EEGDataError(
+            f"{path}: expected X of shape (n, channels, samples) and n labels, got X {x.shape} "
+            f"and {len(y)} labels"
+        )
+    if x.shape[2] != n_samples:
+        raise EEGDataError(
+            f"{path}: its epochs are {x.shape[2]} samples long, the data options make "
+            f"{n_samples} ((tmax - tmin) x sfreq)",
+            hint="set data.options tmin, tmax and sfreq to those the epochs were cut with",
+        )
+    if math.isfinite(sfreq) and not math.isclose(sfreq, rate):
+        raise EEGDataError(
+            f"{path}: its epochs are sampled at {sfreq:g} Hz, the data options say {rate:g} Hz",
+            hint="set data.options.sfreq to the epochs' rate",
+        )
+    names = stored or (list(wanted) if wanted else [f"ch{i}" for i in range(x.shape[1])])
+    if len(names) != x.shape[1]:
+        raise EEGDataError(
+            f"{path}: its epochs have {x.shape[1]} channels, the data options pick "
+            f"{len(names)} ({names[:6]}...)",
+            hint="list the epochs' channels in data.options.channels",
+        )
+    if (
+        stored
+        and wanted
+        and [_norm_channel(n) for n in stored] != [_norm_channel(n) for n in wanted]
+    ):
+        raise EEGDataError(
+            f"{path}: its channels {stored} are not the data options' {wanted}",
+            hint="list the epochs' channels in data.options.channels",
+        )
+    unknown = sorted(set(y) - set(cues))
+    if unknown:
+        raise EEGDataError(
+            f"{path}: labels {unknown[:10]} are not among the cues' classes {sorted(cues)}",
+            hint="add them to data.options.cues, or leave those epochs out",
+        )
+    return list(x), y, names
+
+
 def _cut(
     raw: Any, cues: Mapping[str, str], offset: int, n_samples: int
 ) -> tuple[list[FloatArray], list[str], int]:
@@ -283,7 +388,10 @@ def load_epochs(
     another rate are resampled to ``sfreq``; one epoch ``[tmin, tmax)`` seconds after
     each annotation whose description is one of ``cues``' values, labelled with its key,
     ``round((tmax - tmin) * sfreq)`` samples long, no baseline correction. ``subjects``
-    keeps only files whose name starts with one of these prefixes.
+    keeps only files whose name starts with one of these prefixes. Files ending in
+    ``.epochs.npz`` (:func:`save_epochs`, such as captured requests exported by
+    ``trainchain data capture``) hold epochs already cut: they are added as they are,
+    checked to have the same channels, rate and length.
     """
     if unknown:
         raise EEGDataError(
@@ -314,15 +422,18 @@ def load_epochs(
     skipped: dict[str, list[str]] = {}
     dropped = 0
     for path in paths:
-        raw, picked = _read(path, wanted, rate)
-        if names is not None and [_norm_channel(n) for n in picked] != [
-            _norm_channel(n) for n in names
-        ]:
-            raise EEGDataError(
-                f"{path}: its EEG channels {picked} differ from those of the first recording "
-                f"{names}",
-                hint="list the channels to use in data.options.channels",
+        if path.name.endswith(EPOCHS_SUFFIX):
+            file_epochs, file_labels, picked = _read_epochs_file(
+                path, wanted, rate, n_samples, cue_map
             )
+            _same_channels(path, picked, names)
+            names = names or picked
+            epochs += file_epochs
+            labels += file_labels
+            per_file[str(path)] = len(file_epochs)
+            continue
+        raw, picked = _read(path, wanted, rate)
+        _same_channels(path, picked, names)
         names = names or picked
         file_epochs, file_labels, file_dropped = _cut(
             raw, cue_map, round(start_s * rate), n_samples

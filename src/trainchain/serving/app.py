@@ -1,9 +1,11 @@
 """The Flask app: ``create_app(config)`` serves the registry's champion.
 
-Endpoints: ``POST /classify`` (EEG epochs), ``POST /predict`` (images), ``GET /health``,
-``GET /model``, ``GET /metrics``, ``GET /openapi.json``. Every error is JSON
-``{"error": ..., "status": ...}`` with a 4xx status that says what was wrong; a 500
-only for a bug, logged with its traceback.
+Endpoints: ``POST /classify`` (EEG epochs), ``POST /predict`` (images), ``POST /feedback``
+(true labels of a captured request), ``GET /health``, ``GET /model``, ``GET /metrics``,
+``GET /openapi.json``. Every prediction answers with an ``X-Request-Id`` header; with
+``--capture`` its JSON also carries ``request_id`` and whether the request was ``captured``.
+Every error is JSON ``{"error": ..., "status": ...}`` with a 4xx status that says what
+was wrong; a 500 only for a bug, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +13,8 @@ from __future__ import annotations
 import atexit
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from flask import Flask, Response, g, jsonify, request
@@ -25,8 +25,11 @@ from trainchain.adapters.tracking import CHALLENGER, CHAMPION
 from trainchain.core.config import Family
 from trainchain.core.sizes import human_size
 from trainchain.serving import inputs, openapi
+from trainchain.serving.background import BackgroundPool
+from trainchain.serving.capture import Capture, CaptureStore, new_request_id
 from trainchain.serving.config import ServeConfig
 from trainchain.serving.inputs import RequestError
+from trainchain.serving.jsonio import OrjsonProvider
 from trainchain.serving.metrics import ServingMetrics
 from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, ModelHolder
 
@@ -49,35 +52,6 @@ def pick_alias(
     return CHALLENGER
 
 
-class ShadowPool:
-    """One background thread for shadow predictions, with at most ``size`` waiting."""
-
-    def __init__(self, size: int) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="trainchain-shadow")
-        self._slots = threading.BoundedSemaphore(size)
-
-    def submit(self, job: Callable[[], None]) -> bool:
-        if not self._slots.acquire(blocking=False):
-            return False
-        try:
-            self._executor.submit(self._run, job)
-        except RuntimeError:  # shut down
-            self._slots.release()
-            return False
-        return True
-
-    def _run(self, job: Callable[[], None]) -> None:
-        try:
-            job()
-        except Exception:
-            log.exception("shadow prediction failed")
-        finally:
-            self._slots.release()
-
-    def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
-
-
 class Service:
     """What the views share: config, the live models, metrics, the canary's draws, shadow."""
 
@@ -86,7 +60,15 @@ class Service:
         self.metrics = ServingMetrics(config.metrics_dir)
         self.holder = ModelHolder(config, on_swap=self.metrics.swapped)
         self.rng = random.Random(config.seed)  # noqa: S311 - routing, not security
-        self.shadow = ShadowPool(config.shadow_queue) if config.shadow else None
+        self.shadow = BackgroundPool(config.shadow_queue, "shadow") if config.shadow else None
+        self.capture = (
+            CaptureStore(
+                config.capture, lambda outcome: self.metrics.captures.labels(outcome).inc()
+            )
+            if config.capture is not None
+            else None
+        )
+        self.capture_rng = random.Random()  # noqa: S311 - sampling, not security
         self._closed = False
 
     def start(self) -> None:
@@ -99,6 +81,8 @@ class Service:
         self.holder.close()
         if self.shadow is not None:
             self.shadow.close()
+        if self.capture is not None:
+            self.capture.close()
 
     def unavailable_reason(self) -> str:
         status = self.holder.status[CHAMPION]
@@ -179,6 +163,44 @@ class Service:
         if not self.shadow.submit(compare):
             self.metrics.shadow_dropped.inc()
 
+    def record(
+        self,
+        alias: str,
+        model: LoadedModel,
+        labels: list[str],
+        *,
+        epochs: Any = None,
+        image: bytes | None = None,
+    ) -> tuple[str, dict[str, Any]]:
+        """This answer's request id, and with ``--capture`` what the answer adds: the id and
+        whether the request is stored (a sampled share; the write happens in the background)."""
+        rid = new_request_id()
+        store = self.capture
+        if store is None:
+            return rid, {}
+        captured = store.sampled(self.capture_rng.random()) and store.submit(
+            Capture(
+                request_id=rid,
+                model=model.name,
+                version=model.version,
+                alias=alias,
+                family=model.family,
+                predicted=labels,
+                classes=model.classes,
+                epochs=epochs,
+                image=image,
+            )
+        )
+        return rid, {"request_id": rid, "captured": captured}
+
+
+def _answer(recorded: tuple[str, dict[str, Any]], **body: Any) -> Response:
+    """A prediction's JSON, with its request id (the header; the body too with --capture)."""
+    rid, extra = recorded
+    response = jsonify({**body, **extra})
+    response.headers["X-Request-Id"] = rid
+    return response
+
 
 def _short(labels: list[str], limit: int = 16) -> str:
     shown = ",".join(labels[:limit])
@@ -215,12 +237,13 @@ def create_app(config: ServeConfig, *, start: bool = True) -> Flask:
     champion at once (``/health`` answers 503 until it is loaded)."""
     app = Flask("trainchain.serving")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body
-    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json = OrjsonProvider(app)
     service = Service(config)
     app.extensions[EXTENSION] = service
     _observe(app, service)
     _error_handlers(app, config)
     _model_routes(app, service)
+    _feedback_route(app, service)
     _info_routes(app, service)
     atexit.register(service.close)
     if start:
@@ -270,8 +293,8 @@ def _error_handlers(app: Flask, config: ServeConfig) -> None:
         body: dict[str, Any] = {"error": err.description or err.name, "status": code}
         if code == 404:
             body["error"] = (
-                f"no endpoint {request.path}: expected one of /classify, /predict, /health, "
-                "/model, /metrics, /openapi.json"
+                f"no endpoint {request.path}: expected one of /classify, /predict, /feedback, "
+                "/health, /model, /metrics, /openapi.json"
             )
         elif code == 405:
             valid = getattr(err, "valid_methods", None) or []
@@ -325,7 +348,10 @@ def _model_routes(app: Flask, service: Service) -> None:
             service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
         if alias == CHAMPION:
             service.mirror(model, lambda m: m.classify(epochs), labels)
-        return jsonify(labels=labels, model=model.name, version=model.version, alias=alias)
+        recorded = service.record(alias, model, labels, epochs=epochs)
+        return _answer(
+            recorded, labels=labels, model=model.name, version=model.version, alias=alias
+        )
 
     @app.post("/predict")
     def predict() -> Response:
@@ -349,12 +375,42 @@ def _model_routes(app: Flask, service: Service) -> None:
         service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
         if alias == CHAMPION:
             service.mirror(model, lambda m: [_top_label(m.predict_image(pixels))], [label])
-        return jsonify(
+        return _answer(
+            service.record(alias, model, [label], image=data),
             label=label,
             probabilities=probabilities,
             model=model.name,
             version=model.version,
             alias=alias,
+        )
+
+
+def _feedback_route(app: Flask, service: Service) -> None:
+    """POST /feedback: the true labels of a captured request, stored beside its capture."""
+
+    @app.post("/feedback")
+    def feedback() -> Response:
+        store = service.capture
+        if store is None:
+            raise RequestError(
+                404,
+                "this service captures no requests, so it takes no feedback: start it with "
+                "trainchain serve --capture DIR",
+            )
+        if request.mimetype != "application/json":
+            raise RequestError(
+                415,
+                f"content type {request.mimetype or 'none'!r} is not read here: send "
+                'application/json {"request_id": "...", "labels": ["...", ...]}',
+                accepted=["application/json"],
+            )
+        data = inputs.feedback_from_json(request.get_data(cache=False))
+        predicted = store.feedback(data["request_id"], data["labels"])
+        agree = sum(a == b for a, b in zip(predicted, data["labels"], strict=True))
+        service.metrics.feedback.labels("agree").inc(agree)
+        service.metrics.feedback.labels("disagree").inc(len(predicted) - agree)
+        return jsonify(
+            request_id=data["request_id"], labels=data["labels"], predicted=predicted, stored=True
         )
 
 

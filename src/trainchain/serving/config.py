@@ -8,11 +8,39 @@ from pathlib import Path
 
 from trainchain.core.errors import ConfigError
 from trainchain.core.settings import Settings
+from trainchain.core.sizes import human_size
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_EPOCHS = 256
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; Pillow's own bomb limit is 89 M
 MIN_BODY = 1024  # `serve --max-body` below 1 KiB would refuse every request
+DEFAULT_CAPTURE_RATE = 0.1
+DEFAULT_CAPTURE_MAX = 500 * 1024 * 1024
+MIN_CAPTURE_MAX = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Where captures go, which share of requests, and the folder's size cap in bytes."""
+
+    folder: Path
+    rate: float = DEFAULT_CAPTURE_RATE
+    max_bytes: int = DEFAULT_CAPTURE_MAX
+    queue: int = 64
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.rate) and 0.0 < self.rate <= 1.0):
+            raise ConfigError(
+                f"--capture-rate must be a share of requests in (0, 1], got {self.rate}",
+                hint="0.1 stores one request in ten; leave out --capture to store none",
+            )
+        if self.max_bytes < MIN_CAPTURE_MAX:
+            raise ConfigError(
+                f"--capture-max {human_size(self.max_bytes)} is below "
+                f"{human_size(MIN_CAPTURE_MAX)}: too small to hold a capture"
+            )
+        if self.queue < 1:
+            raise ConfigError(f"the capture queue must be at least 1, got {self.queue}")
 
 
 @dataclass(frozen=True)
@@ -25,6 +53,7 @@ class ServeConfig:
     the operating system, so each worker process draws its own sequence).
     ``workdir`` is where models are downloaded (None: a temporary folder per app).
     ``metrics_dir`` is prometheus_client's multiprocess folder (None: one process).
+    ``capture`` stores a sampled share of requests for ``POST /feedback`` (None: none).
     """
 
     model: str
@@ -40,6 +69,7 @@ class ServeConfig:
     seed: int | None = None
     workdir: Path | None = None
     metrics_dir: Path | None = None
+    capture: CaptureConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.model.strip():

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from trainchain.core.errors import TrainchainError
 from trainchain.families.cnn import Preprocessing
@@ -190,16 +191,26 @@ def _no_constants(name: str) -> Any:
     )
 
 
+def _slow_json(body: bytes) -> Any:
+    """The body as the standard library parses it: the bodies orjson refuses (invalid JSON,
+    NaN, huge integers, UTF-16 or a byte order mark) get the same answer and messages as
+    before orjson."""
+    try:
+        return json.loads(body, parse_constant=_no_constants)
+    except RecursionError:
+        raise RequestError(400, "the JSON is nested too deeply: expected 2 or 3 levels") from None
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
+        raise RequestError(400, f"the body is not valid JSON: {err}") from None
+
+
 def epochs_from_json(body: bytes, shape: tuple[int, int], max_epochs: int) -> FloatArray:
     """A JSON array of epochs (or one epoch) as ``(N, channels, samples)`` float64."""
     if not body.strip():
         raise RequestError(400, f"empty body: expected a JSON array of shape {_expected(shape)}")
     try:
-        data = json.loads(body, parse_constant=_no_constants)
-    except RecursionError:
-        raise RequestError(400, "the JSON is nested too deeply: expected 2 or 3 levels") from None
-    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-        raise RequestError(400, f"the body is not valid JSON: {err}") from None
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = _slow_json(body)  # the standard parser says what was wrong, or reads UTF-16
     if not isinstance(data, list):
         raise RequestError(
             400,
@@ -282,6 +293,35 @@ def parse_epochs(body: bytes, mimetype: str, shape: tuple[int, int], max_epochs:
     if mimetype == "application/json":
         return epochs_from_json(body, shape, max_epochs)
     return epochs_from_npy(body, shape, max_epochs)
+
+
+# --------------------------------------------------------------------------- feedback
+
+FEEDBACK_FIELDS = ("request_id", "labels")
+
+
+def feedback_from_json(body: bytes) -> dict[str, Any]:
+    """The /feedback body: a JSON object with exactly ``request_id`` and ``labels`` (their
+    values are checked against the capture)."""
+    expected = 'expected a JSON object {"request_id": "...", "labels": ["left", ...]}'
+    if not body.strip():
+        raise RequestError(400, f"empty body: {expected}")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        data = _slow_json(body)
+    if not isinstance(data, dict):
+        raise RequestError(400, f"wrong type: received {_json_type(data)}, {expected}")
+    missing = [k for k in FEEDBACK_FIELDS if k not in data]
+    unknown = sorted(set(data) - set(FEEDBACK_FIELDS))
+    if missing or unknown:
+        raise RequestError(
+            400,
+            f"missing {missing} and unknown {unknown[:10]} field(s): {expected}",
+            missing=missing,
+            unknown=unknown[:10],
+        )
+    return data
 
 
 # --------------------------------------------------------------------------- images

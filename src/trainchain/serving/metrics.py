@@ -80,6 +80,21 @@ class ServingMetrics:
             registry=r,
         )
 
+        self.captures = Counter(
+            "trainchain_serving_captures",
+            "Requests sampled for capture (--capture), by outcome: stored, failed (the disk "
+            "refused), dropped (the write queue was full), too_large",
+            ["outcome"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "trainchain_serving_feedback",
+            "True labels received by POST /feedback (one per epoch or image), by whether they "
+            "match the prediction",
+            ["outcome"],
+            registry=r,
+        )
+
     def swapped(self, alias: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
         """Record that ``alias`` now serves ``new`` (None: nothing) instead of ``old``."""
         if old is not None:

@@ -63,6 +63,8 @@ class LoadedModel:
     shape_source: str = "default"
     input_dtype: str = "float64"
     preprocessing: Preprocessing | None = None
+    # the labels the model answers with, when it records them (feedback is checked against them)
+    classes: tuple[str, ...] | None = None
     # the Keras model inside a keras-flavor pyfunc: predicted without a progress bar
     keras_model: Any = None
     # Keras models predict one request at a time; scikit-learn pipelines are read-only
@@ -173,6 +175,17 @@ def _keras_model(model: Any) -> Any:
     return raw if type(raw).__module__.startswith("keras") else None
 
 
+def _classes(model: Any, preprocessing: Preprocessing | None) -> tuple[str, ...] | None:
+    """The class labels: a CNN's recorded class names, a scikit-learn model's ``classes_``."""
+    if preprocessing is not None:
+        return tuple(preprocessing.class_names)
+    try:
+        found = getattr(model.get_raw_model(), "classes_", None)
+    except Exception:
+        return None
+    return tuple(str(c) for c in found) if found is not None else None
+
+
 def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> LoadedModel:
     """Download and load version ``version`` of ``name`` with what serving needs to know."""
     import mlflow.pyfunc
@@ -224,6 +237,7 @@ def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> Lo
         input_dtype=dtype,
         preprocessing=preprocessing if family == Family.CNN else None,
         keras_model=_keras_model(model) if family == Family.CNN else None,
+        classes=_classes(model, preprocessing if family == Family.CNN else None),
     )
 
 

@@ -18,6 +18,17 @@ ERROR_STATUSES = {
 }
 
 
+FEEDBACK_STATUSES = {
+    400: "The body is wrong: not an object, a malformed request id, or labels that are not "
+    "one per prediction among the model's classes",
+    404: "The request was not captured (not sampled, deleted by the size cap, or capture is off)",
+    409: "Feedback was given for this request already",
+    413: "The body is over --max-body",
+    415: "The content type is not application/json",
+    503: "The feedback could not be stored",
+}
+
+
 def _json(schema: str) -> dict[str, Any]:
     return {"application/json": {"schema": {"$ref": _REF + schema}}}
 
@@ -48,6 +59,16 @@ def _schemas(shape: tuple[int, int], max_epochs: int) -> dict[str, Any]:
     version = {"type": "string", "description": "the registry version that answered"}
     alias = {"type": "string", "enum": ["champion", "challenger"]}
     nullable_string = {"type": "string", "nullable": True}
+    request_id = {
+        "type": "string",
+        "pattern": "^[0-9a-f]{24}$",
+        "description": "with --capture: this answer's id, for POST /feedback (also the "
+        "X-Request-Id header of every prediction)",
+    }
+    captured = {
+        "type": "boolean",
+        "description": "with --capture: whether this request was sampled and is being stored",
+    }
     return {
         "Epoch": epoch,
         "Epochs": {
@@ -71,6 +92,8 @@ def _schemas(shape: tuple[int, int], max_epochs: int) -> dict[str, Any]:
                 "model": {"type": "string"},
                 "version": version,
                 "alias": alias,
+                "request_id": request_id,
+                "captured": captured,
             },
         },
         "PredictResult": {
@@ -82,6 +105,34 @@ def _schemas(shape: tuple[int, int], max_epochs: int) -> dict[str, Any]:
                 "model": {"type": "string"},
                 "version": version,
                 "alias": alias,
+                "request_id": request_id,
+                "captured": captured,
+            },
+        },
+        "Feedback": {
+            "type": "object",
+            "required": ["request_id", "labels"],
+            "properties": {
+                "request_id": request_id,
+                "labels": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": max_epochs,
+                    "items": {"type": "string", "minLength": 1},
+                    "description": "the true labels, one per epoch or image of that request, "
+                    "among the model's classes",
+                },
+            },
+            "additionalProperties": False,
+        },
+        "FeedbackResult": {
+            "type": "object",
+            "required": ["request_id", "labels", "predicted", "stored"],
+            "properties": {
+                "request_id": request_id,
+                "labels": {"type": "array", "items": {"type": "string"}},
+                "predicted": {"type": "array", "items": {"type": "string"}},
+                "stored": {"type": "boolean"},
             },
         },
         "Error": {
@@ -185,6 +236,22 @@ def build(
                         },
                     },
                     "responses": _responses("The most probable class", "PredictResult", errors),
+                }
+            },
+            "/feedback": {
+                "post": {
+                    "summary": "The true labels of a captured request (trainchain serve --capture)",
+                    "description": "Stored beside the capture, once: a second answer for the "
+                    "same request is a 409. `trainchain data capture DIR` exports the labelled "
+                    "captures as training data.",
+                    "requestBody": {"required": True, "content": _json("Feedback")},
+                    "responses": {
+                        "200": {"description": "Stored", "content": _json("FeedbackResult")},
+                        **{
+                            str(status): {"description": text, "content": _json("Error")}
+                            for status, text in FEEDBACK_STATUSES.items()
+                        },
+                    },
                 }
             },
             "/health": {
