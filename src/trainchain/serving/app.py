@@ -1,9 +1,9 @@
 """The Flask app: ``create_app(config)`` serves the registry's champion.
 
 Endpoints: ``POST /classify`` (EEG epochs), ``POST /predict`` (images), ``GET /health``,
-``GET /model``, ``GET /metrics``, ``GET /openapi.json``. Every error is JSON
-``{"error": ..., "status": ...}`` with a 4xx status that says what was wrong; a 500
-only for a bug, logged with its traceback.
+``GET /model``, ``GET /metrics``, ``GET /drift`` (``serving/drift.py``),
+``GET /openapi.json``. Every error is JSON ``{"error": ..., "status": ...}`` with a
+4xx status that says what was wrong; a 500 only for a bug, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from trainchain.core.config import Family
 from trainchain.core.sizes import human_size
 from trainchain.serving import inputs, openapi
 from trainchain.serving.config import ServeConfig
+from trainchain.serving.drift import DriftService, drift_routes
+from trainchain.serving.drift import health as drift_health
 from trainchain.serving.inputs import RequestError
 from trainchain.serving.metrics import ServingMetrics
 from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, ModelHolder
@@ -84,7 +86,14 @@ class Service:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.metrics = ServingMetrics(config.metrics_dir)
-        self.holder = ModelHolder(config, on_swap=self.metrics.swapped)
+        self.drift = DriftService(
+            config.monitoring,
+            self.metrics,
+            path=config.drift_db,
+            interval=config.drift_interval,
+            queue_size=config.drift_queue,
+        )
+        self.holder = ModelHolder(config, on_swap=self._swapped)
         self.rng = random.Random(config.seed)  # noqa: S311 - routing, not security
         self.shadow = ShadowPool(config.shadow_queue) if config.shadow else None
         self._closed = False
@@ -92,11 +101,16 @@ class Service:
     def start(self) -> None:
         self.holder.start()
 
+    def _swapped(self, alias: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
+        self.metrics.swapped(alias, old, new)
+        self.drift.swapped(alias, old, new)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.holder.close()
+        self.drift.close()
         if self.shadow is not None:
             self.shadow.close()
 
@@ -222,6 +236,7 @@ def create_app(config: ServeConfig, *, start: bool = True) -> Flask:
     _error_handlers(app, config)
     _model_routes(app, service)
     _info_routes(app, service)
+    drift_routes(app, lambda: service.drift)
     atexit.register(service.close)
     if start:
         service.start()
@@ -271,7 +286,7 @@ def _error_handlers(app: Flask, config: ServeConfig) -> None:
         if code == 404:
             body["error"] = (
                 f"no endpoint {request.path}: expected one of /classify, /predict, /health, "
-                "/model, /metrics, /openapi.json"
+                "/model, /metrics, /drift, /openapi.json"
             )
         elif code == 405:
             valid = getattr(err, "valid_methods", None) or []
@@ -323,6 +338,7 @@ def _model_routes(app: Flask, service: Service) -> None:
         labels = _predict(model, lambda: model.classify(epochs))
         for label in labels:
             service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
+        service.drift.observe(model, alias, epochs, labels)
         if alias == CHAMPION:
             service.mirror(model, lambda m: m.classify(epochs), labels)
         return jsonify(labels=labels, model=model.name, version=model.version, alias=alias)
@@ -347,6 +363,7 @@ def _model_routes(app: Flask, service: Service) -> None:
         probabilities = _predict(model, lambda: model.predict_image(pixels))
         label = _top_label(probabilities)
         service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
+        service.drift.observe(model, alias, pixels, [label], [list(probabilities.values())])
         if alias == CHAMPION:
             service.mirror(model, lambda m: [_top_label(m.predict_image(pixels))], [label])
         return jsonify(
@@ -385,6 +402,7 @@ def _info_routes(app: Flask, service: Service) -> None:
             "family": str(champion.family),
             "loaded_at": champion.describe()["loaded_at"],
             "error": holder.status[CHAMPION].error,
+            "drift": drift_health(service.drift),
         }
         if CHALLENGER in holder.status:
             challenger = holder.challenger
@@ -403,6 +421,7 @@ def _info_routes(app: Flask, service: Service) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        service.drift.report()  # the drift gauges from a test at most drift_interval old
         payload, content_type = service.metrics.exposition()
         return Response(payload, content_type=content_type)
 
