@@ -316,3 +316,23 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
             output, _ = proc.communicate()
     assert proc.returncode == 0, output
     assert "drift:     window 40 inputs (tested from 10)" in output
+
+
+def test_drift_flags_are_checked_before_serving(
+    registry: Registry, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Drift options out of range, and a --monitoring-config that is no model repository,
+    are refused with a message naming the option and exit status 2."""
+    from trainchain.cli.main import main as cli_main
+
+    home = str(registry.settings.home)
+    cases = [
+        (["--drift-window", "5"], "--drift-* options: window: Input should be greater than"),
+        (["--drift-alpha", "2"], "--drift-* options: alpha"),
+        (["--drift-window", "40", "--drift-min-window", "60"], "min_window 60 is larger"),
+        (["--drift-interval", "-1"], "--drift-interval must be a number of seconds >= 0"),
+        (["--monitoring-config", str(tmp_path)], f"no trainchain.yaml in {tmp_path}"),
+    ]
+    for argv, message in cases:
+        assert cli_main(["serve", "--home", home, "--model", "eeg-watched", *argv]) == 2
+        assert message in capsys.readouterr().err
