@@ -195,7 +195,7 @@ class Writer:
 
     def __init__(self, store: WindowStore, size: int) -> None:
         self.store = store
-        self._queue: queue.Queue[Batch] = queue.Queue(maxsize=size)
+        self._queue: queue.Queue[Batch | None] = queue.Queue(maxsize=size)  # None: wake up
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="trainchain-drift", daemon=True)
         self._thread.start()
@@ -216,12 +216,16 @@ class Writer:
                 first = self._queue.get(timeout=0.5)
             except queue.Empty:
                 continue
-            batches = [first]
+            batches = [] if first is None else [first]
             while len(batches) < WRITE_BATCH:
                 try:
-                    batches.append(self._queue.get_nowait())
+                    more = self._queue.get_nowait()
                 except queue.Empty:
                     break
+                if more is not None:
+                    batches.append(more)
+            if not batches:
+                continue
             try:
                 self.store.append(batches)
             except (sqlite3.Error, ConfigError) as err:  # the window misses them; say so
@@ -232,6 +236,8 @@ class Writer:
     def close(self, timeout: float = 10.0) -> None:
         """Write what is queued, then stop."""
         self._stop.set()
+        with contextlib.suppress(queue.Full):  # a full queue: the thread is awake anyway
+            self._queue.put_nowait(None)
         if self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
