@@ -293,6 +293,15 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
                 return False
 
         eventually(healthy, "/health to answer 200", WAIT, 0.2)
+        ready: set[int] = set()
+
+        def both_workers_watch() -> bool:  # each worker loads the champion on its own
+            body = _get(f"{url}/drift")[1]
+            if body["state"] == "collecting":
+                ready.add(body["worker"])
+            return len(ready) == 2
+
+        eventually(both_workers_watch, "both workers to watch the champion", WAIT, 0.05)
         x = np.concatenate([registry.x_test, registry.x_test])
         for i in range(8):
             code, body = _get(f"{url}/classify", _npy(x[4 * i : 4 * i + 4]))
