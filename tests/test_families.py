@@ -59,6 +59,29 @@ def test_the_monitored_families_declare_their_drift_statistics() -> None:
     assert family_spec("sklearn").drift_monitor is None
 
 
+def test_the_serving_summary_is_the_cheap_part_of_the_drift_summary() -> None:
+    """What `trainchain serve` computes per request: for EEG the reference's groups but the
+    CSP features (which need the model's band-pass filter), the same numbers as the full
+    summary; for images every group, the confidence from the probabilities given."""
+    import numpy as np
+
+    from trainchain.families import cnn, eeg
+
+    assert family_spec("eeg").serving_summary is eeg.serving_summary
+    assert family_spec("cnn").serving_summary is cnn.serving_summary
+    assert family_spec("sklearn").serving_summary is None
+    epochs = np.random.default_rng(0).normal(size=(3, 22, 750))
+    served = eeg.serving_summary(epochs, None)
+    assert set(served) == {"mu", "beta", "log_var"}
+    for group, values in eeg.summarise(epochs).items():
+        np.testing.assert_array_equal(served[group], values)
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 8, 8, 3), dtype=np.uint8)
+    probabilities = np.array([[0.2, 0.8], [0.6, 0.4]])
+    image_summary = cnn.serving_summary(images, probabilities)
+    assert set(image_summary) == {"image", "colour", "confidence"}
+    assert image_summary["confidence"][:, 0].tolist() == [0.8, 0.6]
+
+
 def test_an_unknown_family_is_a_clear_error() -> None:
     """family_spec of a name that is no Family says which names there are."""
     with pytest.raises(FamilyDataError, match=r"unknown model family 'xgboost': expected one of"):

@@ -343,21 +343,16 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     real HTTP /metrics and sending the drift alert to a real loopback receiver.
 
     The scraped endpoint is a small prometheus_client WSGI server here, not `trainchain
-    serve`: the drift metrics do not exist in serve yet (another part of issue 14). It
-    serves the real ServingMetrics registry (a champion loaded, so no other alert fires)
-    plus trainchain_drift_detected, which the test flips."""
+    serve` (which sets the drift gauges from its tests of real inputs,
+    tests/test_serving_drift.py): it serves the real ServingMetrics registry (a champion
+    loaded, so no other alert fires) whose trainchain_drift_detected the test flips."""
     for tool in ("prometheus", "prometheus-alertmanager", "promtool", "amtool", "curl"):
         require(tool)
     folder = tmp_path_factory.mktemp("monitoring")
     metrics = ServingMetrics()
     metrics.model_info.labels("eeg-motor-imagery", "champion", "1").set(1)
     metrics.model_version.labels("eeg-motor-imagery", "champion").set(1)
-    drift = Gauge(
-        "trainchain_drift_detected",
-        "1 when the window's test rejects",
-        ["model", "group"],
-        registry=metrics.registry,
-    )
+    drift = metrics.drift_detected
     for group in ("band_power", "csp", "class_shares"):
         drift.labels("eeg-motor-imagery", group).set(0)
     scraped = make_server("127.0.0.1", 0, make_wsgi_app(metrics.registry), threaded=True)

@@ -254,6 +254,7 @@ def test_health_model_metrics_and_openapi_describe_the_served_version(
         "/health",
         "/model",
         "/metrics",
+        "/drift",
         "/openapi.json",
     }
     classify = doc["paths"]["/classify"]["post"]

@@ -146,7 +146,7 @@ def test_schema_generated_requests_never_get_a_5xx(
 
 
 @pytest.mark.parametrize(
-    "label", ["GET /health", "GET /model", "GET /metrics", "GET /openapi.json"]
+    "label", ["GET /health", "GET /model", "GET /metrics", "GET /drift", "GET /openapi.json"]
 )
 def test_get_endpoints_answer_as_documented(api: Any, label: str) -> None:
     """Each GET endpoint answers with a documented status, content type and body."""

@@ -86,6 +86,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             if args.capture
             else None,
+            **_drift_options(args, run_dir),
         )
         if config.capture is not None:
             try:
@@ -135,6 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"capture:   {config.capture.rate:.0%} of requests into {config.capture.folder} "
                 f"(at most {human_size(config.capture.max_bytes)}); true labels by POST /feedback"
             )
+        _out(_drift_line(config))
         sys.stdout.flush()
         return run(config, args.host, args.port, args.workers)
     finally:
@@ -142,6 +144,86 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if os.getpid() == master:
             os.environ.pop(METRICS_ENV, None)
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- drift
+
+
+def _drift_options(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """ServeConfig's drift options: ``monitoring:`` of --monitoring-config (a model
+    repository or its trainchain.yaml; the registry does not keep it), else the defaults,
+    with --drift-window, --drift-min-window and --drift-alpha on top; None with --no-drift.
+    The window the workers share is a database in the server's run folder."""
+    from pydantic import ValidationError
+
+    from trainchain.core.config import Monitoring, format_validation_error, load_config
+
+    if args.no_drift:
+        return {"monitoring": None}
+    if args.monitoring_config:
+        base = load_config(args.monitoring_config).model.monitoring
+    else:
+        base = Monitoring()  # type: ignore[call-arg]
+    changes = {
+        key: value
+        for key, value in (
+            ("window", args.drift_window),
+            ("min_window", args.drift_min_window),
+            ("alpha", args.drift_alpha),
+        )
+        if value is not None
+    }
+    if changes.get("window") is not None and args.drift_min_window is None:
+        changes["min_window"] = min(base.min_window, changes["window"])
+    try:
+        monitoring = Monitoring.model_validate({**base.model_dump(), **changes})
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err, "--drift-* options")) from None
+    return {
+        "monitoring": monitoring,
+        "drift_db": run_dir / "drift.sqlite",
+        "drift_interval": args.drift_interval,
+    }
+
+
+def _drift_line(config: Any) -> str:
+    m = config.monitoring
+    if m is None:
+        return "drift:     off (--no-drift)"
+    return (
+        f"drift:     window {m.window} inputs (tested from {m.min_window}), alpha {m.alpha:g} "
+        f"({m.correction}), at most every {config.drift_interval:g} s; GET /drift"
+    )
+
+
+def _drift_arguments(sp: argparse.ArgumentParser) -> None:
+    drift = sp.add_argument_group(
+        "drift", "the champion's inputs tested against its training data's reference"
+    )
+    drift.add_argument(
+        "--monitoring-config",
+        metavar="REPO_OR_YAML",
+        help="a model repository (or its trainchain.yaml) whose monitoring: section to use "
+        "(default: the defaults: window 200, min_window 50, alpha 0.01, holm)",
+    )
+    drift.add_argument("--drift-window", type=int, metavar="N", help="inputs kept and tested")
+    drift.add_argument(
+        "--drift-min-window", type=int, metavar="N", help="inputs needed before a first test"
+    )
+    drift.add_argument(
+        "--drift-alpha", type=float, metavar="P", help="false-alarm rate of one test (0..1)"
+    )
+    drift.add_argument(
+        "--drift-interval",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="test the window at most this often per worker, on GET /drift and /metrics "
+        "scrapes (default: 10)",
+    )
+    drift.add_argument(
+        "--no-drift", action="store_true", help="do not monitor the inputs for drift"
+    )
 
 
 def register(
@@ -214,3 +296,4 @@ def register(
         help="size cap of the --capture folder; the oldest captures are deleted beyond it "
         "(default: 500MiB)",
     )
+    _drift_arguments(sp)

@@ -10,7 +10,10 @@ TensorFlow), and the cnn module imports Keras only inside its functions.
 
 A family that is monitored for drift also declares its statistics: ``drift_monitor``
 loads a saved model and returns what summarises a batch of its inputs
-(:data:`DriftMonitor`); ``trainchain drift`` and the service use it, whatever the family.
+(:data:`DriftMonitor`); ``trainchain drift`` uses it, whatever the family. The service,
+which has already run the model, declares its cheaper sibling ``serving_summary``
+(:data:`ServingSummary`): the summary of a request's inputs from the inputs and the
+model's outputs, without running the model again.
 """
 
 from __future__ import annotations
@@ -25,11 +28,23 @@ from typing import Any
 from trainchain.core.config import Family
 from trainchain.core.errors import TrainchainError
 
-__all__ = ["FAMILY_MODULES", "DriftMonitor", "FamilyDataError", "FamilySpec", "family_spec"]
+__all__ = [
+    "FAMILY_MODULES",
+    "DriftMonitor",
+    "FamilyDataError",
+    "FamilySpec",
+    "ServingSummary",
+    "family_spec",
+]
 
 # A batch of a model's inputs -> its drift summary ({feature group: (n, features)}, the
 # groups of the family's trainchain.core.drift.Reference) and the classes the model predicts.
 DriftMonitor = Callable[[Any], tuple[dict[str, Any], list[str]]]
+
+# One request's inputs (as the model takes them) and the class probabilities the model gave
+# them (n, classes), or None -> their drift summary ({feature group: (n, features)}): the
+# groups a service can afford per request (a millisecond), a subset of the reference's.
+ServingSummary = Callable[[Any, Any], dict[str, Any]]
 
 # Each family's module, imported by family_spec only when its spec is asked for.
 FAMILY_MODULES: Mapping[Family, str] = {
@@ -57,6 +72,9 @@ class FamilySpec:
     # The family's drift statistics: the saved model's folder -> its DriftMonitor (the model
     # loaded once). None: the family declares none, and its models are not monitored.
     drift_monitor: Callable[[Path], DriftMonitor] | None = None
+    # The per-request summary `trainchain serve` computes (:data:`ServingSummary`). None: the
+    # family's models are served without drift monitoring.
+    serving_summary: ServingSummary | None = None
 
     def __post_init__(self) -> None:
         if not self.requirements:

@@ -629,6 +629,14 @@ def drift_monitor(model_dir: Path) -> Any:
     return monitor
 
 
+def serving_summary(batch: Any, probabilities: Any = None) -> dict[str, Any]:
+    """The :data:`~trainchain.families.base.ServingSummary` of one request's images (the
+    decoded ``uint8`` array the model takes): every group of :func:`summarise`, the
+    confidence from the probabilities the service's prediction gave (the model does not
+    run again)."""
+    return summarise(batch, probabilities=probabilities)
+
+
 # The family's contract (trainchain.families.base), declared once its functions exist.
 SPEC = FamilySpec(
     family=Family.CNN,
@@ -636,4 +644,5 @@ SPEC = FamilySpec(
     flavor="keras",
     requirements=("keras", "tensorflow-cpu", "tensorflow", "numpy"),
     drift_monitor=drift_monitor,
+    serving_summary=serving_summary,
 )

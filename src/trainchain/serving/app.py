@@ -2,10 +2,10 @@
 
 Endpoints: ``POST /classify`` (EEG epochs), ``POST /predict`` (images), ``POST /feedback``
 (true labels of a captured request), ``GET /health``, ``GET /model``, ``GET /metrics``,
-``GET /openapi.json``. Every prediction answers with an ``X-Request-Id`` header; with
-``--capture`` its JSON also carries ``request_id`` and whether the request was ``captured``.
-Every error is JSON ``{"error": ..., "status": ...}`` with a 4xx status that says what
-was wrong; a 500 only for a bug, logged with its traceback.
+``GET /drift`` (``serving/drift.py``), ``GET /openapi.json``. Every prediction answers with
+an ``X-Request-Id`` header; with ``--capture`` its JSON also carries ``request_id`` and
+whether the request was ``captured``. Every error is JSON ``{"error": ..., "status": ...}``
+with a 4xx status that says what was wrong; a 500 only for a bug, logged with its traceback.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from trainchain.serving import inputs, openapi
 from trainchain.serving.background import BackgroundPool
 from trainchain.serving.capture import Capture, CaptureStore, new_request_id
 from trainchain.serving.config import ServeConfig
+from trainchain.serving.drift import DriftService, drift_routes
+from trainchain.serving.drift import health as drift_health
 from trainchain.serving.inputs import RequestError
 from trainchain.serving.jsonio import OrjsonProvider
 from trainchain.serving.metrics import ServingMetrics
@@ -58,7 +60,14 @@ class Service:
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
         self.metrics = ServingMetrics(config.metrics_dir)
-        self.holder = ModelHolder(config, on_swap=self.metrics.swapped)
+        self.drift = DriftService(
+            config.monitoring,
+            self.metrics,
+            path=config.drift_db,
+            interval=config.drift_interval,
+            queue_size=config.drift_queue,
+        )
+        self.holder = ModelHolder(config, on_swap=self._swapped)
         self.rng = random.Random(config.seed)  # noqa: S311 - routing, not security
         self.shadow = BackgroundPool(config.shadow_queue, "shadow") if config.shadow else None
         self.capture = (
@@ -74,11 +83,16 @@ class Service:
     def start(self) -> None:
         self.holder.start()
 
+    def _swapped(self, alias: str, old: LoadedModel | None, new: LoadedModel | None) -> None:
+        self.metrics.swapped(alias, old, new)
+        self.drift.swapped(alias, old, new)
+
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self.holder.close()
+        self.drift.close()
         if self.shadow is not None:
             self.shadow.close()
         if self.capture is not None:
@@ -245,6 +259,7 @@ def create_app(config: ServeConfig, *, start: bool = True) -> Flask:
     _model_routes(app, service)
     _feedback_route(app, service)
     _info_routes(app, service)
+    drift_routes(app, lambda: service.drift)
     atexit.register(service.close)
     if start:
         service.start()
@@ -294,7 +309,7 @@ def _error_handlers(app: Flask, config: ServeConfig) -> None:
         if code == 404:
             body["error"] = (
                 f"no endpoint {request.path}: expected one of /classify, /predict, /feedback, "
-                "/health, /model, /metrics, /openapi.json"
+                "/health, /model, /metrics, /drift, /openapi.json"
             )
         elif code == 405:
             valid = getattr(err, "valid_methods", None) or []
@@ -346,6 +361,7 @@ def _model_routes(app: Flask, service: Service) -> None:
         labels = _predict(model, lambda: model.classify(epochs))
         for label in labels:
             service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
+        service.drift.observe(model, alias, epochs, labels)
         if alias == CHAMPION:
             service.mirror(model, lambda m: m.classify(epochs), labels)
         recorded = service.record(alias, model, labels, epochs=epochs)
@@ -373,6 +389,7 @@ def _model_routes(app: Flask, service: Service) -> None:
         probabilities = _predict(model, lambda: model.predict_image(pixels))
         label = _top_label(probabilities)
         service.metrics.predictions.labels(model.name, model.version, alias, label).inc()
+        service.drift.observe(model, alias, pixels, [label], [list(probabilities.values())])
         if alias == CHAMPION:
             service.mirror(model, lambda m: [_top_label(m.predict_image(pixels))], [label])
         return _answer(
@@ -441,6 +458,7 @@ def _info_routes(app: Flask, service: Service) -> None:
             "family": str(champion.family),
             "loaded_at": champion.describe()["loaded_at"],
             "error": holder.status[CHAMPION].error,
+            "drift": drift_health(service.drift),
         }
         if CHALLENGER in holder.status:
             challenger = holder.challenger
@@ -459,6 +477,7 @@ def _info_routes(app: Flask, service: Service) -> None:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        service.drift.report()  # the drift gauges from a test at most drift_interval old
         payload, content_type = service.metrics.exposition()
         return Response(payload, content_type=content_type)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from trainchain.core.config import Monitoring
 from trainchain.core.errors import ConfigError
 from trainchain.core.settings import Settings
 from trainchain.core.sizes import human_size
@@ -43,6 +44,11 @@ class CaptureConfig:
             raise ConfigError(f"the capture queue must be at least 1, got {self.queue}")
 
 
+def _defaults() -> Monitoring:
+    """``monitoring:``'s defaults (core.config.Monitoring)."""
+    return Monitoring()  # type: ignore[call-arg]
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """What one serving process needs: the model, the registry, and every bound.
@@ -54,6 +60,11 @@ class ServeConfig:
     ``workdir`` is where models are downloaded (None: a temporary folder per app).
     ``metrics_dir`` is prometheus_client's multiprocess folder (None: one process).
     ``capture`` stores a sampled share of requests for ``POST /feedback`` (None: none).
+
+    Drift (``serving/drift.py``): ``monitoring`` is trainchain.yaml's ``monitoring:``
+    (None: off); ``drift_db`` the window the workers share (None: a temporary file per
+    app); the window is tested at most every ``drift_interval`` seconds per worker;
+    ``drift_queue`` summaries wait for the writer thread, more are dropped and counted.
     """
 
     model: str
@@ -70,6 +81,10 @@ class ServeConfig:
     workdir: Path | None = None
     metrics_dir: Path | None = None
     capture: CaptureConfig | None = None
+    monitoring: Monitoring | None = field(default_factory=_defaults)
+    drift_db: Path | None = None
+    drift_interval: float = 10.0
+    drift_queue: int = 1024
 
     def __post_init__(self) -> None:
         if not self.model.strip():
@@ -93,7 +108,11 @@ class ServeConfig:
                 hint="canary answers a share of requests from the challenger; shadow answers all "
                 "from the champion and only compares: choose one",
             )
-        for name in ("max_body", "max_epochs", "max_image_pixels", "shadow_queue"):
+        if not (math.isfinite(self.drift_interval) and self.drift_interval >= 0):
+            raise ConfigError(
+                f"--drift-interval must be a number of seconds >= 0, got {self.drift_interval}"
+            )
+        for name in ("max_body", "max_epochs", "max_image_pixels", "shadow_queue", "drift_queue"):
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")

@@ -4,6 +4,10 @@ Each app has its own registry (tests build many apps in one process). Under
 ``trainchain serve`` the environment's ``PROMETHEUS_MULTIPROC_DIR`` (set by the
 command before prometheus_client is imported) makes every worker write its values
 to files there, and ``/metrics`` adds up the files of all workers.
+
+The drift gauges (``trainchain_drift_*{model, group}``, set by each test of the shared
+window, ``serving/drift.py``) are ``livemostrecent``: a scrape shows the value of the
+latest test in any live worker, not a sum over the workers.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from prometheus_client import (
 
 from trainchain.serving.models import LoadedModel
 
+SUMMARY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -77,6 +82,51 @@ class ServingMetrics:
         self.shadow_dropped = Counter(
             "trainchain_serving_shadow_dropped",
             "Requests not mirrored to the challenger because the shadow queue was full",
+            registry=r,
+        )
+        self._drift_metrics(r)
+
+    def _drift_metrics(self, r: CollectorRegistry) -> None:
+        """What the drift test of the champion's inputs shows (``serving/drift.py``)."""
+        drift = ["model", "group"]
+        self.drift_score = Gauge(
+            "trainchain_drift_score",
+            "Effect size of the latest drift test per feature group: the largest KS "
+            "statistic (0-1); classes: total variation distance of the predicted shares",
+            drift,
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.drift_p_value = Gauge(
+            "trainchain_drift_p_value",
+            "Smallest corrected p-value of the group in the latest drift test",
+            drift,
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.drift_window_size = Gauge(
+            "trainchain_drift_window_size",
+            "Inputs in the window the latest drift test looked at",
+            drift,
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.drift_detected = Gauge(
+            "trainchain_drift_detected",
+            "1 when the latest drift test rejected 'no drift' for the group, else 0",
+            drift,
+            multiprocess_mode="livemostrecent",
+            registry=r,
+        )
+        self.drift_dropped = Counter(
+            "trainchain_drift_dropped",
+            "Inputs left out of the drift window because its writer's queue was full",
+            registry=r,
+        )
+        self.drift_summary_seconds = Histogram(
+            "trainchain_drift_summary_seconds",
+            "Time to summarise one request's inputs for drift monitoring",
+            buckets=SUMMARY_BUCKETS,
             registry=r,
         )
 

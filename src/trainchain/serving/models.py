@@ -26,6 +26,7 @@ import numpy as np
 from trainchain.adapters.tracking import CHALLENGER, CHAMPION, MODEL_ARTIFACT, Tracker
 from trainchain.core import keys
 from trainchain.core.config import Family
+from trainchain.core.drift import REFERENCE_FILE, DriftError, Reference
 from trainchain.core.errors import NotInStore, StoreError
 from trainchain.families.cnn import Preprocessing
 from trainchain.serving.config import ServeConfig
@@ -67,6 +68,9 @@ class LoadedModel:
     classes: tuple[str, ...] | None = None
     # the Keras model inside a keras-flavor pyfunc: predicted without a progress bar
     keras_model: Any = None
+    # the training data's drift statistics (None: not monitored, ``drift_note`` says why)
+    drift_reference: Reference | None = field(default=None, repr=False, compare=False)
+    drift_note: str = ""
     # Keras models predict one request at a time; scikit-learn pipelines are read-only
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
@@ -186,6 +190,24 @@ def _classes(model: Any, preprocessing: Preprocessing | None) -> tuple[str, ...]
     return tuple(str(c) for c in found) if found is not None else None
 
 
+def read_drift_reference(model_dir: Path) -> tuple[Reference | None, str]:
+    """The drift reference saved in a version's model folder, or None and why: a version
+    without one (trained before trainchain wrote them, or by a script that does not) or
+    with an unreadable one is served all the same, without drift monitoring."""
+    from trainchain.families.drift import read_reference
+
+    if not (model_dir / REFERENCE_FILE).is_file():
+        return None, (
+            f"this version has no drift reference ({REFERENCE_FILE} in its model folder): "
+            "retrain it with this trainchain to monitor its inputs"
+        )
+    try:
+        return read_reference(model_dir), ""
+    except DriftError as err:
+        log.warning("%s: drift monitoring off for this version", err)
+        return None, f"its drift reference cannot be read: {err}"
+
+
 def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> LoadedModel:
     """Download and load version ``version`` of ``name`` with what serving needs to know."""
     import mlflow.pyfunc
@@ -223,6 +245,7 @@ def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> Lo
             (shape, dtype), source = signed, "signature"
         elif mv.run_id and (held := _heldout_shape(tracker, mv.run_id, target / "heldout")):
             shape, source = held, "held-out data"
+    reference, note = read_drift_reference(local)
     return LoadedModel(
         name=name,
         version=str(version),
@@ -238,6 +261,8 @@ def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> Lo
         preprocessing=preprocessing if family == Family.CNN else None,
         keras_model=_keras_model(model) if family == Family.CNN else None,
         classes=_classes(model, preprocessing if family == Family.CNN else None),
+        drift_reference=reference,
+        drift_note=note,
     )
 
 

@@ -158,6 +158,60 @@ def _schemas(shape: tuple[int, int], max_epochs: int) -> dict[str, Any]:
             },
             "additionalProperties": True,
         },
+        "Drift": {
+            "type": "object",
+            "description": "The latest test of the champion's recent inputs against its "
+            "training data's drift reference; state 'off' (no reference, --no-drift) and "
+            "'collecting' (fewer than min_window inputs yet) carry a message and no groups",
+            "required": ["state", "drifted", "message"],
+            "properties": {
+                "state": {"type": "string", "enum": ["off", "collecting", "tested", "error"]},
+                "drifted": {"type": "boolean"},
+                "message": {"type": "string"},
+                "model": {"type": "string"},
+                "version": {"type": "string"},
+                "window": {"type": "integer", "minimum": 0},
+                "max_window": {"type": "integer"},
+                "min_window": {"type": "integer"},
+                "alpha": {"type": "number"},
+                "correction": {"type": "string", "enum": ["holm", "bh"]},
+                "tested_at": {"type": "string"},
+                "worker": {"type": "integer"},
+                "groups": {
+                    "type": "object",
+                    "additionalProperties": {"$ref": _REF + "DriftGroup"},
+                },
+            },
+            "additionalProperties": True,
+        },
+        "DriftGroup": {
+            "type": "object",
+            "required": ["score", "p_value", "window", "detected", "moved"],
+            "properties": {
+                "score": {"type": "number", "nullable": True},
+                "p_value": {"type": "number", "nullable": True},
+                "window": {"type": "integer"},
+                "detected": {"type": "boolean"},
+                "note": {"type": "string"},
+                "moved": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["feature", "direction", "shift"],
+                        "properties": {
+                            "feature": {"type": "string"},
+                            "direction": {"type": "string", "enum": ["up", "down"]},
+                            "shift": {"type": "number"},
+                            "statistic": {"type": "number"},
+                            "p_value": {"type": "number"},
+                            "reference": {"type": "number"},
+                            "window": {"type": "number"},
+                        },
+                    },
+                },
+            },
+            "additionalProperties": True,
+        },
         "ModelInfo": {
             "type": "object",
             "required": ["model", "version", "alias", "family", "metrics", "loaded_at"],
@@ -277,6 +331,19 @@ def build(
                             "description": "Prometheus text format",
                             "content": {"text/plain": {"schema": {"type": "string"}}},
                         }
+                    },
+                }
+            },
+            "/drift": {
+                "get": {
+                    "summary": "Whether the champion's recent inputs drifted from its "
+                    "training data",
+                    "description": "Per feature group: the effect size (score), the corrected "
+                    "p-value, the window tested, and which features moved, which way and "
+                    "how far (shift: the median's move in reference standard deviations; "
+                    "for the group 'classes', the change of a predicted class's share).",
+                    "responses": {
+                        "200": {"description": "The latest test", "content": _json("Drift")}
                     },
                 }
             },
