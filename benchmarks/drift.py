@@ -135,7 +135,7 @@ class Detectors:
     def __post_init__(self) -> None:
         from trainchain.core.config import Monitoring
 
-        self.config = self.config or Monitoring()
+        self.config = self.config or Monitoring.model_validate({})
         self.groups = list(self.reference.groups)
         self.ref_matrix = np.concatenate([self.reference.groups[g].values for g in self.groups], 1)
 
