@@ -239,7 +239,7 @@ def test_each_downstream_job_declares_every_parameter_it_receives(rendered: Path
         p.findtext("name"): p.findtext("defaultValue") or ""
         for p in _xml(rendered, CHAIN[0]).iter("hudson.model.StringParameterDefinition")
     }
-    assert defaults == {"REPOSITORY": "", "COMMIT": "main", "SUBDIR": ""}
+    assert defaults == {"REPOSITORY": "", "COMMIT": "main", "SUBDIR": "", "REASON": ""}
     assert _parameters(_xml(rendered, WATCHDOG)) == []
 
 
@@ -325,7 +325,8 @@ def test_every_shell_step_is_one_thin_trainchain_call(rendered: Path) -> None:
 
 def test_jobs_pass_the_chain_along_and_train_in_docker(rendered: Path) -> None:
     """Each job builds REPOSITORY at COMMIT in SUBDIR; 3 and 4 use the docker executor
-    and the detected IMAGE; 4 promotes; 1-4 write trainchain.properties; 5 notifies CHAIN."""
+    and the detected IMAGE; 4 promotes (and passes REASON, when set, to the report and
+    email); 1-4 write trainchain.properties; 5 notifies CHAIN."""
     argv: dict[str, list[str]] = {}
     for name in FREESTYLE:
         (step,) = _shell_steps(_xml(rendered, name))
@@ -352,6 +353,10 @@ def test_jobs_pass_the_chain_along_and_train_in_docker(rendered: Path) -> None:
     ]
     assert argv["trainchain-5-notify"] == ["notify", "--chain", SAMPLE_ENV["CHAIN"]]
     assert argv[WATCHDOG] == ["watchdog", "--once"]
+    (tune,) = _shell_steps(_xml(rendered, "trainchain-4-tune"))
+    why = "drift alert TrainchainInputDrift for eeg: mu C3 +2.1 sd"
+    _, (asked,) = _calls(tune.findtext("command", ""), SAMPLE_ENV | {"REASON": why})
+    assert asked == [*argv["trainchain-4-tune"], "--reason", why]  # a retrain request's why
 
 
 def test_notify_job_without_a_chain_id_never_asks_for_the_latest_chain(rendered: Path) -> None:
@@ -428,7 +433,8 @@ def test_every_jenkinsfile_command_parses_with_the_cli() -> None:
 
 def test_jenkinsfile_passes_budget_overrides_only_when_given() -> None:
     """THRESHOLD and MAX_TRIALS reach `trainchain tune` when set and are left out when
-    empty (trainchain.yaml decides); the tune call builds MODEL_COMMIT in docker."""
+    empty (trainchain.yaml decides); so does REASON (a retrain request's why, for the
+    report and email); the tune call builds MODEL_COMMIT in docker."""
     (tune,) = [s for s in _jenkinsfile_sh_scripts() if _calls(s, SAMPLE_ENV)[1][0][0] == "tune"]
     _, (argv,) = _calls(tune, SAMPLE_ENV)
     assert argv[:2] == ["tune", SAMPLE_ENV["REPOSITORY"]]
@@ -439,6 +445,9 @@ def test_jenkinsfile_passes_budget_overrides_only_when_given() -> None:
     _, (bare,) = _calls(tune, SAMPLE_ENV | {"THRESHOLD": "", "MAX_TRIALS": ""})
     assert "--threshold" not in bare and "--max-trials" not in bare
     assert bare[-2:] == ["--properties", "chain.properties"]
+    why = "drift alert TrainchainInputDrift for eeg: mu C3 +2.1 sd"
+    _, (asked,) = _calls(tune, SAMPLE_ENV | {"REASON": why})
+    assert asked[-2:] == ["--reason", why] and not _parse_error(asked)
 
 
 # ---- the Jenkinsfile ------------------------------------------------------------------
@@ -498,6 +507,7 @@ def test_jenkinsfile_parameters_equal_the_pipeline_jobs(rendered: Path) -> None:
         "AGENT_LABEL",
         "THRESHOLD",
         "MAX_TRIALS",
+        "REASON",
     ]
     choices = [c.text for c in defs.iter("string")]
     assert choices == ["docker", "gpu"]
