@@ -34,5 +34,4 @@ _.wait_for
 _.try_lock
 # monitoring: of trainchain.yaml (core/config.py): read by the drift window of the serving
 # service and the retrain request (issue 14, next parts), documented in the README now.
-_.persist_windows
 _.capture
