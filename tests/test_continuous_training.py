@@ -386,3 +386,39 @@ def test_the_shared_streak_asks_once_after_persist_windows_then_cools_down(
     assert count(True, 160) is True  # not delivered: asked again
     assert [count(True, t, "2") for t in (170, 180)] == [False, False]  # a new version
     assert count(True, 300, "2") is True
+
+
+def test_a_retrain_request_that_is_not_delivered_is_counted_and_asked_again(
+    tmp_path: Path,
+) -> None:
+    """A hooks server that cannot be reached: the POST fails on the background thread
+    (logged), `trainchain_drift_retrain_requests_total{outcome="failed"}` counts it, and the
+    cooldown is freed, so the next drifted test asks again."""
+    from trainchain.core.drift import DriftResult, GroupResult
+    from trainchain.serving.config import RetrainConfig
+    from trainchain.serving.metrics import ServingMetrics
+    from trainchain.serving.retrain import RetrainRequests
+
+    store = WindowStore(tmp_path / "drift.sqlite", 100)
+    metrics = ServingMetrics()
+    config = RetrainConfig(f"http://127.0.0.1:{free_port()}/alerts", b"t", cooldown=3600.0)
+
+    def count(model: str, version: str, drifted: bool, now: float) -> bool:
+        return store.count_test(
+            model, version, drifted, now=now, gap=0.0, persist=1, cooldown=3600.0
+        )
+
+    requests = RetrainRequests(config, count, store.request_failed, metrics)
+    result = DriftResult((GroupResult("log_var", 0.8, 1e-12, 60, True),), 60, 50, 0.01, "holm")
+    try:
+        requests.tested("m", "1", result, 1)
+
+        def failed() -> float | None:
+            return metrics.registry.get_sample_value(
+                "trainchain_drift_retrain_requests_total", {"model": "m", "outcome": "failed"}
+            )
+
+        assert eventually(failed, "the failed request to be counted", WAIT, 0.1) == 1.0
+        assert count("m", "1", True, 10**10) is True  # the cooldown was freed
+    finally:
+        requests.close()

@@ -64,6 +64,7 @@ log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 10.0  # a transaction here lasts milliseconds
 MIN_TICK_S = 1.0  # --retrain-url: the window is tested at most this often unasked
+GAP_SLACK = 0.9  # tests a tick apart count as apart, whatever the thread's timing
 WRITE_BATCH = 64  # queued summaries written in one transaction
 NOT_SUMMARISED = (
     "not summarised by the service (too costly per request); `trainchain drift` tests it"
@@ -376,14 +377,14 @@ class DriftService:
                     version,
                     drifted,
                     now=now,
-                    gap=interval,
+                    gap=interval * GAP_SLACK,
                     persist=persist,
                     cooldown=cooldown,
                 )
 
             self.retrain = RetrainRequests(retrain, count, store.request_failed, metrics)
             # tested even when nothing scrapes /metrics (no Prometheus on the direct path)
-            self._ticker = Ticker(self.report, max(interval, MIN_TICK_S))
+            self._ticker = Ticker(lambda: self.report(fresh=True), max(interval, MIN_TICK_S))
 
     @property
     def enabled(self) -> bool:
@@ -472,16 +473,17 @@ class DriftService:
             self.metrics.drift_dropped.inc(len(labels))
 
     # ---- the test ------------------------------------------------------------------
-    def report(self) -> dict[str, Any]:
+    def report(self, *, fresh: bool = False) -> dict[str, Any]:
         """``GET /drift``'s body: the latest test of the shared window (run now when the
-        cached one is older than ``interval`` seconds)."""
+        cached one is older than ``interval`` seconds, or ``fresh``: the ticker's)."""
         watched, monitoring = self._watched, self.monitoring
         if watched is None or monitoring is None or self.writer is None:
             return {"state": "off", "drifted": False, "message": self._off}
         with self._lock:
             cached = self._tested
             if (
-                cached is not None
+                not fresh
+                and cached is not None
                 and cached.version == watched.version
                 and time.monotonic() - cached.at < self.interval
             ):

@@ -75,7 +75,7 @@ class RetrainRequests:
             "drift of %s v%s persisted: asking %s for a retrain", model, version, self.config.url
         )
         if not self._pool.submit(lambda: self._post(model, body, now)):
-            self._outcome(model, FAILED, "a retrain request is still being sent", now)
+            self._not_delivered(model, FAILED, "a retrain request is still being sent", now)
 
     def _post(self, model: str, body: dict[str, Any], at: float) -> None:
         request = urllib.request.Request(  # noqa: S310 - http(s) only, checked in RetrainConfig
@@ -91,7 +91,7 @@ class RetrainRequests:
             with urllib.request.urlopen(request, timeout=self.config.timeout) as response:  # noqa: S310
                 answer = json.loads(response.read(MAX_ANSWER) or b"{}")
         except urllib.error.HTTPError as err:
-            self._outcome(
+            self._not_delivered(
                 model,
                 FAILED,
                 f"{self.config.url} answered {err.code}: {err.read(2000).decode(errors='replace')}",
@@ -99,16 +99,18 @@ class RetrainRequests:
             )
             return
         except (OSError, ValueError) as err:  # refused, timed out, not JSON
-            self._outcome(model, FAILED, f"{self.config.url}: {err}", at)
+            self._not_delivered(model, FAILED, f"{self.config.url}: {err}", at)
             return
         alerts = answer.get("alerts") if isinstance(answer, dict) else None
         first = alerts[0] if isinstance(alerts, list) and alerts else {}
+        if not isinstance(first, dict):
+            first = {}
         outcome = str(first.get("outcome") or ("ignored" if "ignored" in first else "?"))
         detail = first.get("detail") or first.get("ignored") or first.get("run_id") or ""
-        log.warning("retrain request for %s: %s %s", model, outcome, detail)
+        log.warning("retrain request for %s: %s", model, detail or outcome)
         self.metrics.drift_retrain_requests.labels(model, outcome).inc()
 
-    def _outcome(self, model: str, outcome: str, why: str, at: float) -> None:
+    def _not_delivered(self, model: str, outcome: str, why: str, at: float) -> None:
         log.error("retrain request for %s not delivered: %s", model, why)
         self.metrics.drift_retrain_requests.labels(model, outcome).inc()
         try:
