@@ -158,8 +158,8 @@ def _drift_options(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
     from trainchain.core.config import Monitoring, format_validation_error, load_config
 
-    if args.no_drift:
-        return {"monitoring": None}
+    if args.no_drift:  # with --retrain-url: ServeConfig says they do not go together
+        return {"monitoring": None, "retrain": _retrain(args)}
     if args.monitoring_config:
         base = load_config(args.monitoring_config).model.monitoring
     else:
