@@ -32,7 +32,6 @@ _.queued_at
 _.received
 _.wait_for
 _.try_lock
-# monitoring: of trainchain.yaml (core/config.py): read by the drift window of the serving
-# service and the retrain request (issue 14, next parts), documented in the README now.
-_.persist_windows
+# monitoring.capture of trainchain.yaml (core/config.py): documented in the README, not read
+# yet (`trainchain serve --capture DIR` turns capture on).
 _.capture

@@ -328,19 +328,35 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
 
 
 def test_drift_flags_are_checked_before_serving(
-    registry: Registry, capsys: pytest.CaptureFixture[str], tmp_path: Path
+    registry: Registry,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Drift options out of range, and a --monitoring-config that is no model repository,
-    are refused with a message naming the option and exit status 2."""
+    """Drift options out of range, a --monitoring-config that is no model repository, and
+    --retrain-url without a token, not http(s), or with --no-drift, are refused with a
+    message naming the option and exit status 2."""
     from trainchain.cli.main import main as cli_main
 
+    monkeypatch.delenv("TRAINCHAIN_ALERT_TOKEN", raising=False)
     home = str(registry.settings.home)
+    token = tmp_path / "token"
+    token.write_text("t\n")
+    hook = "http://127.0.0.1:8088/alerts"
     cases = [
         (["--drift-window", "5"], "--drift-* options: window: Input should be greater than"),
         (["--drift-alpha", "2"], "--drift-* options: alpha"),
         (["--drift-window", "40", "--drift-min-window", "60"], "min_window 60 is larger"),
         (["--drift-interval", "-1"], "--drift-interval must be a number of seconds >= 0"),
         (["--monitoring-config", str(tmp_path)], f"no trainchain.yaml in {tmp_path}"),
+        (["--retrain-url", hook], "--retrain-url needs hooks serve's alert token"),
+        (["--retrain-token-file", str(token)], "--retrain-token-file without --retrain-url"),
+        (["--retrain-url", "ftp://h/a", "--retrain-token-file", str(token)], "not an http(s)"),
+        (["--retrain-url", hook, "--retrain-token-file", str(token), "--no-drift"], "both given"),
+        (
+            ["--retrain-url", hook, "--retrain-token-file", str(token), "--retrain-cooldown", "x"],
+            "'x' is not a duration",
+        ),
     ]
     for argv, message in cases:
         assert cli_main(["serve", "--home", home, "--model", "eeg-watched", *argv]) == 2

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
+from trainchain.core.errors import ConfigError
 from trainchain.core.settings import Settings, for_command
 
 log = logging.getLogger("trainchain")
@@ -81,3 +83,31 @@ def chain_report(settings: Settings, args: argparse.Namespace) -> Any:
     return load_report(
         settings.chains_dir, args.chain, Tracker(settings.tracking_uri, settings.artifacts)
     )
+
+
+ALERT_TOKEN_ENV = "TRAINCHAIN_ALERT_TOKEN"  # noqa: S105 - the variable's name, not a token
+MAX_TOKEN_FILE = 4096
+
+
+def alert_token(path: str | None) -> bytes | None:
+    """The bearer token of ``POST /alerts`` (`hooks serve --alert-token-file`, which
+    Alertmanager and `serve --retrain-token-file` send): the file's first line, else
+    TRAINCHAIN_ALERT_TOKEN; None when neither is given."""
+    if path is None:
+        token = os.environ.get(ALERT_TOKEN_ENV, "").strip()
+        return token.encode("utf-8") if token else None
+    try:
+        with Path(path).expanduser().open("rb") as handle:
+            raw = handle.read(MAX_TOKEN_FILE + 1)
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read the alert token file {path}: {err.strerror or err}",
+            hint="give the file Alertmanager's credentials_file names",
+        ) from None
+    lines = raw.decode("utf-8", errors="replace").strip().splitlines()
+    if len(raw) > MAX_TOKEN_FILE or not lines or not lines[0].strip():
+        raise ConfigError(
+            f"the alert token file {path} is empty or longer than {MAX_TOKEN_FILE} bytes",
+            hint="put one token in it (make one with `openssl rand -hex 32`)",
+        )
+    return lines[0].strip().encode("utf-8")

@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from trainchain.cli.common import ALERT_TOKEN_ENV
+from trainchain.cli.common import alert_token as _alert_token
 from trainchain.cli.common import command_settings as _settings
 from trainchain.cli.common import out as _out
 from trainchain.core.errors import ConfigError
 
 SECRET_ENV = "TRAINCHAIN_WEBHOOK_SECRET"  # noqa: S105 - the variable's name, not a secret
-ALERT_TOKEN_ENV = "TRAINCHAIN_ALERT_TOKEN"  # noqa: S105 - the variable's name, not a token
-MAX_TOKEN_FILE = 4096
 LISTEN_BACKLOG = 64
 
 
@@ -144,29 +144,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     code = run_embedded(partial(create_app, config, runs), options)
     _out("hooks serve: stopped")
     return code
-
-
-def _alert_token(path: str | None) -> bytes | None:
-    """The bearer token Alertmanager sends to /alerts: the file's first line, else
-    TRAINCHAIN_ALERT_TOKEN; None (the endpoint is off) when neither is given."""
-    if path is None:
-        token = os.environ.get(ALERT_TOKEN_ENV, "").strip()
-        return token.encode("utf-8") if token else None
-    try:
-        with Path(path).expanduser().open("rb") as handle:
-            raw = handle.read(MAX_TOKEN_FILE + 1)
-    except OSError as err:
-        raise ConfigError(
-            f"cannot read the alert token file {path}: {err.strerror or err}",
-            hint="give the file Alertmanager's credentials_file names",
-        ) from None
-    lines = raw.decode("utf-8", errors="replace").strip().splitlines()
-    if len(raw) > MAX_TOKEN_FILE or not lines or not lines[0].strip():
-        raise ConfigError(
-            f"the alert token file {path} is empty or longer than {MAX_TOKEN_FILE} bytes",
-            hint="put one token in it (make one with `openssl rand -hex 32`)",
-        )
-    return lines[0].strip().encode("utf-8")
 
 
 def _serve_jenkins_job(args: argparse.Namespace) -> str | None:

@@ -158,8 +158,8 @@ def _drift_options(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
 
     from trainchain.core.config import Monitoring, format_validation_error, load_config
 
-    if args.no_drift:
-        return {"monitoring": None}
+    if args.no_drift:  # with --retrain-url: ServeConfig says they do not go together
+        return {"monitoring": None, "retrain": _retrain(args)}
     if args.monitoring_config:
         base = load_config(args.monitoring_config).model.monitoring
     else:
@@ -183,17 +183,48 @@ def _drift_options(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
         "monitoring": monitoring,
         "drift_db": run_dir / "drift.sqlite",
         "drift_interval": args.drift_interval,
+        "retrain": _retrain(args),
     }
+
+
+def _retrain(args: argparse.Namespace) -> Any:
+    """--retrain-url's RetrainConfig (None without it): the token of --retrain-token-file
+    (else $TRAINCHAIN_ALERT_TOKEN), the cooldown as `hooks serve --retrain-cooldown` reads it."""
+    from trainchain.cli.common import ALERT_TOKEN_ENV, alert_token
+    from trainchain.serving.config import RetrainConfig
+    from trainchain.triggers.retrain import parse_duration
+
+    if args.retrain_url is None:
+        if args.retrain_token_file is not None:
+            raise ConfigError(
+                "--retrain-token-file without --retrain-url",
+                hint="give --retrain-url (hooks serve's /alerts) too, or leave both out",
+            )
+        return None
+    token = alert_token(args.retrain_token_file)
+    if token is None:
+        raise ConfigError(
+            f"--retrain-url needs hooks serve's alert token: --retrain-token-file FILE or "
+            f"{ALERT_TOKEN_ENV}",
+            hint="the same token as `trainchain hooks serve --alert-token-file`",
+        )
+    return RetrainConfig(args.retrain_url, token, parse_duration(args.retrain_cooldown))
 
 
 def _drift_line(config: Any) -> str:
     m = config.monitoring
     if m is None:
         return "drift:     off (--no-drift)"
-    return (
+    line = (
         f"drift:     window {m.window} inputs (tested from {m.min_window}), alpha {m.alpha:g} "
         f"({m.correction}), at most every {config.drift_interval:g} s; GET /drift"
     )
+    if config.retrain is not None:
+        line += (
+            f"\nretrain:   asked of {config.retrain.url} after {m.persist_windows} drifted "
+            f"tests in a row, at most every {config.retrain.cooldown:g} s per model"
+        )
+    return line
 
 
 def _drift_arguments(sp: argparse.ArgumentParser) -> None:
@@ -223,6 +254,27 @@ def _drift_arguments(sp: argparse.ArgumentParser) -> None:
     )
     drift.add_argument(
         "--no-drift", action="store_true", help="do not monitor the inputs for drift"
+    )
+    drift.add_argument(
+        "--retrain-url",
+        metavar="URL",
+        help="ask `trainchain hooks serve` for a retrain without Prometheus: POST a drift "
+        "alert (Alertmanager's webhook JSON) to its /alerts, e.g. "
+        "http://127.0.0.1:8088/alerts, once monitoring.persist_windows drift tests in a row "
+        "said drifted (the window is then tested every --drift-interval, scraped or not)",
+    )
+    drift.add_argument(
+        "--retrain-token-file",
+        metavar="FILE",
+        help="the bearer token for --retrain-url, the first line of FILE (hooks serve's "
+        "--alert-token-file; default: $TRAINCHAIN_ALERT_TOKEN)",
+    )
+    drift.add_argument(
+        "--retrain-cooldown",
+        default="6h",
+        metavar="DURATION",
+        help="ask at most once per DURATION per model (30m, 6h, 1d; default: 6h); hooks "
+        "serve's own pending and cooldown rules apply too",
     )
 
 

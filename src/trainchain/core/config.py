@@ -363,8 +363,9 @@ class Monitoring(_Frozen):
     # holm: family-wise error, valid whatever the features' dependence; bh: more power
     # when many features move, assumes positive dependence
     correction: Literal["holm", "bh"] = "holm"
-    # keep the drifted window with a retrain request (for the retrain to look at)
-    persist_windows: bool = True
+    # `trainchain serve --retrain-url`: ask for a retrain once this many consecutive drift
+    # tests of the served window (at least --drift-interval apart) said drifted
+    persist_windows: int = Field(3, ge=1, le=1000)
     # keep the raw inputs of requests (not only their summaries): off, they may be personal
     capture: bool = False
 

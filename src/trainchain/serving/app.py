@@ -66,6 +66,7 @@ class Service:
             path=config.drift_db,
             interval=config.drift_interval,
             queue_size=config.drift_queue,
+            retrain=config.retrain,
         )
         self.holder = ModelHolder(config, on_swap=self._swapped)
         self.rng = random.Random(config.seed)  # noqa: S311 - routing, not security

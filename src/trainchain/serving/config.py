@@ -44,6 +44,41 @@ class CaptureConfig:
             raise ConfigError(f"the capture queue must be at least 1, got {self.queue}")
 
 
+DEFAULT_RETRAIN_COOLDOWN = 6 * 3600.0  # as `trainchain hooks serve --retrain-cooldown`
+DEFAULT_RETRAIN_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """The direct path of a retrain request (``serve --retrain-url``): once the drift test
+    said drifted ``monitoring.persist_windows`` times in a row, POST a drift alert in
+    Alertmanager's webhook JSON to ``url`` (`trainchain hooks serve`'s ``/alerts``) with
+    ``Authorization: Bearer token``; at most once per ``cooldown`` seconds per model from
+    this server, each POST bounded by ``timeout`` seconds."""
+
+    url: str
+    token: bytes = field(repr=False)
+    cooldown: float = DEFAULT_RETRAIN_COOLDOWN
+    timeout: float = DEFAULT_RETRAIN_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"--retrain-url {self.url!r} is not an http(s) URL",
+                hint="give `trainchain hooks serve`'s alert endpoint, e.g. "
+                "http://127.0.0.1:8088/alerts",
+            )
+        if not self.token:
+            raise ConfigError(
+                "the retrain token is empty",
+                hint="put hooks serve's --alert-token-file token in --retrain-token-file",
+            )
+        if not (math.isfinite(self.cooldown) and self.cooldown >= 0):
+            raise ConfigError(f"--retrain-cooldown must be >= 0 seconds, got {self.cooldown}")
+        if not (math.isfinite(self.timeout) and 0 < self.timeout <= 300):
+            raise ConfigError(f"a retrain timeout of {self.timeout} s: expected 0 to 300 s")
+
+
 def _defaults() -> Monitoring:
     """``monitoring:``'s defaults (core.config.Monitoring)."""
     return Monitoring()  # type: ignore[call-arg]
@@ -65,6 +100,7 @@ class ServeConfig:
     (None: off); ``drift_db`` the window the workers share (None: a temporary file per
     app); the window is tested at most every ``drift_interval`` seconds per worker;
     ``drift_queue`` summaries wait for the writer thread, more are dropped and counted.
+    ``retrain`` asks for a retrain when drift persists (None: only the metrics say so).
     """
 
     model: str
@@ -85,6 +121,7 @@ class ServeConfig:
     drift_db: Path | None = None
     drift_interval: float = 10.0
     drift_queue: int = 1024
+    retrain: RetrainConfig | None = None
 
     def __post_init__(self) -> None:
         if not self.model.strip():
@@ -116,6 +153,13 @@ class ServeConfig:
             value = getattr(self, name)
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
+
+        if self.retrain is not None and self.monitoring is None:
+            raise ConfigError(
+                "--retrain-url and --no-drift were both given: a retrain is asked for when "
+                "the drift monitoring finds drift",
+                hint="leave out --no-drift, or --retrain-url",
+            )
 
     @property
     def uses_challenger(self) -> bool:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import shutil
@@ -52,14 +53,18 @@ from trainchain.core import drift
 from trainchain.core.config import Monitoring
 from trainchain.core.errors import ConfigError
 from trainchain.families.base import ServingSummary, family_spec
+from trainchain.serving.config import RetrainConfig
 from trainchain.serving.metrics import ServingMetrics
 from trainchain.serving.models import LoadedModel
+from trainchain.serving.retrain import RetrainRequests, Ticker
 
 __all__ = ["DriftService", "WindowStore"]
 
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_S = 10.0  # a transaction here lasts milliseconds
+MIN_TICK_S = 1.0  # --retrain-url: the window is tested at most this often unasked
+GAP_SLACK = 0.9  # tests a tick apart count as apart, whatever the thread's timing
 WRITE_BATCH = 64  # queued summaries written in one transaction
 NOT_SUMMARISED = (
     "not summarised by the service (too costly per request); `trainchain drift` tests it"
@@ -75,7 +80,14 @@ CREATE TABLE IF NOT EXISTS inputs (
     summary BLOB NOT NULL,
     label TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS inputs_by_version ON inputs (model, version, id)
+CREATE INDEX IF NOT EXISTS inputs_by_version ON inputs (model, version, id);
+CREATE TABLE IF NOT EXISTS streaks (
+    model TEXT PRIMARY KEY,
+    version TEXT NOT NULL,
+    drifted INTEGER NOT NULL,
+    counted_at REAL NOT NULL,
+    requested_at REAL
+)
 """
 
 
@@ -180,6 +192,63 @@ class WindowStore:
         window.add(summary, [label for _, label in kept])
         return window
 
+    def count_test(
+        self,
+        model: str,
+        version: str,
+        drifted: bool,
+        *,
+        now: float,
+        gap: float,
+        persist: int,
+        cooldown: float,
+    ) -> bool:
+        """Count a drift test of ``version`` in the streak every worker shares: drifted tests
+        at least ``gap`` seconds apart add one (closer ones are the same window seen again),
+        a test without drift, or another version, starts over. True, once per ``cooldown``
+        seconds, when the streak has reached ``persist``: ask for a retrain now."""
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                row = con.execute(
+                    "SELECT version, drifted, counted_at, requested_at FROM streaks "
+                    "WHERE model = ?",
+                    (model,),
+                ).fetchone()
+                streak, counted_at, requested_at = 0, -math.inf, None
+                if row is not None:
+                    requested_at = row[3]
+                    if row[0] == version:
+                        streak, counted_at = row[1], row[2]
+                if not drifted:
+                    streak, counted_at = 0, now
+                elif now - counted_at >= gap:
+                    streak, counted_at = streak + 1, now
+                ask = (
+                    drifted
+                    and streak >= persist
+                    and (requested_at is None or now - requested_at >= cooldown)
+                )
+                con.execute(
+                    "INSERT OR REPLACE INTO streaks (model, version, drifted, counted_at, "
+                    "requested_at) VALUES (?, ?, ?, ?, ?)",
+                    (model, version, streak, counted_at, now if ask else requested_at),
+                )
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        return ask
+
+    def request_failed(self, model: str, requested_at: float) -> None:
+        """The retrain request made at ``requested_at`` did not arrive: the next drifted
+        test may ask again (unless another request was made since)."""
+        with self._connect() as con:
+            con.execute(
+                "UPDATE streaks SET requested_at = NULL WHERE model = ? AND requested_at = ?",
+                (model, requested_at),
+            )
+
     def forget(self, model: str, keep: Sequence[str]) -> None:
         """Drop the rows of ``model``'s versions other than ``keep`` (after a swap)."""
         marks = ",".join("?" * len(keep))
@@ -277,6 +346,7 @@ class DriftService:
         path: Path | None = None,
         interval: float = 10.0,
         queue_size: int = 1024,
+        retrain: RetrainConfig | None = None,
     ) -> None:
         self.monitoring = monitoring
         self.metrics = metrics
@@ -289,18 +359,42 @@ class DriftService:
         self._gauged: set[tuple[str, str]] = set()
         self._failed_once = False
         self.writer: Writer | None = None
+        self.retrain: RetrainRequests | None = None
+        self._ticker: Ticker | None = None
         if monitoring is None:
             return
         if path is None:
             self._own_dir = Path(tempfile.mkdtemp(prefix="trainchain-drift-"))
             path = self._own_dir / "drift.sqlite"
-        self.writer = Writer(WindowStore(path, monitoring.window), queue_size)
+        store = WindowStore(path, monitoring.window)
+        self.writer = Writer(store, queue_size)
+        if retrain is not None:
+            persist, cooldown = monitoring.persist_windows, retrain.cooldown
+
+            def count(model: str, version: str, drifted: bool, now: float) -> bool:
+                return store.count_test(
+                    model,
+                    version,
+                    drifted,
+                    now=now,
+                    gap=interval * GAP_SLACK,
+                    persist=persist,
+                    cooldown=cooldown,
+                )
+
+            self.retrain = RetrainRequests(retrain, count, store.request_failed, metrics)
+            # tested even when nothing scrapes /metrics (no Prometheus on the direct path)
+            self._ticker = Ticker(lambda: self.report(fresh=True), max(interval, MIN_TICK_S))
 
     @property
     def enabled(self) -> bool:
         return self.writer is not None
 
     def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.close()
+        if self.retrain is not None:
+            self.retrain.close()
         if self.writer is not None:
             self.writer.close()
         if self._own_dir is not None:
@@ -379,16 +473,17 @@ class DriftService:
             self.metrics.drift_dropped.inc(len(labels))
 
     # ---- the test ------------------------------------------------------------------
-    def report(self) -> dict[str, Any]:
+    def report(self, *, fresh: bool = False) -> dict[str, Any]:
         """``GET /drift``'s body: the latest test of the shared window (run now when the
-        cached one is older than ``interval`` seconds)."""
+        cached one is older than ``interval`` seconds, or ``fresh``: the ticker's)."""
         watched, monitoring = self._watched, self.monitoring
         if watched is None or monitoring is None or self.writer is None:
             return {"state": "off", "drifted": False, "message": self._off}
         with self._lock:
             cached = self._tested
             if (
-                cached is not None
+                not fresh
+                and cached is not None
                 and cached.version == watched.version
                 and time.monotonic() - cached.at < self.interval
             ):
@@ -409,7 +504,17 @@ class DriftService:
             self._set_gauges(watched, result)
             if self._watched is watched:  # not swapped meanwhile
                 self._tested = _Tested(watched.version, time.monotonic(), body)
+                self._count(watched, result, monitoring)
             return body
+
+    def _count(self, watched: _Watched, result: drift.DriftResult, monitoring: Monitoring) -> None:
+        """A fresh test counts towards a retrain request (--retrain-url)."""
+        if self.retrain is None:
+            return
+        try:
+            self.retrain.tested(watched.model, watched.version, result, monitoring.persist_windows)
+        except (sqlite3.Error, ConfigError) as err:
+            log.error("drift of %s: the retrain streak was not counted: %s", watched.model, err)
 
     def _body(
         self,

@@ -123,6 +123,14 @@ class ServingMetrics:
             "Inputs left out of the drift window because its writer's queue was full",
             registry=r,
         )
+        self.drift_retrain_requests = Counter(
+            "trainchain_drift_retrain_requests",
+            "Retrain requests POSTed by serve --retrain-url once drift persisted, by the "
+            "answer of hooks serve: queued, pending, cooling_down, ignored, failed (not "
+            "delivered: the server log says why)",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.drift_summary_seconds = Histogram(
             "trainchain_drift_summary_seconds",
             "Time to summarise one request's inputs for drift monitoring",

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from trainchain.core.alerts import ALERTS_VERSION, MODEL_LABEL
 from trainchain.core.errors import ConfigError
 from trainchain.core.report import clean_reason
 from trainchain.triggers.queue import (
@@ -39,8 +40,6 @@ DEFAULT_COOLDOWN_S = 6 * 3600.0
 MAX_COOLDOWN_S = 30 * 24 * 3600.0
 MAX_TARGETS = 100
 MAX_ALERTS = 1000  # alerts in one notification (Alertmanager's max_alerts caps it too)
-MODEL_LABEL = "model"
-ALERTS_VERSION = "4"
 RESOLVED, FIRING = "resolved", "firing"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)$")
