@@ -285,7 +285,7 @@ def register(
         "serve",
         cmd_serve,
         "serve the registry's champion over HTTP: /classify (EEG), /predict (images), "
-        "/health, /model, /metrics, /openapi.json",
+        "/feedback, /health, /model, /metrics, /drift, /openapi.json",
     )
     sp.add_argument(
         "--model",
