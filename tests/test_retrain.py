@@ -22,6 +22,7 @@ import pytest
 
 from tests.conftest import ToyRepo, eventually, run_cli
 from tests.test_hooks import SECRET, Server, serving, wait_final
+from trainchain.core.alerts import parse_duration
 from trainchain.core.errors import ConfigError
 from trainchain.core.report import MAX_REASON_CHARS, clean_reason
 from trainchain.core.settings import Settings
@@ -30,7 +31,6 @@ from trainchain.triggers.retrain import (
     BadAlerts,
     RetrainTarget,
     alert_reason,
-    parse_duration,
     parse_target,
     read_alerts,
     target_map,

@@ -308,7 +308,7 @@ def _size(text: str) -> int:
 
 
 def _cooldown(text: str) -> float:
-    from trainchain.triggers.retrain import parse_duration
+    from trainchain.core.alerts import parse_duration
 
     try:
         return parse_duration(text)

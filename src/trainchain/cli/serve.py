@@ -191,8 +191,8 @@ def _retrain(args: argparse.Namespace) -> Any:
     """--retrain-url's RetrainConfig (None without it): the token of --retrain-token-file
     (else $TRAINCHAIN_ALERT_TOKEN), the cooldown as `hooks serve --retrain-cooldown` reads it."""
     from trainchain.cli.common import ALERT_TOKEN_ENV, alert_token
+    from trainchain.core.alerts import parse_duration
     from trainchain.serving.config import RetrainConfig
-    from trainchain.triggers.retrain import parse_duration
 
     if args.retrain_url is None:
         if args.retrain_token_file is not None:

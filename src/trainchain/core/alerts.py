@@ -9,13 +9,31 @@ retrain's reason is made of (:func:`trainchain.triggers.retrain.alert_reason`).
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from trainchain.core.errors import ConfigError
+
 ALERTS_VERSION = "4"
 MODEL_LABEL = "model"
 DRIFT_ALERT = "TrainchainInputDrift"  # the rule's alertname
+DEFAULT_COOLDOWN_S = 6 * 3600.0  # between two retrains of one model
+MAX_COOLDOWN_S = 30 * 24 * 3600.0
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)$")
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``30m``, ``6h``, ``2d``: seconds, 0 to 30 days."""
+    match = _DURATION.match(text.strip().lower())
+    if match is None:
+        raise ConfigError(f"{text!r} is not a duration: expected e.g. 900, 30m, 6h or 1d")
+    seconds = float(match[1]) * _UNITS[match[2] or "s"]
+    if seconds > MAX_COOLDOWN_S:
+        raise ConfigError(f"{text!r} is out of range: expected 0 to 30 days")
+    return seconds
 
 
 def drifted_text(groups: Iterable[tuple[str, float | None, float | None]]) -> str:

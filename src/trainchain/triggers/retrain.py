@@ -20,7 +20,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from trainchain.core.alerts import ALERTS_VERSION, MODEL_LABEL
+from trainchain.core.alerts import (
+    ALERTS_VERSION,
+    DEFAULT_COOLDOWN_S,
+    MAX_COOLDOWN_S,
+    MODEL_LABEL,
+)
 from trainchain.core.errors import ConfigError
 from trainchain.core.report import clean_reason
 from trainchain.triggers.queue import (
@@ -36,13 +41,9 @@ from trainchain.triggers.queue import (
 )
 
 DEFAULT_BRANCH = "main"
-DEFAULT_COOLDOWN_S = 6 * 3600.0
-MAX_COOLDOWN_S = 30 * 24 * 3600.0
 MAX_TARGETS = 100
 MAX_ALERTS = 1000  # alerts in one notification (Alertmanager's max_alerts caps it too)
 RESOLVED, FIRING = "resolved", "firing"
-_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([smhd]?)$")
 _SCHEME_AND_USER = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/]*$")
 
 
@@ -96,17 +97,6 @@ def target_map(specs: Iterable[str]) -> dict[str, RetrainTarget]:
         if len(targets) > MAX_TARGETS:
             raise ConfigError(f"more than {MAX_TARGETS} --retrain models: give at most that many")
     return targets
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``30m``, ``6h``, ``2d``: seconds, 0 to 30 days."""
-    match = _DURATION.match(text.strip().lower())
-    if match is None:
-        raise ConfigError(f"{text!r} is not a duration: expected e.g. 900, 30m, 6h or 1d")
-    seconds = float(match[1]) * _UNITS[match[2] or "s"]
-    if seconds > MAX_COOLDOWN_S:
-        raise ConfigError(f"{text!r} is out of range: expected 0 to 30 days")
-    return seconds
 
 
 # ---- Alertmanager's webhook ---------------------------------------------------------

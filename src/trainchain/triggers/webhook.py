@@ -41,6 +41,7 @@ from flask import Response as FlaskResponse
 from werkzeug.exceptions import HTTPException
 
 from trainchain import __version__
+from trainchain.core.alerts import DEFAULT_COOLDOWN_S
 from trainchain.core.errors import ConfigError
 from trainchain.triggers.hooks import (
     ZERO_SHA,
@@ -64,7 +65,6 @@ from trainchain.triggers.queue import (
     check_max_queue,
 )
 from trainchain.triggers.retrain import (
-    DEFAULT_COOLDOWN_S,
     FIRING,
     BadAlerts,
     RetrainOptions,
