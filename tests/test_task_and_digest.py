@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,6 +92,20 @@ def test_atomic_write_leaves_old_or_new(tmp_path: Path) -> None:
     task.atomic_write_bytes(target, b"two")
     assert target.read_bytes() == b"two"
     assert [p.name for p in target.parent.iterdir()] == ["state.bin"]
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_atomic_write_gives_the_mode_open_would(tmp_path: Path, umask: int, mode: int) -> None:
+    """The file is as readable as one open() writes under the umask, not mkstemp's 0600:
+    the serving container's user (uid 1000) reads a model folder root's chain wrote."""
+    import stat
+
+    before = os.umask(umask)
+    try:
+        task.atomic_write_bytes(tmp_path / "drift_reference.json", b"{}")
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "drift_reference.json").stat().st_mode) == mode
 
 
 def test_data_digest_follows_content(tmp_path: Path) -> None:
