@@ -316,6 +316,26 @@ def test_bandpass_keeps_the_band_and_removes_the_rest() -> None:
     }
 
 
+@pytest.mark.parametrize("shape", [(4, 22, 750), (1, 64, 320), (2, 3, 5), (1, 1, 2)])
+def test_bandpass_is_mne_filter_data_to_the_bit(shape: tuple[int, int, int]) -> None:
+    """BandPass skips mne.filter.filter_data's per-call setup but filters exactly as it does
+    (same design, padding and sosfiltfilt), also on epochs shorter than the pad length."""
+    X = np.random.default_rng(sum(shape)).normal(size=shape)
+    sfreq = 250.0 if shape[-1] != 320 else 160.0
+    expected = mne.filter.filter_data(
+        X,
+        sfreq,
+        8.0,
+        30.0,
+        method="iir",
+        iir_params=dict(order=4, ftype="butter", output="sos"),
+        verbose="error",
+    )
+    assert np.array_equal(BandPass(8.0, 30.0, sfreq).fit_transform(X), expected)
+    with pytest.raises(EEGDataError, match="at least 2 samples"):
+        BandPass().fit_transform(np.zeros((1, 2, 1)))
+
+
 def test_bad_bands_and_hyperparameters_are_rejected() -> None:
     """Bad bands, unknown or invalid hyperparameters and wrongly shaped input are rejected;
     good ones set the band-pass."""
