@@ -49,7 +49,34 @@ trap stop_service EXIT
 echo "==> trainchain data heldout $model --out $TRAINCHAIN_HOME/epoch.json"
 .venv/bin/trainchain data heldout "$model" --out "$TRAINCHAIN_HOME/epoch.json"
 
-health_down() { ! curl -fsS -o /dev/null --max-time 5 "$url/health" 2>/dev/null; }
+# curl when the machine has it (the commands shown are the ones a user would type);
+# else Python's urllib from .venv, so the demo needs nothing installed by hand.
+if command -v curl >/dev/null; then
+  health_down() { ! curl -fsS -o /dev/null --max-time 5 "$url/health" 2>/dev/null; }
+  classify() {
+    echo "==> curl -X POST $url/classify -H 'content-type: application/json' --data-binary @$1"
+    curl -fsS --max-time 30 -X POST "$url/classify" -H 'content-type: application/json' \
+      --data-binary "@$1"
+  }
+else
+  echo "==> curl is not installed: talking to the service with Python's urllib instead"
+  health_down() {
+    ! .venv/bin/python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+      "$url/health" 2>/dev/null
+  }
+  classify() {
+    echo "==> POST $url/classify (content-type: application/json) with the body $1"
+    .venv/bin/python - "$url/classify" "$1" <<'PY'
+import sys, urllib.request
+with open(sys.argv[2], "rb") as body:
+    request = urllib.request.Request(
+        sys.argv[1], data=body.read(), headers={"content-type": "application/json"}
+    )
+with urllib.request.urlopen(request, timeout=30) as answer:
+    sys.stdout.write(answer.read().decode())
+PY
+  }
+fi
 for _ in $(seq 120); do  # 60 s at most for the workers to load the model
   health_down || break
   kill -0 "$serve_pid" 2>/dev/null || { tail -n 20 "$log" >&2; echo "error: trainchain serve exited" >&2; exit 1; }
@@ -60,7 +87,5 @@ if health_down; then
   echo "error: $url/health is not 200 after 60 s" >&2
   exit 1
 fi
-echo "==> curl -X POST $url/classify -H 'content-type: application/json' --data-binary @$TRAINCHAIN_HOME/epoch.json"
-curl -fsS --max-time 30 -X POST "$url/classify" -H 'content-type: application/json' \
-  --data-binary "@$TRAINCHAIN_HOME/epoch.json"
+classify "$TRAINCHAIN_HOME/epoch.json"
 echo
