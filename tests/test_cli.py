@@ -34,11 +34,17 @@ def test_run_below_goal_exits_3_with_failure_email(
 
 
 def test_threshold_override_on_the_command_line(toy_repo: ToyRepo, home: Path) -> None:
-    """--threshold and --max-trials override trainchain.yaml and are validated."""
+    """--threshold overrides trainchain.yaml and is validated: the error names the option
+    and the value typed, and the hint is about the option, not the file."""
     repo = toy_repo(threshold=0.5)
-    out = run_cli("tune", str(repo), "--threshold", "1.5", *_home(home))
+    out = run_cli("tune", str(repo), "--threshold", "2", *_home(home))
     assert out.returncode == 2
-    assert "threshold 1.5 is outside the range of metric 'accuracy'" in out.stderr
+    assert out.stderr.splitlines() == [
+        "error: --threshold 2: outside the range of metric 'accuracy': expected a number "
+        "from 0 to 1",
+        "  hint: change --threshold on the command line, or leave it out to use what "
+        "trainchain.yaml says",
+    ]
 
 
 def test_run_pulls_a_git_repository_at_a_ref(toy_repo: ToyRepo, home: Path, tmp_path: Path) -> None:
