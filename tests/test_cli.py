@@ -61,6 +61,18 @@ def test_run_pulls_a_git_repository_at_a_ref(toy_repo: ToyRepo, home: Path, tmp_
     assert (home / "workspaces").is_dir()
 
 
+def test_run_of_a_path_that_does_not_exist_says_so(tmp_path: Path, home: Path) -> None:
+    """`run` of a local path that does not exist says so and what to give, with no clone
+    failure and no hint about credentials."""
+    missing = tmp_path / "missing" / "folder"
+    out = run_cli("run", str(missing), *_home(home))
+    assert out.returncode == 5
+    assert out.stderr.splitlines()[0] == (
+        f"error: {missing} does not exist: give a model folder or a git URL"
+    )
+    assert "cannot clone" not in out.stderr and "credential" not in out.stderr
+
+
 def test_pull_bad_ref_is_one_clear_error(toy_repo: ToyRepo, home: Path) -> None:
     """An unknown ref exits non-zero with one line naming it."""
     out = run_cli("pull", str(toy_repo()), "--ref", "no-such-branch", *_home(home))
