@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import email
 import email.policy
 import json
+import shlex
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ToyRepo, git, run_cli
+from trainchain.cli.help import subcommands
+from trainchain.cli.main import build_parser
+from trainchain.core.status import ExitCode, exit_status_table
 
 
 def _home(home: Path) -> list[str]:
@@ -134,3 +141,49 @@ def test_promote_job_on_its_own(toy_repo: ToyRepo, home: Path) -> None:
     assert "saved no model" in out.stdout  # the toy script writes metrics only
     out = run_cli("promote", "--chain", "nope", *_home(home))
     assert out.returncode == 2 and "no chain 'nope'" in out.stderr
+
+
+def _commands(
+    parser: argparse.ArgumentParser, words: str = "trainchain"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """`trainchain` and every command under it, by the words that run it."""
+    found = [(words, parser)]
+    for name, sub in subcommands(parser).items():
+        found += _commands(sub, f"{words} {name}")
+    return found
+
+
+COMMANDS = _commands(build_parser())
+
+
+def test_help_ends_with_the_exit_statuses_and_examples() -> None:
+    """`trainchain --help` lists every exit status with its meaning, then examples."""
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr
+    epilog = out.stdout[out.stdout.index("exit status:") :].splitlines()
+    assert epilog[1 : 1 + len(ExitCode)] == exit_status_table()
+    assert "examples:" in epilog
+    assert "  trainchain run examples/eeg-motor-imagery" in out.stdout
+
+
+@pytest.mark.parametrize(("words", "parser"), COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_every_command_has_help_for_each_option_and_examples_that_parse(
+    words: str, parser: argparse.ArgumentParser
+) -> None:
+    """Each command's --help says what it does and what each option is, ends with the exit
+    statuses, and gives examples of itself that the parser accepts as written."""
+    text = parser.format_help()
+    assert parser.description, f"{words}: no description"
+    undocumented = [
+        a.option_strings or a.dest
+        for a in parser._actions
+        if not a.help and not isinstance(a, argparse._SubParsersAction)
+    ]
+    assert undocumented == [], f"{words}: options without help"
+    assert "\n".join(["exit status:", *exit_status_table()]) in text
+    examples = text[text.index("examples:") :].splitlines()[1:]
+    assert examples, f"{words}: no example"
+    for example in examples:
+        argv = shlex.split(example, comments=True)
+        assert " ".join(argv).startswith(words), example
+        build_parser().parse_args(argv[1:])  # exits (status 2) when it does not parse
