@@ -548,9 +548,7 @@ def _error_text(e: Any, root: type[BaseModel]) -> str:
     return str(e["msg"]).removeprefix("Value error, ")
 
 
-def format_validation_error(
-    err: ValidationError, source: str, root: type[BaseModel] = ModelConfig
-) -> str:
+def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         key = _format_loc(e["loc"]) or "(top level)"
@@ -558,7 +556,7 @@ def format_validation_error(
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{source}: {key}: {_error_text(e, root)} (got {shown})")
+        lines.append(f"{source}: {key}: {_error_text(e, ModelConfig)} (got {shown})")
     return "\n".join(lines)
 
 
