@@ -661,8 +661,9 @@ def apply_flags(model: M, flags: Sequence[Flag], *, keeps: str) -> M:
             where = " ".join(mine) or _format_loc(e["loc"]) or "(top level)"
             line = f"{where}: {_error_text(e, type(model))}"
             lines += [line] if line not in lines else []
-        options = " and ".join(m.split(" ")[0] for m in named) or "the options"
-        them = "it" if len(named) == 1 else "them"
+        flags_named = list(dict.fromkeys(m.split(" ")[0] for m in named))
+        options = " and ".join(flags_named) or "the options"
+        them = "it" if len(flags_named) == 1 else "them"
         raise ConfigError(
             "\n".join(lines),
             hint=f"change {options} on the command line, or leave {them} out to use {keeps}",
