@@ -82,7 +82,13 @@ def _data_hint(loaded: LoadedConfig, data_dir: Path, family: str) -> str:
     if family == Family.EEG:
         hint += f"; synthetic EEG recordings: `trainchain data synth-eeg --out {data_dir}`"
     elif family == Family.CNN:
-        hint += "; image data is one folder per class under train/ and the held-out folder"
+        options = loaded.model.data.options
+        train, test = options.get("train", "train"), options.get("test", "test")
+        hint += (
+            f"; images go one folder per class under {data_dir / str(train)}/ and, held out, "
+            f'{data_dir / str(test)}/ (the README\'s "Image CNNs" section says where to get '
+            "the examples' images)"
+        )
     return hint
 
 

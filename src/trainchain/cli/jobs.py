@@ -289,12 +289,14 @@ def register(
     sp = add("pull", cmd_pull, "job 1: clone or fetch a model repository at one commit")
     sp.add_argument("repo", help="a path, file:// URL or any URL git accepts")
     sp.add_argument("--ref", help="branch, tag or commit (default: the remote's HEAD)")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the workspace and commit as JSON")
     _add_properties(sp, "REPOSITORY and COMMIT (the full sha)")
 
     sp = add("detect", cmd_detect, "job 2: decide the model family and training image")
     _add_source(sp)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--json", action="store_true", help="print the family, image and evidence as JSON"
+    )
     _add_properties(sp, "FAMILY and IMAGE")
 
     sp = add("train", cmd_train, "job 3: one training run with the defaults plus --set")
