@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from werkzeug.serving import make_server
@@ -227,9 +228,12 @@ class Server:
         event: str = "push",
         delivery: str = "d-1",
         signature: str | None = "sign",
+        content_type: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         if signature == "sign":
             signature = sign(SECRET, body)
         if signature is not None:
@@ -309,6 +313,21 @@ def test_signed_push_becomes_a_run_and_a_replay_never_does(
 
 
 PUSH = push_payload("file:///nowhere/toy.git", "a" * 40)
+FORM = "application/x-www-form-urlencoded"
+
+
+def test_a_form_encoded_push_is_read_as_github_sends_it(settings: Settings) -> None:
+    """A push sent as application/x-www-form-urlencoded (GitHub's default for a webhook made
+    through its API: the JSON in the form field payload), signed over the raw form body,
+    is queued as a JSON one is."""
+    body = urlencode({"payload": json.dumps(PUSH)}).encode()
+    with serving(settings) as server:
+        code, answer = server.deliver(body, content_type=f"{FORM}; charset=utf-8")
+        assert code == 202, answer
+        assert (
+            answer["commit"] == "a" * 40 and answer["repository"] == PUSH["repository"]["clone_url"]
+        )
+        wait_final(lambda: server.status(answer["run_id"]))
 
 
 @pytest.mark.parametrize(
@@ -319,6 +338,25 @@ PUSH = push_payload("file:///nowhere/toy.git", "a" * 40)
         ({"signature": "sha1=abc"}, 401, {"error": "is not sha256=<hex>"}),
         ({"payload": b"x" * 2048}, 413, {"error": "the limit is 1024 (--max-body)"}),
         ({"payload": b"{not json"}, 400, {"error": "the body is not JSON"}),
+        (
+            {"content_type": "text/plain"},
+            415,
+            {
+                "error": "content type text/plain is not one GitHub sends: expected "
+                "application/json or application/x-www-form-urlencoded; set the webhook's "
+                "content type to application/json"
+            },
+        ),
+        (
+            {"content_type": FORM, "payload": b"ref=main"},
+            400,
+            {"error": "body has 0 payload fields: expected one holding the JSON"},
+        ),
+        (
+            {"content_type": FORM, "payload": b"payload=%7Bnot+json"},
+            400,
+            {"error": "the form field payload is not JSON"},
+        ),
         ({"event": "ping"}, 200, {"pong": True}),
         ({"event": "issues"}, 202, {"ignored": "event issues"}),
         ({"payload": {**PUSH, "ref": "refs/heads/dev"}}, 202, {"ignored": "dev is not watched"}),
