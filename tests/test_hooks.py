@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import EmailMessage
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ import pytest
 from werkzeug.serving import make_server
 
 from tests.conftest import ToyRepo, eventually, git, run_cli
+from tests.smtp_server import Inbox
+from tests.smtp_server import serve as smtp_serve
 from trainchain.core.settings import Settings
 from trainchain.triggers.hooks import (
     HookPaths,
@@ -543,3 +546,79 @@ def test_signature_and_push_decisions() -> None:
     assert getattr(run, "commit", None) == "b" * 40
     chosen = read_push(push_payload("u", "b" * 40, branch="dev"), ("dev", "main"))
     assert getattr(chosen, "branch", None) == "dev"
+
+
+# ---- a failure before tuning is told ---------------------------------------------------------
+@pytest.fixture
+def smtp(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[Inbox]:
+    """A real SMTP server on loopback that the chains the triggers start send to (through the
+    environment they inherit), with a configured recipient besides the pusher."""
+    inbox = Inbox()
+    with contextmanager(smtp_serve)(inbox) as controller:
+        monkeypatch.setenv("TRAINCHAIN_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("TRAINCHAIN_SMTP_PORT", str(controller.port))
+        monkeypatch.setenv("TRAINCHAIN_SMTP_TO", "team@example.com")
+        yield inbox
+
+
+def break_config(repo: Path) -> str:
+    """Commit a trainchain.yaml with a misspelt key; the new sha."""
+    config = repo / "trainchain.yaml"
+    config.write_text(config.read_text().replace("max_trials:", "max_trails:"))
+    git(repo, "commit", "-q", "-am", "typo")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def sent(inbox: Inbox) -> tuple[Any, EmailMessage]:
+    """The one email the inbox holds, once it arrived: (its envelope, the message)."""
+    eventually(lambda: inbox.envelopes, "the failure email", WAIT_S, poll=0.2)
+    (envelope,) = inbox.envelopes
+    (message,) = inbox.messages()
+    return envelope, message
+
+
+def test_a_webhook_run_failing_before_tuning_emails_the_pusher_the_reason(
+    model: Path, settings: Settings, smtp: Inbox
+) -> None:
+    """A pushed commit whose trainchain.yaml is wrong fails before tuning: the pusher (the
+    payload's pusher.email) gets an email with the error and its hint, and the run's status
+    says the error, not only the exit status."""
+    sha = break_config(model)
+    payload = push_payload(f"file://{model}", sha) | {
+        "pusher": {"name": "ann", "email": "ann@example.com"},
+        "head_commit": {"committer": {"email": "someone-else@example.com"}},
+    }
+    with serving(settings) as server:
+        code, body = server.deliver(payload)
+        assert code == 202, body
+        done = wait_final(lambda: server.status(body["run_id"]))
+    envelope, message = sent(smtp)
+    assert envelope.rcpt_tos == ["ann@example.com"]
+    assert message["To"] == "ann@example.com"
+    assert message["Subject"].startswith("[trainchain] repo-toy: FAILED: ")
+    assert "trainchain.yaml" in message["Subject"]
+    text = message.get_body(("plain",)).get_content()
+    assert "The chain stopped before tuning" in text and "max_trails" in text
+    assert "hint:" in text
+    assert f"Commit:      {sha}" in text
+    assert done.state is RunState.FAILED and done.exit_code == 2
+    assert done.error is not None and done.error.startswith("trainchain run exited with status 2: ")
+    assert "max_trails" in done.error and "the log says why" not in done.error
+
+
+def test_a_pushed_commit_failing_before_tuning_emails_its_committer(
+    model: Path, hub: Path, home: Path, settings: Settings, smtp: Inbox
+) -> None:
+    """Through the post-receive hook, the failure email goes to the pushed commit's
+    committer; the pull failing (the commit is not where the hook says) is told the same."""
+    url = str(hub.parent / "moved-away.git")
+    out = run_cli("hooks", "install", str(hub), "--url", url, "--home", str(home))
+    assert out.returncode == 0, out.stderr
+    sha = new_commit(model, "pushed")
+    run_id = queued_run(push(model, "main"), sha)
+    done = wait_final(lambda: load_status(HookPaths.under(settings.home), run_id))
+    envelope, message = sent(smtp)
+    assert envelope.rcpt_tos == ["t@example.com"]  # conftest's committer
+    assert "FAILED: cannot clone" in message["Subject"]
+    assert done.state is RunState.FAILED and done.exit_code == 5
+    assert done.error is not None and "exited with status 5: cannot clone" in done.error

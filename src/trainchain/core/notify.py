@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import html
 import math
+import re
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -35,6 +36,19 @@ MAX_LOG_CHARS = 16_000
 MAX_ERROR_CHARS = 4_000
 MAX_SUBJECT_DETAIL = 120
 MAX_TABLE_TRIALS = 500
+MAX_EMAIL_CHARS = 254
+_EMAIL = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[^@\s<>,;:\"()\[\]\\]+\.[^@\s<>,;:\"()\[\]\\]+$")
+
+
+def email_address(text: object) -> str | None:
+    """``text`` as one plain email address (``name@host.tld``), or None when it is not one
+    (a GitHub noreply address is one; a name, a list or a header is not)."""
+    if not isinstance(text, str):
+        return None
+    address = text.strip()
+    if len(address) > MAX_EMAIL_CHARS or not _EMAIL.match(address):
+        return None
+    return address
 
 
 def _one_line(text: str, limit: int = MAX_SUBJECT_DETAIL) -> str:
@@ -175,6 +189,12 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.1f}s"
 
 
+def _before_tuning(report: ChainReport) -> bool:
+    """A chain that failed before it tuned (the pull, detection, the configuration): no
+    goal was read and no trial ran."""
+    return report.status is RunState.FAILED and not report.goal_metric and not report.trials
+
+
 def _facts(report: ChainReport) -> list[tuple[str, str]]:
     """(label, value) rows shared by both outcomes; values are redacted."""
     rows: list[tuple[str, str]] = [("Model", report.model_name)]
@@ -189,16 +209,16 @@ def _facts(report: ChainReport) -> list[tuple[str, str]]:
     ]
     if extras:
         rows[0] = ("Model", f"{report.model_name} ({', '.join(extras)})")
-    rows += [
-        ("Repository", report.repository),
-        ("Commit", report.commit),
-        (
-            "Goal",
-            f"{report.goal_metric}, {report.direction}, threshold {_num(report.threshold, 6)}",
-        ),
-        ("Trials", f"{len(report.trials)} of {report.max_trials} used"),
-        ("Chain", report.chain_id),
-    ]
+    rows += [("Repository", report.repository), ("Commit", report.commit)]
+    if not _before_tuning(report):
+        rows += [
+            (
+                "Goal",
+                f"{report.goal_metric}, {report.direction}, threshold {_num(report.threshold, 6)}",
+            ),
+            ("Trials", f"{len(report.trials)} of {report.max_trials} used"),
+        ]
+    rows.append(("Chain", report.chain_id))
     if report.elapsed_s:
         rows.append(("Elapsed", _duration(report.elapsed_s)))
     return [(label, redact(value)) for label, value in rows]
@@ -371,6 +391,12 @@ def _what_failed(report: ChainReport) -> str:
         )
     if report.status is RunState.RUNNING:
         return "The chain stopped before it finished: its report still says running."
+    if _before_tuning(report):
+        return (
+            "The chain stopped before tuning (the pull, detection or the configuration): "
+            "nothing was trained, registered or promoted. The error below says why and what "
+            "to do."
+        )
     return "The chain failed."
 
 
@@ -431,19 +457,21 @@ def _plain(report: ChainReport) -> str:
         error = _error_text(report)
         if error:
             lines += ["", "Error:"] + ["  " + line for line in error.splitlines()]
-        lines += ["", _best_sentence(report)]
-        if report.best_value is not None:
-            lines.append("Its hyperparameters:")
-            lines += ["  " + line for line in _params_lines(report.best_params)]
-        lines += ["", _promotion_sentence(report), ""]
-        lines += _format_rows(_facts(report))
+        if not _before_tuning(report):
+            lines += ["", _best_sentence(report)]
+            if report.best_value is not None:
+                lines.append("Its hyperparameters:")
+                lines += ["  " + line for line in _params_lines(report.best_params)]
+            lines += ["", _promotion_sentence(report)]
+        lines += ["", *_format_rows(_facts(report))]
     where = _where(report)
     if where:
         lines += ["", "Where:"]
         lines += ["  " + line for line in _format_rows(where)]
-    lines += ["", "Trials:"]
-    lines += ["  " + line for line in _trials_table(report)]
-    if report.status is not RunState.SUCCEEDED:
+    if not _before_tuning(report):
+        lines += ["", "Trials:"]
+        lines += ["  " + line for line in _trials_table(report)]
+    if report.status is not RunState.SUCCEEDED and not _before_tuning(report):
         tail = _log_tail(report.log_tail)
         lines += ["", "Last log lines:"]
         lines += ["  " + line for line in tail.splitlines()] if tail else ["  (no log lines)"]
@@ -494,10 +522,11 @@ def _html(report: ChainReport) -> str:
         error = _error_text(report)
         if error:
             parts.append(f"<pre>{_h(error)}</pre>")
-        parts.append(f"<p>{_h(_best_sentence(report))}</p>")
-        if report.best_value is not None and report.best_params:
-            parts.append(_html_rows(_params_rows(report.best_params)))
-        parts.append(f"<p><strong>{_h(_promotion_sentence(report))}</strong></p>")
+        if not _before_tuning(report):
+            parts.append(f"<p>{_h(_best_sentence(report))}</p>")
+            if report.best_value is not None and report.best_params:
+                parts.append(_html_rows(_params_rows(report.best_params)))
+            parts.append(f"<p><strong>{_h(_promotion_sentence(report))}</strong></p>")
         parts.append(_html_rows(_facts(report)))
     where = _where(report)
     if where:
@@ -514,7 +543,7 @@ def _html(report: ChainReport) -> str:
         for t in trials
     )
     parts.append(f"<table><tr>{header}</tr>{body}</table>" if trials else "<p>(no trials ran)</p>")
-    if not ok:
+    if not ok and not _before_tuning(report):
         parts.append("<h3>Last log lines</h3>")
         parts.append(f"<pre>{_h(_log_tail(report.log_tail) or '(no log lines)')}</pre>")
     parts.append(f'<p style="color:#666">trainchain, chain {_h(redact(report.chain_id))}</p>')

@@ -44,6 +44,7 @@ from werkzeug.exceptions import HTTPException
 from trainchain import __version__
 from trainchain.core.alerts import DEFAULT_COOLDOWN_S
 from trainchain.core.errors import ConfigError
+from trainchain.core.notify import email_address
 from trainchain.triggers.hooks import (
     ZERO_SHA,
     child_env,
@@ -242,6 +243,7 @@ class Push:
     name: str  # repository.full_name
     branch: str
     commit: str
+    pushed_by: str | None = None  # the pusher's email, else the head commit's committer's
 
 
 @dataclass(frozen=True)
@@ -299,7 +301,22 @@ def read_push(payload: Any, branches: tuple[str, ...]) -> Push | Ignore:
     clone_url = _text(payload, "repository.clone_url")
     if clone_url.startswith("-"):
         raise BadPayload(f"the push payload's repository.clone_url is not a URL: {clone_url!r}")
-    return Push(repository=clone_url, name=name, branch=branch, commit=after)
+    return Push(
+        repository=clone_url, name=name, branch=branch, commit=after, pushed_by=pusher(payload)
+    )
+
+
+def pusher(payload: Mapping[str, Any]) -> str | None:
+    """Who pushed, as an email address: ``pusher.email``, else ``head_commit.committer.email``
+    (GitHub sends both; either may be missing or not an address)."""
+    for path in ("pusher.email", "head_commit.committer.email"):
+        try:
+            address = email_address(_field(payload, path))
+        except BadPayload:
+            continue
+        if address is not None:
+            return address
+    return None
 
 
 # ---- runs -----------------------------------------------------------------------------
@@ -440,6 +457,7 @@ class WebhookApp:
             data=self.config.data,
             run_timeout=self.config.run_timeout,
             jenkins=jenkins,
+            pushed_by=push.pushed_by,
         )
         try:
             status, ahead = self.runs.submit(request)
