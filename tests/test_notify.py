@@ -455,3 +455,36 @@ def test_metric_plot_uses_no_pyplot_and_matplotlib_loads_lazily() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_model_the_champion_already_is_says_so_in_subject_and_body() -> None:
+    """Nothing changed since the champion: the email says which version already is it."""
+    reason = "not registered: champion v3 already is this model (the same commit, data, ...)"
+    r = report(registry_version=None, same_as="champion v3", promotion_reason=reason)
+    msg = mail(r)
+    assert msg["Subject"].endswith(
+        "goal reached (val_accuracy 0.84 >= 0.8), champion v3 already is this model"
+    )
+    assert "Registry:   not registered: champion v3 already is this model" in plain(msg)
+    assert reason in plain(msg) and "champion v3 already is this model" in html(msg)
+
+
+def test_a_failure_before_tuning_says_so_and_shows_no_goal_or_trials() -> None:
+    """A chain that failed at the pull, detection or its configuration: the error and its
+    hint, no goal, trials, best value or log tail that never were."""
+    r = failed(
+        goal_metric="",
+        threshold=0.0,
+        max_trials=0,
+        trials=(),
+        best_trial=None,
+        best_value=None,
+        best_params={},
+        log_tail="",
+        error="cannot clone /srv/x: no such repository\n  hint: check the URL",
+    )
+    text = plain(mail(r))
+    assert text.startswith("The chain stopped before tuning (the pull, detection or the")
+    assert "  hint: check the URL" in text
+    for absent in ("Goal:", "Trials:", "no best value", "Last log lines", "Nothing was promoted"):
+        assert absent not in text

@@ -117,7 +117,9 @@ def subject(report: ChainReport) -> str:
             goal = f"goal reached ({metric} {_comparison(report, report.best_value)})"
         else:
             goal = "goal reached"
-        if report.registry_version is None:
+        if report.same_as:
+            outcome = f"{report.same_as} already is this model"
+        elif report.registry_version is None:
             outcome = "not registered"
         elif report.became_champion:
             outcome = f"v{report.registry_version} is champion"
@@ -241,6 +243,11 @@ def _where(report: ChainReport) -> list[tuple[str, str]]:
 
 def _registry_rows(report: ChainReport) -> list[tuple[str, str]]:
     if report.registry_version is None:
+        if report.same_as:
+            return [
+                ("Registry", f"not registered: {report.same_as} already is this model"),
+                ("Promotion", redact(report.promotion_reason)),
+            ]
         return [("Registry", "not registered")]
     champion = "yes" if report.became_champion else "no"
     rows = [

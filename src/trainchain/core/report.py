@@ -95,6 +95,7 @@ class ChainReport:
     promotion_test: HeldoutTest | None = None
     warm_start: str = ""  # what the study started from, when an earlier study
     reason: str = ""  # why this chain ran (`trainchain run --reason`: a drift alert, a person)
+    same_as: str | None = None  # "champion v2": the version that already is this model
 
     def __post_init__(self) -> None:
         # a report read from JSON, or made with a plain string, holds the enum
