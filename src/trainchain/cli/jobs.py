@@ -77,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---- job 4 ------------------------------------------------------------------
 def _print_summary(report: Any) -> None:
+    from trainchain.core.report import trial_label
+
     op = ">=" if report.direction == "maximize" else "<="
     used = sum(1 for t in report.trials if t.state != "INTERRUPTED")
     if report.reason:
@@ -93,7 +95,7 @@ def _print_summary(report: Any) -> None:
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in report.best_params.items()
         )
-        out(f"best:      #{report.best_trial}: {shown}")
+        out(f"best:      {trial_label(report.best_trial)}: {shown}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

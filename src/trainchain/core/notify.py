@@ -23,12 +23,13 @@ from typing import Any
 
 from trainchain.core.promotion import describe_chance, describe_paired
 from trainchain.core.redaction import redact
-from trainchain.core.report import ChainReport, TrialSummary
+from trainchain.core.report import ChainReport, TrialSummary, trial_label
 from trainchain.core.status import RunState
 
 __all__ = ["PLOT_FILENAME", "render", "subject"]
 
 PLOT_FILENAME = "metric-per-trial.png"
+PLOT_CID = "metric-per-trial@trainchain"  # the plot's Content-ID: the HTML shows it inline
 
 # Bounds on what goes into one email (DESIGN: bounded payload size).
 MAX_LOG_LINES = 60
@@ -147,14 +148,22 @@ def subject(report: ChainReport) -> str:
     return f"{head} FAILED: {_error_line(report)}"
 
 
+def _value(value: Any) -> str:
+    """A hyperparameter's value as people write it: ``8-12``, ``0.01``, ``True``, not a
+    Python repr (``'8-12'``)."""
+    if isinstance(value, float):
+        return _num(value, 6)
+    return redact(str(value))
+
+
 def _params_lines(params: dict[str, Any]) -> list[str]:
     if not params:
         return ["(none)"]
-    return [f"{key} = {redact(repr(params[key]))}" for key in sorted(params)]
+    return [f"{key} = {_value(params[key])}" for key in sorted(params)]
 
 
 def _params_rows(params: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(key, redact(repr(params[key]))) for key in sorted(params)]
+    return [(key, _value(params[key])) for key in sorted(params)]
 
 
 def _log_tail(text: str) -> str:
@@ -337,7 +346,7 @@ def _trial_cells(report: ChainReport, trial: TrialSummary) -> tuple[str, ...]:
     estimate = trial.estimate()
     spread = estimate.spread if estimate is not None else None
     return (
-        str(trial.number),
+        trial_label(trial.number),
         trial.state,
         _num(trial.value),
         f"{_num(spread, 2)} ({estimate.n})" if spread is not None and estimate else "",
@@ -372,7 +381,7 @@ def _trials_table(report: ChainReport) -> list[str]:
 def _best_sentence(report: ChainReport) -> str:
     if report.best_value is None:
         return "No trial completed, so there is no best value."
-    by = f" by trial {report.best_trial}" if report.best_trial is not None else ""
+    by = f" by trial {trial_label(report.best_trial)}" if report.best_trial is not None else ""
     test = (
         f" (held-out test: {_num(report.best_test_value)})"
         if report.best_test_value is not None
@@ -499,7 +508,7 @@ def _html_rows(rows: Sequence[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
-def _html(report: ChainReport) -> str:
+def _html(report: ChainReport, plot: bool = False) -> str:  # noqa: PLR0915 - one page, top down
     ok = report.status is RunState.SUCCEEDED
     colour = "#1a7f37" if ok else "#cf222e"
     parts = [
@@ -540,6 +549,11 @@ def _html(report: ChainReport) -> str:
         parts.append("<h3>Where</h3>")
         parts.append(_html_rows(where))
     parts.append("<h3>Trials</h3>")
+    if plot:
+        parts.append(
+            f'<p><img src="cid:{PLOT_CID}" alt="{_h(report.goal_metric)} per trial" '
+            'style="max-width:100%"></p>'
+        )
     trials, cut = _trials(report)
     if cut:
         parts.append(f"<p>({cut} earlier trials left out)</p>")
@@ -585,11 +599,20 @@ def render(
         message["To"] = ", ".join(_header_value(r) for r in recipients)
     message["X-Trainchain-Chain"] = _header_value(redact(report.chain_id))
     message["X-Trainchain-Status"] = _header_value(report.status)
-    plain, page = _plain(report), _html(report)
+    plain, page = _plain(report), _html(report, plot=plot_png is not None)
     message.set_content(plain, subtype="plain", charset="utf-8")
     message.add_alternative(page, subtype="html", charset="utf-8")
-    if plot_png is not None:
-        message.add_attachment(plot_png, maintype="image", subtype="png", filename=PLOT_FILENAME)
+    if plot_png is not None:  # inline in the HTML (multipart/related), named for saving
+        html_part = message.get_body(preferencelist=("html",))  # added just above
+        if isinstance(html_part, EmailMessage):
+            html_part.add_related(
+                plot_png,
+                maintype="image",
+                subtype="png",
+                cid=f"<{PLOT_CID}>",
+                filename=PLOT_FILENAME,
+                disposition="inline",
+            )
     # MIME boundaries from the content, not random: the same report gives the same bytes.
     digest = hashlib.sha256(plain.encode() + page.encode() + (plot_png or b"")).hexdigest()[:32]
     for number, part in enumerate(p for p in message.walk() if p.is_multipart()):

@@ -22,6 +22,13 @@ VERDICT_TEXT = {
     "failed": "NOT reached (the chain failed)",
 }
 
+
+def trial_label(number: int) -> str:
+    """A trial as people read it, 1-based (``#1`` is Optuna's trial 0): on the console, in
+    the email and in the plot alike."""
+    return f"#{number + 1}"
+
+
 MAX_REASON_CHARS = 500  # why a chain ran (`trainchain run --reason`): one line, this long at most
 
 
@@ -122,7 +129,7 @@ class ChainReport:
             return "no completed trial"
         estimate = best.estimate()
         shown = estimate.describe(4) if estimate is not None else f"{best.value:.4f}"
-        return f"{shown}, trial #{best.number}"
+        return f"{shown}, trial {trial_label(best.number)}"
 
     def confirmation_figure(self) -> str:
         """The deciding confirmation's figure and rule, or why there was none."""
