@@ -222,6 +222,17 @@ def describe(path: Path, *, timeout: float = 30) -> SourceInfo:
     return SourceInfo(repository=redact(origin) if origin else top, commit=commit, dirty=dirty)
 
 
+def committer_email(repo: Path, commit: str, *, timeout: float = 30) -> str | None:
+    """The committer's email of ``commit`` in ``repo`` (a bare one too); None when git cannot
+    tell (no such commit, git missing or too slow)."""
+    try:
+        code, out, _ = _Git(timeout).call("log", "-1", "--format=%ce", commit, "--", cwd=repo)
+    except PullError as err:
+        log.warning("cannot read the committer of %s: %s", commit[:12], err.message)
+        return None
+    return (out.strip() or None) if code == 0 else None
+
+
 def _last_words(stderr: str) -> str:
     """git's last stderr line, without its boilerplate; with the cause (ssh's) when git has none."""
     lines = [line.strip() for line in stderr.splitlines()]

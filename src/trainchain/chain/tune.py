@@ -39,7 +39,7 @@ from trainchain.core import keys
 from trainchain.core.config import base_metric
 from trainchain.core.errors import Busy
 from trainchain.core.progress import TuneDisplay
-from trainchain.core.report import ChainReport, TrialSummary
+from trainchain.core.report import ChainReport, TrialSummary, trial_label
 from trainchain.core.space import fit_to_space
 from trainchain.core.status import RunState
 from trainchain.core.verdict import (
@@ -388,8 +388,8 @@ class _Session:
         estimate = self.search.estimate_of(candidate)
         shown = estimate.describe() if estimate is not None else f"{candidate.value:.4f}"
         self.display.note(
-            f"  confirming #{candidate.number} ({self.goal.val_metric} {shown}) on fresh "
-            f"folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
+            f"  confirming {trial_label(candidate.number)} ({self.goal.val_metric} {shown}) "
+            f"on fresh folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
         )
         self.display.confirmation_started(candidate.number)
         outcome = run_trial(

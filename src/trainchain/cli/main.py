@@ -27,7 +27,7 @@ from trainchain.cli import jenkins as jenkins_cli
 from trainchain.cli import jobs as jobs_cli
 from trainchain.cli import models as models_cli
 from trainchain.cli import serve as serve_cli
-from trainchain.core.errors import TrainchainError
+from trainchain.core.errors import ERROR_PREFIX, TrainchainError
 from trainchain.core.status import ExitCode
 
 
@@ -79,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except TrainchainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
