@@ -119,6 +119,24 @@ def test_bad_config_names_key_value_and_expectation(data: dict[str, object], exp
         parse_config(data, "trainchain.yaml")
 
 
+def test_when_names_another_categorical_and_its_choices() -> None:
+    """A hyperparameter's `when:` is checked against the search space, and a trial that does
+    not meet it is told apart from one that does."""
+    from trainchain.core.space import unused, used
+
+    good = _with(search_space__n__when={"kernel": ["rbf"]})
+    model = parse_config(good, "trainchain.yaml")
+    assert unused(model, {"n": 3, "C": 1.0, "kernel": "linear"}) == ("n",)
+    assert used(model, {"n": 3, "C": 1.0, "kernel": "rbf"}) == {"n": 3, "C": 1.0, "kernel": "rbf"}
+    for when, expected in [
+        ({"C": [1]}, r"n.when: 'C' is not another categorical hyperparameter"),
+        ({"kernel": ["poly"]}, r"n.when.kernel: expected a list of kernel's choices"),
+        ({"kernel": []}, r"n.when.kernel: expected a list of kernel's choices"),
+    ]:
+        with pytest.raises(ConfigError, match=expected):
+            parse_config(_with(search_space__n__when=when), "trainchain.yaml")
+
+
 def test_statistics_and_warm_start_defaults() -> None:
     """Without the keys: 5-fold CV once for the search, 4 fresh repeats to confirm at alpha
     0.05 shared by 2 candidates, promotion at alpha 0.05 and margin 0, a warm start trying

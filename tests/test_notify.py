@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import struct
 import subprocess
 import sys
@@ -513,6 +514,22 @@ def test_values_print_plainly_and_trials_count_from_one() -> None:
     rows = [line.split()[0] for line in text.splitlines() if line.startswith("  #")]
     assert rows == ["#1", "#2", "#3", "#4"]
     assert "#4" in [line.split()[0] for line in text.splitlines() if "<- best" in line]
+
+
+def test_hyperparameters_the_best_trial_did_not_use_are_left_out() -> None:
+    """`kernel` applies to svc only (`when:`): a best trial with classifier sgd is shown with
+    the hyperparameters it used, in the text, the HTML and after a JSON round trip."""
+    from trainchain.core.report import ChainReport
+
+    r = report(
+        best_params={"classifier": "sgd", "kernel": "rbf", "epochs": 12},
+        unused_params=("kernel",),
+    )
+    for shown in (r, ChainReport.from_dict(json.loads(r.to_json()))):
+        text, page = plain(mail(shown)), html(mail(shown))
+        assert "classifier = sgd" in text and "epochs = 12" in text
+        assert "kernel" not in text and "kernel" not in page
+        assert shown.best_params["kernel"] == "rbf"  # kept for the registry
 
 
 def test_the_goal_label_sits_clear_of_the_plotted_trials() -> None:

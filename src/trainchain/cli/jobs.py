@@ -93,7 +93,7 @@ def _print_summary(report: Any) -> None:
     if report.best_params:
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in report.best_params.items()
+            for k, v in report.used_params.items()
         )
         out(f"best:      {trial_label(report.best_trial)}: {shown}")
 

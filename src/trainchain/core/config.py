@@ -183,7 +183,24 @@ class Confirmation(_Frozen):
         return _level("alpha", v)
 
 
-class IntParam(_Frozen):
+Scalar = str | int | float | bool | None
+
+
+class _ParamBase(_Frozen):
+    # Applies only when each named categorical hyperparameter takes one of the listed
+    # values (``kernel: {..., when: {classifier: [svc]}}``): still sampled, but console,
+    # report and email leave it out of a trial that did not use it.
+    when: dict[str, tuple[Scalar, ...]] | None = None
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _lists_are_tuples(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
+        return v
+
+
+class IntParam(_ParamBase):
     type: Literal["int"]
     low: int
     high: int
@@ -197,7 +214,7 @@ class IntParam(_Frozen):
         return self
 
 
-class FloatParam(_Frozen):
+class FloatParam(_ParamBase):
     type: Literal["float"]
     low: Real
     high: Real
@@ -210,10 +227,7 @@ class FloatParam(_Frozen):
         return self
 
 
-Scalar = str | int | float | bool | None
-
-
-class CategoricalParam(_Frozen):
+class CategoricalParam(_ParamBase):
     type: Literal["categorical"]
     choices: tuple[Scalar, ...] = Field(min_length=1)
     default: Scalar
@@ -448,6 +462,21 @@ class ModelConfig(_Frozen):
                 "the search space is empty: expected at least one hyperparameter "
                 "(for example `C: {type: float, low: 0.01, high: 100, log: true, default: 1}`)"
             )
+        for name, param in v.items():
+            for other, values in (param.when or {}).items():
+                target = v.get(other)
+                if not isinstance(target, CategoricalParam) or other == name:
+                    raise ValueError(
+                        f"{name}.when: {other!r} is not another categorical hyperparameter "
+                        f"of the search space: expected one of "
+                        f"{sorted(k for k, p in v.items() if isinstance(p, CategoricalParam))}"
+                    )
+                wrong = [x for x in values if x not in target.choices]
+                if wrong or not values:
+                    raise ValueError(
+                        f"{name}.when.{other}: expected a list of {other}'s choices "
+                        f"{list(target.choices)}, got {list(values)}"
+                    )
         return v
 
     def defaults(self) -> dict[str, Any]:

@@ -460,7 +460,7 @@ def _plain(report: ChainReport) -> str:
         lines += ["", HOW_TO_READ, ""]
         lines += _format_rows(_facts(report))
         lines += ["", "Best hyperparameters:"]
-        lines += ["  " + line for line in _params_lines(report.best_params)]
+        lines += ["  " + line for line in _params_lines(report.used_params)]
         lines.append("")
         lines += _format_rows(_registry_rows(report))
         promotion = _promotion_lines(report)
@@ -477,7 +477,7 @@ def _plain(report: ChainReport) -> str:
             lines += ["", _best_sentence(report)]
             if report.best_value is not None:
                 lines.append("Its hyperparameters:")
-                lines += ["  " + line for line in _params_lines(report.best_params)]
+                lines += ["  " + line for line in _params_lines(report.used_params)]
             lines += ["", _promotion_sentence(report)]
         lines += ["", *_format_rows(_facts(report))]
     where = _where(report)
@@ -523,7 +523,7 @@ def _html(report: ChainReport, plot: bool = False) -> str:  # noqa: PLR0915 - on
         parts.append(f"<p>{_h(HOW_TO_READ)}</p>")
         parts.append(_html_rows(_facts(report)))
         parts.append("<h3>Best hyperparameters</h3>")
-        parts.append(_html_rows(_params_rows(report.best_params)))
+        parts.append(_html_rows(_params_rows(report.used_params)))
         parts.append("<h3>Registry</h3>")
         parts.append(_html_rows(_registry_rows(report)))
         promotion = _promotion_lines(report)
@@ -541,7 +541,7 @@ def _html(report: ChainReport, plot: bool = False) -> str:  # noqa: PLR0915 - on
         if not _before_tuning(report):
             parts.append(f"<p>{_h(_best_sentence(report))}</p>")
             if report.best_value is not None and report.best_params:
-                parts.append(_html_rows(_params_rows(report.best_params)))
+                parts.append(_html_rows(_params_rows(report.used_params)))
             parts.append(f"<p><strong>{_h(_promotion_sentence(report))}</strong></p>")
         parts.append(_html_rows(_facts(report)))
     where = _where(report)

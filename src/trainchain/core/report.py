@@ -77,6 +77,9 @@ class ChainReport:
     best_value: float | None = None
     best_test_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
+    # of best_params, those the best trial did not use (their `when:` is not met); every
+    # figure of a report shows the others
+    unused_params: tuple[str, ...] = ()
     best_run_id: str | None = None
     registry_version: str | None = None
     became_champion: bool = False
@@ -103,6 +106,11 @@ class ChainReport:
     warm_start: str = ""  # what the study started from, when an earlier study
     reason: str = ""  # why this chain ran (`trainchain run --reason`: a drift alert, a person)
     same_as: str | None = None  # "champion v2": the version that already is this model
+
+    @property
+    def used_params(self) -> dict[str, Any]:
+        """``best_params`` without ``unused_params``."""
+        return {k: v for k, v in self.best_params.items() if k not in self.unused_params}
 
     def __post_init__(self) -> None:
         # a report read from JSON, or made with a plain string, holds the enum
@@ -180,6 +188,7 @@ class ChainReport:
         )
         rest = {k: v for k, v in data.items() if k != "trials"}
         rest["recipients"] = tuple(rest.get("recipients", ()))
+        rest["unused_params"] = tuple(rest.get("unused_params", ()))
         rest["confirmations"] = tuple(
             Confirmation.from_dict(c) for c in rest.get("confirmations", ())
         )
