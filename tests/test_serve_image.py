@@ -102,7 +102,7 @@ def test_runs_the_service_as_the_non_root_user(image: list[tuple[str, str]]) -> 
 
 def test_command_serves_the_named_model_on_port_5005(image: list[tuple[str, str]]) -> None:
     """CMD runs `trainchain serve` for $TRAINCHAIN_SERVE_MODEL on 0.0.0.0:5005 (exec: it gets
-    the stop signal), and the port is exposed."""
+    the stop signal), waiting for a model not registered yet, and the port is exposed."""
     steps = image
     assert ("EXPOSE", str(PORT)) in steps
     assert not [args for keyword, args in steps if keyword == "ENTRYPOINT"]
@@ -112,6 +112,7 @@ def test_command_serves_the_named_model_on_port_5005(image: list[tuple[str, str]
     assert script.startswith("exec trainchain serve ")
     assert '--model "${TRAINCHAIN_SERVE_MODEL:?' in script
     assert f"--host 0.0.0.0 --port {PORT}" in script
+    assert " --wait-for-model " in script  # a container may start before the chain registers
 
 
 def test_health_check_asks_health_with_a_timeout(image: list[tuple[str, str]]) -> None:
@@ -159,11 +160,13 @@ def test_build_script_builds_the_serve_image() -> None:
 
 
 def test_compose_service_runs_the_image_against_the_mlflow_service() -> None:
-    """docker-compose.yml's serve: this image, port 5005, the model from .env, MLflow's
-    compose URL, a /health check, and it waits for MLflow to be healthy."""
+    """docker-compose.yml's serve: this image with its command (which waits for the model),
+    port 5005, the model from .env, MLflow's compose URL, a /health check, and it waits for
+    MLflow to be healthy."""
     compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
     service = compose["services"]["serve"]
     assert service["image"] == IMAGE
+    assert "command" not in service, "the image's CMD (with --wait-for-model) must apply"
     assert service["ports"] == [f"{PORT}:{PORT}"]
     env = service["environment"]
     assert env["TRAINCHAIN_SERVE_MODEL"] == "${TRAINCHAIN_SERVE_MODEL}"

@@ -32,11 +32,12 @@ from tests.conftest import eventually, run_cli
 from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
 from trainchain.cli.main import main as cli_main
 from trainchain.core.settings import Settings, load_settings
-from trainchain.core.sizes import human_size, parse_size
+from trainchain.core.sizes import human_size, parse_size, rounded_size
 from trainchain.families.cnn import Preprocessing, read_preprocessing
 from trainchain.serving.app import create_app, pick_alias, service_of
 from trainchain.serving.config import ServeConfig
-from trainchain.serving.inputs import RequestError, decode_image
+from trainchain.serving.drain import DrainBody
+from trainchain.serving.inputs import RequestError, decode_image, too_large_advice, value_size
 from trainchain.serving.models import EEG_DEFAULT_SHAPE, LoadedModel, served_family
 
 pytestmark = pytest.mark.slow
@@ -224,6 +225,7 @@ def test_health_model_metrics_and_openapi_describe_the_served_version(
         "shape_from": "held-out data",
     }
     assert info["loaded_at"].endswith("Z")
+    assert info["challenger"] is None  # the registry has no challenger alias for eeg
 
     labels = _classify(client, registry.x_test[:5]).get_json()["labels"]
     client.post("/classify", data=b"[]", content_type="application/json")
@@ -289,7 +291,7 @@ def test_no_champion_yet_is_503_then_served_once_promoted(
     assert holder.wait_for(lambda: holder.status[CHAMPION].error is not None, WAIT)
     health = client.get("/health")
     assert health.status_code == 503
-    assert "no registered model 'eeg-later'" in health.get_json()["error"]
+    assert "no registered model named 'eeg-later'" in health.get_json()["error"]
     refused = _classify(client, registry.x_test[:1])
     assert refused.status_code == 503 and refused.headers["Retry-After"]
     assert "no model loaded yet for eeg-later" in refused.get_json()["error"]
@@ -430,6 +432,33 @@ def test_canary_sends_about_its_share_to_the_challenger(
     assert all(a["version"] == ("1" if a["alias"] == CHAMPION else challenger) for a in answers)
     share = sum(a["alias"] == CHALLENGER for a in answers) / len(answers)
     assert 0.15 <= share <= 0.45
+    served = client.get("/model").get_json()["challenger"]
+    assert (served["version"], served["alias"], served["served"]) == (challenger, CHALLENGER, True)
+    assert (served["mode"], served["canary_share"], served["family"]) == ("canary", 0.3, "eeg")
+
+
+def test_model_reports_the_challenger_alias_even_when_it_is_not_served(
+    registry: EEGRegistry, serve: Callable[..., Flask]
+) -> None:
+    """/model names the registry's challenger version without --canary-share or --shadow,
+    says it is not served and why, and follows the alias when it moves."""
+    name = "eeg-challenged"
+    registry.register(name, c=1.0)
+    v2 = registry.register(name, c=0.3, alias=CHALLENGER)
+    app = serve(name)
+    client = app.test_client()
+    assert client.get("/model").get_json()["challenger"] == {
+        "version": v2,
+        "alias": CHALLENGER,
+        "served": False,
+        "mode": None,
+        "canary_share": 0.0,
+        "why": "this service was started without --canary-share or --shadow",
+    }
+    v3 = registry.register(name, c=0.5, alias=CHALLENGER)
+    holder = service_of(app).holder
+    assert holder.wait_for(lambda: holder.registered_version(CHALLENGER) == v3, WAIT)
+    assert client.get("/model").get_json()["challenger"]["version"] == v3
 
 
 def test_shadow_answers_from_the_champion_and_logs_the_comparison(
@@ -612,6 +641,73 @@ def test_transport_errors_are_json_too(serve: Callable[..., Flask]) -> None:
     assert image.status_code == 409
     assert "eeg-family model, not cnn; send it to POST /classify" in image.get_json()["error"]
     assert client.post("/predict", data=b"x", content_type="text/csv").status_code == 415
+
+
+def test_the_413_for_epochs_says_how_many_fit_and_how_much_smaller_npy_is() -> None:
+    """Over --max-body, /classify's 413 advice counts the epochs of the served shape that fit:
+    for JSON at its own bytes per value (judged from the body's first bytes), with .npy's
+    float64 and float32 counts and how many times smaller they are; for float64 .npy, the
+    count and float32's; without a shape, the advice alone."""
+    shape = (22, 750)
+    sample = json.dumps(np.full((2, 22, 750), -1.9300000190734863e-05).tolist()).encode()
+    per_value = value_size(sample[:65536], "application/json")
+    assert 24 <= per_value <= 26  # "-1.9300000190734863e-05, " and the brackets
+    text, details = too_large_advice(16 << 20, "application/json", shape, 256, per_value)
+    fit = int((16 << 20) // (per_value * 22 * 750))
+    assert details == {"max_epochs_per_request": fit} and 40 <= fit <= 46
+    assert text.startswith("as JSON a 22 x 750 epoch takes about ")
+    assert f"split the batch into requests of at most {fit} epochs, or send the epochs as " in text
+    assert (
+        "application/x-npy (np.save): about 3x smaller as float64 (at most 127 epochs per "
+        "request), about 6x smaller as float32 (at most 254)" in text
+    )
+
+    npy_sample = _npy(np.zeros((200, 22, 750)))[:65536]
+    assert value_size(npy_sample, "application/x-npy") == 8.0
+    assert value_size(_npy(np.zeros((2, 22, 750), np.float32)), "application/x-npy") == 4.0
+    assert value_size(b"garbage", "application/x-npy") == 8.0
+    assert value_size(b"[[[1, 2]]]", "application/json") == 24.0  # too few to tell
+    text, details = too_large_advice(16 << 20, "application/x-npy", shape, 256, 8.0)
+    assert details == {"max_epochs_per_request": 127}
+    assert "a 22 x 750 epoch takes 129 KiB; split the batch into requests of at most 127" in text
+    assert "send float32 (x.astype(np.float32)), half the bytes of float64 (at most 254" in text
+    assert too_large_advice(1 << 20, "application/json", None, 256, 24.0) == (
+        "split the batch into smaller requests, or send the epochs as application/x-npy "
+        "(np.save): about 3x smaller as float64, about 6x smaller as float32",
+        {},
+    )
+    assert (
+        "--max-body must grow" in too_large_advice(8 << 10, "application/json", shape, 256, 24.0)[0]
+    )
+
+
+def test_drain_reads_the_unread_rest_of_a_body_up_to_its_bound() -> None:
+    """DrainBody: after an app that reads nothing answered, a body of at most the bound is
+    read to its end (what the app read is not read twice); a larger one is left alone; a
+    chunked one is read to its end or to the bound."""
+    from werkzeug.test import EnvironBuilder
+
+    def answer(read: int) -> Any:
+        def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+            if read:
+                environ["wsgi.input"].read(read)
+            start_response("413 Request Entity Too Large", [])
+            return [b"{}"]
+
+        return app
+
+    def left_after(size: int, read: int = 0, chunked: bool = False) -> int:
+        environ = EnvironBuilder(method="POST", data=b"x" * size).get_environ()
+        raw = environ["wsgi.input"]
+        if chunked:
+            del environ["CONTENT_LENGTH"]
+            environ["wsgi.input_terminated"] = True
+        DrainBody(answer(read), bound=4000)(environ, lambda *_: None)
+        return size - raw.tell()
+
+    assert left_after(4000) == 0 and left_after(3000, read=1000) == 0
+    assert left_after(4001) == 4001
+    assert left_after(3000, chunked=True) == 0 and left_after(9000, chunked=True) == 5000
 
 
 def test_serve_config_and_command_line_errors(
@@ -876,3 +972,113 @@ def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
     assert f"champion:  {name} v1" in output
     assert list(tmp.iterdir()) == [], "trainchain serve left temporary files"
     shutil.rmtree(tmp)
+
+
+def test_serve_refuses_a_model_the_registry_does_not_hold(registry: EEGRegistry) -> None:
+    """`trainchain serve --model` of a name the registry does not hold fails at once, as
+    `trainchain models` does: exit 7, the same message, and a hint naming --wait-for-model."""
+    home = str(registry.settings.home)
+    port = str(_free_port())
+    served = run_cli("serve", "--home", home, "--model", "no-such-model", "--port", port)
+    listed = run_cli("models", "no-such-model", "--home", home)
+    assert (served.returncode, listed.returncode) == (7, 7), served.stderr
+    first = served.stderr.splitlines()[0]
+    assert first == listed.stderr.splitlines()[0]
+    assert first.startswith("error: no registered model named 'no-such-model' in sqlite:")
+    assert "pass --wait-for-model to start now" in served.stderr
+    assert "serving:" not in served.stdout
+
+
+def _post(port: int, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
+    """POST as most clients do: the whole body first, then read the answer (http.client)."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        conn.request("POST", path, body=body, headers={"content-type": content_type})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_wait_for_model_and_bodies_over_the_limit_get_their_json_answer(
+    registry: EEGRegistry, tmp_path: Path
+) -> None:
+    """`serve --wait-for-model --max-body 2MiB` of a model not registered yet starts, answers
+    503 until it has a champion, then serves it. Bodies over the limit (up to 4x it), sent
+    whole before the answer is read, get the JSON error, not a reset: a 503 before the model,
+    then a 413 whose advice (.npy, at most N epochs) works when followed."""
+    name = "eeg-awaited"
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAINCHAIN_"))}
+    argv = ["serve", "--home", str(registry.settings.home), "--model", name, "--wait-for-model"]
+    argv += ["--port", str(port), "--max-body", "2MiB", "--reload-interval", "0.2", "--no-drift"]
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainchain", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    x = registry.x_test[:20]
+    as_json = json.dumps(x.tolist()).encode()  # about 7.3 MiB: more than loopback buffers
+    as_npy = _npy(x)  # about 2.5 MiB: 20 float64 epochs
+    assert (2 << 20) < len(as_npy) < len(as_json) < (8 << 20)
+
+    def health() -> tuple[int, Any]:
+        if proc.poll() is not None:
+            pytest.fail(f"trainchain serve exited {proc.returncode}:\n{log.read_text()}")
+        try:
+            return _get(f"{url}/health")
+        except OSError:
+            return 0, None
+
+    def not_registered() -> bool:
+        code, body = health()
+        return code == 503 and "no registered model named" in body["error"]
+
+    try:
+        eventually(not_registered, "/health to say 503, not registered", WAIT, 0.2, log.read_text)
+        code, body = _post(port, "/classify", as_json, "application/json")
+        assert code == 503 and f"no registered model named {name!r}" in body["error"]
+
+        registry.register(name)
+        eventually(lambda: health()[0] == 200, "/health to answer 200", WAIT, 0.2, log.read_text)
+        code, body = _post(port, "/classify", as_json, "application/json")
+        assert code == 413, body
+        fit, error = body["max_epochs_per_request"], body["error"]
+        assert error.startswith(
+            f"the body ({rounded_size(len(as_json))}) is larger than the limit of 2 MiB "
+            "(trainchain serve --max-body): as JSON a 22 x 750 epoch takes about "
+        )
+        assert (
+            f"split the batch into requests of at most {fit} epochs, or send the epochs as "
+            "application/x-npy (np.save): about 3x smaller as float64 (at most 15 epochs" in error
+        )
+        assert body["max_body"] == 2 << 20 and fit >= 1
+        code, body = _post(
+            port, "/classify", json.dumps(x[:fit].tolist()).encode(), "application/json"
+        )
+        assert code == 200 and len(body["labels"]) == fit, body
+
+        code, body = _post(port, "/classify", as_npy, "application/x-npy")
+        assert code == 413 and body["max_epochs_per_request"] == 15, body
+        assert (
+            "send float32 (x.astype(np.float32)), half the bytes of float64 (at most 31"
+            in body["error"]
+        )
+        code, body = _post(port, "/classify", _npy(x[:15]), "application/x-npy")
+        assert code == 200 and len(body["labels"]) == 15, body
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    output = log.read_text()
+    assert proc.returncode == 0, output
+    assert f"champion:  none yet in sqlite:///{registry.settings.home}" in output

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from trainchain.core.errors import ConfigError
-from trainchain.core.sizes import human_size, parse_size
+from trainchain.core.sizes import human_size, parse_size, rounded_size
 
 
 @pytest.mark.parametrize(
@@ -55,6 +55,15 @@ def test_human_size_is_the_largest_whole_binary_unit() -> None:
     assert human_size(1536 * 1024) == "1536 KiB"
     assert human_size(1000) == "1000 bytes"
     assert human_size(1) == "1 byte"
+
+
+def test_rounded_size_gives_three_digits_in_the_largest_unit_reached() -> None:
+    """Estimates (the 413's size of an epoch) print as 3 significant digits: 384 KiB, 64.5 KiB."""
+    assert rounded_size(393_000) == "384 KiB"
+    assert rounded_size(66_000) == "64.5 KiB"
+    assert rounded_size(20 * 1024 * 1024 + 1) == "20 MiB"
+    assert rounded_size(1536 * 1024) == "1.5 MiB"
+    assert rounded_size(1000) == "1000 bytes"
 
 
 def test_hooks_serve_reads_5k_as_5120_bytes() -> None:

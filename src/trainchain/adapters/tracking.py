@@ -32,6 +32,7 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"
 MODEL_ARTIFACT = "model"
 _MAX_PARAM = 500  # MLflow's limit on a param value's length
+RUN_CHAIN_FIRST = "run the chain on a model repository first (`trainchain run PATH`)"
 
 
 def _quiet_mlflow() -> None:
@@ -284,15 +285,23 @@ class Tracker:
             return False
         return True
 
-    def alias_version(self, name: str, alias: str) -> str | None:
-        """The version ``alias`` names, or None when the model or the alias does not exist;
-        a store that cannot answer raises StoreError (never "no such version")."""
+    def no_such_model(self, name: str, hint: str = RUN_CHAIN_FIRST) -> RegistryError:
+        """The error for ``name`` not in the registry, worded alike by every command."""
+        return RegistryError(f"no registered model named {name!r} in {self.shown_uri}", hint=hint)
+
+    def aliases(self, name: str) -> dict[str, str] | None:
+        """The model's aliases (alias -> version), or None when ``name`` is not registered;
+        a store that cannot answer raises StoreError (never "no such model")."""
         try:
             model = self.client.get_registered_model(name)
         except NotInStore:
             return None
-        version = (model.aliases or {}).get(alias)
-        return None if version is None else str(version)
+        return {str(alias): str(version) for alias, version in (model.aliases or {}).items()}
+
+    def alias_version(self, name: str, alias: str) -> str | None:
+        """The version ``alias`` names, or None when the model or the alias does not exist;
+        a store that cannot answer raises StoreError (never "no such version")."""
+        return (self.aliases(name) or {}).get(alias)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(name, alias, version)
@@ -317,9 +326,8 @@ class Tracker:
         try:
             history = self.champion_history(name)
         except NotInStore:
-            raise RegistryError(
-                f"no registered model named {name!r} in {self.shown_uri}",
-                hint="`trainchain models NAME` lists a model's versions; run the chain first",
+            raise self.no_such_model(
+                name, "`trainchain models NAME` lists a model's versions; run the chain first"
             ) from None
         current = self.alias_version(name, CHAMPION)
         if current is None or len(history) < 2:
@@ -338,10 +346,7 @@ class Tracker:
         try:
             model = self.client.get_registered_model(name)
         except NotInStore:
-            raise RegistryError(
-                f"no registered model named {name!r} in {self.shown_uri}",
-                hint="run the chain on a model repository first (`trainchain run PATH`)",
-            ) from None
+            raise self.no_such_model(name) from None
         aliases: dict[str, list[str]] = {}
         for alias, version in (model.aliases or {}).items():
             aliases.setdefault(str(version), []).append(alias)

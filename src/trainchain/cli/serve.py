@@ -98,35 +98,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 ) from None
         if not args.quiet:
             logging.getLogger("trainchain.serving").setLevel(logging.INFO)
-        from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
         from trainchain.serving.server import run
 
-        tracker = Tracker(settings.tracking_uri, settings.artifacts)
-        champion = tracker.alias_version(model, CHAMPION)
+        registry_lines = _registry_lines(config, settings, args)
         host = f"[{args.host}]" if ":" in args.host else args.host
         _out(f"serving:   {model} at http://{host}:{args.port} ({args.workers} worker(s))")
-        if champion is None:
-            _out(
-                f"champion:  none yet in {settings.tracking_uri}; /health answers 503 until "
-                f"{model}@champion exists (checked every {args.reload_interval:g} s)"
-            )
-        else:
-            _out(
-                f"champion:  {model} v{champion} (reloaded when the alias moves, checked "
-                f"every {args.reload_interval:g} s)"
-            )
-        if config.uses_challenger:
-            challenger = tracker.alias_version(model, CHALLENGER)
-            mode = (
-                f"canary {config.canary_share:.0%} of requests"
-                if config.canary_share
-                else "shadow (compared, never answers)"
-            )
-            _out(
-                f"challenger: v{challenger} - {mode}"
-                if challenger
-                else f"challenger: none yet - {mode} once {model}@challenger exists"
-            )
+        for line in registry_lines:
+            _out(line)
         _out(
             f"limits:    body {human_size(config.max_body)}, {config.max_epochs} epochs, "
             f"{config.max_image_pixels} pixels per request"
@@ -144,6 +122,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if os.getpid() == master:
             os.environ.pop(METRICS_ENV, None)
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _registry_lines(config: Any, settings: Any, args: argparse.Namespace) -> list[str]:
+    """What the registry holds of the model, as the lines `serve` prints: its champion and
+    challenger. A model the registry does not hold is a RegistryError (exit 7, worded as
+    `trainchain models` words it) unless --wait-for-model."""
+    from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
+
+    model, every = config.model, f"checked every {config.reload_interval:g} s"
+    tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    aliases = tracker.aliases(model)
+    if aliases is None and not args.wait_for_model:
+        raise tracker.no_such_model(
+            model,
+            "check the name (`trainchain models NAME` lists a model's versions), run the "
+            "chain on a model repository first (`trainchain run PATH`), or pass "
+            "--wait-for-model to start now and serve it once it has a champion",
+        )
+    aliases = aliases or {}
+    champion, challenger = aliases.get(CHAMPION), aliases.get(CHALLENGER)
+    lines = [
+        f"champion:  none yet in {tracker.shown_uri}; /health answers 503 until "
+        f"{model}@champion exists ({every})"
+        if champion is None
+        else f"champion:  {model} v{champion} (reloaded when the alias moves, {every})"
+    ]
+    if config.uses_challenger:
+        mode = (
+            f"canary {config.canary_share:.0%} of requests"
+            if config.canary_share
+            else "shadow (compared, never answers)"
+        )
+        lines.append(
+            f"challenger: v{challenger} - {mode}"
+            if challenger
+            else f"challenger: none yet - {mode} once {model}@challenger exists"
+        )
+    elif challenger is not None:
+        lines.append(
+            f"challenger: v{challenger} - not served (--canary-share F or --shadow serve it)"
+        )
+    return lines
 
 
 # --------------------------------------------------------------------------- drift
@@ -289,6 +309,13 @@ def register(
         "--model",
         metavar="NAME",
         help=f"the registered model to serve (default: ${MODEL_ENV})",
+    )
+    sp.add_argument(
+        "--wait-for-model",
+        action="store_true",
+        help="start even when the model is not registered yet: /health answers 503 until "
+        "it has a champion, which is then loaded (default: a name the registry does not "
+        "hold is an error, exit 7)",
     )
     sp.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     sp.add_argument("--port", type=_port, default=5005, help="port (default: 5005)")

@@ -39,3 +39,12 @@ def human_size(size: int) -> str:
         if size >= factor and size % factor == 0:
             return f"{size // factor} {unit}"
     return f"{size} byte" if size == 1 else f"{size} bytes"
+
+
+def rounded_size(size: float) -> str:
+    """A byte count to three significant digits in the largest binary unit it reaches
+    (384 KiB, 64.5 KiB): for sizes that are estimates or need not be exact."""
+    for unit, factor in _HUMAN:
+        if size >= factor:
+            return f"{size / factor:.3g} {unit}"
+    return f"{size:.0f} bytes"

@@ -18,16 +18,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Flask, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 from werkzeug.wrappers import Response as BaseResponse
 
 from trainchain.adapters.tracking import CHALLENGER, CHAMPION
 from trainchain.core.config import Family
-from trainchain.core.sizes import human_size
+from trainchain.core.sizes import human_size, rounded_size
 from trainchain.serving import inputs, openapi
 from trainchain.serving.background import BackgroundPool
 from trainchain.serving.capture import Capture, CaptureStore, new_request_id
 from trainchain.serving.config import ServeConfig
+from trainchain.serving.drain import DrainBody
 from trainchain.serving.drift import DriftService, drift_routes
 from trainchain.serving.drift import health as drift_health
 from trainchain.serving.inputs import RequestError
@@ -104,6 +105,28 @@ class Service:
         return status.error or (
             f"loading v{status.wanted}" if status.wanted else "checking the registry"
         )
+
+    def challenger_info(self) -> dict[str, Any] | None:
+        """What ``/model`` says of the registry's challenger alias (None: there is none): its
+        version, whether this service answers with it (``mode`` canary or shadow, the canary's
+        share) and, when it does not, why; a served challenger adds its description."""
+        config = self.config
+        version = self.holder.registered_version(CHALLENGER)
+        loaded = self.holder.challenger
+        if version is None and loaded is None:
+            return None
+        mode = "canary" if config.canary_share > 0 else "shadow" if config.shadow else None
+        routing = {"mode": mode, "canary_share": config.canary_share}
+        if loaded is not None:
+            return {**loaded.describe(), "alias": CHALLENGER, "served": True, **routing}
+        champion = self.holder.champion
+        if mode is None:
+            why = "this service was started without --canary-share or --shadow"
+        elif champion is not None and champion.version == version:
+            why = f"v{version} is the champion too, which answers"
+        else:
+            why = self.holder.status[CHALLENGER].error or f"loading v{version}"
+        return {"version": version, "alias": CHALLENGER, "served": False, **routing, "why": why}
 
     def serving(self) -> LoadedModel:
         """The champion, or a 503 saying why there is none yet."""
@@ -252,11 +275,12 @@ def create_app(config: ServeConfig, *, start: bool = True) -> Flask:
     champion at once (``/health`` answers 503 until it is loaded)."""
     app = Flask("trainchain.serving")
     app.config["MAX_CONTENT_LENGTH"] = config.max_body
+    app.wsgi_app = DrainBody(app.wsgi_app, config.drain_bound)  # type: ignore[method-assign]
     app.json = OrjsonProvider(app)
     service = Service(config)
     app.extensions[EXTENSION] = service
     _observe(app, service)
-    _error_handlers(app, config)
+    _error_handlers(app, service)
     _model_routes(app, service)
     _feedback_route(app, service)
     _info_routes(app, service)
@@ -290,8 +314,39 @@ def _observe(app: Flask, service: Service) -> None:
         return response
 
 
-def _error_handlers(app: Flask, config: ServeConfig) -> None:
+def _too_large(service: Service) -> dict[str, Any]:
+    """The 413 of a body over --max-body: its size, the limit and, for epochs to /classify,
+    what to do instead (.npy, smaller batches: how many epochs fit, judged from the served
+    epoch's shape and the body's first bytes)."""
+    config = service.config
+    length = request.content_length
+    error = (
+        f"the body{f' ({rounded_size(length)})' if length else ''} is larger than the limit "
+        f"of {human_size(config.max_body)} (trainchain serve --max-body)"
+    )
+    body: dict[str, Any] = {"error": error, "max_body": config.max_body}
+    mimetype = request.mimetype
+    if request.path != "/classify" or mimetype not in EPOCH_TYPES:
+        return body
+    champion = service.holder.champion
+    shape = champion.epoch_shape if champion and champion.family == Family.EEG else None
+    try:  # unread so far; serving/drain.py reads the rest
+        sample = request.environ["wsgi.input"].read(inputs.SAMPLE_BYTES)
+    except (ClientDisconnected, OSError):
+        sample = b""
+    advice, details = inputs.too_large_advice(
+        config.max_body,
+        mimetype,
+        shape,
+        config.max_epochs,
+        inputs.value_size(sample, mimetype),
+    )
+    return {**body, **details, "error": f"{error}: {advice}"}
+
+
+def _error_handlers(app: Flask, service: Service) -> None:
     """Every error as JSON ``{"error", "status", ...}``; a 500 only for a bug, logged."""
+    config = service.config
 
     @app.errorhandler(RequestError)
     def _request_error(err: RequestError) -> Response:
@@ -320,10 +375,7 @@ def _error_handlers(app: Flask, config: ServeConfig) -> None:
             )
             body["allowed"] = allowed
         elif code == 413:
-            body["error"] = (
-                f"the body is larger than the limit of {human_size(config.max_body)} "
-                "(trainchain serve --max-body)"
-            )
+            body.update(_too_large(service))
         return _error_response(body, code, original.headers.items())
 
     @app.errorhandler(Exception)
@@ -470,9 +522,8 @@ def _info_routes(app: Flask, service: Service) -> None:
     @app.get("/model")
     def model_info() -> Response:
         champion = service.serving()
-        challenger = holder.challenger
         body = {"alias": CHAMPION, **champion.describe()}
-        body["challenger"] = challenger.describe() if challenger is not None else None
+        body["challenger"] = service.challenger_info()
         body["routing"] = {"canary_share": config.canary_share, "shadow": config.shadow}
         return jsonify(body)
 

@@ -12,6 +12,9 @@ from trainchain.core.settings import Settings
 from trainchain.core.sizes import human_size
 
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+# a body over max_body but at most this many times it is read (and discarded) before the
+# 413, so a client that sends the whole body first reads the answer (serving/drain.py)
+DRAIN_FACTOR = 4
 DEFAULT_MAX_EPOCHS = 256
 DEFAULT_MAX_IMAGE_PIXELS = 25_000_000  # 5000 x 5000; Pillow's own bomb limit is 89 M
 MIN_BODY = 1024  # `serve --max-body` below 1 KiB would refuse every request
@@ -164,6 +167,11 @@ class ServeConfig:
     @property
     def uses_challenger(self) -> bool:
         return self.shadow or self.canary_share > 0
+
+    @property
+    def drain_bound(self) -> int:
+        """The largest body read to its end, whatever the answer: DRAIN_FACTOR x max_body."""
+        return DRAIN_FACTOR * self.max_body
 
     @classmethod
     def from_settings(cls, settings: Settings, model: str, **options: object) -> ServeConfig:

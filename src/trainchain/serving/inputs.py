@@ -392,3 +392,80 @@ def image_from_upload(files: Mapping[str, Any]) -> bytes:
             "(curl -F image=@cat.png)",
         )
     return bytes(upload.read())
+
+
+# --------------------------------------------------------------------------- too large
+
+# a float64 of EEG in volts as json.dumps and orjson write it, with its separator:
+# "-1.9300000190734863e-05, " (the 413 for a JSON body estimates from the body itself)
+JSON_VALUE_BYTES = 24.0
+SAMPLE_BYTES = 64 * 1024  # what the 413 reads of a body over the limit to judge it
+_NPY_HEADER = 128  # np.save's header for a 3-D array (format 1.0, padded to 64 bytes)
+
+
+def value_size(sample: bytes, mimetype: str) -> float:
+    """Bytes per value in an epochs body that begins with ``sample``: the item size its
+    .npy header declares (8, float64's, when the header cannot be read); for JSON, the
+    sample's bytes per number, counted by its separators (JSON_VALUE_BYTES for a sample
+    with too few to tell)."""
+    if mimetype == "application/x-npy":
+        try:
+            return float(_npy_header(io.BytesIO(sample))[2].itemsize)
+        except Exception:  # numpy's header parser raises several kinds; an estimate only
+            return 8.0
+    separators = sample.count(b",")
+    return len(sample) / separators if separators >= 100 else JSON_VALUE_BYTES
+
+
+def _fit(max_body: int, epoch_bytes: float, max_epochs: int, header: int) -> int:
+    """How many epochs of ``epoch_bytes`` fit in ``max_body`` (at most ``max_epochs``)."""
+    return max(0, min(max_epochs, int((max_body - header) // epoch_bytes)))
+
+
+def too_large_advice(
+    max_body: int,
+    mimetype: str,
+    shape: tuple[int, int] | None,
+    max_epochs: int,
+    value_bytes: float,
+) -> tuple[str, dict[str, Any]]:
+    """What the 413 for an epochs body over ``max_body`` says to do, and the details it adds.
+    JSON: send .npy (so many times smaller, from ``value_bytes``, the body's own bytes per
+    value) or split the batch; .npy: split it, or send float32. With the served epoch's
+    ``shape`` it says how many epochs fit in one request."""
+    from trainchain.core.sizes import rounded_size
+
+    npy = mimetype == "application/x-npy"
+    ratios = (f"about {value_bytes / size:.0f}x smaller as float{8 * size}" for size in (8, 4))
+    as_float32 = "send float32 (x.astype(np.float32)), half the bytes of float64"
+    if shape is None:
+        if npy:
+            other = f", or {as_float32}" if value_bytes > 4 else ""
+        else:
+            other = ", or send the epochs as application/x-npy (np.save): " + ", ".join(ratios)
+        return f"split the batch into smaller requests{other}", {}
+    values = shape[0] * shape[1]
+    fit = _fit(max_body, value_bytes * values, max_epochs, _NPY_HEADER if npy else 0)
+    f64, f32 = (_fit(max_body, size * values, max_epochs, _NPY_HEADER) for size in (8, 4))
+    if not f32:
+        return (
+            f"not one {shape[0]} x {shape[1]} epoch fits in a request, even as float32 .npy: "
+            "the service's --max-body must grow",
+            {"max_epochs_per_request": 0},
+        )
+    encoding = f".npy of {value_bytes:.0f}-byte values" if npy else "JSON"
+    size = ("" if npy else "about ") + rounded_size(value_bytes * values)
+    text = f"as {encoding} a {shape[0]} x {shape[1]} epoch takes {size}; " + (
+        f"split the batch into requests of at most {fit} epochs, or "
+        if fit
+        else "not one fits in a request: "
+    )
+    if not npy:
+        f64_text, f32_text = ratios
+        text += (
+            f"send the epochs as application/x-npy (np.save): {f64_text} (at most {f64} "
+            f"epochs per request), {f32_text} (at most {f32})"
+        )
+    elif value_bytes > 4:
+        text += f"{as_float32} (at most {f32} epochs per request)"
+    return text.removesuffix(", or "), {"max_epochs_per_request": fit}

@@ -298,6 +298,8 @@ class ModelHolder:
         self._thread: threading.Thread | None = None
         self._tracker: Tracker | None = None
         self._reported: dict[str, str] = {}  # alias -> the error last logged
+        # every alias of the model at the last check (None: not registered, or not read yet)
+        self.registered: dict[str, str] | None = None
         if config.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="trainchain-serve-"))
         else:
@@ -351,13 +353,28 @@ class ModelHolder:
             self._stop.wait(self.config.reload_interval)
 
     def check(self) -> None:
-        """Look at every alias once; load and swap in what moved."""
-        for alias in self.aliases:
-            if self._stop.is_set():
-                return
-            self._refresh(alias)
+        """Read the model's aliases once; load and swap in what moved."""
+        try:
+            tracker = self._registry()
+            # None: no such model (a registry that cannot answer raised)
+            registered = tracker.aliases(self.config.model)
+        except Exception as err:  # the registry cannot answer: a 503 that says so
+            # a StoreError names the store; anything else is kept, the watcher goes on
+            detail = err.message if isinstance(err, StoreError) else f"{type(err).__name__}: {err}"
+            for alias in self.aliases:
+                self._fail(alias, f"cannot read the registry: {detail}")
+        else:
+            self.registered = registered
+            for alias in self.aliases:
+                if self._stop.is_set():
+                    return
+                self._refresh(tracker, alias, registered)
         with self._checked:
             self._checked.notify_all()
+
+    def registered_version(self, alias: str) -> str | None:
+        """The version ``alias`` named at the last check, served here or not."""
+        return (self.registered or {}).get(alias)
 
     def _registry(self) -> Tracker:
         if self._tracker is None:
@@ -371,28 +388,22 @@ class ModelHolder:
             self._reported[alias] = message
             log.error("%s %s: %s", self.config.model, alias, message)
 
-    def _refresh(self, alias: str) -> None:
+    def _refresh(self, tracker: Tracker, alias: str, registered: dict[str, str] | None) -> None:
         name = self.config.model
         status = self.status[alias]
         current = self._models[alias]
-        try:
-            tracker = self._registry()
-            wanted = tracker.alias_version(name, alias)
-            # None: no such alias, or no such model (a registry that cannot answer raised)
-            exists = wanted is not None or tracker.model_exists(name)
-        except Exception as err:  # the registry cannot answer: a 503 that says so
-            # a StoreError names the store; anything else is kept, the watcher goes on
-            detail = err.message if isinstance(err, StoreError) else f"{type(err).__name__}: {err}"
-            self._fail(alias, f"cannot read the registry: {detail}")
-            return
+        wanted = (registered or {}).get(alias)
         status.wanted = wanted
         if wanted is None:
             if alias == CHALLENGER:
                 self._swap(alias, current, None)
                 status.error = None
                 return
-            where = f"registered model {name!r} in {tracker.shown_uri}"
-            problem = f"{where} has no {alias!r} alias" if exists else f"no {where}"
+            problem = (
+                f"registered model {name!r} in {tracker.shown_uri} has no {alias!r} alias"
+                if registered is not None
+                else tracker.no_such_model(name).message
+            )
             if current is not None:
                 problem += f"; still serving v{current.version}"
             self._fail(alias, problem)

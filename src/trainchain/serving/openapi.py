@@ -224,6 +224,22 @@ def _schemas(shape: tuple[int, int], max_epochs: int) -> dict[str, Any]:
                 "commit": nullable_string,
                 "chain": nullable_string,
                 "loaded_at": {"type": "string"},
+                "challenger": {
+                    "type": "object",
+                    "nullable": True,
+                    "description": "The registry's challenger alias (null: none), served or "
+                    "not; a served one also carries this schema's fields",
+                    "required": ["version", "alias", "served", "mode", "canary_share"],
+                    "properties": {
+                        "version": {"type": "string"},
+                        "alias": alias,
+                        "served": {"type": "boolean"},
+                        "mode": {"type": "string", "enum": ["canary", "shadow"], "nullable": True},
+                        "canary_share": {"type": "number", "minimum": 0, "maximum": 1},
+                        "why": {"type": "string", "description": "why it is not served"},
+                    },
+                    "additionalProperties": True,
+                },
             },
             "additionalProperties": True,
         },
