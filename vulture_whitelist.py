@@ -35,3 +35,6 @@ _.try_lock
 # monitoring.capture of trainchain.yaml (core/config.py): documented in the README, not read
 # yet (`trainchain serve --capture DIR` turns capture on).
 _.capture
+# argparse reads a parser's formatter_class when it prints --help (cli/help.py sets it on
+# every command, with the epilog of exit statuses and examples).
+_.formatter_class

@@ -95,7 +95,7 @@ def test_chain_registers_champion_and_emails_it(
     assert re.search(r"Champion:\s+yes", body) and report.commit[:12] in body
     assert "reached and confirmed" in body and "95% CI" in body and "(sd of 5 folds)" in body
     assert "Against chance:" in body and "What it means" in body
-    pngs = [p for p in msg.iter_attachments() if p.get_content_type() == "image/png"]
+    pngs = [p for p in msg.walk() if p.get_content_type() == "image/png"]  # inline in the HTML
     assert len(pngs) == 1 and pngs[0].get_content().startswith(b"\x89PNG")
 
 
@@ -104,7 +104,8 @@ def test_medium_data_needs_tuning_and_rerun_keeps_champion(
 ) -> None:
     """Medium data: the textbook defaults fall short of 0.80 and tuning reaches it,
     confirmed; a second run of the chain starts from the champion's parameters (and the
-    first study's trials) and, tying it on every held-out epoch, keeps it champion."""
+    first study's trials), finds the same model (commit, data, configuration, parameters)
+    and registers no second version of it: champion v1 already is it."""
     settings = load_settings({"TRAINCHAIN_HOME": str(home)})
     first = run_chain(str(EXAMPLE), settings, data=str(eeg_data["medium"])).report
     assert first.trials[0].value is not None and first.trials[0].value < 0.80
@@ -117,12 +118,12 @@ def test_medium_data_needs_tuning_and_rerun_keeps_champion(
     assert second.chain_id == first.chain_id + "-r2"
     assert second.trials[0].params == first.best_params  # champion's parameters first
     assert f"finished trials of 1 earlier study of {first.model_name}" in second.warm_start
-    assert len(second.trials) == 1 and second.registry_version == "2"
-    assert second.promotion_test is not None and second.promotion_test.wins == 0
-    assert not second.became_champion
-    assert "not significantly better than the champion" in second.promotion_reason
+    assert len(second.trials) == 1 and second.registry_version is None
+    assert second.same_as == "champion v1" and not second.became_champion
+    assert "not registered: champion v1 already is this model" in second.promotion_reason
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
     assert tracker.alias_version("eeg-motor-imagery", CHAMPION) == "1"
+    assert [v.version for v in tracker.versions("eeg-motor-imagery")] == ["1"]
     assert len(list((home / "outbox").glob("*.eml"))) == 2
 
 

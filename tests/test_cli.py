@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import argparse
 import email
 import email.policy
 import json
+import shlex
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ToyRepo, git, run_cli
+from trainchain.cli.help import subcommands
+from trainchain.cli.main import build_parser
+from trainchain.core.status import ExitCode, exit_status_table
 
 
 def _home(home: Path) -> list[str]:
@@ -34,11 +41,17 @@ def test_run_below_goal_exits_3_with_failure_email(
 
 
 def test_threshold_override_on_the_command_line(toy_repo: ToyRepo, home: Path) -> None:
-    """--threshold and --max-trials override trainchain.yaml and are validated."""
+    """--threshold overrides trainchain.yaml and is validated: the error names the option
+    and the value typed, and the hint is about the option, not the file."""
     repo = toy_repo(threshold=0.5)
-    out = run_cli("tune", str(repo), "--threshold", "1.5", *_home(home))
+    out = run_cli("tune", str(repo), "--threshold", "2", *_home(home))
     assert out.returncode == 2
-    assert "threshold 1.5 is outside the range of metric 'accuracy'" in out.stderr
+    assert out.stderr.splitlines() == [
+        "error: --threshold 2: outside the range of metric 'accuracy': expected a number "
+        "from 0 to 1",
+        "  hint: change --threshold on the command line, or leave it out to use what "
+        "trainchain.yaml says",
+    ]
 
 
 def test_run_pulls_a_git_repository_at_a_ref(toy_repo: ToyRepo, home: Path, tmp_path: Path) -> None:
@@ -53,6 +66,18 @@ def test_run_pulls_a_git_repository_at_a_ref(toy_repo: ToyRepo, home: Path, tmp_
     report = json.loads(next((home / "chains").glob("*.json")).read_text())
     assert report["commit"] == sha and report["repository"] == f"file://{repo}"
     assert (home / "workspaces").is_dir()
+
+
+def test_run_of_a_path_that_does_not_exist_says_so(tmp_path: Path, home: Path) -> None:
+    """`run` of a local path that does not exist says so and what to give, with no clone
+    failure and no hint about credentials."""
+    missing = tmp_path / "missing" / "folder"
+    out = run_cli("run", str(missing), *_home(home))
+    assert out.returncode == 5
+    assert out.stderr.splitlines()[0] == (
+        f"error: {missing} does not exist: give a model folder or a git URL"
+    )
+    assert "cannot clone" not in out.stderr and "credential" not in out.stderr
 
 
 def test_pull_bad_ref_is_one_clear_error(toy_repo: ToyRepo, home: Path) -> None:
@@ -116,3 +141,49 @@ def test_promote_job_on_its_own(toy_repo: ToyRepo, home: Path) -> None:
     assert "saved no model" in out.stdout  # the toy script writes metrics only
     out = run_cli("promote", "--chain", "nope", *_home(home))
     assert out.returncode == 2 and "no chain 'nope'" in out.stderr
+
+
+def _commands(
+    parser: argparse.ArgumentParser, words: str = "trainchain"
+) -> list[tuple[str, argparse.ArgumentParser]]:
+    """`trainchain` and every command under it, by the words that run it."""
+    found = [(words, parser)]
+    for name, sub in subcommands(parser).items():
+        found += _commands(sub, f"{words} {name}")
+    return found
+
+
+COMMANDS = _commands(build_parser())
+
+
+def test_help_ends_with_the_exit_statuses_and_examples() -> None:
+    """`trainchain --help` lists every exit status with its meaning, then examples."""
+    out = run_cli("--help")
+    assert out.returncode == 0, out.stderr
+    epilog = out.stdout[out.stdout.index("exit status:") :].splitlines()
+    assert epilog[1 : 1 + len(ExitCode)] == exit_status_table()
+    assert "examples:" in epilog
+    assert "  trainchain run examples/eeg-motor-imagery" in out.stdout
+
+
+@pytest.mark.parametrize(("words", "parser"), COMMANDS, ids=[w for w, _ in COMMANDS])
+def test_every_command_has_help_for_each_option_and_examples_that_parse(
+    words: str, parser: argparse.ArgumentParser
+) -> None:
+    """Each command's --help says what it does and what each option is, ends with the exit
+    statuses, and gives examples of itself that the parser accepts as written."""
+    text = parser.format_help()
+    assert parser.description, f"{words}: no description"
+    undocumented = [
+        a.option_strings or a.dest
+        for a in parser._actions
+        if not a.help and not isinstance(a, argparse._SubParsersAction)
+    ]
+    assert undocumented == [], f"{words}: options without help"
+    assert "\n".join(["exit status:", *exit_status_table()]) in text
+    examples = text[text.index("examples:") :].splitlines()[1:]
+    assert examples, f"{words}: no example"
+    for example in examples:
+        argv = shlex.split(example, comments=True)
+        assert " ".join(argv).startswith(words), example
+        build_parser().parse_args(argv[1:])  # exits (status 2) when it does not parse

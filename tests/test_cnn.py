@@ -125,6 +125,27 @@ def test_example_config_is_valid_and_its_defaults_are_in_its_space(example: str)
     assert {"batch_size", "epochs"} <= set(model.search_space)
 
 
+@pytest.mark.parametrize(
+    ("example", "folder", "held_out"),
+    [("cats-vs-dogs-cnn", "cats-vs-dogs", "test"), ("emotion-cnn", "fer2013-4class", "validation")],
+)
+def test_example_data_defaults_under_the_home_and_its_absence_says_where_to_put_it(
+    example: str, folder: str, held_out: str, tmp_path: Path
+) -> None:
+    """Each CNN example reads its images from TRAINCHAIN_HOME/data/<dataset> (not a folder
+    outside the repository); without them the chain stops before training, naming the
+    folder it looked in, where the class folders go and where to read how to get them."""
+    home = tmp_path / "home"
+    out = run_cli("tune", str(EXAMPLES / example), "--home", str(home), "--executor", "local")
+    assert out.returncode == 2
+    data = home / "data" / folder
+    assert f"error: the data folder {data} does not exist" in out.stderr
+    assert f"one folder per class under {data / 'train'}/ and, held out, {data / held_out}/" in (
+        out.stderr
+    )
+    assert 'README\'s "Image CNNs" section' in out.stderr
+
+
 def test_importing_trainchain_does_not_load_tensorflow() -> None:
     """The CLI, the chain and the CNN family module import without TensorFlow or Keras:
     only the code that trains or loads a Keras model does."""

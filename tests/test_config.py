@@ -58,10 +58,14 @@ def test_good_config_is_typed_and_frozen() -> None:
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
-        (_with(colour="blue"), r"colour: unknown key \(got 'blue'\)"),
-        (_with(goal__thresold=0.8), r"goal.thresold: unknown key"),
+        (_with(colour="blue"), r"colour: unknown key: expected one of budget, .* \(got 'blue'\)"),
+        (_with(goal__thresold=0.8), r"goal.thresold: unknown key: did you mean `threshold`\?"),
         (_with(goal__threshold="high"), r"goal.threshold: .*got 'high'"),
-        (_with(goal__threshold=1.5), r"threshold 1.5 is outside the range of metric 'accuracy'"),
+        (
+            _with(goal__threshold=1.5),
+            r"goal.threshold: outside the range of metric 'accuracy': expected a number from 0 "
+            r"to 1 \(got 1.5\)",
+        ),
         (_with(goal__direction="up"), r"expected 'maximize' or 'minimize', got 'up'"),
         (_with(search_space={}), r"search_space: the search space is empty"),
         (
@@ -103,7 +107,7 @@ def test_good_config_is_typed_and_frozen() -> None:
             r"confirmation.candidates: .*greater than or equal to 1",
         ),
         (_with(validation={"folds": 1}), r"validation.folds: .*greater than or equal to 2"),
-        (_with(validation={"fold": 5}), r"validation.fold: unknown key"),
+        (_with(validation={"fold": 5}), r"validation.fold: unknown key: did you mean `folds`"),
         (_with(pruning={"rule": "best"}), r"pruning.rule: Input should be 'median' or 'wilcoxon'"),
         (_with(warm_start={"first": 21}), r"warm_start.first: .*less than or equal to 20"),
         (_with(budget={"startup_trials": -1}), r"budget.startup_trials: .*greater than or equal"),
@@ -113,6 +117,24 @@ def test_bad_config_names_key_value_and_expectation(data: dict[str, object], exp
     """Each bad value is refused with the key, the value and what was expected."""
     with pytest.raises(ConfigError, match=expected):
         parse_config(data, "trainchain.yaml")
+
+
+def test_when_names_another_categorical_and_its_choices() -> None:
+    """A hyperparameter's `when:` is checked against the search space, and a trial that does
+    not meet it is told apart from one that does."""
+    from trainchain.core.space import unused, used
+
+    good = _with(search_space__n__when={"kernel": ["rbf"]})
+    model = parse_config(good, "trainchain.yaml")
+    assert unused(model, {"n": 3, "C": 1.0, "kernel": "linear"}) == ("n",)
+    assert used(model, {"n": 3, "C": 1.0, "kernel": "rbf"}) == {"n": 3, "C": 1.0, "kernel": "rbf"}
+    for when, expected in [
+        ({"C": [1]}, r"n.when: 'C' is not another categorical hyperparameter"),
+        ({"kernel": ["poly"]}, r"n.when.kernel: expected a list of kernel's choices"),
+        ({"kernel": []}, r"n.when.kernel: expected a list of kernel's choices"),
+    ]:
+        with pytest.raises(ConfigError, match=expected):
+            parse_config(_with(search_space__n__when=when), "trainchain.yaml")
 
 
 def test_statistics_and_warm_start_defaults() -> None:
@@ -172,7 +194,11 @@ def test_pruning_and_early_stopping_defaults() -> None:
         (_with(pruning={"startup_trials": 1001}), r"pruning.startup_trials: .*got 1001"),
         (_with(pruning={"warmup_steps": 2.5}), r"pruning.warmup_steps: .*integer.*got 2.5"),
         (_with(pruning={"enabled": "yes"}), r"pruning.enabled: .*boolean.*got 'yes'"),
-        (_with(pruning={"interval": 2}), r"pruning.interval: unknown key \(got 2\)"),
+        (
+            _with(pruning={"interval": 2}),
+            r"pruning.interval: unknown key: expected one of enabled, p_threshold, rule, "
+            r"startup_trials, warmup_steps \(got 2\)",
+        ),
         (
             _with(early_stopping={"patience": 0}),
             r"early_stopping.patience: .*greater than or equal to 1 \(got 0\)",
@@ -227,5 +253,57 @@ def test_overrides_are_validated_like_the_file() -> None:
     """--threshold/--max-trials go through the same checks as the file."""
     cfg = with_overrides(parse_config(GOOD), threshold=0.9, max_trials=3)
     assert cfg.goal.threshold == 0.9 and cfg.budget.max_trials == 3
-    with pytest.raises(ConfigError, match="outside the range"):
-        with_overrides(cfg, threshold=2.0)
+    assert with_overrides(cfg) is cfg  # no option given: the file's values
+
+
+@pytest.mark.parametrize(
+    ("options", "message", "hint"),
+    [
+        (
+            {"threshold": 2.0},
+            "--threshold 2: outside the range of metric 'accuracy': expected a number from 0 to 1",
+            "change --threshold on the command line, or leave it out to use what "
+            "trainchain.yaml says",
+        ),
+        (
+            {"max_trials": 0, "timeout": -1.5},
+            "--max-trials 0: Input should be greater than or equal to 1\n"
+            "--timeout -1.5: Input should be greater than 0",
+            "change --max-trials and --timeout on the command line, or leave them out to use "
+            "what trainchain.yaml says",
+        ),
+    ],
+)
+def test_an_option_out_of_range_is_named_with_the_value_given(
+    options: dict[str, float], message: str, hint: str
+) -> None:
+    """An override's error names the option and the value typed (2, not 2.0), not the
+    config key or the file, and its hint does not send the user to trainchain.yaml."""
+    with pytest.raises(ConfigError) as info:
+        with_overrides(parse_config(GOOD), **options)  # type: ignore[arg-type]
+    assert (info.value.message, info.value.hint) == (message, hint)
+
+
+@pytest.mark.parametrize(
+    ("data", "key", "suggestion"),
+    [
+        (_with(budget={"max_trails": 5}), "budget.max_trails", "max_trials"),
+        (_with(serach_space=GOOD["search_space"]), "serach_space", "search_space"),
+        (_with(search_space__C__lwo=0.1), "search_space.C.lwo", "low"),
+        (
+            _with(detection={"rules": [{"family": "f", "image": "i", "symbol": ["x"]}]}),
+            "detection.rules[0].symbol",
+            "symbols",
+        ),
+    ],
+)
+def test_a_typo_in_a_key_is_refused_with_the_key_it_meant(
+    data: dict[str, object], key: str, suggestion: str
+) -> None:
+    """An unknown key close to a key of its section says which one was meant, at any depth
+    (a section, a hyperparameter, a list item)."""
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, "trainchain.yaml")
+    assert (
+        f"trainchain.yaml: {key}: unknown key: did you mean `{suggestion}`?" in info.value.message
+    )

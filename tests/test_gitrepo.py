@@ -164,14 +164,39 @@ def test_a_ref_that_looks_like_an_option_is_refused(upstream: Path, workspaces: 
         pull(str(upstream), "--upload-pack=touch /tmp/x", workspaces)
 
 
-def test_missing_repository_is_a_pull_error_naming_it(tmp_path: Path, workspaces: Path) -> None:
-    """A missing repository is a PullError naming it with git's reason, and leaves no workspace."""
+def test_a_local_path_that_does_not_exist_is_called_that(tmp_path: Path, workspaces: Path) -> None:
+    """A local path that does not exist is a PullError saying so and what to give instead,
+    with no hint about credentials, and leaves no workspace."""
     missing = tmp_path / "no-such-repo"
     with pytest.raises(PullError) as info:
         pull(str(missing), "main", workspaces)
-    assert info.value.message.startswith(f"cannot clone {missing}: ")
-    assert "does not exist" in info.value.message  # git's own last line
-    assert [p for p in workspaces.iterdir() if p.is_dir()] == []  # no half-made workspace
+    assert info.value.message == f"{missing} does not exist: give a model folder or a git URL"
+    assert "credential" not in (info.value.hint or "")
+    assert "trainchain.yaml" in (info.value.hint or "")
+    assert [p for p in workspaces.glob("*") if p.is_dir()] == []  # no half-made workspace
+
+
+def test_a_folder_that_is_no_repository_is_called_that(tmp_path: Path, workspaces: Path) -> None:
+    """An existing folder that is not a git repository (the folder above a model, say) is
+    named as such, not as a repository that does not exist."""
+    folder = tmp_path / "models"
+    folder.mkdir()
+    with pytest.raises(PullError) as info:
+        pull(str(folder), None, workspaces)
+    assert info.value.message == (
+        f"{folder} is not a git repository: give a model folder or a git URL"
+    )
+    assert [p for p in workspaces.iterdir() if p.is_dir()] == []
+
+
+def test_a_url_that_cannot_be_cloned_keeps_gits_reason(tmp_path: Path, workspaces: Path) -> None:
+    """A URL (here file://) to nothing is a clone failure with git's own last line."""
+    url = f"file://{tmp_path / 'no-such-repo'}"
+    with pytest.raises(PullError) as info:
+        pull(url, "main", workspaces)
+    assert info.value.message.startswith(f"cannot clone {url}: ")
+    assert "does not appear to be a git repository" in info.value.message
+    assert info.value.exit_code == 5
 
 
 def test_password_never_shows_in_errors_or_logs(

@@ -15,14 +15,18 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from email.message import EmailMessage
 from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from werkzeug.serving import make_server
 
 from tests.conftest import ToyRepo, eventually, git, run_cli
+from tests.smtp_server import Inbox
+from tests.smtp_server import serve as smtp_serve
 from trainchain.core.settings import Settings
 from trainchain.triggers.hooks import (
     HookPaths,
@@ -227,9 +231,12 @@ class Server:
         event: str = "push",
         delivery: str = "d-1",
         signature: str | None = "sign",
+        content_type: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         headers = {"X-GitHub-Event": event, "X-GitHub-Delivery": delivery}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         if signature == "sign":
             signature = sign(SECRET, body)
         if signature is not None:
@@ -309,6 +316,21 @@ def test_signed_push_becomes_a_run_and_a_replay_never_does(
 
 
 PUSH = push_payload("file:///nowhere/toy.git", "a" * 40)
+FORM = "application/x-www-form-urlencoded"
+
+
+def test_a_form_encoded_push_is_read_as_github_sends_it(settings: Settings) -> None:
+    """A push sent as application/x-www-form-urlencoded (GitHub's default for a webhook made
+    through its API: the JSON in the form field payload), signed over the raw form body,
+    is queued as a JSON one is."""
+    body = urlencode({"payload": json.dumps(PUSH)}).encode()
+    with serving(settings) as server:
+        code, answer = server.deliver(body, content_type=f"{FORM}; charset=utf-8")
+        assert code == 202, answer
+        assert (
+            answer["commit"] == "a" * 40 and answer["repository"] == PUSH["repository"]["clone_url"]
+        )
+        wait_final(lambda: server.status(answer["run_id"]))
 
 
 @pytest.mark.parametrize(
@@ -319,6 +341,25 @@ PUSH = push_payload("file:///nowhere/toy.git", "a" * 40)
         ({"signature": "sha1=abc"}, 401, {"error": "is not sha256=<hex>"}),
         ({"payload": b"x" * 2048}, 413, {"error": "the limit is 1024 (--max-body)"}),
         ({"payload": b"{not json"}, 400, {"error": "the body is not JSON"}),
+        (
+            {"content_type": "text/plain"},
+            415,
+            {
+                "error": "content type text/plain is not one GitHub sends: expected "
+                "application/json or application/x-www-form-urlencoded; set the webhook's "
+                "content type to application/json"
+            },
+        ),
+        (
+            {"content_type": FORM, "payload": b"ref=main"},
+            400,
+            {"error": "body has 0 payload fields: expected one holding the JSON"},
+        ),
+        (
+            {"content_type": FORM, "payload": b"payload=%7Bnot+json"},
+            400,
+            {"error": "the form field payload is not JSON"},
+        ),
         ({"event": "ping"}, 200, {"pong": True}),
         ({"event": "issues"}, 202, {"ignored": "event issues"}),
         ({"payload": {**PUSH, "ref": "refs/heads/dev"}}, 202, {"ignored": "dev is not watched"}),
@@ -505,3 +546,79 @@ def test_signature_and_push_decisions() -> None:
     assert getattr(run, "commit", None) == "b" * 40
     chosen = read_push(push_payload("u", "b" * 40, branch="dev"), ("dev", "main"))
     assert getattr(chosen, "branch", None) == "dev"
+
+
+# ---- a failure before tuning is told ---------------------------------------------------------
+@pytest.fixture
+def smtp(monkeypatch: pytest.MonkeyPatch, home: Path) -> Iterator[Inbox]:
+    """A real SMTP server on loopback that the chains the triggers start send to (through the
+    environment they inherit), with a configured recipient besides the pusher."""
+    inbox = Inbox()
+    with contextmanager(smtp_serve)(inbox) as controller:
+        monkeypatch.setenv("TRAINCHAIN_SMTP_HOST", "127.0.0.1")
+        monkeypatch.setenv("TRAINCHAIN_SMTP_PORT", str(controller.port))
+        monkeypatch.setenv("TRAINCHAIN_SMTP_TO", "team@example.com")
+        yield inbox
+
+
+def break_config(repo: Path) -> str:
+    """Commit a trainchain.yaml with a misspelt key; the new sha."""
+    config = repo / "trainchain.yaml"
+    config.write_text(config.read_text().replace("max_trials:", "max_trails:"))
+    git(repo, "commit", "-q", "-am", "typo")
+    return git(repo, "rev-parse", "HEAD")
+
+
+def sent(inbox: Inbox) -> tuple[Any, EmailMessage]:
+    """The one email the inbox holds, once it arrived: (its envelope, the message)."""
+    eventually(lambda: inbox.envelopes, "the failure email", WAIT_S, poll=0.2)
+    (envelope,) = inbox.envelopes
+    (message,) = inbox.messages()
+    return envelope, message
+
+
+def test_a_webhook_run_failing_before_tuning_emails_the_pusher_the_reason(
+    model: Path, settings: Settings, smtp: Inbox
+) -> None:
+    """A pushed commit whose trainchain.yaml is wrong fails before tuning: the pusher (the
+    payload's pusher.email) gets an email with the error and its hint, and the run's status
+    says the error, not only the exit status."""
+    sha = break_config(model)
+    payload = push_payload(f"file://{model}", sha) | {
+        "pusher": {"name": "ann", "email": "ann@example.com"},
+        "head_commit": {"committer": {"email": "someone-else@example.com"}},
+    }
+    with serving(settings) as server:
+        code, body = server.deliver(payload)
+        assert code == 202, body
+        done = wait_final(lambda: server.status(body["run_id"]))
+    envelope, message = sent(smtp)
+    assert envelope.rcpt_tos == ["ann@example.com"]
+    assert message["To"] == "ann@example.com"
+    assert message["Subject"].startswith("[trainchain] repo-toy: FAILED: ")
+    assert "trainchain.yaml" in message["Subject"]
+    text = message.get_body(("plain",)).get_content()
+    assert "The chain stopped before tuning" in text and "max_trails" in text
+    assert "hint:" in text
+    assert f"Commit:      {sha}" in text
+    assert done.state is RunState.FAILED and done.exit_code == 2
+    assert done.error is not None and done.error.startswith("trainchain run exited with status 2: ")
+    assert "max_trails" in done.error and "the log says why" not in done.error
+
+
+def test_a_pushed_commit_failing_before_tuning_emails_its_committer(
+    model: Path, hub: Path, home: Path, settings: Settings, smtp: Inbox
+) -> None:
+    """Through the post-receive hook, the failure email goes to the pushed commit's
+    committer; the pull failing (the commit is not where the hook says) is told the same."""
+    url = str(hub.parent / "moved-away.git")
+    out = run_cli("hooks", "install", str(hub), "--url", url, "--home", str(home))
+    assert out.returncode == 0, out.stderr
+    sha = new_commit(model, "pushed")
+    run_id = queued_run(push(model, "main"), sha)
+    done = wait_final(lambda: load_status(HookPaths.under(settings.home), run_id))
+    envelope, message = sent(smtp)
+    assert envelope.rcpt_tos == ["t@example.com"]  # conftest's committer
+    assert "FAILED: cannot clone" in message["Subject"]
+    assert done.state is RunState.FAILED and done.exit_code == 5
+    assert done.error is not None and "exited with status 5: cannot clone" in done.error

@@ -542,7 +542,7 @@ def test_an_uncloneable_repository_fails_job_1_and_jenkins_emails_why(
     assert live.controller.last_build(CHAIN[1]) == detect_before
     body = text(jenkins_mail(live, CHAIN[0], run.number, FREESTYLE_FAILED))
     assert f"Repository: {missing} at main" in body
-    assert f"error: cannot clone {missing}" in body
+    assert f"error: {missing} does not exist: give a model folder or a git URL" in body
 
 
 def test_a_tune_that_fails_before_a_chain_reaches_job_5_which_says_why(
@@ -561,7 +561,7 @@ def test_a_tune_that_fails_before_a_chain_reaches_job_5_which_says_why(
     assert notify["result"] == "FAILURE"
     assert "error: --chain is empty: no chain id was handed on" in console
     assert "parameter not set" not in console
-    assert f"error: cannot clone {missing}" in text(
+    assert f"error: {missing} does not exist: give a model folder or a git URL" in text(
         jenkins_mail(live, CHAIN[3], run.number, FREESTYLE_FAILED)
     )
     assert "--chain is empty" in text(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import json
 import struct
 import subprocess
 import sys
@@ -136,7 +137,7 @@ def test_success_body_gives_every_fact_a_person_needs() -> None:
     body = plain(mail(report()))
     for fact in (
         "Goal reached: val_accuracy 0.84 >= 0.8.",
-        "Best val_accuracy reached: 0.84 by trial 3 (held-out test: 0.82).",
+        "Best val_accuracy reached: 0.84 by trial #4 (held-out test: 0.82).",
         "Model:       eeg-motor-imagery",
         "Repository:  https://git.example.org/lab/eeg-motor-imagery.git",
         "Commit:      9f1c2e3d4b5a69788796a5b4c3d2e1f0a9b8c7d6",
@@ -144,7 +145,7 @@ def test_success_body_gives_every_fact_a_person_needs() -> None:
         "Trials:      4 of 10 used",
         "Elapsed:     12m 34s",
         "C = 3.5",
-        "kernel = 'rbf'",
+        "kernel = rbf",
         "Registry version:  3",
         "Champion:          yes",
         "Promotion:         test_accuracy 0.82 beats champion v2 (0.79) by more than 0.01",
@@ -174,7 +175,7 @@ def test_confirmed_success_shows_each_figure_with_its_uncertainty() -> None:
     )
     for fact in (
         "Verdict:        val_accuracy >= 0.8: reached and confirmed",
-        "Search:         0.8400 +- 0.0418 (sd of 5 folds), trial #3",
+        "Search:         0.8400 +- 0.0418 (sd of 5 folds), trial #4",
         "(sd of 20 folds) on fresh folds; lower 97.5% bound",
         "Held-out test:  0.8750 (21/24; 95% CI 0.68-0.97)",
         "Warm start:     12 finished trials of 2 earlier studies",
@@ -214,11 +215,11 @@ def test_search_only_is_not_a_success_and_says_why() -> None:
 def test_success_body_has_a_row_per_trial_with_state_and_value() -> None:
     """The trial table lists every trial's number, state and value, and marks the best."""
     lines = plain(mail(report())).splitlines()
-    rows = {line.split()[0]: line.split() for line in lines if line.strip()[:1].isdigit()}
-    assert rows["0"][:4] == ["0", "COMPLETE", "0.71", "0.7"]
-    assert rows["1"][:3] == ["1", "FAIL", "n/a"]
-    assert rows["2"][:3] == ["2", "PRUNED", "0.55"]
-    assert rows["3"][:4] == ["3", "COMPLETE", "0.84", "0.82"] and "best" in rows["3"][-1]
+    rows = {line.split()[0]: line.split() for line in lines if line.strip()[:1] == "#"}
+    assert rows["#1"][:4] == ["#1", "COMPLETE", "0.71", "0.7"]
+    assert rows["#2"][:3] == ["#2", "FAIL", "n/a"]
+    assert rows["#3"][:3] == ["#3", "PRUNED", "0.55"]
+    assert rows["#4"][:4] == ["#4", "COMPLETE", "0.84", "0.82"] and "best" in rows["#4"][-1]
 
 
 def test_not_champion_says_so() -> None:
@@ -235,16 +236,28 @@ def test_html_alternative_carries_the_same_facts_escaped() -> None:
     assert "9f1c2e3d4b5a69788796a5b4c3d2e1f0a9b8c7d6" in page
     assert "models:/eeg-motor-imagery/3" in page
     assert "cnn&lt;script&gt;" in page and "<script>" not in page
-    assert "&#x27;&lt;3&gt;&#x27;" in page
+    assert "<td>&lt;3&gt;</td>" in page
 
 
-def test_plot_is_attached_as_metric_per_trial_png_when_given() -> None:
-    """plot_png becomes an image/png attachment named metric-per-trial.png, bytes intact."""
+def plot_part(msg: EmailMessage) -> EmailMessage:
+    """The one image/png part of an email, wherever it sits."""
+    [png] = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert isinstance(png, EmailMessage)
+    return png
+
+
+def test_plot_is_shown_inline_in_the_html_when_given() -> None:
+    """plot_png is part of the HTML (multipart/related), shown where the page references
+    its Content-ID, named metric-per-trial.png, bytes intact; the text part is unchanged."""
     parsed = reparsed(mail(report(), plot=FAKE_PNG))
-    [attachment] = list(parsed.iter_attachments())
-    assert attachment.get_filename() == "metric-per-trial.png"
-    assert attachment.get_content_type() == "image/png"
-    assert attachment.get_content() == FAKE_PNG
+    png = plot_part(parsed)
+    assert png.get_filename() == "metric-per-trial.png"
+    assert png.get_content_disposition() == "inline"
+    assert png.get_content() == FAKE_PNG
+    related = parsed.get_payload()[1]
+    assert related.get_content_type() == "multipart/related"
+    cid = png["Content-ID"].strip("<>")
+    assert f'<img src="cid:{cid}"' in html(parsed)
     assert plain(parsed).startswith("Goal reached")
 
 
@@ -284,7 +297,7 @@ def test_goal_not_reached_body_says_budget_best_trial_no_promotion_and_log_tail(
     assert body.startswith(
         "The tuning budget ran out below the goal (val_accuracy >= 0.999) after 4 of 4 trials."
     )
-    assert "Best val_accuracy reached: 0.84 by trial 3 (held-out test: 0.82)." in body
+    assert "Best val_accuracy reached: 0.84 by trial #4 (held-out test: 0.82)." in body
     assert "C = 3.5" in body
     assert "Nothing was promoted: the champion alias was not moved." in body
     assert "Last log lines:" in body
@@ -455,3 +468,87 @@ def test_metric_plot_uses_no_pyplot_and_matplotlib_loads_lazily() -> None:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_a_model_the_champion_already_is_says_so_in_subject_and_body() -> None:
+    """Nothing changed since the champion: the email says which version already is it."""
+    reason = "not registered: champion v3 already is this model (the same commit, data, ...)"
+    r = report(registry_version=None, same_as="champion v3", promotion_reason=reason)
+    msg = mail(r)
+    assert msg["Subject"].endswith(
+        "goal reached (val_accuracy 0.84 >= 0.8), champion v3 already is this model"
+    )
+    assert "Registry:   not registered: champion v3 already is this model" in plain(msg)
+    assert reason in plain(msg) and "champion v3 already is this model" in html(msg)
+
+
+def test_a_failure_before_tuning_says_so_and_shows_no_goal_or_trials() -> None:
+    """A chain that failed at the pull, detection or its configuration: the error and its
+    hint, no goal, trials, best value or log tail that never were."""
+    r = failed(
+        goal_metric="",
+        threshold=0.0,
+        max_trials=0,
+        trials=(),
+        best_trial=None,
+        best_value=None,
+        best_params={},
+        log_tail="",
+        error="cannot clone /srv/x: no such repository\n  hint: check the URL",
+    )
+    text = plain(mail(r))
+    assert text.startswith("The chain stopped before tuning (the pull, detection or the")
+    assert "  hint: check the URL" in text
+    for absent in ("Goal:", "Trials:", "no best value", "Last log lines", "Nothing was promoted"):
+        assert absent not in text
+
+
+def test_values_print_plainly_and_trials_count_from_one() -> None:
+    """Hyperparameters print as written ('8-12' is 8-12), and trial numbers are 1-based
+    everywhere (Optuna's trial 3 is #4, as on the console)."""
+    r = report(best_params={"band": "8-12", "C": 3.5, "shrink": True})
+    text, page = plain(mail(r)), html(mail(r))
+    assert "band = 8-12" in text and "C = 3.5" in text and "shrink = True" in text
+    assert "'8-12'" not in text and "&#x27;8-12&#x27;" not in page
+    assert "<td>8-12</td>" in page
+    rows = [line.split()[0] for line in text.splitlines() if line.startswith("  #")]
+    assert rows == ["#1", "#2", "#3", "#4"]
+    assert "#4" in [line.split()[0] for line in text.splitlines() if "<- best" in line]
+
+
+def test_hyperparameters_the_best_trial_did_not_use_are_left_out() -> None:
+    """`kernel` applies to svc only (`when:`): a best trial with classifier sgd is shown with
+    the hyperparameters it used, in the text, the HTML and after a JSON round trip."""
+    from trainchain.core.report import ChainReport
+
+    r = report(
+        best_params={"classifier": "sgd", "kernel": "rbf", "epochs": 12},
+        unused_params=("kernel",),
+    )
+    for shown in (r, ChainReport.from_dict(json.loads(r.to_json()))):
+        text, page = plain(mail(shown)), html(mail(shown))
+        assert "classifier = sgd" in text and "epochs = 12" in text
+        assert "kernel" not in text and "kernel" not in page
+        assert shown.best_params["kernel"] == "rbf"  # kept for the registry
+
+
+def test_the_goal_label_sits_clear_of_the_plotted_trials() -> None:
+    """The goal's label is outside the plotting area (right of it), so no trial's line or
+    marker can run through it; the trial axis counts from 1."""
+    from trainchain.core.plots import metric_figure
+
+    fig = metric_figure(confirmed())
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    main = fig.axes[0]
+    every = [main, *main.child_axes]  # the goal's label is a tick of a right-hand axis
+    texts = [t for ax in every for t in ax.get_yticklabels() if t.get_text().startswith("goal")]
+    assert len(texts) == 1 and texts[0].get_text() == "goal >= 0.8"
+    label, area = texts[0].get_window_extent(renderer), main.get_window_extent(renderer)
+    assert label.x0 >= area.x1  # to the right of the plotting area, not over it
+    low, high = main.get_xlim()
+    shown = [t.get_text() for t in main.get_xticklabels() if low <= t.get_position()[0] <= high]
+    assert shown == ["1", "2", "3", "4"]  # Optuna's trials 0 to 3

@@ -23,14 +23,14 @@ def test_log_gets_the_running_trials_latest_line_at_the_set_interval() -> None:
     display.line("Epoch 3/60")
     display.line("50/50 - 10s - accuracy: 0.71 - val_accuracy: 0.70")
     lines = out.getvalue().splitlines()
-    assert lines[0] == "  trial 1/8 #0: learning_rate=0.001"
-    assert lines[1].startswith("    trial 1/8 #0 running 0.0 min: Epoch 3/60")
+    assert lines[0] == "  trial 1/8 #1: learning_rate=0.001"
+    assert lines[1].startswith("    trial 1/8 #1 running 0.0 min: Epoch 3/60")
     assert lines[2].endswith("val_accuracy: 0.70")
 
     sparse, out = _display(3600.0)
     sparse.trial_started(1, 8, {"learning_rate": 0.001}, number=0)
     sparse.line("Epoch 3/60")
-    assert out.getvalue().splitlines() == ["  trial 1/8 #0: learning_rate=0.001"]
+    assert out.getvalue().splitlines() == ["  trial 1/8 #1: learning_rate=0.001"]
 
     quiet, out = _display(0.0, quiet=True)
     quiet.trial_started(1, 8, {"learning_rate": 0.001}, number=0)
@@ -59,10 +59,10 @@ def test_each_trial_and_the_confirmation_show_their_uncertainty() -> None:
     display.confirmation(result)
     lines = out.getvalue().splitlines()
     assert lines[1] == (
-        "  trial 1/8 #0: val_accuracy 0.9000 +- 0.0500 (sd of 5 folds) (test 0.9100) | "
-        "best 0.9000 (#0) | goal >= 0.8"
+        "  trial 1/8 #1: val_accuracy 0.9000 +- 0.0500 (sd of 5 folds) (test 0.9100) | "
+        "best 0.9000 (#1) | goal >= 0.8"
     )
-    assert lines[3].startswith("  trial 2/8 #1 pruned after fold 3: val_accuracy of that fold")
+    assert lines[3].startswith("  trial 2/8 #2 pruned after fold 3: val_accuracy of that fold")
     assert "significantly worse than the best trial on the same folds (Wilcoxon)" in lines[3]
-    assert lines[4].startswith("  confirmation of #0: confirmed: 0.9000 +- 0.0459 (sd of 20 folds)")
+    assert lines[4].startswith("  confirmation of #1: confirmed: 0.9000 +- 0.0459 (sd of 20 folds)")
     assert "lower 97.5% bound 0.8" in lines[4] and lines[4].endswith(">= 0.8")

@@ -303,7 +303,7 @@ def test_tune_prunes_trials_below_the_median_and_finishes_normally(
         assert not (trial_dir / "attempt-2").exists()
 
     shown = out.getvalue()
-    assert f"#{pruned[0].number} pruned at epoch" in shown
+    assert f"#{pruned[0].number + 1} pruned at epoch" in shown  # 1-based, as people count
     assert "(median of earlier trials higher)" in shown
     first_output = settings.runs_dir / report.chain_id / "trial-0000" / "attempt-1" / "output"
     assert json.loads((first_output / "early_stopping.json").read_text()) == EXPECTED_POLICY

@@ -90,13 +90,14 @@ def test_champion_promotion_and_rollback(tmp_path: Path, settings: Settings) -> 
     assert test is not None and test.champion_version == "1" and test.paired_p is not None
     assert test.paired_p <= 0.05 and (test.wins or 0) > (test.losses or 0)
 
-    same = run_chain(str(repo), settings).report  # the same code again: the same model
-    assert same.registry_version == "3" and not same.became_champion
-    assert same.promotion_test is not None and same.promotion_test.wins == 0
-    assert "not significantly better than the champion" in same.promotion_reason
     tracker = Tracker(settings.tracking_uri, settings.artifacts)
+    same = run_chain(str(repo), settings).report  # the same code and data again
+    assert same.status == "succeeded" and same.registry_version is None
+    assert same.same_as == "champion v2" and not same.became_champion
+    assert same.promotion_reason.startswith("not registered: champion v2 already is this model")
+    assert same.model_uri == "models:/trees/2"
+    assert [v.version for v in tracker.versions("trees")] == ["1", "2"]
     assert tracker.alias_version("trees", CHAMPION) == "2"
-    assert tracker.alias_version("trees", CHALLENGER) == same.registry_version
 
     champion = tracker.alias_version("trees", CHAMPION)
     out = run_cli("rollback", "trees", "--home", str(settings.home))
@@ -106,7 +107,7 @@ def test_champion_promotion_and_rollback(tmp_path: Path, settings: Settings) -> 
     listing = run_cli("models", "trees", "--home", str(settings.home))
     assert listing.returncode == 0, listing.stderr
     assert "champion" in listing.stdout and "challenger" in listing.stdout
-    for version in ("1", "2", "3"):
+    for version in ("1", "2"):
         assert (
             MlflowClient(settings.tracking_uri)
             .get_model_version("trees", version)

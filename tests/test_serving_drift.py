@@ -327,6 +327,20 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
     assert "drift:     window 40 inputs (tested from 10)" in output
 
 
+def test_a_drift_window_alone_is_tested_from_at_most_its_size(tmp_path: Path) -> None:
+    """--drift-window below monitoring:'s min_window (50 by default) is tested from that
+    many inputs; --drift-min-window, when given, is kept as given."""
+    from trainchain.cli.main import build_parser
+    from trainchain.cli.serve import _drift_options
+
+    def monitoring(*argv: str) -> Any:
+        args = build_parser().parse_args(["serve", "--model", "m", *argv])
+        return _drift_options(args, tmp_path)["monitoring"]
+
+    assert (monitoring("--drift-window", "20").min_window, monitoring().min_window) == (20, 50)
+    assert monitoring("--drift-window", "80", "--drift-min-window", "30").min_window == 30
+
+
 def test_drift_flags_are_checked_before_serving(
     registry: Registry,
     capsys: pytest.CaptureFixture[str],
@@ -344,9 +358,12 @@ def test_drift_flags_are_checked_before_serving(
     token.write_text("t\n")
     hook = "http://127.0.0.1:8088/alerts"
     cases = [
-        (["--drift-window", "5"], "--drift-* options: window: Input should be greater than"),
-        (["--drift-alpha", "2"], "--drift-* options: alpha"),
-        (["--drift-window", "40", "--drift-min-window", "60"], "min_window 60 is larger"),
+        (["--drift-window", "5"], "--drift-window 5: Input should be greater than or equal to 10"),
+        (["--drift-alpha", "2"], "--drift-alpha 2: alpha 2.0 is not a significance level"),
+        (
+            ["--drift-window", "40", "--drift-min-window", "60"],
+            "--drift-window 40 --drift-min-window 60: min_window 60 is larger than window 40",
+        ),
         (["--drift-interval", "-1"], "--drift-interval must be a number of seconds >= 0"),
         (["--monitoring-config", str(tmp_path)], f"no trainchain.yaml in {tmp_path}"),
         (["--retrain-url", hook], "--retrain-url needs hooks serve's alert token"),

@@ -7,9 +7,17 @@ import pytest
 from scipy import stats
 
 from tests.test_config import GOOD
+from trainchain.core import keys
 from trainchain.core.config import Direction, Goal, parse_config
 from trainchain.core.errors import ConfigError
-from trainchain.core.promotion import HeldoutTest, chance_test, decide, heldout_test, paired_test
+from trainchain.core.promotion import (
+    HeldoutTest,
+    chance_test,
+    decide,
+    heldout_test,
+    paired_test,
+    same_model,
+)
 from trainchain.core.space import fit_to_space, parse_overrides
 
 CFG = parse_config(GOOD)
@@ -156,3 +164,40 @@ def test_minimize_direction() -> None:
     """For a loss, lower is better for the goal."""
     goal = Goal(metric="loss", threshold=0.3, direction=Direction.MINIMIZE)
     assert goal.reached(0.2) and not goal.reached(0.4)
+
+
+RUN_TAGS = {
+    keys.COMMIT: "c" * 40,
+    keys.DATA_DIGEST: "sha256:d",
+    keys.CONFIG_DIGEST: "sha256:e",
+    keys.IMAGE: "local:python3.11",
+    keys.PARAMS: '{"depth": 4}',
+    keys.REPOSITORY: "/srv/a",
+}
+
+
+@pytest.mark.parametrize(
+    ("changed", "same"),
+    [
+        ({}, True),
+        ({keys.REPOSITORY: "/srv/a-fork"}, True),  # where it came from is not what it is
+        ({keys.COMMIT: "b" * 40}, False),
+        ({keys.DATA_DIGEST: "sha256:other"}, False),
+        ({keys.CONFIG_DIGEST: "sha256:other"}, False),
+        ({keys.IMAGE: "trainchain-sklearn:1"}, False),
+        ({keys.PARAMS: '{"depth": 3}'}, False),
+        ({keys.CONFIG_DIGEST: ""}, False),  # a version registered before the digest existed
+    ],
+)
+def test_the_same_model_is_the_same_commit_data_configuration_image_and_params(
+    changed: dict[str, str], same: bool
+) -> None:
+    """Two runs train the same model only when every identity tag is there and equal."""
+    assert same_model(RUN_TAGS | changed, RUN_TAGS) is same
+
+
+def test_a_dirty_folder_or_missing_data_is_never_known_to_be_the_same() -> None:
+    """Uncommitted changes (``+dirty``) or data that was missing: registered as before."""
+    for changed in ({keys.COMMIT: "c" * 40 + "+dirty"}, {keys.DATA_DIGEST: "missing"}):
+        tags = RUN_TAGS | changed
+        assert not same_model(tags, tags)

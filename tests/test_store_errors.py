@@ -237,8 +237,9 @@ def test_serving_against_a_broken_registry_answers_503_naming_the_store(tmp_path
 
 
 def test_pulling_a_missing_repository_is_one_line_naming_it(home: Path, tmp_path: Path) -> None:
-    """`trainchain pull` of a path that does not exist exits 5 with one line naming it."""
+    """`trainchain pull` of a path that does not exist exits 5 with one line saying so."""
     missing = tmp_path / "no-such-repo"
     out = run_cli("pull", str(missing), "--home", str(home))
     assert out.returncode == 5
-    _one_clear_line(out.stderr, f"cannot clone {missing}", "does not exist")
+    line = _one_clear_line(out.stderr)
+    assert line == f"error: {missing} does not exist: give a model folder or a git URL"

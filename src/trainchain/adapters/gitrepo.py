@@ -54,6 +54,11 @@ _ACCESS_HINT = (
     "check the URL or path and that this machine can read it; git never prompts here "
     "(GIT_TERMINAL_PROMPT=0): use an SSH key or a credential helper for private repositories"
 )
+_SOURCE_HINT = (
+    "a model folder holds trainchain.yaml (--subdir names one inside a repository); a git "
+    "URL is what `git clone` takes: https://..., ssh://..., host:path, file://..., or the path "
+    "of a repository"
+)
 _BOILERPLATE = frozenset(
     {"Please make sure you have the correct access rights", "and the repository exists."}
 )
@@ -76,12 +81,15 @@ class SourceInfo:
     dirty: bool  # uncommitted changes in the folder (True when unknown)
 
 
-def normalise(repo: str) -> str:
-    """A URL (``scheme://``, or ``host:path`` as git reads it) as given; a local path absolute."""
+def is_url(repo: str) -> bool:
+    """``scheme://...``, or ``host:path`` as git reads it; anything else is a local path."""
     head = repo.split(":", 1)[0]
-    if _URL.match(repo) or (":" in repo and "/" not in head):
-        return repo
-    return str(Path(repo).expanduser().resolve())
+    return bool(_URL.match(repo)) or (":" in repo and "/" not in head)
+
+
+def normalise(repo: str) -> str:
+    """A URL as given; a local path absolute."""
+    return repo if is_url(repo) else str(Path(repo).expanduser().resolve())
 
 
 def workspace_name(repository: str) -> str:
@@ -157,6 +165,10 @@ def pull(repo: str, ref: str | None, workspaces: Path, *, timeout: float = 300) 
         not ref.strip() or ref.startswith("-") or re.search(r"[\s~^:?*\[\\]", ref)
     ):
         raise PullError(f"{ref!r} is not a valid ref", hint="pass a branch, a tag or a commit sha")
+    if not is_url(repository) and not Path(repository).exists():
+        raise PullError(
+            f"{repository} does not exist: give a model folder or a git URL", hint=_SOURCE_HINT
+        )
     git = _Git(timeout, repository)
     workspaces = Path(workspaces).expanduser().resolve()
     workspaces.mkdir(parents=True, exist_ok=True)
@@ -210,6 +222,17 @@ def describe(path: Path, *, timeout: float = 30) -> SourceInfo:
     return SourceInfo(repository=redact(origin) if origin else top, commit=commit, dirty=dirty)
 
 
+def committer_email(repo: Path, commit: str, *, timeout: float = 30) -> str | None:
+    """The committer's email of ``commit`` in ``repo`` (a bare one too); None when git cannot
+    tell (no such commit, git missing or too slow)."""
+    try:
+        code, out, _ = _Git(timeout).call("log", "-1", "--format=%ce", commit, "--", cwd=repo)
+    except PullError as err:
+        log.warning("cannot read the committer of %s: %s", commit[:12], err.message)
+        return None
+    return (out.strip() or None) if code == 0 else None
+
+
 def _last_words(stderr: str) -> str:
     """git's last stderr line, without its boilerplate; with the cause (ssh's) when git has none."""
     lines = [line.strip() for line in stderr.splitlines()]
@@ -226,15 +249,24 @@ def _clone(git: _Git, repository: str, path: Path, shown: str) -> None:
     # code, readable as a plain `git clone` leaves it
     tmp.chmod(0o755)
     try:
-        git.run(
-            "clone",
-            "--quiet",
-            "--no-checkout",
-            "--",
-            repository,
-            str(tmp),
-            fail=f"cannot clone {shown}",
-        )
+        try:
+            git.run(
+                "clone",
+                "--quiet",
+                "--no-checkout",
+                "--",
+                repository,
+                str(tmp),
+                fail=f"cannot clone {shown}",
+            )
+        except PullError as err:
+            # git's words for a folder that is no repository (the parent of model folders)
+            if Path(repository).is_dir() and err.message.endswith("does not exist"):
+                raise PullError(
+                    f"{shown} is not a git repository: give a model folder or a git URL",
+                    hint=_SOURCE_HINT,
+                ) from None
+            raise
         if path.exists():  # a folder that is not a clone: replace it
             shutil.rmtree(path)
         tmp.rename(path)

@@ -204,10 +204,13 @@ def deliver(
     *,
     retry_delays: Sequence[float] = RETRY_DELAYS_S,
     sleep: Callable[[float], None] = time.sleep,
+    recipients: Sequence[str] = (),
 ) -> Delivery:
     """Send ``message`` by SMTP when ``smtp`` is given; always keep a copy in ``outbox``.
 
     ``Date`` and ``Message-ID`` are added (to a copy) when the message has none.
+    It goes to ``recipients`` when given (a person the message is for, whoever
+    ``TRAINCHAIN_SMTP_TO`` names), else to ``smtp.recipients``, else to its ``To``.
     Connection errors are tried again after each of ``retry_delays`` (3 tries by
     default); refusals (authentication, sender, recipients) are not. Any failure
     raises :class:`NotifyError` naming ``host:port`` and the error, and where
@@ -234,7 +237,7 @@ def deliver(
 
     where = f"{smtp.host}:{smtp.port}"
     kept = f"the message was kept at {path}" if path else "no copy could be kept in the outbox"
-    recipients = smtp.recipients or _recipients_of(message)
+    recipients = tuple(recipients) or smtp.recipients or _recipients_of(message)
     if not recipients:
         raise NotifyError(
             f"no recipients to send the email to through {where}; {kept}",

@@ -75,6 +75,13 @@ def code_digest(root: Path, skip: Path | None = None) -> str:
     return h.hexdigest()
 
 
+def config_digest(loaded: LoadedConfig) -> str:
+    """``sha256:<hex>`` of the resolved configuration (trainchain.yaml with the command's
+    overrides): one of what makes two trained models the same one."""
+    text = json.dumps(loaded.model.model_dump(mode="json"), sort_keys=True)
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
+
+
 def _data_hint(loaded: LoadedConfig, data_dir: Path, family: str) -> str:
     hint = "point --data, or data.path (its ${VARIABLES}), at the data"
     if "${" in loaded.model.data.path:
@@ -82,7 +89,13 @@ def _data_hint(loaded: LoadedConfig, data_dir: Path, family: str) -> str:
     if family == Family.EEG:
         hint += f"; synthetic EEG recordings: `trainchain data synth-eeg --out {data_dir}`"
     elif family == Family.CNN:
-        hint += "; image data is one folder per class under train/ and the held-out folder"
+        options = loaded.model.data.options
+        train, test = options.get("train", "train"), options.get("test", "test")
+        hint += (
+            f"; images go one folder per class under {data_dir / str(train)}/ and, held out, "
+            f'{data_dir / str(test)}/ (the README\'s "Image CNNs" section says where to get '
+            "the examples' images)"
+        )
     return hint
 
 
@@ -145,5 +158,6 @@ def prepare(
         family=detection.family,
         jenkins_build_url=settings.jenkins_build_url,
         reason=settings.reason,
+        config_digest=config_digest(loaded),
     )
     return Prepared(loaded, settings, data_dir, detection, lineage, code_key)

@@ -12,7 +12,7 @@ from trainchain.contract import task
 from trainchain.core import keys
 from trainchain.core.config import Promotion, base_metric
 from trainchain.core.errors import NotInStore, RegistryError, StoreError
-from trainchain.core.promotion import HeldoutTest, decide, heldout_test
+from trainchain.core.promotion import HeldoutTest, decide, heldout_test, same_model
 from trainchain.core.report import ChainReport
 from trainchain.core.status import RunState
 
@@ -154,6 +154,16 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
             "model in an MLflow flavor's format under TRAINCHAIN_OUTPUT_DIR/model",
         )
     _, metrics, run_tags = tracker.run_data(report.best_run_id)
+    same = _registered_as(tracker, name, run_tags)
+    if same is not None:
+        alias, version = same
+        return report.with_(
+            became_champion=False,
+            same_as=f"{alias} v{version}",
+            promotion_reason=f"not registered: {alias} v{version} already is this model (the "
+            "same commit, data, configuration, image and hyperparameters)",
+            model_uri=f"models:/{name}/{version}",
+        )
     tags = {k: v for k, v in run_tags.items() if k.startswith(keys.PREFIX)}
     tags[keys.CHAIN] = report.chain_id
     for k in (report.goal_metric, "test_" + base_metric(report.goal_metric)):
@@ -190,6 +200,17 @@ def promote(report: ChainReport, tracker: Tracker) -> ChainReport:
         promotion_test=test,
         model_uri=f"models:/{name}/{version}",
     )
+
+
+def _registered_as(tracker: Tracker, name: str, run_tags: dict[str, str]) -> tuple[str, str] | None:
+    """(alias, version) of the champion, else the challenger, when it already is the model
+    of a run with these tags; None when neither is."""
+    for alias in (CHAMPION, CHALLENGER):
+        version = tracker.alias_version(name, alias)
+        run_id = tracker.version_run_id(name, version) if version else None
+        if version and run_id and same_model(run_tags, tracker.run_data(run_id)[2]):
+            return alias, version
+    return None
 
 
 def _unconfirmed(report: ChainReport) -> str:

@@ -6,6 +6,7 @@ Used by the chain (its outcome), ``trainchain notify`` and the give-up of a tria
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from trainchain.adapters.mailer import Delivery, deliver
 from trainchain.core.notify import render
@@ -15,10 +16,12 @@ from trainchain.core.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def send_report(report: ChainReport, settings: Settings) -> Delivery:
-    """Job 5: the email, by SMTP when configured, else into the outbox."""
+def send_report(report: ChainReport, settings: Settings, to: Sequence[str] = ()) -> Delivery:
+    """Job 5: the email, by SMTP when configured, else into the outbox; to ``to`` when
+    given (the person who pushed), else to the configured recipients."""
     recipients = (
-        (settings.smtp.recipients if settings.smtp else ())
+        tuple(to)
+        or (settings.smtp.recipients if settings.smtp else ())
         or report.recipients
         or settings.default_recipients
         or ("trainchain@localhost",)
@@ -33,4 +36,4 @@ def send_report(report: ChainReport, settings: Settings) -> Delivery:
         log.warning("could not draw the metric plot: %s", err)
         png = None
     message = render(report, sender=sender, recipients=recipients, plot_png=png)
-    return deliver(message, settings.smtp, settings.outbox)
+    return deliver(message, settings.smtp, settings.outbox, recipients=to)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,12 +15,16 @@ from trainchain.chain.giveup import give_up_callback
 from trainchain.chain.registry import promote
 from trainchain.chain.report_mail import send_report
 from trainchain.chain.tune import save_report, tune
-from trainchain.core.config import CONFIG_FILE
+from trainchain.core.config import CONFIG_FILE, load_config
+from trainchain.core.errors import NotifyError, TrainchainError
 from trainchain.core.progress import TuneDisplay
+from trainchain.core.redaction import redact, without_credentials
 from trainchain.core.report import ChainReport
 from trainchain.core.settings import Settings
 from trainchain.core.status import ExitCode, RunState
 from trainchain.executors import get_executor
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -68,9 +74,101 @@ def run_chain(
     quiet: bool = False,
     stream_logs: bool = False,
     wait_lock: float = 0.0,
+    email_failures: bool = False,
+    pushed_by: str | None = None,
 ) -> ChainOutcome:
-    """Run the chain; the source is a model folder (used in place) or a repository to pull."""
-    path, repository, commit = resolve_source(source, ref, settings, subdir)
+    """Run the chain; the source is a model folder (used in place) or a repository to pull.
+
+    With ``email_failures`` (a trigger's chain, which nobody watches), a failure the chain
+    could not report in its own email (the pull, detection, the configuration, the
+    registry) is emailed too, to ``pushed_by`` when given, else to the configured
+    recipients, and then raised as before."""
+    path: Path | None = None
+    try:
+        path, repository, commit = resolve_source(source, ref, settings, subdir)
+        return _run(
+            path,
+            settings,
+            repository=repository,
+            commit=commit,
+            data=data,
+            executor=executor,
+            threshold=threshold,
+            max_trials=max_trials,
+            timeout=timeout,
+            image=image,
+            quiet=quiet,
+            stream_logs=stream_logs,
+            wait_lock=wait_lock,
+        )
+    except TrainchainError as err:
+        if email_failures and not isinstance(err, NotifyError):
+            email_failure(err, settings, source=source, ref=ref, path=path, to=pushed_by)
+        raise
+
+
+def email_failure(
+    err: TrainchainError,
+    settings: Settings,
+    *,
+    source: str,
+    ref: str | None,
+    path: Path | None,
+    to: str | None,
+) -> Delivery | None:
+    """Email a failure the chain raised instead of reporting it (the error and its hint);
+    None when the email itself failed (logged: the failure it reports matters more)."""
+    name = Path(without_credentials(source).rstrip("/")).name.removesuffix(".git") or "chain"
+    recipients: tuple[str, ...] = ()
+    if path is not None:  # pulled: its trainchain.yaml may name the model and its people
+        with suppress(TrainchainError):
+            model = load_config(path).model
+            name, recipients = model.name, tuple(model.notify.to)
+    commit = ref or ""
+    report = ChainReport(
+        chain_id=f"{name}-{commit[:12]}" if commit else name,
+        model_name=name,
+        repository=redact(source),
+        commit=commit,
+        goal_metric="",
+        threshold=0.0,
+        direction="maximize",
+        status=RunState.FAILED,
+        max_trials=0,
+        error=str(err),
+        recipients=recipients,
+        tracking_uri=settings.tracking_uri,
+        jenkins_build_url=settings.jenkins_build_url,
+        reason=settings.reason,
+    )
+    try:
+        delivery = send_report(report, settings, to=(to,) if to else ())
+    except NotifyError as failed:
+        log.error("could not email the failure: %s", failed)
+        return None
+    log.warning(
+        "failure email: %s",
+        f"sent to {', '.join(delivery.recipients)}" if delivery.method == "smtp" else delivery.path,
+    )
+    return delivery
+
+
+def _run(
+    path: Path,
+    settings: Settings,
+    *,
+    repository: str | None,
+    commit: str | None,
+    data: str | None,
+    executor: str,
+    threshold: float | None,
+    max_trials: int | None,
+    timeout: float | None,
+    image: str | None,
+    quiet: bool,
+    stream_logs: bool,
+    wait_lock: float,
+) -> ChainOutcome:
     prep = prepare(
         path,
         settings,

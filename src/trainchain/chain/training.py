@@ -46,6 +46,7 @@ class Lineage:
     family: str = ""
     jenkins_build_url: str | None = None
     reason: str = ""
+    config_digest: str = ""  # the resolved configuration (overrides applied)
 
     def tags(self) -> dict[str, str]:
         tags = {
@@ -60,6 +61,8 @@ class Lineage:
             tags[keys.JENKINS_BUILD_URL] = self.jenkins_build_url
         if self.reason:
             tags[keys.REASON] = self.reason
+        if self.config_digest:
+            tags[keys.CONFIG_DIGEST] = self.config_digest
         return tags
 
 

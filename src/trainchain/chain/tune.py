@@ -39,8 +39,8 @@ from trainchain.core import keys
 from trainchain.core.config import base_metric
 from trainchain.core.errors import Busy
 from trainchain.core.progress import TuneDisplay
-from trainchain.core.report import ChainReport, TrialSummary
-from trainchain.core.space import fit_to_space
+from trainchain.core.report import ChainReport, TrialSummary, trial_label
+from trainchain.core.space import fit_to_space, unused, used
 from trainchain.core.status import RunState
 from trainchain.core.verdict import (
     ACCURACY_LIKE,
@@ -297,11 +297,12 @@ class _Session:
         trial, params = self.search.ask()
         key = trial.user_attrs.get("checkpoint_key", trial.number)
         trial.set_user_attr("checkpoint_key", key)
-        self.display.trial_started(n, total, params, number=trial.number)
+        shown = used(self.model, params)
+        self.display.trial_started(n, total, shown, number=trial.number)
 
         def on_attempt(_number: int, attempt: int) -> None:
             if attempt > 1:
-                self.display.trial_started(n, total, params, number=trial.number, attempt=attempt)
+                self.display.trial_started(n, total, shown, number=trial.number, attempt=attempt)
 
         def on_report(step: int, value: float) -> bool:
             # called once per step, in increasing order (Optuna warns on a repeated step)
@@ -388,8 +389,8 @@ class _Session:
         estimate = self.search.estimate_of(candidate)
         shown = estimate.describe() if estimate is not None else f"{candidate.value:.4f}"
         self.display.note(
-            f"  confirming #{candidate.number} ({self.goal.val_metric} {shown}) on fresh "
-            f"folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
+            f"  confirming {trial_label(candidate.number)} ({self.goal.val_metric} {shown}) "
+            f"on fresh folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
         )
         self.display.confirmation_started(candidate.number)
         outcome = run_trial(
@@ -478,6 +479,7 @@ class _Session:
             best_test_n=test_n,
             best_test_interval=_test_interval(goal.test_metric, test_value, test_n),
             best_params=dict(best.params) if best else {},
+            unused_params=unused(model, best.params) if best else (),
             best_run_id=best.user_attrs.get("mlflow_run_id") if best else None,
             tracking_uri=settings.tracking_uri,
             parent_run_id=self.parent,

@@ -121,17 +121,33 @@ def register(
         "synth-eeg", parents=[common], help="write synthetic motor-imagery EEG recordings"
     )
     sp.set_defaults(func=cmd_synth_eeg)
-    sp.add_argument("--out", required=True, help="folder to write into")
-    sp.add_argument("--subjects", type=int, default=1)
     sp.add_argument(
-        "--difficulty", choices=["easy", "medium", "hard", "impossible"], default="medium"
+        "--out",
+        required=True,
+        help="folder to write the recordings S01_raw.fif, S02_raw.fif, ... into (made if absent)",
     )
-    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument(
+        "--subjects", type=int, default=1, help="subjects, one recording each (1-50; default: 1)"
+    )
+    sp.add_argument(
+        "--difficulty",
+        choices=["easy", "medium", "hard", "impossible"],
+        default="medium",
+        help="how clearly the EEG tells left from right: easy (the textbook 8-30 Hz CSP does "
+        "well), medium (only a well-chosen band does; the default), hard (weak, unreliable "
+        "desynchronisation), impossible (none: no model beats chance)",
+    )
+    sp.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed: the same seed writes the same recordings (default: 0)",
+    )
     sp.add_argument(
         "--trials-per-class",
         type=int,
         default=144,
-        help="cues per class and subject (default 144: one BCI IV 2a session)",
+        help="cues per class and subject (10-500; default 144: one BCI IV 2a session)",
     )
     sp = dsub.add_parser(
         "tabular",
@@ -163,7 +179,13 @@ def register(
     )
     sp.set_defaults(func=cmd_drift_epochs)
     sp.add_argument("--input", required=True, help="epochs: a .npy array or `data heldout`'s JSON")
-    sp.add_argument("--shift", required=True, choices=["gain", "line-noise", "swap"])
+    sp.add_argument(
+        "--shift",
+        required=True,
+        choices=["gain", "line-noise", "swap"],
+        help="gain (--channel times --factor), line-noise (at --line-hz) or swap (the two "
+        "--swap channels)",
+    )
     sp.add_argument("--out", required=True, help="the .npy file to write")
     sp.add_argument("--channel", default="C3", help="gain: the channel (default C3)")
     sp.add_argument("--factor", type=float, default=1.5, help="gain: the factor (default 1.5)")

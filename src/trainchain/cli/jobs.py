@@ -77,6 +77,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # ---- job 4 ------------------------------------------------------------------
 def _print_summary(report: Any) -> None:
+    from trainchain.core.report import trial_label
+
     op = ">=" if report.direction == "maximize" else "<="
     used = sum(1 for t in report.trials if t.state != "INTERRUPTED")
     if report.reason:
@@ -91,9 +93,9 @@ def _print_summary(report: Any) -> None:
     if report.best_params:
         shown = ", ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in report.best_params.items()
+            for k, v in report.used_params.items()
         )
-        out(f"best:      #{report.best_trial}: {shown}")
+        out(f"best:      {trial_label(report.best_trial)}: {shown}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -180,6 +182,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         stream_logs=args.verbose,
         wait_lock=args.wait_lock,
+        email_failures=args.email_failures,
+        pushed_by=args.pushed_by,
     )
     report = outcome.report
     out("")
@@ -237,6 +241,15 @@ def cmd_watchdog(args: argparse.Namespace) -> int:
 
 
 # ---- parser -------------------------------------------------------------------
+def _email(text: str) -> str:
+    from trainchain.core.notify import email_address
+
+    address = email_address(text)
+    if address is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an email address: expected name@host")
+    return address
+
+
 def _add_source(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("source", help="a model repository folder, or a git repository to pull")
     sp.add_argument("--ref", help="branch, tag or commit to pull")
@@ -289,12 +302,14 @@ def register(
     sp = add("pull", cmd_pull, "job 1: clone or fetch a model repository at one commit")
     sp.add_argument("repo", help="a path, file:// URL or any URL git accepts")
     sp.add_argument("--ref", help="branch, tag or commit (default: the remote's HEAD)")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="print the workspace and commit as JSON")
     _add_properties(sp, "REPOSITORY and COMMIT (the full sha)")
 
     sp = add("detect", cmd_detect, "job 2: decide the model family and training image")
     _add_source(sp)
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument(
+        "--json", action="store_true", help="print the family, image and evidence as JSON"
+    )
     _add_properties(sp, "FAMILY and IMAGE")
 
     sp = add("train", cmd_train, "job 3: one training run with the defaults plus --set")
@@ -330,6 +345,19 @@ def register_rest(
     sp = add("run", cmd_run, "the whole chain: pull, detect, tune, promote, notify")
     _add_source(sp)
     _add_run_opts(sp)
+    sp.add_argument(
+        "--email-failures",
+        action="store_true",
+        help="also email a failure the chain cannot report in its own email (the pull, "
+        "detection, the configuration): to --pushed-by, else to the configured recipients "
+        "(the push triggers set it)",
+    )
+    sp.add_argument(
+        "--pushed-by",
+        metavar="EMAIL",
+        type=_email,
+        help="who pushed the commit: the email of --email-failures goes to them",
+    )
 
     sp = add("watchdog", cmd_watchdog, "job 6: restart dead or hung training containers")
     sp.add_argument("--once", action="store_true", help="scan once and exit")

@@ -4,7 +4,7 @@ One module per command group declares its subcommands (`register`) and runs them
 `jobs` (the chain's jobs and `trainchain run`), `models` (the registry), `images`,
 `data`, `drift`, `jenkins`, `hooks`, `serve`. Jenkins, the local runner and the tests all run
 these same functions. Every command returns an exit status; errors become one clear
-line and a hint.
+line and a hint. `help` ends every --help with the exit statuses and examples.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from typing import Any
 from trainchain import __version__
 from trainchain.cli import data as data_cli
 from trainchain.cli import drift as drift_cli
+from trainchain.cli import help as help_cli
 from trainchain.cli import hooks as hooks_cli
 from trainchain.cli import images as images_cli
 from trainchain.cli import jenkins as jenkins_cli
 from trainchain.cli import jobs as jobs_cli
 from trainchain.cli import models as models_cli
 from trainchain.cli import serve as serve_cli
-from trainchain.core.errors import TrainchainError
+from trainchain.core.errors import ERROR_PREFIX, TrainchainError
 from trainchain.core.status import ExitCode
 
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     jenkins_cli.register(add, common)
     hooks_cli.register(add, common)
     serve_cli.register(add, common)
+    help_cli.add_epilogs(p)
     return p
 
 
@@ -77,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except TrainchainError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"{ERROR_PREFIX}{err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -87,8 +87,8 @@ def register(
     sp.add_argument("--model", help="the latest chain of this model")
 
     sp = add("rollback", cmd_rollback, "move the champion alias back to the previous champion")
-    sp.add_argument("name")
+    sp.add_argument("name", help="the registered model (its `name:` in trainchain.yaml)")
 
     sp = add("models", cmd_models, "list a registered model's versions, aliases and metrics")
-    sp.add_argument("name")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("name", help="the registered model (its `name:` in trainchain.yaml)")
+    sp.add_argument("--json", action="store_true", help="print the versions as JSON")

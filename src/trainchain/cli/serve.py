@@ -154,31 +154,29 @@ def _drift_options(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     repository or its trainchain.yaml; the registry does not keep it), else the defaults,
     with --drift-window, --drift-min-window and --drift-alpha on top; None with --no-drift.
     The window the workers share is a database in the server's run folder."""
-    from pydantic import ValidationError
-
-    from trainchain.core.config import Monitoring, format_validation_error, load_config
+    from trainchain.core.config import Monitoring, apply_flags, load_config
 
     if args.no_drift:  # with --retrain-url: ServeConfig says they do not go together
         return {"monitoring": None, "retrain": _retrain(args)}
     if args.monitoring_config:
         base = load_config(args.monitoring_config).model.monitoring
+        keeps = f"monitoring: of {args.monitoring_config}"
     else:
         base = Monitoring()  # type: ignore[call-arg]
-    changes = {
-        key: value
-        for key, value in (
-            ("window", args.drift_window),
-            ("min_window", args.drift_min_window),
-            ("alpha", args.drift_alpha),
-        )
-        if value is not None
-    }
-    if changes.get("window") is not None and args.drift_min_window is None:
-        changes["min_window"] = min(base.min_window, changes["window"])
-    try:
-        monitoring = Monitoring.model_validate({**base.model_dump(), **changes})
-    except ValidationError as err:
-        raise ConfigError(format_validation_error(err, "--drift-* options")) from None
+        keeps = "the defaults of monitoring:"
+    min_window, min_flag = args.drift_min_window, "--drift-min-window"
+    if args.drift_window is not None and min_window is None:
+        # a smaller window alone is tested from at most that many inputs
+        min_window, min_flag = min(base.min_window, args.drift_window), "--drift-window"
+    monitoring = apply_flags(
+        base,
+        [
+            ("--drift-window", ("window",), args.drift_window),
+            (min_flag, ("min_window",), min_window),
+            ("--drift-alpha", ("alpha",), args.drift_alpha),
+        ],
+        keeps=keeps,
+    )
     return {
         "monitoring": monitoring,
         "drift_db": run_dir / "drift.sqlite",

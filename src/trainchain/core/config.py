@@ -6,13 +6,14 @@ Every error names the key, the value received and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -21,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -94,17 +96,19 @@ class Goal(_Frozen):
                 raise ValueError(f"expected 'maximize' or 'minimize', got {v!r}") from None
         return v
 
-    @model_validator(mode="after")
-    def _threshold_in_range(self) -> Goal:
-        bounds = metric_range(self.metric)
-        if bounds is not None:
+    @field_validator("threshold")
+    @classmethod
+    def _threshold_in_range(cls, v: float, info: ValidationInfo) -> float:
+        # the error is the threshold's own (goal.threshold, or --threshold), not the goal's
+        metric = info.data.get("metric")
+        bounds = metric_range(metric) if isinstance(metric, str) else None
+        if bounds is not None and not bounds[0] <= v <= bounds[1]:
             low, high = bounds
-            if not low <= self.threshold <= high:
-                raise ValueError(
-                    f"threshold {self.threshold} is outside the range of metric "
-                    f"{self.metric!r}: expected a number from {low} to {high}"
-                )
-        return self
+            expected = f"from {low:g} to {high:g}" if math.isfinite(high) else f">= {low:g}"
+            raise ValueError(
+                f"outside the range of metric {metric!r}: expected a number {expected}"
+            )
+        return v
 
     @property
     def val_metric(self) -> str:
@@ -179,7 +183,24 @@ class Confirmation(_Frozen):
         return _level("alpha", v)
 
 
-class IntParam(_Frozen):
+Scalar = str | int | float | bool | None
+
+
+class _ParamBase(_Frozen):
+    # Applies only when each named categorical hyperparameter takes one of the listed
+    # values (``kernel: {..., when: {classifier: [svc]}}``): still sampled, but console,
+    # report and email leave it out of a trial that did not use it.
+    when: dict[str, tuple[Scalar, ...]] | None = None
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _lists_are_tuples(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            return {k: tuple(x) if isinstance(x, list) else x for k, x in v.items()}
+        return v
+
+
+class IntParam(_ParamBase):
     type: Literal["int"]
     low: int
     high: int
@@ -193,7 +214,7 @@ class IntParam(_Frozen):
         return self
 
 
-class FloatParam(_Frozen):
+class FloatParam(_ParamBase):
     type: Literal["float"]
     low: Real
     high: Real
@@ -206,10 +227,7 @@ class FloatParam(_Frozen):
         return self
 
 
-Scalar = str | int | float | bool | None
-
-
-class CategoricalParam(_Frozen):
+class CategoricalParam(_ParamBase):
     type: Literal["categorical"]
     choices: tuple[Scalar, ...] = Field(min_length=1)
     default: Scalar
@@ -444,6 +462,21 @@ class ModelConfig(_Frozen):
                 "the search space is empty: expected at least one hyperparameter "
                 "(for example `C: {type: float, low: 0.01, high: 100, log: true, default: 1}`)"
             )
+        for name, param in v.items():
+            for other, values in (param.when or {}).items():
+                target = v.get(other)
+                if not isinstance(target, CategoricalParam) or other == name:
+                    raise ValueError(
+                        f"{name}.when: {other!r} is not another categorical hyperparameter "
+                        f"of the search space: expected one of "
+                        f"{sorted(k for k, p in v.items() if isinstance(p, CategoricalParam))}"
+                    )
+                wrong = [x for x in values if x not in target.choices]
+                if wrong or not values:
+                    raise ValueError(
+                        f"{name}.when.{other}: expected a list of {other}'s choices "
+                        f"{list(target.choices)}, got {list(values)}"
+                    )
         return v
 
     def defaults(self) -> dict[str, Any]:
@@ -503,18 +536,56 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return "".join(parts)
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's type holds: itself, a union's members, a dict's or tuple's items."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _keys_at(root: type[BaseModel], loc: Sequence[int | str]) -> list[str]:
+    """The keys the mapping at ``loc`` may hold (the fields of the model there), for the
+    did-you-mean of an unknown key. A list index or a union's tag in ``loc`` stays at the
+    same models; the key of a dict of models (a hyperparameter's name) is skipped."""
+    models: list[type[BaseModel]] = [root]
+    dict_key = False
+    for item in loc:
+        if dict_key:
+            dict_key = False
+            continue
+        fields = [
+            m.model_fields[str(item)].annotation for m in models if str(item) in m.model_fields
+        ]
+        if fields:
+            models = [model for annotation in fields for model in _models_in(annotation)]
+            dict_key = any(get_origin(annotation) is dict for annotation in fields)
+    return sorted({name for model in models for name in model.model_fields})
+
+
+def _unknown_key(loc: Sequence[int | str], root: type[BaseModel]) -> str:
+    known = _keys_at(root, loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+    if close:
+        return f"unknown key: did you mean `{close[0]}`?"
+    return f"unknown key: expected one of {', '.join(known)}" if known else "unknown key"
+
+
+def _error_text(e: Any, root: type[BaseModel]) -> str:
+    """One pydantic error's reason; for an unknown key, the key meant (or those allowed)."""
+    if e["type"] == "extra_forbidden":
+        return _unknown_key(e["loc"], root)
+    return str(e["msg"]).removeprefix("Value error, ")
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
         key = _format_loc(e["loc"]) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
         value = e.get("input")
         shown = repr(value) if not isinstance(value, dict) else "{...}"
         if len(shown) > 80:
             shown = shown[:77] + "..."
-        lines.append(f"{source}: {key}: {msg} (got {shown})")
+        lines.append(f"{source}: {key}: {_error_text(e, ModelConfig)} (got {shown})")
     return "\n".join(lines)
 
 
@@ -574,6 +645,60 @@ def resolve_data_dir(
     return path.resolve()
 
 
+M = TypeVar("M", bound=BaseModel)
+
+# A command-line option that overrides a key: (the option, the key's path, the value given,
+# None when not given).
+Flag = tuple[str, tuple[str, ...], Any]
+
+
+def _shown(value: Any) -> str:
+    """A value as it was typed: ``2`` for the 2.0 argparse made of it."""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def apply_flags(model: M, flags: Sequence[Flag], *, keeps: str) -> M:
+    """``model`` with the value of each option given at its key, validated like the file.
+    An error names the option and the value given (not the key, not the file): ``--threshold
+    2: outside the range ...``; its hint says to change the option or leave it out, ``keeps``
+    naming what is used then. The one place command-line options enter a config."""
+    given = [(flag, path, value) for flag, path, value in flags if value is not None]
+    if not given:
+        return model
+    data = model.model_dump(mode="json")
+    for _flag, path, value in given:
+        section = data
+        for key in path[:-1]:
+            section = section[key]
+        section[path[-1]] = value
+    try:
+        return type(model).model_validate(data)
+    except ValidationError as err:
+        lines: list[str] = []
+        named: list[str] = []
+        for e in err.errors():
+            loc = tuple(str(item) for item in e["loc"])
+            # the option's key, or a section whose check spans it (min_window <= window)
+            mine = [
+                f"{flag} {_shown(value)}"
+                for flag, path, value in given
+                if loc[: len(path)] == path or path[: len(loc)] == loc
+            ]
+            named += [m for m in mine if m not in named]
+            where = " ".join(mine) or _format_loc(e["loc"]) or "(top level)"
+            line = f"{where}: {_error_text(e, type(model))}"
+            lines += [line] if line not in lines else []
+        flags_named = list(dict.fromkeys(m.split(" ")[0] for m in named))
+        options = " and ".join(flags_named) or "the options"
+        them = "it" if len(flags_named) == 1 else "them"
+        raise ConfigError(
+            "\n".join(lines),
+            hint=f"change {options} on the command line, or leave {them} out to use {keeps}",
+        ) from None
+
+
 def with_overrides(
     model: ModelConfig,
     *,
@@ -581,12 +706,13 @@ def with_overrides(
     max_trials: int | None = None,
     timeout: float | None = None,
 ) -> ModelConfig:
-    """The same config with command-line overrides, validated like the file itself."""
-    data = model.model_dump(mode="json")
-    if threshold is not None:
-        data["goal"]["threshold"] = threshold
-    if max_trials is not None:
-        data["budget"]["max_trials"] = max_trials
-    if timeout is not None:
-        data["budget"]["timeout"] = timeout
-    return parse_config(data, "command line")
+    """The same config with the chain's command-line options (``run``, ``tune``)."""
+    return apply_flags(
+        model,
+        [
+            ("--threshold", ("goal", "threshold"), threshold),
+            ("--max-trials", ("budget", "max_trials"), max_trials),
+            ("--timeout", ("budget", "timeout"), timeout),
+        ],
+        keeps="what trainchain.yaml says",
+    )

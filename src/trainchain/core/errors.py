@@ -10,6 +10,17 @@ from __future__ import annotations
 
 from trainchain.core.status import ExitCode
 
+ERROR_PREFIX = "error: "  # how the CLI prints an error (its first line), and how a log shows it
+
+
+def last_error_line(log: str) -> str | None:
+    """The first line of the last error the CLI printed in ``log`` (``error: ...``), without
+    the prefix; None when it printed none."""
+    for line in reversed(log.splitlines()):
+        if line.startswith(ERROR_PREFIX) and line[len(ERROR_PREFIX) :].strip():
+            return line[len(ERROR_PREFIX) :].strip()
+    return None
+
 
 class TrainchainError(Exception):
     """Root of all trainchain errors."""

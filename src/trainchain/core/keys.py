@@ -18,6 +18,7 @@ EXECUTOR = "trainchain.executor"
 FAMILY = "trainchain.family"
 JENKINS_BUILD_URL = "trainchain.jenkins_build_url"
 REASON = "trainchain.reason"  # why the chain ran (`trainchain run --reason`), when it was said
+CONFIG_DIGEST = "trainchain.config_digest"  # sha256 of the resolved trainchain.yaml
 
 # --- MLflow run tags: a trial's run (CHAIN and TRIAL are container labels too)
 CHAIN = "trainchain.chain"

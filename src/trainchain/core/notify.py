@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import html
 import math
+import re
 from collections.abc import Sequence
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -22,12 +23,13 @@ from typing import Any
 
 from trainchain.core.promotion import describe_chance, describe_paired
 from trainchain.core.redaction import redact
-from trainchain.core.report import ChainReport, TrialSummary
+from trainchain.core.report import ChainReport, TrialSummary, trial_label
 from trainchain.core.status import RunState
 
 __all__ = ["PLOT_FILENAME", "render", "subject"]
 
 PLOT_FILENAME = "metric-per-trial.png"
+PLOT_CID = "metric-per-trial@trainchain"  # the plot's Content-ID: the HTML shows it inline
 
 # Bounds on what goes into one email (DESIGN: bounded payload size).
 MAX_LOG_LINES = 60
@@ -35,6 +37,19 @@ MAX_LOG_CHARS = 16_000
 MAX_ERROR_CHARS = 4_000
 MAX_SUBJECT_DETAIL = 120
 MAX_TABLE_TRIALS = 500
+MAX_EMAIL_CHARS = 254
+_EMAIL = re.compile(r"^[^@\s<>,;:\"()\[\]\\]+@[^@\s<>,;:\"()\[\]\\]+\.[^@\s<>,;:\"()\[\]\\]+$")
+
+
+def email_address(text: object) -> str | None:
+    """``text`` as one plain email address (``name@host.tld``), or None when it is not one
+    (a GitHub noreply address is one; a name, a list or a header is not)."""
+    if not isinstance(text, str):
+        return None
+    address = text.strip()
+    if len(address) > MAX_EMAIL_CHARS or not _EMAIL.match(address):
+        return None
+    return address
 
 
 def _one_line(text: str, limit: int = MAX_SUBJECT_DETAIL) -> str:
@@ -103,7 +118,9 @@ def subject(report: ChainReport) -> str:
             goal = f"goal reached ({metric} {_comparison(report, report.best_value)})"
         else:
             goal = "goal reached"
-        if report.registry_version is None:
+        if report.same_as:
+            outcome = f"{report.same_as} already is this model"
+        elif report.registry_version is None:
             outcome = "not registered"
         elif report.became_champion:
             outcome = f"v{report.registry_version} is champion"
@@ -131,14 +148,22 @@ def subject(report: ChainReport) -> str:
     return f"{head} FAILED: {_error_line(report)}"
 
 
+def _value(value: Any) -> str:
+    """A hyperparameter's value as people write it: ``8-12``, ``0.01``, ``True``, not a
+    Python repr (``'8-12'``)."""
+    if isinstance(value, float):
+        return _num(value, 6)
+    return redact(str(value))
+
+
 def _params_lines(params: dict[str, Any]) -> list[str]:
     if not params:
         return ["(none)"]
-    return [f"{key} = {redact(repr(params[key]))}" for key in sorted(params)]
+    return [f"{key} = {_value(params[key])}" for key in sorted(params)]
 
 
 def _params_rows(params: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(key, redact(repr(params[key]))) for key in sorted(params)]
+    return [(key, _value(params[key])) for key in sorted(params)]
 
 
 def _log_tail(text: str) -> str:
@@ -175,6 +200,12 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds:.1f}s"
 
 
+def _before_tuning(report: ChainReport) -> bool:
+    """A chain that failed before it tuned (the pull, detection, the configuration): no
+    goal was read and no trial ran."""
+    return report.status is RunState.FAILED and not report.goal_metric and not report.trials
+
+
 def _facts(report: ChainReport) -> list[tuple[str, str]]:
     """(label, value) rows shared by both outcomes; values are redacted."""
     rows: list[tuple[str, str]] = [("Model", report.model_name)]
@@ -189,16 +220,16 @@ def _facts(report: ChainReport) -> list[tuple[str, str]]:
     ]
     if extras:
         rows[0] = ("Model", f"{report.model_name} ({', '.join(extras)})")
-    rows += [
-        ("Repository", report.repository),
-        ("Commit", report.commit),
-        (
-            "Goal",
-            f"{report.goal_metric}, {report.direction}, threshold {_num(report.threshold, 6)}",
-        ),
-        ("Trials", f"{len(report.trials)} of {report.max_trials} used"),
-        ("Chain", report.chain_id),
-    ]
+    rows += [("Repository", report.repository), ("Commit", report.commit)]
+    if not _before_tuning(report):
+        rows += [
+            (
+                "Goal",
+                f"{report.goal_metric}, {report.direction}, threshold {_num(report.threshold, 6)}",
+            ),
+            ("Trials", f"{len(report.trials)} of {report.max_trials} used"),
+        ]
+    rows.append(("Chain", report.chain_id))
     if report.elapsed_s:
         rows.append(("Elapsed", _duration(report.elapsed_s)))
     return [(label, redact(value)) for label, value in rows]
@@ -221,6 +252,11 @@ def _where(report: ChainReport) -> list[tuple[str, str]]:
 
 def _registry_rows(report: ChainReport) -> list[tuple[str, str]]:
     if report.registry_version is None:
+        if report.same_as:
+            return [
+                ("Registry", f"not registered: {report.same_as} already is this model"),
+                ("Promotion", redact(report.promotion_reason)),
+            ]
         return [("Registry", "not registered")]
     champion = "yes" if report.became_champion else "no"
     rows = [
@@ -310,7 +346,7 @@ def _trial_cells(report: ChainReport, trial: TrialSummary) -> tuple[str, ...]:
     estimate = trial.estimate()
     spread = estimate.spread if estimate is not None else None
     return (
-        str(trial.number),
+        trial_label(trial.number),
         trial.state,
         _num(trial.value),
         f"{_num(spread, 2)} ({estimate.n})" if spread is not None and estimate else "",
@@ -345,7 +381,7 @@ def _trials_table(report: ChainReport) -> list[str]:
 def _best_sentence(report: ChainReport) -> str:
     if report.best_value is None:
         return "No trial completed, so there is no best value."
-    by = f" by trial {report.best_trial}" if report.best_trial is not None else ""
+    by = f" by trial {trial_label(report.best_trial)}" if report.best_trial is not None else ""
     test = (
         f" (held-out test: {_num(report.best_test_value)})"
         if report.best_test_value is not None
@@ -371,6 +407,12 @@ def _what_failed(report: ChainReport) -> str:
         )
     if report.status is RunState.RUNNING:
         return "The chain stopped before it finished: its report still says running."
+    if _before_tuning(report):
+        return (
+            "The chain stopped before tuning (the pull, detection or the configuration): "
+            "nothing was trained, registered or promoted. The error below says why and what "
+            "to do."
+        )
     return "The chain failed."
 
 
@@ -418,7 +460,7 @@ def _plain(report: ChainReport) -> str:
         lines += ["", HOW_TO_READ, ""]
         lines += _format_rows(_facts(report))
         lines += ["", "Best hyperparameters:"]
-        lines += ["  " + line for line in _params_lines(report.best_params)]
+        lines += ["  " + line for line in _params_lines(report.used_params)]
         lines.append("")
         lines += _format_rows(_registry_rows(report))
         promotion = _promotion_lines(report)
@@ -431,19 +473,21 @@ def _plain(report: ChainReport) -> str:
         error = _error_text(report)
         if error:
             lines += ["", "Error:"] + ["  " + line for line in error.splitlines()]
-        lines += ["", _best_sentence(report)]
-        if report.best_value is not None:
-            lines.append("Its hyperparameters:")
-            lines += ["  " + line for line in _params_lines(report.best_params)]
-        lines += ["", _promotion_sentence(report), ""]
-        lines += _format_rows(_facts(report))
+        if not _before_tuning(report):
+            lines += ["", _best_sentence(report)]
+            if report.best_value is not None:
+                lines.append("Its hyperparameters:")
+                lines += ["  " + line for line in _params_lines(report.used_params)]
+            lines += ["", _promotion_sentence(report)]
+        lines += ["", *_format_rows(_facts(report))]
     where = _where(report)
     if where:
         lines += ["", "Where:"]
         lines += ["  " + line for line in _format_rows(where)]
-    lines += ["", "Trials:"]
-    lines += ["  " + line for line in _trials_table(report)]
-    if report.status is not RunState.SUCCEEDED:
+    if not _before_tuning(report):
+        lines += ["", "Trials:"]
+        lines += ["  " + line for line in _trials_table(report)]
+    if report.status is not RunState.SUCCEEDED and not _before_tuning(report):
         tail = _log_tail(report.log_tail)
         lines += ["", "Last log lines:"]
         lines += ["  " + line for line in tail.splitlines()] if tail else ["  (no log lines)"]
@@ -464,7 +508,7 @@ def _html_rows(rows: Sequence[tuple[str, str]]) -> str:
     return f"<table>{cells}</table>"
 
 
-def _html(report: ChainReport) -> str:
+def _html(report: ChainReport, plot: bool = False) -> str:  # noqa: PLR0915 - one page, top down
     ok = report.status is RunState.SUCCEEDED
     colour = "#1a7f37" if ok else "#cf222e"
     parts = [
@@ -479,7 +523,7 @@ def _html(report: ChainReport) -> str:
         parts.append(f"<p>{_h(HOW_TO_READ)}</p>")
         parts.append(_html_rows(_facts(report)))
         parts.append("<h3>Best hyperparameters</h3>")
-        parts.append(_html_rows(_params_rows(report.best_params)))
+        parts.append(_html_rows(_params_rows(report.used_params)))
         parts.append("<h3>Registry</h3>")
         parts.append(_html_rows(_registry_rows(report)))
         promotion = _promotion_lines(report)
@@ -494,16 +538,22 @@ def _html(report: ChainReport) -> str:
         error = _error_text(report)
         if error:
             parts.append(f"<pre>{_h(error)}</pre>")
-        parts.append(f"<p>{_h(_best_sentence(report))}</p>")
-        if report.best_value is not None and report.best_params:
-            parts.append(_html_rows(_params_rows(report.best_params)))
-        parts.append(f"<p><strong>{_h(_promotion_sentence(report))}</strong></p>")
+        if not _before_tuning(report):
+            parts.append(f"<p>{_h(_best_sentence(report))}</p>")
+            if report.best_value is not None and report.best_params:
+                parts.append(_html_rows(_params_rows(report.used_params)))
+            parts.append(f"<p><strong>{_h(_promotion_sentence(report))}</strong></p>")
         parts.append(_html_rows(_facts(report)))
     where = _where(report)
     if where:
         parts.append("<h3>Where</h3>")
         parts.append(_html_rows(where))
     parts.append("<h3>Trials</h3>")
+    if plot:
+        parts.append(
+            f'<p><img src="cid:{PLOT_CID}" alt="{_h(report.goal_metric)} per trial" '
+            'style="max-width:100%"></p>'
+        )
     trials, cut = _trials(report)
     if cut:
         parts.append(f"<p>({cut} earlier trials left out)</p>")
@@ -514,7 +564,7 @@ def _html(report: ChainReport) -> str:
         for t in trials
     )
     parts.append(f"<table><tr>{header}</tr>{body}</table>" if trials else "<p>(no trials ran)</p>")
-    if not ok:
+    if not ok and not _before_tuning(report):
         parts.append("<h3>Last log lines</h3>")
         parts.append(f"<pre>{_h(_log_tail(report.log_tail) or '(no log lines)')}</pre>")
     parts.append(f'<p style="color:#666">trainchain, chain {_h(redact(report.chain_id))}</p>')
@@ -549,11 +599,20 @@ def render(
         message["To"] = ", ".join(_header_value(r) for r in recipients)
     message["X-Trainchain-Chain"] = _header_value(redact(report.chain_id))
     message["X-Trainchain-Status"] = _header_value(report.status)
-    plain, page = _plain(report), _html(report)
+    plain, page = _plain(report), _html(report, plot=plot_png is not None)
     message.set_content(plain, subtype="plain", charset="utf-8")
     message.add_alternative(page, subtype="html", charset="utf-8")
-    if plot_png is not None:
-        message.add_attachment(plot_png, maintype="image", subtype="png", filename=PLOT_FILENAME)
+    if plot_png is not None:  # inline in the HTML (multipart/related), named for saving
+        html_part = message.get_body(preferencelist=("html",))  # added just above
+        if isinstance(html_part, EmailMessage):
+            html_part.add_related(
+                plot_png,
+                maintype="image",
+                subtype="png",
+                cid=f"<{PLOT_CID}>",
+                filename=PLOT_FILENAME,
+                disposition="inline",
+            )
     # MIME boundaries from the content, not random: the same report gives the same bytes.
     digest = hashlib.sha256(plain.encode() + page.encode() + (plot_png or b"")).hexdigest()[:32]
     for number, part in enumerate(p for p in message.walk() if p.is_multipart()):

@@ -11,6 +11,8 @@ import io
 import math
 from typing import TYPE_CHECKING, Any
 
+from trainchain.core.report import trial_label
+
 if TYPE_CHECKING:
     from trainchain.core.report import ChainReport, TrialSummary
 
@@ -54,7 +56,7 @@ def _draw_trials(
                 color="gold",
                 markeredgecolor="black",
                 markersize=16,
-                label=f"best (trial {report.best_trial})",
+                label=f"best (trial {trial_label(report.best_trial)})",
                 zorder=4,
             )
     if pruned:
@@ -141,21 +143,22 @@ def _draw_goal(ax: Any, report: ChainReport) -> None:
     op = "<=" if report.direction.lower() == "minimize" else ">="
     label = f"goal: {report.goal_metric} {op} {report.threshold:g}"
     ax.axhline(report.threshold, linestyle="--", color="black", linewidth=1, label=label)
-    # Label the line itself too (right end, x in axes units, y in data).
-    ax.annotate(
-        label,
-        xy=(0.99, report.threshold),
-        xycoords=ax.get_yaxis_transform(),
-        xytext=(0, 3),
-        textcoords="offset points",
-        ha="right",
-        va="bottom",
-        fontsize="small",
-    )
+    # Label the line outside the plotting area, as a tick of a right-hand axis at the
+    # threshold: inside, the label sat on the trials' line wherever it crossed the goal.
+    right = ax.secondary_yaxis("right")
+    right.set_yticks([report.threshold], labels=[f"goal {op} {report.threshold:g}"])
+    right.tick_params(length=0, labelsize="small")
 
 
 def metric_plot(report: ChainReport) -> bytes:
-    """A PNG of ``report.goal_metric`` per trial, with the best-so-far and the goal.
+    """:func:`metric_figure` as a PNG."""
+    buffer = io.BytesIO()
+    metric_figure(report).savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def metric_figure(report: ChainReport) -> Any:
+    """A matplotlib Figure of ``report.goal_metric`` per trial, with the best-so-far and the goal.
 
     Completed trials are points joined by a line, with their fold spread as error bars;
     beside the best trial, its confirmation on fresh folds (a diamond, with a line down to
@@ -163,13 +166,14 @@ def metric_plot(report: ChainReport) -> bytes:
     square); pruned trials with a value are
     hollow triangles; failed trials (and pruned ones without a value) are crosses
     along the bottom edge; the best value so far is a step line; the threshold is
-    a dashed, labelled horizontal line. With no completed trial the picture says so.
+    a dashed horizontal line, labelled outside the plotting area. With no completed
+    trial the picture says so.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     trials = sorted(report.trials, key=lambda t: t.number)
     done = [t for t in trials if t.state == _COMPLETE and _finite(t.value)]
@@ -199,6 +203,8 @@ def metric_plot(report: ChainReport) -> bytes:
     if trials:
         ax.set_xlim(trials[0].number - 0.5, trials[-1].number + 0.7)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        # Optuna numbers trials from 0; people (console, email) from 1
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{int(x) + 1}"))
     else:
         ax.set_xlim(-0.5, 0.5)
         ax.set_xticks([])
@@ -210,7 +216,4 @@ def metric_plot(report: ChainReport) -> bytes:
     )
     ax.grid(visible=True, alpha=0.3)
     ax.legend(loc="best", fontsize="small")
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
+    return fig

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.status import Status
 
 from trainchain.core.config import Direction, Goal
+from trainchain.core.report import trial_label
 from trainchain.core.verdict import Confirmation, Estimate
 
 
@@ -67,7 +68,7 @@ class TuneDisplay:
         """Trial ``n`` of ``total`` (the budget's count) is Optuna's trial ``#number``."""
         if self.quiet:
             return
-        self._label = f"trial {n}/{total} #{number}"
+        self._label = f"trial {n}/{total} {trial_label(number)}"
         shown = ", ".join(f"{k}={_short(v)}" for k, v in params.items())
         extra = f" (attempt {attempt})" if attempt > 1 else ""
         self.console.print(f"  {self._label}{extra}: {shown}")
@@ -113,7 +114,9 @@ class TuneDisplay:
             result = f"{self.metric} " + (value.describe(4) if value is not None else "-")
             if test is not None:
                 result += f" (test {_fmt(test)})"
-        best_text = f"best {_fmt(best)}" + (f" (#{best_trial})" if best_trial is not None else "")
+        best_text = f"best {_fmt(best)}" + (
+            f" ({trial_label(best_trial)})" if best_trial is not None else ""
+        )
         self.console.print(
             f"  {self._label or f'trial {n}/{total}'}: {result} | {best_text} | goal {self.goal}"
         )
@@ -144,7 +147,9 @@ class TuneDisplay:
             at = f" at epoch {step}" if step is not None else ""
             why = f"median of earlier trials {self.better}"
             shown = f"{self.metric} {_fmt(value)}"
-        best_text = f"best {_fmt(best)}" + (f" (#{best_trial})" if best_trial is not None else "")
+        best_text = f"best {_fmt(best)}" + (
+            f" ({trial_label(best_trial)})" if best_trial is not None else ""
+        )
         self.console.print(
             f"  {self._label or f'trial {n}/{total}'} [yellow]pruned[/yellow]{at}: "
             f"{shown} ({why}) | {best_text} | goal {self.goal}"
@@ -153,7 +158,7 @@ class TuneDisplay:
     def confirmation_started(self, number: int) -> None:
         """The confirmation run of trial ``#number`` starts: its script lines carry that
         label."""
-        self._label = f"confirmation of #{number}"
+        self._label = f"confirmation of {trial_label(number)}"
         self._started = self._shown = time.monotonic()
 
     def confirmation(self, result: Confirmation) -> None:
@@ -162,7 +167,7 @@ class TuneDisplay:
             return
         colour = "green" if result.confirmed else "yellow"
         self.console.print(
-            f"  confirmation of #{result.trial}: [{colour}]{result.reason}[/{colour}]"
+            f"  confirmation of {trial_label(result.trial)}: [{colour}]{result.reason}[/{colour}]"
         )
 
     def close(self) -> None:

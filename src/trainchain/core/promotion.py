@@ -23,7 +23,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["Decision", "HeldoutTest", "chance_test", "decide", "heldout_test", "paired_test"]
+from trainchain.core import keys
+
+__all__ = [
+    "IDENTITY_TAGS",
+    "Decision",
+    "HeldoutTest",
+    "chance_test",
+    "decide",
+    "heldout_test",
+    "paired_test",
+    "same_model",
+]
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,23 @@ def describe_paired(test: HeldoutTest) -> str:
         f"{test.losses} ({test.correct} vs {test.champion_correct} right): McNemar's exact test "
         f"that it is better{margin}, one-sided {_p(test.paired_p or 1.0)}"
     )
+
+
+# What makes two trained models the same one: the same code (a clean commit), data,
+# resolved configuration, training image and hyperparameters.
+IDENTITY_TAGS = (keys.COMMIT, keys.DATA_DIGEST, keys.CONFIG_DIGEST, keys.IMAGE, keys.PARAMS)
+
+
+def same_model(candidate: Mapping[str, str], registered: Mapping[str, str]) -> bool:
+    """Whether a trial's run (its tags) would train the model a registered version already
+    is: every identity tag present and equal, and the commit a clean one (a folder with
+    local changes, or data that was missing, is never known to be the same)."""
+    commit = candidate.get(keys.COMMIT, "")
+    if not commit or commit == "none" or commit.endswith("+dirty"):
+        return False
+    if candidate.get(keys.DATA_DIGEST) in (None, "", "missing"):
+        return False
+    return all(candidate.get(k) and candidate.get(k) == registered.get(k) for k in IDENTITY_TAGS)
 
 
 def decide(  # noqa: PLR0911 - a decision table: each return is one rule

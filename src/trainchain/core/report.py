@@ -22,6 +22,13 @@ VERDICT_TEXT = {
     "failed": "NOT reached (the chain failed)",
 }
 
+
+def trial_label(number: int) -> str:
+    """A trial as people read it, 1-based (``#1`` is Optuna's trial 0): on the console, in
+    the email and in the plot alike."""
+    return f"#{number + 1}"
+
+
 MAX_REASON_CHARS = 500  # why a chain ran (`trainchain run --reason`): one line, this long at most
 
 
@@ -70,6 +77,9 @@ class ChainReport:
     best_value: float | None = None
     best_test_value: float | None = None
     best_params: dict[str, Any] = field(default_factory=dict)
+    # of best_params, those the best trial did not use (their `when:` is not met); every
+    # figure of a report shows the others
+    unused_params: tuple[str, ...] = ()
     best_run_id: str | None = None
     registry_version: str | None = None
     became_champion: bool = False
@@ -95,6 +105,12 @@ class ChainReport:
     promotion_test: HeldoutTest | None = None
     warm_start: str = ""  # what the study started from, when an earlier study
     reason: str = ""  # why this chain ran (`trainchain run --reason`: a drift alert, a person)
+    same_as: str | None = None  # "champion v2": the version that already is this model
+
+    @property
+    def used_params(self) -> dict[str, Any]:
+        """``best_params`` without ``unused_params``."""
+        return {k: v for k, v in self.best_params.items() if k not in self.unused_params}
 
     def __post_init__(self) -> None:
         # a report read from JSON, or made with a plain string, holds the enum
@@ -121,7 +137,7 @@ class ChainReport:
             return "no completed trial"
         estimate = best.estimate()
         shown = estimate.describe(4) if estimate is not None else f"{best.value:.4f}"
-        return f"{shown}, trial #{best.number}"
+        return f"{shown}, trial {trial_label(best.number)}"
 
     def confirmation_figure(self) -> str:
         """The deciding confirmation's figure and rule, or why there was none."""
@@ -172,6 +188,7 @@ class ChainReport:
         )
         rest = {k: v for k, v in data.items() if k != "trials"}
         rest["recipients"] = tuple(rest.get("recipients", ()))
+        rest["unused_params"] = tuple(rest.get("unused_params", ()))
         rest["confirmations"] = tuple(
             Confirmation.from_dict(c) for c in rest.get("confirmations", ())
         )

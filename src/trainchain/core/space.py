@@ -93,3 +93,21 @@ def fit_to_space(config: ModelConfig, values: Mapping[str, Any]) -> dict[str, An
             return None
         out[name] = value
     return out
+
+
+def unused(config: ModelConfig, params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The hyperparameters of ``params`` their ``when:`` says a trial with ``params`` did
+    not use (``kernel`` when ``classifier`` is ``sgd``)."""
+    out = []
+    for name in params:
+        param = config.search_space.get(name)
+        when = param.when if param is not None else None
+        if when and any(params.get(other) not in values for other, values in when.items()):
+            out.append(name)
+    return tuple(out)
+
+
+def used(config: ModelConfig, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without :func:`unused`'s."""
+    skip = set(unused(config, params))
+    return {k: v for k, v in params.items() if k not in skip}

@@ -1,6 +1,7 @@
 """Exit codes and run states: the one spelling of each, for the whole package.
 
-``trainchain``'s exit status is an :class:`ExitCode` (the README's "Exit status" list);
+``trainchain``'s exit status is an :class:`ExitCode`, each explained in
+:data:`EXIT_MEANINGS` (every ``--help`` ends with it, and the README shows it);
 a chain or a triggered run is in a :class:`RunState`. A run's state and its exit code
 map one to the other here, and nowhere else. This module imports nothing of trainchain.
 """
@@ -11,21 +12,45 @@ import enum
 
 
 class ExitCode(enum.IntEnum):
-    """What ``trainchain`` exits with (README, "Exit status")."""
+    """What ``trainchain`` exits with; :data:`EXIT_MEANINGS` says what each means."""
 
-    OK = 0  # success: the goal confirmed; a Jenkins build's SUCCESS
-    ERROR = 1  # any other error; a Jenkins build's FAILURE or NOT_BUILT
-    CONFIG = 2  # bad configuration or arguments
-    GOAL_NOT_REACHED = 3  # the budget ran out below the goal (or it was not confirmed)
-    DETECTION = 4  # detection could not decide the model family
-    PULL = 5  # the repository could not be cloned or fetched
-    TRAINING = 6  # training failed: the chain failed
-    REGISTRY = 7  # the registry refused (e.g. nothing to roll back to)
-    NOTIFY = 8  # the email could not be sent (it is kept in the outbox)
-    BUSY = 9  # another process holds the model's or the repository's lock
-    JENKINS = 10  # Jenkins refused or could not be reached
-    DRIFT = 11  # `trainchain drift`: the inputs drifted from the model's training data
-    INTERRUPTED = 130  # Ctrl-C; a Jenkins build's ABORTED (128 + SIGINT)
+    OK = 0
+    ERROR = 1
+    CONFIG = 2
+    GOAL_NOT_REACHED = 3
+    DETECTION = 4
+    PULL = 5
+    TRAINING = 6
+    REGISTRY = 7
+    NOTIFY = 8
+    BUSY = 9
+    JENKINS = 10
+    DRIFT = 11
+    INTERRUPTED = 130
+
+
+# The one table of exit statuses: `trainchain --help` and every command's --help print it
+# (exit_status_table), and the README's "Exit status" is this text.
+EXIT_MEANINGS: dict[ExitCode, str] = {
+    ExitCode.OK: "success (for a chain: the goal confirmed)",
+    ExitCode.ERROR: "any other error",
+    ExitCode.CONFIG: "bad configuration or arguments",
+    ExitCode.GOAL_NOT_REACHED: "the budget ran out below the goal, or the goal was not confirmed",
+    ExitCode.DETECTION: "detection could not decide the model family",
+    ExitCode.PULL: "the model source could not be pulled: no such path, or git failed",
+    ExitCode.TRAINING: "training failed: the chain failed",
+    ExitCode.REGISTRY: "the registry refused (e.g. nothing to roll back to)",
+    ExitCode.NOTIFY: "the email could not be sent (it is kept in the outbox)",
+    ExitCode.BUSY: "another process holds the model's or repository's lock (see --wait-lock)",
+    ExitCode.JENKINS: "Jenkins refused or could not be reached",
+    ExitCode.DRIFT: "`trainchain drift`: the inputs drifted from the model's training data",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def exit_status_table() -> list[str]:
+    """One line per exit status, ``  3    the budget ran out ...``, in the order of the codes."""
+    return [f"  {code.value:<4} {EXIT_MEANINGS[code]}" for code in ExitCode]
 
 
 class RunState(enum.StrEnum):

@@ -33,9 +33,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
+from trainchain.adapters.gitrepo import committer_email
 from trainchain.adapters.locks import flock_within
 from trainchain.contract.task import atomic_write_bytes
-from trainchain.core.errors import ConfigError
+from trainchain.core.errors import ConfigError, last_error_line
+from trainchain.core.redaction import redact
 from trainchain.core.status import RunState
 from trainchain.triggers.queue import (
     BRANCH_NAME,
@@ -81,6 +83,7 @@ JENKINS_SHOWN_S = 30.0  # the hook waits this long to show the pusher Jenkins' a
 JENKINS_SHOWN_POLL_S = 0.2
 LOCK_POLL_S = 0.2
 KILL_GRACE_S = 30.0  # a timed-out or stopped chain gets this long after SIGTERM
+LOG_TAIL_BYTES = 64 << 10  # a finished run's log end read for the error it printed
 DRAIN_LOG_LIMIT = 1 << 20  # the drainers' shared stderr log is emptied past 1 MiB
 MAX_DRAINED_RUNS = 10_000  # one drainer's runs before it ends (the next push starts another)
 
@@ -118,6 +121,10 @@ def run_argv(python: str, status: RunStatus, home: Path) -> list[str]:
         argv += ["--data", status.data]
     if status.reason:  # one argument, whatever it starts with
         argv.append(f"--reason={status.reason}")
+    # nobody watches a triggered chain: a failure it cannot report itself is emailed
+    argv.append("--email-failures")
+    if status.pushed_by:
+        argv.append(f"--pushed-by={status.pushed_by}")
     return [*argv, "--home", str(home)]
 
 
@@ -174,10 +181,25 @@ def _stop(proc: subprocess.Popen[bytes]) -> int:
     return proc.wait()
 
 
-def _outcome(status: RunStatus, code: int | None, error: str | None) -> RunStatus:
+def _why(log_path: Path) -> str | None:
+    """The first line of the error the chain printed last in its log (its end, bounded)."""
+    try:
+        with log_path.open("rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - LOG_TAIL_BYTES))
+            tail = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    line = last_error_line(tail)
+    return redact(line) if line else None
+
+
+def _outcome(
+    status: RunStatus, code: int | None, error: str | None, log_path: Path | None = None
+) -> RunStatus:
     state = RunState.FAILED if code is None or error else RunState.of_exit(code)
     if state is RunState.FAILED and error is None:
-        error = f"trainchain run exited with status {code}; the log says why"
+        why = _why(log_path) if log_path is not None else None
+        error = f"trainchain run exited with status {code}: " + (why or "the log says why")
     return status.with_(state=state, exit_code=code, finished_at=now_iso(), error=error)
 
 
@@ -227,7 +249,8 @@ def execute(
             stopped = "the drainer was stopped, and the chain with it"
             queue.finish(token, _outcome(status, code, stopped), advance=False)
             raise
-        final = _outcome(status, code, error)
+        out.flush()
+        final = _outcome(status, code, error, log_path)
         queue.finish(token, final)
         _log_line(out, f"run {status.run_id} finished: {final.state} (exit {code})")
         return final
@@ -470,6 +493,7 @@ def post_receive(
             data=options.data,
             run_timeout=options.run_timeout,
             jenkins=jenkins,
+            pushed_by=committer_email(repo, update.new),
         )
         try:
             status, _ = enqueue(

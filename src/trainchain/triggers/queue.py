@@ -56,6 +56,7 @@ from typing import Any
 from trainchain.adapters.gitrepo import normalise, workspace_name
 from trainchain.contract.task import atomic_write_bytes
 from trainchain.core.errors import Busy, ConfigError, TrainchainError
+from trainchain.core.notify import email_address
 from trainchain.core.status import RunState
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ class RunRequest:
     jenkins: JenkinsTarget | None = None
     reason: str = ""  # why it runs (`trainchain run --reason`), for a retrain
     model: str | None = None  # set: a retrain of this model, whose ``commit`` is a branch
+    pushed_by: str | None = None  # who pushed (pusher or committer email): told of a failure
 
     def __post_init__(self) -> None:
         if not self.repository or self.repository.startswith("-"):
@@ -232,6 +234,7 @@ class RunStatus:
     # a retrain: the model, and why (``commit`` is then the branch whose head runs)
     model: str | None = None
     reason: str = ""
+    pushed_by: str | None = None  # who pushed: a failure before tuning is emailed to them
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"state": str(self.state)}
@@ -378,6 +381,7 @@ def new_status(paths: HookPaths, request: RunRequest) -> RunStatus:
         run_timeout=request.run_timeout,
         model=request.model,
         reason=request.reason,
+        pushed_by=email_address(request.pushed_by),
     )
     if request.jenkins is None:
         return status

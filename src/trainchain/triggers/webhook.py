@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import parse_qs
 
 from flask import Flask, request
 from flask import Response as FlaskResponse
@@ -43,6 +44,7 @@ from werkzeug.exceptions import HTTPException
 from trainchain import __version__
 from trainchain.core.alerts import DEFAULT_COOLDOWN_S
 from trainchain.core.errors import ConfigError
+from trainchain.core.notify import email_address
 from trainchain.triggers.hooks import (
     ZERO_SHA,
     child_env,
@@ -189,12 +191,59 @@ class BadPayload(ValueError):
     """The push payload lacks a field trainchain needs."""
 
 
+class BadBody(ValueError):
+    """A delivery's body is not a payload this server reads; ``status`` is the answer's."""
+
+    def __init__(self, message: str, status: int = HTTPStatus.BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+JSON_TYPE = "application/json"
+FORM_TYPE = "application/x-www-form-urlencoded"
+CONTENT_TYPE_HINT = f"set the webhook's content type to {JSON_TYPE} (GitHub: Settings, Webhooks)"
+
+
+def read_body(content_type: str | None, body: bytes) -> Any:
+    """A delivery's payload, as GitHub sends it: the JSON body (``application/json``, or no
+    content type), or the JSON in the form field ``payload``
+    (``application/x-www-form-urlencoded``, the default of a webhook made through GitHub's
+    API). Another content type is a :class:`BadBody` (415) saying which one to set."""
+    kind = (content_type or JSON_TYPE).split(";", 1)[0].strip().lower()
+    if kind == FORM_TYPE:
+        try:
+            fields = parse_qs(body.decode("utf-8"), strict_parsing=True, max_num_fields=100)
+        except (UnicodeDecodeError, ValueError) as err:
+            raise BadBody(f"the body is not {FORM_TYPE}: {err}") from None
+        payloads = fields.get("payload", [])
+        if len(payloads) != 1:
+            raise BadBody(
+                f"the {FORM_TYPE} body has {len(payloads)} payload fields: expected one "
+                f"holding the JSON; or {CONTENT_TYPE_HINT}"
+            )
+        text: str | bytes = payloads[0]
+        what = "the form field payload"
+    elif kind == JSON_TYPE:
+        text, what = body, "the body"
+    else:
+        raise BadBody(
+            f"content type {kind} is not one GitHub sends: expected {JSON_TYPE} or {FORM_TYPE}; "
+            + CONTENT_TYPE_HINT,
+            HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+        )
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise BadBody(f"{what} is not JSON: {err}") from None
+
+
 @dataclass(frozen=True)
 class Push:
     repository: str  # repository.clone_url
     name: str  # repository.full_name
     branch: str
     commit: str
+    pushed_by: str | None = None  # the pusher's email, else the head commit's committer's
 
 
 @dataclass(frozen=True)
@@ -252,7 +301,22 @@ def read_push(payload: Any, branches: tuple[str, ...]) -> Push | Ignore:
     clone_url = _text(payload, "repository.clone_url")
     if clone_url.startswith("-"):
         raise BadPayload(f"the push payload's repository.clone_url is not a URL: {clone_url!r}")
-    return Push(repository=clone_url, name=name, branch=branch, commit=after)
+    return Push(
+        repository=clone_url, name=name, branch=branch, commit=after, pushed_by=pusher(payload)
+    )
+
+
+def pusher(payload: Mapping[str, Any]) -> str | None:
+    """Who pushed, as an email address: ``pusher.email``, else ``head_commit.committer.email``
+    (GitHub sends both; either may be missing or not an address)."""
+    for path in ("pusher.email", "head_commit.committer.email"):
+        try:
+            address = email_address(_field(payload, path))
+        except BadPayload:
+            continue
+        if address is not None:
+            return address
+    return None
 
 
 # ---- runs -----------------------------------------------------------------------------
@@ -343,11 +407,10 @@ class WebhookApp:
         problem = signature_problem(self.config.secret, body, signature)
         if problem is not None:
             return self._answer(headers, peer, "-", HTTPStatus.UNAUTHORIZED, {"error": problem})
-        try:
-            payload = json.loads(body)
-        except ValueError as err:
-            error = {"error": f"the body is not JSON: {err}"}
-            return self._answer(headers, peer, "-", HTTPStatus.BAD_REQUEST, error)
+        try:  # the signature is over the raw body, whatever its encoding (as GitHub signs)
+            payload = read_body(headers.get("content-type"), body)
+        except BadBody as err:
+            return self._answer(headers, peer, "-", err.status, {"error": str(err)})
         where = describe(payload)
         if event == "ping":
             return self._answer(headers, peer, where, HTTPStatus.OK, {"pong": True})
@@ -394,6 +457,7 @@ class WebhookApp:
             data=self.config.data,
             run_timeout=self.config.run_timeout,
             jenkins=jenkins,
+            pushed_by=push.pushed_by,
         )
         try:
             status, ahead = self.runs.submit(request)
@@ -420,7 +484,7 @@ class WebhookApp:
         event = headers.get("x-github-event") or "-"
         outcome = body.get("run_id") and f"queued run {body['run_id']}"
         outcome = outcome or body.get("ignored") or body.get("error") or "pong"
-        level = logging.WARNING if code in (401, 413, 503) else logging.INFO
+        level = logging.WARNING if code in (401, 413, 415, 503) else logging.INFO
         log.log(
             level,
             "delivery %s: event %s from %s, %s: %d %s",
