@@ -270,6 +270,23 @@ smoke_test() {
   report "smoke test $family" "$out; uid $uid" "$t"
 }
 
+# Untagged build-stage images of FAMILY (label trainchain.stage, images/Dockerfile) whose
+# ids the build log LOG does not name: stages of earlier builds no build reuses. The
+# trainchain stage is a child of the venv stage, so it goes first; an image still in use
+# (a child image, a container) is left and named.
+remove_stale_stages() {
+  local family=$1 log=$2 stage id used
+  used=$(grep -oE -- '---> [0-9a-f]{12}' "$log" | cut -c6- | sort -u)
+  for stage in trainchain venv; do
+    for id in $(docker images -q --filter dangling=true \
+                  --filter "label=trainchain.stage=$stage $family"); do
+      grep -qx "$id" <<< "$used" && continue
+      docker rmi "$id" >/dev/null 2>&1 \
+        || echo "    note: kept untagged $stage stage $id of $family (still in use)"
+    done
+  done
+}
+
 build_family() {
   local family=$1 image=trainchain/train-$1:$VERSION target=train t inputs current log
   if [ "$family" = serve ]; then
@@ -306,8 +323,11 @@ build_family() {
     tail -n 40 "$log" >&2
     die "docker build of $image failed (whole log: $log)"
   fi
-  # The image this one replaces, now untagged; the build stages stay as build cache.
+  # The image this one replaces, now untagged; then the family's build stages (untagged
+  # images the classic builder keeps as cache) that this build did not use: without it
+  # every build whose inputs changed left about 1 to 2 GB behind.
   docker image prune -f --filter "label=trainchain.family=$family" >/dev/null
+  remove_stale_stages "$family" "$log"
   rm -rf "$context_dir"
   report "image $family" "built $image, $(docker image inspect -f '{{.Size}}' "$image" | awk '{ printf "%.0f MB", $1 / 1e6 }') (inputs ${inputs:0:12})" "$t"
   smoke_test "$family" "$image"
