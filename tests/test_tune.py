@@ -32,9 +32,21 @@ def _quiet() -> TuneDisplay:
 def test_tune_reaches_goal_and_logs_every_trial(toy_repo: ToyRepo, settings: Settings) -> None:
     """The first trial uses the defaults; the best trial reaching the goal is confirmed on
     fresh folds and tuning stops; each trial and the confirmation is a child run."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from trainchain.core.report import trial_label
+
     prep = prepare(toy_repo(threshold=0.95), settings)
-    report = tune(prep, LocalExecutor(), display=_quiet())
+    out = StringIO()
+    display = TuneDisplay("val_accuracy", 0.95, ">=", console=Console(file=out, width=200))
+    report = tune(prep, LocalExecutor(), display=display)
     assert report.status == "succeeded" and report.verdict == "confirmed"
+    assert report.best_trial is not None
+    # the console numbers trials as the email does: Optuna's trial 0 is #1
+    assert f"tune: goal reached and confirmed ({trial_label(report.best_trial)})" in out.getvalue()
+    assert f"trial 1/{prep.loaded.model.budget.max_trials} #1: x=0.1" in out.getvalue()
     assert report.best_value is not None and report.best_value >= 0.95
     assert report.trials[0].params["x"] == pytest.approx(0.1)  # the defaults come first
     assert report.trials[0].value == pytest.approx(0.4)

@@ -21,6 +21,7 @@ from trainchain.adapters.studies import (
     suggest,
 )
 from trainchain.core.config import ModelConfig
+from trainchain.core.report import trial_label
 from trainchain.core.verdict import Confirmation, Estimate, Verdict
 
 __all__ = [
@@ -184,7 +185,7 @@ class Search:
         budget = self.model.budget
         confirmed = self.confirmed()
         if confirmed is not None:
-            return f"goal reached and confirmed (trial {confirmed.trial})"
+            return f"goal reached and confirmed ({trial_label(confirmed.trial)})"
         done = self.confirmations()
         if len(done) >= self.model.confirmation.candidates:
             return (
