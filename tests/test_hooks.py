@@ -619,6 +619,6 @@ def test_a_pushed_commit_failing_before_tuning_emails_its_committer(
     done = wait_final(lambda: load_status(HookPaths.under(settings.home), run_id))
     envelope, message = sent(smtp)
     assert envelope.rcpt_tos == ["t@example.com"]  # conftest's committer
-    assert "FAILED: cannot clone" in message["Subject"]
+    assert f"FAILED: {url} does not exist" in message["Subject"]
     assert done.state is RunState.FAILED and done.exit_code == 5
-    assert done.error is not None and "exited with status 5: cannot clone" in done.error
+    assert done.error is not None and f"exited with status 5: {url} does not exist" in done.error

@@ -495,9 +495,13 @@ def test_a_failure_before_tuning_says_so_and_shows_no_goal_or_trials() -> None:
         best_params={},
         log_tail="",
         error="cannot clone /srv/x: no such repository\n  hint: check the URL",
+        before_tuning=True,
     )
     text = plain(mail(r))
     assert text.startswith("The chain stopped before tuning (the pull, detection or the")
+    # the same empty report from a chain past its pull (a trial that gave up, a registry
+    # error) does not claim that nothing was trained
+    assert "stopped before tuning" not in plain(mail(r.with_(before_tuning=False)))
     assert "  hint: check the URL" in text
     for absent in ("Goal:", "Trials:", "no best value", "Last log lines", "Nothing was promoted"):
         assert absent not in text

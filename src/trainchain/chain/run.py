@@ -10,7 +10,7 @@ from pathlib import Path
 from trainchain.adapters.gitrepo import pull
 from trainchain.adapters.mailer import Delivery
 from trainchain.adapters.tracking import Tracker
-from trainchain.chain.context import prepare
+from trainchain.chain.context import Prepared, prepare
 from trainchain.chain.giveup import give_up_callback
 from trainchain.chain.registry import promote
 from trainchain.chain.report_mail import send_report
@@ -84,26 +84,34 @@ def run_chain(
     registry) is emailed too, to ``pushed_by`` when given, else to the configured
     recipients, and then raised as before."""
     path: Path | None = None
+    tuning = False  # past the pull, detection and configuration
     try:
         path, repository, commit = resolve_source(source, ref, settings, subdir)
-        return _run(
+        prep = prepare(
             path,
             settings,
-            repository=repository,
-            commit=commit,
             data=data,
             executor=executor,
             threshold=threshold,
             max_trials=max_trials,
             timeout=timeout,
             image=image,
-            quiet=quiet,
-            stream_logs=stream_logs,
-            wait_lock=wait_lock,
+            repository=repository,
+            commit=commit,
         )
+        tuning = True
+        return _run(prep, settings, quiet=quiet, stream_logs=stream_logs, wait_lock=wait_lock)
     except TrainchainError as err:
         if email_failures and not isinstance(err, NotifyError):
-            email_failure(err, settings, source=source, ref=ref, path=path, to=pushed_by)
+            email_failure(
+                err,
+                settings,
+                source=source,
+                ref=ref,
+                path=path,
+                to=pushed_by,
+                before_tuning=not tuning,
+            )
         raise
 
 
@@ -115,6 +123,7 @@ def email_failure(
     ref: str | None,
     path: Path | None,
     to: str | None,
+    before_tuning: bool,
 ) -> Delivery | None:
     """Email a failure the chain raised instead of reporting it (the error and its hint);
     None when the email itself failed (logged: the failure it reports matters more)."""
@@ -136,6 +145,7 @@ def email_failure(
         status=RunState.FAILED,
         max_trials=0,
         error=str(err),
+        before_tuning=before_tuning,
         recipients=recipients,
         tracking_uri=settings.tracking_uri,
         jenkins_build_url=settings.jenkins_build_url,
@@ -154,33 +164,13 @@ def email_failure(
 
 
 def _run(
-    path: Path,
+    prep: Prepared,
     settings: Settings,
     *,
-    repository: str | None,
-    commit: str | None,
-    data: str | None,
-    executor: str,
-    threshold: float | None,
-    max_trials: int | None,
-    timeout: float | None,
-    image: str | None,
     quiet: bool,
     stream_logs: bool,
     wait_lock: float,
 ) -> ChainOutcome:
-    prep = prepare(
-        path,
-        settings,
-        data=data,
-        executor=executor,
-        threshold=threshold,
-        max_trials=max_trials,
-        timeout=timeout,
-        image=image,
-        repository=repository,
-        commit=commit,
-    )
     display = TuneDisplay.for_goal(prep.loaded.model.goal, quiet=quiet)
     display.note(
         f"detect: {prep.detection.family} family, image {prep.detection.image} "

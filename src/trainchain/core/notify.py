@@ -202,8 +202,10 @@ def _duration(seconds: float | None) -> str:
 
 def _before_tuning(report: ChainReport) -> bool:
     """A chain that failed before it tuned (the pull, detection, the configuration): no
-    goal was read and no trial ran."""
-    return report.status is RunState.FAILED and not report.goal_metric and not report.trials
+    goal was read and no trial ran. Said by the report (the chain knows where it stopped);
+    a report without a goal is not enough: a trial that gave up past its restarts makes
+    one too."""
+    return report.status is RunState.FAILED and report.before_tuning
 
 
 def _facts(report: ChainReport) -> list[tuple[str, str]]:

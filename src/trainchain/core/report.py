@@ -105,6 +105,8 @@ class ChainReport:
     promotion_test: HeldoutTest | None = None
     warm_start: str = ""  # what the study started from, when an earlier study
     reason: str = ""  # why this chain ran (`trainchain run --reason`: a drift alert, a person)
+    # failed in the pull, detection or configuration: no goal was read, no trial ran
+    before_tuning: bool = False
     same_as: str | None = None  # "champion v2": the version that already is this model
 
     @property
