@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +41,23 @@ GOAL_ATTR = "goal"
 WARM_ATTR = "warm_start"
 # seconds a SQLite study storage waits for another process's write lock
 SQLITE_LOCK_TIMEOUT_S = 60
+# A PostgreSQL study storage's connection pool, per process. A worker uses one connection
+# at a time (a trial's storage calls are sequential); pool_size keeps that one and those of
+# a few threads (Optuna's heartbeat, workers sharing the process) open, max_overflow lets a
+# burst open more for a moment. With PostgreSQL's default max_connections of 100, that is
+# room for dozens of single-connection workers.
+PG_POOL_SIZE = 5
+PG_MAX_OVERFLOW = 10
+# connections older than this are replaced at checkout, before a proxy or firewall drops
+# an idle one; each is pinged at checkout too (pool_pre_ping), so a dead one is replaced
+PG_POOL_RECYCLE_S = 1800
+# seconds one connection attempt may take (libpq's connect_timeout)
+PG_CONNECT_TIMEOUT_S = 10
+# seconds an opened storage keeps reconnecting after losing its server (a restart, a
+# failover) before the chain fails; opening a storage does not wait: a wrong URL fails at once
+PG_RECONNECT_WAIT_S = 30.0
+RECONNECT_FIRST_PAUSE_S = 0.25  # doubled after each refused attempt, up to the maximum
+RECONNECT_MAX_PAUSE_S = 2.0
 STORE_HINT = (
     "check TRAINCHAIN_STUDY_STORAGE: the database must be reachable, and a SQLite file must "
     "be an Optuna study database this user can read and write; a study is resumed from it, "
@@ -162,6 +180,11 @@ def make_pruner(pruning: Pruning) -> Any:
     )
 
 
+def _first_line(err: BaseException) -> str:
+    """The first non-empty line of ``err``'s message, URL passwords redacted."""
+    return redact(next((line for line in str(err).splitlines() if line.strip()), ""))
+
+
 def _shown(storage: Any) -> str:
     return redact(storage) if isinstance(storage, str) else type(storage).__name__
 
@@ -176,34 +199,101 @@ def storage_errors(storage: Any, doing: str) -> Iterator[None]:
     try:
         yield
     except (SQLAlchemyError, optuna.exceptions.StorageInternalError) as err:
-        detail = next((line for line in str(err).splitlines() if line.strip()), "")
+        # Optuna's StorageInternalError says only "an exception is raised during the
+        # commit"; the database's own error is its cause
+        cause = err.__cause__ if isinstance(err.__cause__, SQLAlchemyError) else err
         raise StoreError(
-            f"the study storage {_shown(storage)} failed while {doing}: {redact(detail)}",
+            f"the study storage {_shown(storage)} failed while {doing}: {_first_line(cause)}",
             hint=STORE_HINT,
         ) from err
 
 
+def _is_postgres(url: str) -> bool:
+    return url.split(":", 1)[0].split("+", 1)[0] == "postgresql"
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLAlchemy engine options for a storage URL: SQLite waits ``SQLITE_LOCK_TIMEOUT_S``
+    for its lock; PostgreSQL gets a pool for several workers, pinged and recycled, and a
+    connect timeout; other databases SQLAlchemy's defaults."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": SQLITE_LOCK_TIMEOUT_S}}
+    if _is_postgres(url):
+        return {
+            "pool_size": PG_POOL_SIZE,
+            "max_overflow": PG_MAX_OVERFLOW,
+            "pool_pre_ping": True,
+            "pool_recycle": PG_POOL_RECYCLE_S,
+            "connect_args": {"connect_timeout": PG_CONNECT_TIMEOUT_S},
+        }
+    return {}
+
+
+def _reconnect_with_wait(engine: Any, url: str, wait: float) -> None:
+    """Make ``engine`` retry a connection its server refuses for up to ``wait`` seconds,
+    then raise a :class:`StoreError` naming ``url`` (password redacted).
+
+    The pool opens a connection when it has none left to give or its pre-ping found one
+    dead: after a restart, every storage call reconnects through here. Only connecting is
+    retried, never a statement, so no trial is created or told twice."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: Any) -> Any:
+        dbapi = dialect.loaded_dbapi
+        deadline = time.monotonic() + wait
+        pause, attempt, detail = RECONNECT_FIRST_PAUSE_S, 0, ""
+        # every pause but the last is at least the first one: the deadline comes first
+        while attempt <= wait / RECONNECT_FIRST_PAUSE_S:
+            attempt += 1
+            try:
+                return dbapi.connect(*cargs, **cparams)
+            except dbapi.OperationalError as err:
+                detail = _first_line(err)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if attempt == 1:
+                    log.warning(
+                        "lost the connection to the study storage %s (%s); reconnecting "
+                        "for up to %g s",
+                        redact(url),
+                        detail,
+                        wait,
+                    )
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, RECONNECT_MAX_PAUSE_S)
+        raise StoreError(
+            f"lost the connection to the study storage {redact(url)} and could not "
+            f"reconnect within {wait:g} s ({attempt} attempts): {detail}",
+            hint="start the database server again, or check that it is reachable "
+            "(scripts/start-postgres.sh starts one), then run the same command again: the "
+            "study resumes from its storage",
+        )
+
+
 def _storage(storage: Any) -> Any:
-    """An Optuna storage: a URL becomes an RDB storage (SQLite waits
-    ``SQLITE_LOCK_TIMEOUT_S`` for its lock); a storage object (an ``InMemoryStorage`` in a
-    benchmark) is used as it is."""
+    """An Optuna storage: a URL becomes an RDB storage (engine options of
+    :func:`_engine_kwargs`; an opened PostgreSQL storage reconnects for up to
+    ``PG_RECONNECT_WAIT_S`` after losing its server); a storage object (an
+    ``InMemoryStorage`` in a benchmark) is used as it is."""
     import optuna
 
     if not isinstance(storage, str):
         return storage
     ensure_sqlite_folder(storage)
-    connect = {"timeout": SQLITE_LOCK_TIMEOUT_S} if storage.startswith("sqlite") else {}
     with storage_errors(storage, "opening it"):
         try:
-            return optuna.storages.RDBStorage(
-                storage, engine_kwargs={"connect_args": connect} if connect else {}
-            )
+            backend = optuna.storages.RDBStorage(storage, engine_kwargs=_engine_kwargs(storage))
         except ImportError as err:  # a database URL whose driver is not installed
             raise StoreError(
                 f"cannot open the study storage {redact(storage)}: {err}",
                 hint="install the database driver its URL names (postgresql:// needs "
-                "psycopg, mysql:// needs PyMySQL), or use a sqlite:/// URL",
+                "psycopg2-binary, mysql:// needs PyMySQL), or use a sqlite:/// URL",
             ) from err
+    if _is_postgres(storage):
+        _reconnect_with_wait(backend.engine, storage, PG_RECONNECT_WAIT_S)
+    return backend
 
 
 def open_study(
