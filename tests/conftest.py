@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -195,6 +196,32 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+
+
+def start_script(argv: list[str], *, timeout: float = 600) -> dict[str, str]:
+    """Run a start script that prints ``export NAME=value`` lines for eval (start-monitoring,
+    start-postgres, ../shared/jenkins/start.sh): its exported values; a failure is the
+    test's, with the script's stderr."""
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    assert out.returncode == 0, f"{argv[0]} failed:\n{out.stderr}"
+    return dict(
+        line.removeprefix("export ").split("=", 1)
+        for line in out.stdout.splitlines()
+        if line.startswith("export ")
+    )
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = 60) -> str:
+    """SIGTERM ``proc`` (a server's graceful stop), wait up to ``timeout`` s, else SIGKILL;
+    its output when it was started with pipes (stderr merged or not), else ''."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+    return output or ""
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 import requests
 
-from tests.conftest import REPO_ROOT, eventually
+from tests.conftest import REPO_ROOT, eventually, start_script
 from tests.smtp_server import Inbox
 
 SHARED_JENKINS = REPO_ROOT.parent / "shared" / "jenkins"
@@ -231,16 +231,7 @@ class Controller:
         argv += ["--executors", str(executors)]
         for key, value in env.items():
             argv += ["--env", f"{key}={value}"]
-        out = subprocess.run(
-            argv, capture_output=True, text=True, timeout=START_TIMEOUT_S + 30, check=False
-        )
-        if out.returncode != 0:
-            raise AssertionError(f"{SHARED_JENKINS / 'start.sh'} failed:\n{out.stderr}")
-        exported = dict(
-            line.removeprefix("export ").split("=", 1)
-            for line in out.stdout.splitlines()
-            if line.startswith("export ")
-        )
+        exported = start_script(argv, timeout=START_TIMEOUT_S + 30)
         return cls(
             exported["JENKINS_URL"],
             exported["JENKINS_USER"],

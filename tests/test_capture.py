@@ -9,7 +9,6 @@ import io
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import test_serving
-from tests.conftest import eventually, run_cli
+from tests.conftest import eventually, run_cli, stop
 from tests.test_serving import WAIT, EEGRegistry, _free_port, _get
 from trainchain.core.config import Family
 from trainchain.core.errors import ConfigError
@@ -343,12 +342,7 @@ def test_gunicorn_workers_share_the_capture_folder(registry: EEGRegistry, tmp_pa
         _, metrics = _get(f"{url}/metrics")
         assert 'trainchain_serving_captures_total{outcome="stored"} 10.0' in metrics
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output = stop(proc)
     assert proc.returncode == 0, output
     assert f"capture:   100% of requests into {folder}" in output
     assert len(list(folder.glob("*" + FEEDBACK))) == 10

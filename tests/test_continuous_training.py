@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,7 +31,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, eventually, git, git_init, run_cli, unavailable
+from tests.conftest import (
+    REPO_ROOT,
+    eventually,
+    git,
+    git_init,
+    run_cli,
+    start_script,
+    stop,
+    unavailable,
+)
 from tests.test_hooks import wait_final
 from tests.test_retrain import hooks_serve, outbox_mails, plain_text
 from trainchain.adapters.tracking import Tracker
@@ -165,13 +173,7 @@ def trainchain_serve(loop: Loop, log: Path, *args: str) -> Iterator[str]:
         eventually(healthy, "trainchain serve to be healthy", WAIT, 0.2, log.read_text)
         yield url
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
 
 
 def send_drifted(url: str, loop: Loop) -> None:
@@ -253,11 +255,7 @@ def monitoring(loop: Loop, serve_url: str, webhook: str, folder: Path) -> Iterat
     argv += ["--token-file", str(token_file(loop)), "--interval", "1s", "--for", "3s"]
     argv += ["--group-wait", "1s"]
     try:
-        started = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
-        assert started.returncode == 0, started.stderr
-        exported = dict(
-            line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
-        )
+        exported = start_script(argv)
         yield Monitoring(exported["PROMETHEUS_URL"], folder)
     finally:
         if folder.is_dir():

@@ -28,7 +28,7 @@ from flask import Flask, request
 from prometheus_client import Gauge, make_wsgi_app
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from tests.conftest import eventually, unavailable
+from tests.conftest import eventually, start_script, unavailable
 from trainchain.serving.metrics import ServingMetrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -373,7 +373,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     token_file.write_text(token)
     run_dir = folder / "run"
     try:
-        started = subprocess.run(
+        # installing the packages, where missing, takes a minute (start_script waits 600 s)
+        exported = start_script(
             [
                 str(START),
                 "--dir",
@@ -394,15 +395,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 "3s",
                 "--group-wait",
                 "1s",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=600,  # installing the packages, where missing, takes a minute
-            check=False,
-        )
-        assert started.returncode == 0, started.stderr
-        exported = dict(
-            line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
+            ]
         )
         yield Live(
             prometheus=exported["PROMETHEUS_URL"],

@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import eventually, run_cli
+from tests.conftest import eventually, run_cli, stop
 from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
 from trainchain.cli.main import main as cli_main
 from trainchain.core.settings import Settings, load_settings
@@ -313,7 +312,7 @@ def test_promotion_and_rollback_swap_the_model_without_failing_a_request(
     name = "eeg-reload"
     registry.register(name, c=1.0)
     app = serve(name, reload_interval=0.2)
-    stop = threading.Event()
+    done = threading.Event()
     # (status, version, how many answers were in when the request was sent)
     seen: list[tuple[int, str, int]] = []
     lock = threading.Lock()
@@ -321,7 +320,7 @@ def test_promotion_and_rollback_swap_the_model_without_failing_a_request(
 
     def hammer() -> None:
         client = app.test_client()
-        while not stop.is_set():
+        while not done.is_set():
             with lock:
                 sent_after = len(seen)
             response = client.post("/classify", json=x)
@@ -354,7 +353,7 @@ def test_promotion_and_rollback_swap_the_model_without_failing_a_request(
             rolled_back = len(seen)
         eventually(lambda: answered_by("1", rolled_back) >= 3, "three answers of v1", WAIT, 0.05)
     finally:
-        stop.set()
+        done.set()
         for t in threads:
             t.join(30)
     assert seen and all(status == 200 for status, _, _ in seen), {s for s, _, _ in seen}
@@ -961,12 +960,7 @@ def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
             in metrics
         )
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output = stop(proc)
     assert proc.returncode == 0, output
     assert f"serving:   {name} at {url} (2 worker(s))" in output
     assert f"champion:  {name} v1" in output
@@ -1073,12 +1067,7 @@ def test_wait_for_model_and_bodies_over_the_limit_get_their_json_answer(
         code, body = _post(port, "/classify", _npy(x[:15]), "application/x-npy")
         assert code == 200 and len(body["labels"]) == 15, body
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     output = log.read_text()
     assert proc.returncode == 0, output
     assert f"champion:  none yet in sqlite:///{registry.settings.home}" in output

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import eventually
+from tests.conftest import eventually, stop
 from trainchain.adapters.tracking import Tracker
 from trainchain.core.config import Monitoring
 from trainchain.core.drift import Window
@@ -317,12 +316,7 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
         metrics = _get(f"{url}/metrics")[1]
         assert 'trainchain_drift_window_size{group="mu",model="eeg-watched"} 32.0' in metrics
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            output, _ = proc.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            output, _ = proc.communicate()
+        output = stop(proc)
     assert proc.returncode == 0, output
     assert "drift:     window 40 inputs (tested from 10)" in output
 
