@@ -156,6 +156,11 @@ def test_unreachable_goal_exits_3_and_keeps_champion(eeg_data: dict[str, Path], 
     assert out.returncode == 0, out.stderr
     assert np.asarray(json.loads(body.read_text())).shape == (3, 22, 750)
     assert re.search(r"their labels: (left|right), (left|right), (left|right)", out.stdout)
+    # the same epochs as .npy, the smaller body
+    npy = home / "epochs.npy"
+    out = run_cli("data", "heldout", "eeg-motor-imagery", "-n", "3", "--out", str(npy))
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(np.load(npy), np.asarray(json.loads(body.read_text())))
 
 
 def test_detect_example_json() -> None:

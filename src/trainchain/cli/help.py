@@ -63,6 +63,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "data heldout": (
         "trainchain data heldout eeg-motor-imagery -n 1 --out epoch.json   # a /classify body",
+        "trainchain data heldout eeg-motor-imagery -n 100 --out epochs.npy  # application/x-npy",
     ),
     "data drift-epochs": (
         "trainchain data drift-epochs --input heldout.json --shift gain --factor 1.5 "
