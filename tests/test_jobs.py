@@ -62,7 +62,12 @@ SAMPLE_ENV = {
     "STATUS": "succeeded",
     "THRESHOLD": "0.8",
     "MAX_TRIALS": "12",
+    "WORKERS": "3",
 }
+
+# The tuning step as the Jenkinsfile runs it in each branch: WORKER 1 leads, 2.. join.
+LEADER, JOINER = {"WORKER": "1"}, {"WORKER": "2"}
+WORKER_ENVS = (LEADER, JOINER, {"WORKER": "12"})
 
 PT = "hudson.plugins.parameterizedtrigger."
 
@@ -239,7 +244,13 @@ def test_each_downstream_job_declares_every_parameter_it_receives(rendered: Path
         p.findtext("name"): p.findtext("defaultValue") or ""
         for p in _xml(rendered, CHAIN[0]).iter("hudson.model.StringParameterDefinition")
     }
-    assert defaults == {"REPOSITORY": "", "COMMIT": "main", "SUBDIR": "", "REASON": ""}
+    assert defaults == {
+        "REPOSITORY": "",
+        "COMMIT": "main",
+        "SUBDIR": "",
+        "REASON": "",
+        "WORKERS": "1",
+    }
     assert _parameters(_xml(rendered, WATCHDOG)) == []
 
 
@@ -325,8 +336,9 @@ def test_every_shell_step_is_one_thin_trainchain_call(rendered: Path) -> None:
 
 def test_jobs_pass_the_chain_along_and_train_in_docker(rendered: Path) -> None:
     """Each job builds REPOSITORY at COMMIT in SUBDIR; 3 and 4 use the docker executor
-    and the detected IMAGE; 4 promotes (and passes REASON, when set, to the report and
-    email); 1-4 write trainchain.properties; 5 notifies CHAIN."""
+    and the detected IMAGE; 4 runs WORKERS trial workers (1 when empty) and promotes
+    (and passes REASON, when set, to the report and email); 1-4 write
+    trainchain.properties; 5 notifies CHAIN."""
     argv: dict[str, list[str]] = {}
     for name in FREESTYLE:
         (step,) = _shell_steps(_xml(rendered, name))
@@ -348,6 +360,8 @@ def test_jobs_pass_the_chain_along_and_train_in_docker(rendered: Path) -> None:
         SAMPLE_ENV["REPOSITORY"],
         *source,
         *docker,
+        "--workers",
+        SAMPLE_ENV["WORKERS"],
         "--promote",
         *written,
     ]
@@ -357,6 +371,8 @@ def test_jobs_pass_the_chain_along_and_train_in_docker(rendered: Path) -> None:
     why = "drift alert TrainchainInputDrift for eeg: mu C3 +2.1 sd"
     _, (asked,) = _calls(tune.findtext("command", ""), SAMPLE_ENV | {"REASON": why})
     assert asked == [*argv["trainchain-4-tune"], "--reason", why]  # a retrain request's why
+    _, (one,) = _calls(tune.findtext("command", ""), SAMPLE_ENV | {"WORKERS": ""})
+    assert one[one.index("--workers") + 1] == "1"
 
 
 def test_notify_job_without_a_chain_id_never_asks_for_the_latest_chain(rendered: Path) -> None:
@@ -406,7 +422,14 @@ def test_every_job_command_parses_with_the_cli(rendered: Path) -> None:
     (an unknown or renamed flag fails here, not in Jenkins), with every parameter set and
     with the optional ones empty (so absent from the environment, as under Jenkins)."""
     errors = []
-    optional_empty = {"SUBDIR": "", "RUN_ID": "", "CHAIN": "", "STATUS": "", "FAMILY": ""}
+    optional_empty = {
+        "SUBDIR": "",
+        "RUN_ID": "",
+        "CHAIN": "",
+        "STATUS": "",
+        "FAMILY": "",
+        "WORKERS": "",
+    }
     for name in FREESTYLE:
         for step in _shell_steps(_xml(rendered, name)):
             for env in (SAMPLE_ENV, SAMPLE_ENV | optional_empty):
@@ -418,12 +441,14 @@ def test_every_job_command_parses_with_the_cli(rendered: Path) -> None:
 
 def test_every_jenkinsfile_command_parses_with_the_cli() -> None:
     """Every trainchain call in the Jenkinsfile's sh steps is accepted by the real parser,
-    with and without the optional THRESHOLD and MAX_TRIALS."""
+    with and without the optional THRESHOLD and MAX_TRIALS, as the tuning leader (WORKER
+    1) and as a worker that joins it."""
     scripts = _jenkinsfile_sh_scripts()
     errors, commands = [], set()
+    optional_empty = {"THRESHOLD": "", "MAX_TRIALS": "", "SUBDIR": ""}
     for script in scripts:
-        for env in (SAMPLE_ENV, SAMPLE_ENV | {"THRESHOLD": "", "MAX_TRIALS": "", "SUBDIR": ""}):
-            status, calls = _calls(script, env)
+        for env in itertools.product((SAMPLE_ENV, SAMPLE_ENV | optional_empty), WORKER_ENVS):
+            status, calls = _calls(script, env[0] | env[1])
             assert status == 0 and calls, script
             commands.update(argv[0] for argv in calls)
             errors += [e for argv in calls if (e := _parse_error(argv))]
@@ -431,23 +456,45 @@ def test_every_jenkinsfile_command_parses_with_the_cli() -> None:
     assert commands == {"detect", "tune", "promote", "notify"}
 
 
+def _jenkinsfile_tune() -> str:
+    """The Jenkinsfile's one `trainchain tune` step (every worker runs it)."""
+    (tune,) = [s for s in _jenkinsfile_sh_scripts() if _calls(s, SAMPLE_ENV)[1][0][0] == "tune"]
+    return tune
+
+
 def test_jenkinsfile_passes_budget_overrides_only_when_given() -> None:
     """THRESHOLD and MAX_TRIALS reach `trainchain tune` when set and are left out when
     empty (trainchain.yaml decides); so does REASON (a retrain request's why, for the
     report and email); the tune call builds MODEL_COMMIT in docker."""
-    (tune,) = [s for s in _jenkinsfile_sh_scripts() if _calls(s, SAMPLE_ENV)[1][0][0] == "tune"]
-    _, (argv,) = _calls(tune, SAMPLE_ENV)
+    tune = _jenkinsfile_tune()
+    _, (argv,) = _calls(tune, SAMPLE_ENV | LEADER)
     assert argv[:2] == ["tune", SAMPLE_ENV["REPOSITORY"]]
     assert argv[argv.index("--ref") + 1] == SAMPLE_ENV["MODEL_COMMIT"]
     assert argv[argv.index("--image") + 1] == SAMPLE_ENV["IMAGE"]
     assert argv[argv.index("--executor") + 1] == "docker"
     assert argv[-4:] == ["--threshold", "0.8", "--max-trials", "12"]
-    _, (bare,) = _calls(tune, SAMPLE_ENV | {"THRESHOLD": "", "MAX_TRIALS": ""})
+    _, (bare,) = _calls(tune, SAMPLE_ENV | LEADER | {"THRESHOLD": "", "MAX_TRIALS": ""})
     assert "--threshold" not in bare and "--max-trials" not in bare
     assert bare[-2:] == ["--properties", "chain.properties"]
     why = "drift alert TrainchainInputDrift for eeg: mu C3 +2.1 sd"
-    _, (asked,) = _calls(tune, SAMPLE_ENV | {"REASON": why})
+    _, (asked,) = _calls(tune, SAMPLE_ENV | LEADER | {"REASON": why})
     assert asked[-2:] == ["--reason", why] and not _parse_error(asked)
+
+
+def test_jenkinsfile_workers_join_the_leaders_chain_with_its_command() -> None:
+    """Worker 1 leads (`--properties chain.properties`, no --join); every other worker
+    runs the leader's command word for word (same source, commit, image, executor and
+    budget, so the same study) with `--join open` in place of --properties."""
+    tune = _jenkinsfile_tune()
+    for env in (SAMPLE_ENV, SAMPLE_ENV | {"THRESHOLD": "", "MAX_TRIALS": "", "SUBDIR": ""}):
+        _, (leader,) = _calls(tune, env | LEADER)
+        assert "--join" not in leader
+        i = leader.index("--properties")
+        assert leader[i : i + 2] == ["--properties", "chain.properties"]
+        for joiner_env in WORKER_ENVS[1:]:
+            _, (joiner,) = _calls(tune, env | joiner_env)
+            assert "--properties" not in joiner
+            assert joiner == [*leader[:i], "--join", "open", *leader[i + 2 :]]
 
 
 # ---- the Jenkinsfile ------------------------------------------------------------------
@@ -471,7 +518,10 @@ def test_jenkinsfile_is_declarative_with_the_chain_stages_and_options() -> None:
         "buildDiscarder(logRotator(numToKeepStr: '30', artifactNumToKeepStr: '10'))",
         "disableConcurrentBuilds()",
         "skipDefaultCheckout()",
-        'agent { label "${params.AGENT_LABEL}" }',
+        "node(params.AGENT_LABEL)",
+        "parallel(branches)",
+        "failFast: true",
+        "workerCount(params.WORKERS)",
         "lock(",
         "unstable('goal not reached')",
         "readProperties(file: 'detect.properties')",
@@ -505,6 +555,7 @@ def test_jenkinsfile_parameters_equal_the_pipeline_jobs(rendered: Path) -> None:
         "COMMIT",
         "SUBDIR",
         "AGENT_LABEL",
+        "WORKERS",
         "THRESHOLD",
         "MAX_TRIALS",
         "REASON",
