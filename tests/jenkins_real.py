@@ -184,9 +184,20 @@ launcher.setRetryWaitTime(5)
 def agent = new DumbSlave(cfg.name, cfg.remoteFS, launcher)
 agent.setLabelString(cfg.labels)
 agent.setNumExecutors(cfg.executors as int)
-agent.setMode(Node.Mode.NORMAL)
+// EXCLUSIVE: only builds that ask for one of its labels (never `agent any`)
+agent.setMode(cfg.exclusive ? Node.Mode.EXCLUSIVE : Node.Mode.NORMAL)
 agent.setRetentionStrategy(new RetentionStrategy.Always())
 Jenkins.get().addNode(agent)
+println('done')
+"""
+
+REMOVE_NODE = """
+import jenkins.model.Jenkins
+{header}
+def node = Jenkins.get().getNode(cfg.name)
+if (node != null) {
+    Jenkins.get().removeNode(node)
+}
 println('done')
 """
 
@@ -270,8 +281,17 @@ class Controller:
         self.groovy(CONFIGURE, smtpHost="127.0.0.1", smtpPort=str(smtp_port), sender=sender)
 
     def add_ssh_agent(
-        self, name: str, sshd: Sshd, *, labels: str, executors: int, remote_fs: Path
+        self,
+        name: str,
+        sshd: Sshd,
+        *,
+        labels: str,
+        executors: int,
+        remote_fs: Path,
+        exclusive: bool = False,
     ) -> None:
+        """An SSH agent through ``sshd``, online when this returns; ``exclusive``: it runs
+        only what asks for one of its labels."""
         java = shutil.which("java")
         assert java, "start.sh installs Java; it is gone"
         self.groovy(
@@ -287,8 +307,13 @@ class Controller:
             credentialsId=f"{name}-ssh-key",
             privateKey=sshd.client_key,
             javaPath=java,
+            exclusive=exclusive,
         )
         self.wait_online(name)
+
+    def remove_node(self, name: str) -> None:
+        """Remove an agent (its running builds lose it); nothing when there is none."""
+        self.groovy(REMOVE_NODE, name=name)
 
     def wait_online(self, name: str, timeout: float = 120) -> None:
         eventually(
@@ -388,6 +413,8 @@ class Live:
     controller: Controller
     inbox: Inbox
     home: Path
+    sshd: Sshd  # more agents may log in through it too
+    root: Path  # a folder of the tier's own (agents' remote folders, ...)
     agent: str = AGENT
 
 
@@ -421,7 +448,7 @@ def live_jenkins(root: Path, inbox: Inbox, smtp_port: int) -> Iterator[Live]:
                 executors=AGENT_EXECUTORS,
                 remote_fs=root / "agent",
             )
-            yield Live(controller, inbox, home)
+            yield Live(controller, inbox, home, sshd, root)
         finally:
             controller.stop()
             # the bulk of a Jenkins home is its copies of the war and the plugins

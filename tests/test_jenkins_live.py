@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import textwrap
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.message import EmailMessage
 from functools import partial
@@ -29,7 +32,15 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import REPO_ROOT, eventually, git, git_init, require_image, run_cli
+from tests.conftest import (
+    REPO_ROOT,
+    TOY_TRAIN,
+    eventually,
+    git,
+    git_init,
+    require_image,
+    run_cli,
+)
 from tests.jenkins_real import (
     AGENT,
     JENKINS_SENDER,
@@ -751,3 +762,114 @@ def test_the_watchdog_runs_on_its_timer(
         assert f"updated {WATCHDOG}" in install(live, jobs)
     assert build["result"] == "SUCCESS", live.controller.console(WATCHDOG, build["number"])
     assert build["builtOn"] == AGENT
+
+
+# ---- one chain tuned on two agents -------------------------------------------------------------
+# The stdlib toy (tests/conftest.py) with a second of work per step, so that its trials last
+# long enough for two workers to share the budget; its best score (x at 0.5) is 0.8.
+WORKERS_TRAIN = textwrap.dedent(TOY_TRAIN).replace(
+    "    task.report(step, val_accuracy=0.5)\n",
+    "    task.report(step, val_accuracy=0.5)\n    time.sleep(1)  # the work of a step\n",
+)
+
+WORKERS_YAML = """
+name: workers-toy
+entrypoint: train.py
+image: {image}
+data: {{path: data}}
+goal: {{metric: accuracy, threshold: 0.95, direction: maximize}}
+budget: {{max_trials: 6, timeout: 600, seed: 1}}
+pruning: {{enabled: false}}
+search_space:
+  x: {{type: float, low: 0.0, high: 0.5, default: 0.1}}
+train: {{timeout: 120, max_attempts: 1}}
+"""
+WORKERS_BUDGET = 6
+TUNING_AGENTS = ("agent-2", "agent-3")
+
+
+@contextmanager
+def two_tuning_agents(live: Live) -> Iterator[tuple[str, ...]]:
+    """Two more SSH agents labelled `docker` in place of agent-1 (offline meanwhile):
+    agent-2 with two executors (one for the Pipeline's top-level agent, one for a worker)
+    and agent-3 with one that runs only `docker` work, so the two workers of the
+    training stage get an executor each, on different agents. Afterwards both are removed
+    and agent-1 is back online."""
+    controller = live.controller
+    controller.set_offline(live.agent, True)
+    try:
+        for name, executors, exclusive in zip(TUNING_AGENTS, (2, 1), (False, True), strict=True):
+            controller.add_ssh_agent(
+                name,
+                live.sshd,
+                labels="docker",
+                executors=executors,
+                remote_fs=live.root / name,
+                exclusive=exclusive,
+            )
+        yield TUNING_AGENTS
+    finally:
+        for name in TUNING_AGENTS:
+            controller.remove_node(name)
+        controller.set_offline(live.agent, False)
+
+
+def branch_lines(console: str, pattern: str) -> dict[str, list[re.Match[str]]]:
+    """The console lines of each parallel branch that match ``pattern``, by branch name
+    (Jenkins prefixes a branch's lines with "[name] ")."""
+    found: dict[str, list[re.Match[str]]] = {}
+    for m in re.finditer(r"^.*?\[(worker \d+)\] " + pattern, console, re.M):
+        found.setdefault(m[1], []).append(m)
+    return found
+
+
+@pytest.mark.docker
+def test_workers_2_tune_one_chain_on_two_agents_and_the_leader_alone_concludes_it(
+    live_jenkins: Live, installed: Any, tmp_path: Path
+) -> None:
+    """WORKERS=2: the training stage runs a worker on each of two agents; worker 1 leads
+    the chain, worker 2 joins it (`--join open`), both run trials of its one study, which
+    counts them across both (the budget of 6, no more), and the chain concludes once: one
+    chain.properties, one email, the verdict (goal not reached: UNSTABLE, no promotion)."""
+    import optuna
+
+    from tests.docker_toy import ensure_toy_image
+    from trainchain.adapters.containers import connect
+    from trainchain.adapters.studies import WORKER_ATTR
+
+    live = live_jenkins
+    image = ensure_toy_image(connect(timeout=60), tmp_path / "toy-image")
+    repo = tmp_path / "workers-toy"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "values.txt").write_text("1 2 3\n")
+    (repo / "train.py").write_text(WORKERS_TRAIN)
+    (repo / "trainchain.yaml").write_text(WORKERS_YAML.format(image=image))
+    git_init(repo)
+    with two_tuning_agents(live) as agents:
+        run = follow(live, PIPELINE, f"REPOSITORY={repo}", "WORKERS=2")
+    assert_streamed_once(run, "UNSTABLE", 3)
+    stages = dict(real_stages(live, run.number))
+    assert stages["Train and tune"] == "UNSTABLE" and stages["Promote"] == "skipped"
+
+    # a worker on each agent; worker 2 joined the chain worker 1 leads
+    placed = {b: m[0][1] for b, m in branch_lines(run.console, r"Running on (\S+) in ").items()}
+    assert sorted(placed) == ["worker 1", "worker 2"] and sorted(placed.values()) == list(agents)
+    chain = chain_of(run.console)
+    assert list(branch_lines(run.console, rf".*joined chain {re.escape(chain)}\b")) == ["worker 2"]
+    assert "stopped:" not in run.console  # no worker failed
+
+    # both ran trials of the one study, which counted them across both
+    started = branch_lines(run.console, r"\s*trial \d+/\d+ ")
+    assert sorted(started) == ["worker 1", "worker 2"], run.console
+    assert sum(len(lines) for lines in started.values()) == WORKERS_BUDGET
+    study = optuna.load_study(study_name=chain, storage=f"sqlite:///{live.home / 'optuna.db'}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == WORKERS_BUDGET == len(study.trials)
+    assert len({t.user_attrs[WORKER_ATTR] for t in trials}) == 2
+
+    # concluded once, by the leader
+    artifacts = live.controller.build(PIPELINE, run.number)["artifacts"]
+    assert [a["relativePath"] for a in artifacts] == ["chain.properties"]
+    message = chain_mail(live, chain)  # exactly one
+    assert message["X-Trainchain-Status"] == "goal_not_reached"
+    assert f"after {WORKERS_BUDGET} of {WORKERS_BUDGET} trials" in text(message)
