@@ -789,6 +789,17 @@ WORKERS_BUDGET = 6
 TUNING_AGENTS = ("agent-2", "agent-3")
 
 
+def workers_toy(root: Path, image: str) -> Path:
+    """The toy model repository of these tests, training in ``image``."""
+    repo = root / "workers-toy"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "values.txt").write_text("1 2 3\n")
+    (repo / "train.py").write_text(WORKERS_TRAIN)
+    (repo / "trainchain.yaml").write_text(WORKERS_YAML.format(image=image))
+    git_init(repo)
+    return repo
+
+
 @contextmanager
 def two_tuning_agents(live: Live) -> Iterator[tuple[str, ...]]:
     """Two more SSH agents labelled `docker` in place of agent-1 (offline meanwhile):
@@ -831,12 +842,7 @@ def test_workers_2_tune_one_chain_on_two_agents_and_the_leader_alone_concludes_i
 
     live = live_jenkins
     image = ensure_toy_image(connect(timeout=60), tmp_path / "toy-image")
-    repo = tmp_path / "workers-toy"
-    (repo / "data").mkdir(parents=True)
-    (repo / "data" / "values.txt").write_text("1 2 3\n")
-    (repo / "train.py").write_text(WORKERS_TRAIN)
-    (repo / "trainchain.yaml").write_text(WORKERS_YAML.format(image=image))
-    git_init(repo)
+    repo = workers_toy(tmp_path, image)
     with two_tuning_agents(live) as agents:
         run = follow(live, PIPELINE, f"REPOSITORY={repo}", "WORKERS=2")
     assert_streamed_once(run, "UNSTABLE", 3)
@@ -864,3 +870,21 @@ def test_workers_2_tune_one_chain_on_two_agents_and_the_leader_alone_concludes_i
     message = chain_mail(live, chain)  # exactly one
     assert message["X-Trainchain-Status"] == "goal_not_reached"
     assert f"after {WORKERS_BUDGET} of {WORKERS_BUDGET} trials" in text(message)
+
+
+def test_workers_out_of_range_fails_the_pipeline_before_any_worker_and_jenkins_emails_why(
+    live_jenkins: Live, installed: Any, tmp_path: Path
+) -> None:
+    """WORKERS=0: the training stage fails before it asks for an agent (no worker, no
+    chain), and Jenkins' email quotes why (Jenkins writes error()'s own line when the build
+    ends, after `post` sent the email)."""
+    live = live_jenkins
+    repo = workers_toy(tmp_path, "trainchain/never-pulled:0")
+    run = follow(live, PIPELINE, f"REPOSITORY={repo}", "WORKERS=0")
+    assert_streamed_once(run, "FAILURE", 1)
+    assert dict(real_stages(live, run.number))["Train and tune"] == "FAILURE"
+    assert "trainchain tune" not in run.console
+    why = "WORKERS must be a whole number from 1 to 32, not '0'"
+    assert f"ERROR: {why}" in run.console
+    body = text(jenkins_mail(live, PIPELINE, run.number, ("FAILURE",)))
+    assert "No chain was started" in body and why in body
