@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainchain.adapters.locks import sqlite_opening
 from trainchain.core import keys
 from trainchain.core.errors import NotInStore, RegistryError, StoreError
 from trainchain.core.redaction import redact
@@ -111,7 +112,7 @@ def _client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
     ensure_sqlite_folder(tracking_uri)
-    with store_errors(tracking_uri, "opening it"):
+    with sqlite_opening(tracking_uri), store_errors(tracking_uri, "opening it"):
         try:
             client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except ImportError as err:  # a database URL whose driver is not installed
