@@ -149,6 +149,10 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return str(exp.experiment_id)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # a tracking server keeps the artifacts where it is told to (proxied with
+            # --serve-artifacts): a worker on another machine needs only its URL
+            return str(self.client.create_experiment(name))
         location = (self.artifact_root / name).resolve()
         location.mkdir(parents=True, exist_ok=True)
         return str(self.client.create_experiment(name, artifact_location=location.as_uri()))
