@@ -80,11 +80,15 @@ free_port() {
 
 running() { as_owner "$BIN/pg_ctl" -D "$1/data" status >/dev/null 2>&1; }
 
-# The MLflow server started in run folder $1: its process id, if it still runs.
+# The MLflow server started in run folder $1: its process id, if it still runs (and is
+# that server: its command line names the folder, so a reused process id is not taken
+# for it).
 mlflow_pid() {
   local pid
   pid=$(cat "$1/mlflow.pid" 2>/dev/null) || return 1
-  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null && echo "$pid"
+  [[ $pid =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null &&
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "--artifacts-destination $1/mlartifacts " &&
+    echo "$pid"
 }
 
 # Whether the MLflow server on 127.0.0.1:$1 answers GET /health.
@@ -146,6 +150,15 @@ done
   die "TRAINCHAIN_MLFLOW_WORKERS is a whole number above 0, got '$mlflow_workers'"
 [[ $WAIT =~ ^[0-9]+$ ]] && [ "$WAIT" -gt 0 ] ||
   die "TRAINCHAIN_POSTGRES_WAIT is whole seconds above 0, got '$WAIT'"
+
+if [ "$mlflow" = 1 ]; then
+  # the project's venv: this checkout's, else the first on PATH (checked before anything
+  # is started)
+  venv_mlflow=$(cd "$here/.." && pwd)/.venv/bin/mlflow
+  program=$venv_mlflow
+  [ -x "$program" ] || program=$(command -v mlflow) ||
+    die "mlflow is not installed: neither $venv_mlflow nor an mlflow on PATH (scripts/setup.sh makes the venv; or put the venv's bin on PATH)"
+fi
 
 # --------------------------------------------------------------------------- install
 # apt_install_guarded: Debian packages whose scripts may not start services.
@@ -261,10 +274,6 @@ if [ "$mlflow" = 1 ]; then
     [ "$on_port" = "$port" ] && healthy "$mport"; then
     say "==> mlflow already runs in $dir on 127.0.0.1:$mport (pid $pid)"
   else
-    # the project's venv: this checkout's, else the first on PATH
-    program=$here/../.venv/bin/mlflow
-    [ -x "$program" ] || program=$(command -v mlflow) ||
-      die "mlflow is not installed: neither $here/../.venv/bin/mlflow nor an mlflow on PATH (scripts/setup.sh makes the venv; or put the venv's bin on PATH)"
     as_owner "$BIN/psql" -X -q -v ON_ERROR_STOP=1 -h "$dir" -p "$port" -d postgres >/dev/null <<SQL ||
 SELECT 'CREATE DATABASE $MLFLOW_DATABASE OWNER $DATABASE' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$MLFLOW_DATABASE')\gexec
 SQL
