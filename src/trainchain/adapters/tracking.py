@@ -137,8 +137,10 @@ class VersionInfo:
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path) -> None:
         _quiet_mlflow()
-        # a progress bar per download is noise in a chain's log
+        # a progress bar per download is noise in a chain's log, and so is the "View run
+        # ... at" line MLflow writes to stdout when a run on a tracking server ends
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri
         self.shown_uri = redact(tracking_uri)  # for messages and logs
         self.artifact_root = artifact_root
