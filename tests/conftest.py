@@ -27,7 +27,8 @@ T = TypeVar("T")
 # params, data, the validation plan (per-fold scores around the value, a folds id of the
 # plan's assignment), checkpoints (resume), report lines, metrics. TOY_FOLDS=ignore makes
 # it ignore the plan (always the same folds); TOY_FOLDS=drift gives every trial its own.
-# It hangs after step 1 in trial TOY_HANG_TRIAL, or in any trial with mode=hang (the
+# It hangs after step 1 in trial TOY_HANG_TRIAL (`any`: every trial that gets there; a
+# trial resumed from its checkpoint starts past it), or in any trial with mode=hang (the
 # parameter reaches a container too); mode=crash exits 2 after its steps.
 TOY_TRAIN = """
 import json, os, sys, time
@@ -43,7 +44,7 @@ hang_trial = os.environ.get("TOY_HANG_TRIAL")
 for step in range(start, 3):
     task.atomic_write_bytes(ckpt, json.dumps({"step": step}).encode())
     task.report(step, val_accuracy=0.5)
-    hang = p.get("mode") == "hang" or (hang_trial is not None and int(hang_trial) == task.trial())
+    hang = p.get("mode") == "hang" or hang_trial in {"any", str(task.trial())}
     if step == 1 and hang:
         print("toy: hanging", flush=True)
         time.sleep(600)
