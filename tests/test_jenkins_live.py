@@ -774,7 +774,7 @@ WORKERS_TRAIN = textwrap.dedent(TOY_TRAIN).replace(
 )
 
 WORKERS_YAML = """
-name: workers-toy
+name: {name}
 entrypoint: train.py
 image: {image}
 data: {{path: data}}
@@ -789,13 +789,14 @@ WORKERS_BUDGET = 6
 TUNING_AGENTS = ("agent-2", "agent-3")
 
 
-def workers_toy(root: Path, image: str) -> Path:
-    """The toy model repository of these tests, training in ``image``."""
-    repo = root / "workers-toy"
+def workers_toy(root: Path, image: str, name: str = "workers-toy") -> Path:
+    """The toy model repository of these tests, training in ``image``; a test of its own
+    gives it a ``name`` of its own, so that its chain has a study of its own."""
+    repo = root / name
     (repo / "data").mkdir(parents=True)
     (repo / "data" / "values.txt").write_text("1 2 3\n")
     (repo / "train.py").write_text(WORKERS_TRAIN)
-    (repo / "trainchain.yaml").write_text(WORKERS_YAML.format(image=image))
+    (repo / "trainchain.yaml").write_text(WORKERS_YAML.format(image=image, name=name))
     git_init(repo)
     return repo
 
@@ -863,6 +864,7 @@ def test_workers_2_tune_one_chain_on_two_agents_and_the_leader_alone_concludes_i
     assert {t.state for t in study.trials} == {optuna.trial.TrialState.COMPLETE}
     ran = Counter(t.user_attrs[WORKER_ATTR] for t in study.trials)
     assert len(ran) == 2 and joiner in ran, ran  # the leader's trials and the joiner's
+    assert f"worker:    ran {ran[joiner]} trial(s) of chain {chain};" in run.console
 
     # concluded once, by the leader
     artifacts = live.controller.build(PIPELINE, run.number)["artifacts"]
@@ -888,3 +890,31 @@ def test_workers_out_of_range_fails_the_pipeline_before_any_worker_and_jenkins_e
     assert f"ERROR: {why}" in run.console
     body = text(jenkins_mail(live, PIPELINE, run.number, ("FAILURE",)))
     assert "No chain was started" in body and why in body
+
+
+@pytest.mark.docker
+def test_job_4_with_workers_2_runs_two_workers_of_one_chain_on_its_agent(
+    live_jenkins: Live, installed: Any, tmp_path: Path
+) -> None:
+    """Job 4 with WORKERS=2: two trial workers on its agent share the chain's budget (the
+    study's trials name two workers); job 4 alone concludes it: UNSTABLE on the goal out
+    of reach, job 5's one email says so."""
+    import optuna
+
+    from tests.docker_toy import ensure_toy_image
+    from trainchain.adapters.containers import connect
+    from trainchain.adapters.studies import WORKER_ATTR
+
+    live = live_jenkins
+    image = ensure_toy_image(connect(timeout=60), tmp_path / "toy-image")
+    repo = workers_toy(tmp_path, image, "workers-toy-4")
+    notify_before = live.controller.last_build(CHAIN[4])
+    run = follow(live, CHAIN[3], f"REPOSITORY={repo}", f"IMAGE={image}", "WORKERS=2")
+    assert_streamed_once(run, "UNSTABLE", 3)
+    notify = live.controller.finished(CHAIN[4], notify_before + 1, BUILD_S)
+    chain = parameters(notify)["CHAIN"]
+    assert parameters(notify)["STATUS"] == "goal_not_reached"
+    study = optuna.load_study(study_name=chain, storage=f"sqlite:///{live.home / 'optuna.db'}")
+    assert len(study.trials) == WORKERS_BUDGET
+    assert len({t.user_attrs[WORKER_ATTR] for t in study.trials}) == 2
+    assert chain_mail(live, chain)["X-Trainchain-Status"] == "goal_not_reached"
