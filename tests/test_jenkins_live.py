@@ -8,7 +8,8 @@ on PATH, their own TRAINCHAIN_HOME, and an SMTP server on loopback, which receiv
 trainchain's emails and Jenkins' own. The jobs are this checkout's jobs/ with
 trainchain-pipeline reading this checkout's Jenkinsfile; the model is the EEG example
 on a small synthetic recording. Tests that train need the Docker engine and the EEG
-image too (the Docker tier).
+image too (the Docker tier). The tests of WORKERS add two more SSH agents for their build
+(agent-1 offline meanwhile) and train a stdlib toy in the Docker tier's toy image.
 """
 
 from __future__ import annotations
