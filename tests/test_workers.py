@@ -46,13 +46,17 @@ def _places(study: Any) -> list[Any]:
 def test_two_workers_share_one_budget_and_one_conclusion(toy_repo: ToyRepo, home: Path) -> None:
     # out of reach (at most 1.0 at x = 0.7 exactly): the whole budget is spent
     repo = toy_repo(threshold=0.9999, max_trials=6)
-    done = run_cli("run", str(repo), "--executor", "local", "--workers", "2")
+    # each trial takes over a second, so the worker's start-up never misses the budget
+    done = run_cli(
+        "run", str(repo), "--executor", "local", "--workers", "2", env={"TOY_STEP_S": "0.4"}
+    )
     assert done.returncode == ExitCode.GOAL_NOT_REACHED, done.stdout + done.stderr
     study = _study(f"sqlite:///{home / 'optuna.db'}")
     places = _places(study)
     assert len(places) == 6, [(t.number, t.state.name) for t in study.trials]
     assert {t.state.name for t in _own(study)} <= {"COMPLETE", "PRUNED", "FAIL"}
-    assert len({t.user_attrs[studies.WORKER_ATTR] for t in places}) == 2  # both ran trials
+    workers = {t.user_attrs[studies.WORKER_ATTR] for t in places}
+    assert len(workers) == 2, done.stderr  # both ran trials
     assert "trials:    6 of 6" in done.stdout
     assert "[worker 2] worker:    ran" in done.stderr  # the worker's lines, relayed
     # one conclusion: one report, one email
