@@ -821,22 +821,38 @@ def join_chain(
     display: TuneDisplay | None = None,
     stream_logs: bool = False,
     join_wait: float = 300.0,
+    workers: int = 1,
+    worker_argv: Sequence[str] = (),
 ) -> WorkerResult:
     """Run trials of an open chain as one more worker until its study says stop; never
-    confirms, registers, promotes or emails (the chain's leader does)."""
+    confirms, registers, promotes or emails (the chain's leader does). With ``workers``
+    > 1, that many less one more workers of this host join it too (``worker_argv``, to
+    which ``--join CHAIN`` is added)."""
+    from trainchain.chain.workers import LocalWorkers
+
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs, join=join, join_wait=join_wait)
     with storage_errors(prep.settings.study_storage, "tuning as a worker"):
         session.open()
+        helpers = LocalWorkers(
+            [*worker_argv, "--join", session.chain_id],
+            workers - 1,
+            on_line=display.relay,
+            log_dir=prep.settings.runs_dir / session.chain_id,
+        )
         try:
-            reason = run_search(
-                session.search,
-                run_one=session.run_one,
-                confirm_one=None,
-                stop_reason=session.stop_reason,
-            )
+            helpers.start()
+            try:
+                reason = run_search(
+                    session.search,
+                    run_one=session.run_one,
+                    confirm_one=None,
+                    stop_reason=session.stop_reason,
+                )
+            finally:
+                session.display.close()
         finally:
-            session.display.close()
+            helpers.close()
     return WorkerResult(session.chain_id, session.ran, reason)
 
 
