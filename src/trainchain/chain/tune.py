@@ -682,7 +682,11 @@ class _Session:
         search = self.search
         self.study.set_user_attr(CONCLUDED_ATTR, True)  # joined workers stop
         self._wait_running()
-        best = search.best()
+        confirmed = search.confirmed()
+        # the chain's model is the confirmed trial: with several workers a trial that
+        # finished after the confirmation may score higher on the search's folds, but it
+        # was never confirmed
+        best = self.study.trials[confirmed.trial] if confirmed is not None else search.best()
         failed = self.failures >= model.budget.max_consecutive_failures
         verdict = search.verdict(failed=failed)
         status = {
@@ -691,7 +695,6 @@ class _Session:
         }.get(verdict, RunState.GOAL_NOT_REACHED)
         if status is not RunState.FAILED:  # a failed chain stays open: fixing the cause resumes it
             self.study.set_user_attr(FINISHED_ATTR, status.value)
-        confirmed = search.confirmed()
         self.tracker.log(
             self.parent,
             metrics=({"best_" + goal.val_metric: best.value} if best else {})
