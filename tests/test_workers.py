@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import optuna
 import pytest
 
 from tests.conftest import ToyRepo, eventually, run_cli, stop
 from trainchain.adapters import studies
 from trainchain.chain.search import EXCESS_ATTR, RETRY_ATTR
+from trainchain.core import keys
 from trainchain.core.status import ExitCode
 
 
@@ -153,3 +155,11 @@ def test_a_killed_worker_s_trial_is_retried_once_from_its_checkpoint(
     states = {t["number"]: t["state"] for t in report["trials"]}
     assert states[killed.number] == "INTERRUPTED"
     assert sum(1 for s in states.values() if s != "INTERRUPTED") == 8
+    # and its MLflow run, which its dead worker never ended, was closed by the leader
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("toy").experiment_id],
+        filter_string=f"tags.`{keys.TRIAL}` = '{killed.number}'",
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.tags[keys.STATUS] == "interrupted"

@@ -172,16 +172,24 @@ def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> l
     # the runs of the interrupted trials, and of a confirmation that was running (only the
     # leader confirms, and this is the leader starting: it is run again, its candidate has
     # no recorded confirmation yet); other workers' runs are theirs
+    close_dead_runs(study, tracker, experiment_id, parent)
+    return retried
+
+
+def close_dead_runs(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> None:
+    """Mark ``interrupted`` the chain's MLflow runs still RUNNING whose process died: a
+    confirmation's (only the leader, the caller, confirms) and those of trials the study
+    no longer has running (their worker died: failed at a start or through heartbeats)."""
+    running = {str(t.number) for t in study.trials if _state(t) == "RUNNING"}
     runs = tracker.client.search_runs(
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
         tags = run.data.tags
-        if tags.get(keys.PURPOSE) == "confirm" or tags.get(keys.TRIAL) in {str(n) for n in retried}:
+        if tags.get(keys.PURPOSE) == "confirm" or tags.get(keys.TRIAL) not in running:
             tracker.log(run.info.run_id, tags={keys.STATUS: "interrupted"})
             tracker.finish(run.info.run_id, ok=False)
-    return retried
 
 
 def _summaries(search: Search) -> tuple[TrialSummary, ...]:
@@ -682,6 +690,7 @@ class _Session:
         search = self.search
         self.study.set_user_attr(CONCLUDED_ATTR, True)  # joined workers stop
         self._wait_running()
+        close_dead_runs(self.study, self.tracker, self.ctx.experiment_id, self.parent)
         confirmed = search.confirmed()
         # the chain's model is the confirmed trial: with several workers a trial that
         # finished after the confirmation may score higher on the search's folds, but it
