@@ -21,7 +21,6 @@ import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,8 @@ import optuna
 import pytest
 import sqlalchemy
 
-from tests.conftest import REPO_ROOT, ToyRepo, run_cli, start_script, unavailable
+from tests.conftest import ToyRepo, run_cli, start_script
+from tests.postgres_real import START, WAIT, Postgres, require_postgres
 from trainchain.adapters import studies
 from trainchain.adapters.tracking import Tracker
 from trainchain.chain.context import prepare
@@ -40,81 +40,7 @@ from trainchain.core.progress import TuneDisplay
 from trainchain.core.settings import Settings, load_settings
 from trainchain.executors import LocalExecutor
 
-START = REPO_ROOT / "scripts" / "start-postgres.sh"
-WAIT = 60.0
-
 pytestmark = pytest.mark.postgres
-
-
-def _bindir() -> Path | None:
-    """The newest installed server's programs (Debian keeps them out of PATH)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    return found[-1].parent if found else None
-
-
-@dataclass(frozen=True)
-class Postgres:
-    folder: Path  # the script's run folder
-    url: str
-    password: str
-    bindir: Path
-
-    def pg_ctl(self, *args: str) -> None:
-        """pg_ctl on this cluster, as its OS user (postgres when the tests run as root)."""
-        cmd = [str(self.bindir / "pg_ctl"), "-D", str(self.folder / "data"), *args]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        done = subprocess.run(
-            cmd, cwd="/", capture_output=True, text=True, timeout=120, check=False
-        )
-        assert done.returncode == 0, f"pg_ctl {' '.join(args)}: {done.stdout}{done.stderr}"
-
-    def stop(self) -> None:
-        self.pg_ctl("stop", "-m", "fast", "-w")
-
-    def start(self) -> None:
-        self.pg_ctl("start", "-w", "-t", f"{WAIT:.0f}", "-l", str(self.folder / "postgres.log"))
-
-
-def _require_postgres() -> Path:
-    """The server's programs; the tier is skipped (failed where CI is set) without them."""
-    bindir = _bindir()
-    if bindir is None or shutil.which("psql") is None:
-        unavailable(
-            "PostgreSQL is not installed (scripts/start-postgres.sh --install-only installs "
-            "Debian's postgresql)",
-            "postgres",
-        )
-    return bindir
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    """A PostgreSQL of scripts/start-postgres.sh on a free port, stopped at the end. Its run
-    folder is under /tmp, not pytest's: run as root the server runs as the postgres user,
-    which pytest's private temporary folders keep out."""
-    bindir = _require_postgres()
-    folder = Path(tempfile.mkdtemp(prefix="trainchain-test-postgres."))
-    try:
-        started = subprocess.run(
-            [str(START), "--port", "0", "--dir", str(folder)],
-            capture_output=True,
-            text=True,
-            timeout=600,  # installing the package, where missing, takes a minute
-            check=False,
-        )
-        assert started.returncode == 0, started.stderr
-        exported = dict(
-            line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
-        )
-        password = (folder / "password").read_text()
-        assert password not in started.stderr  # the password is printed only for eval
-        assert exported["TRAINCHAIN_POSTGRES_DIR"] == str(folder)
-        assert exported["TRAINCHAIN_STUDY_STORAGE"] == exported["TRAINCHAIN_POSTGRES_URL"]
-        yield Postgres(folder, exported["TRAINCHAIN_POSTGRES_URL"], password, bindir)
-    finally:
-        subprocess.run([str(START), "--stop", str(folder)], timeout=120, check=False)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settings_on(postgres: Postgres, home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -341,7 +267,7 @@ def test_the_mlflow_server_on_postgres_keeps_runs_there_and_proxies_artifacts(
     where it stands); both are there after the servers are stopped and started again, which
     reuses a running server; --stop stops MLflow's whole process group and PostgreSQL. The
     password is on no command line and in no log."""
-    _require_postgres()
+    require_postgres()
     # the mlflow of the venv running the tests (a worktree has no .venv of its own)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("TRAINCHAIN_MLFLOW_PORT", "0")

@@ -15,12 +15,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import optuna
 import pytest
 
 from tests.conftest import ToyRepo, eventually, run_cli, stop
 from trainchain.adapters import studies
 from trainchain.chain.search import EXCESS_ATTR, RETRY_ATTR
+from trainchain.core import keys
 from trainchain.core.status import ExitCode
 
 
@@ -46,13 +48,17 @@ def _places(study: Any) -> list[Any]:
 def test_two_workers_share_one_budget_and_one_conclusion(toy_repo: ToyRepo, home: Path) -> None:
     # out of reach (at most 1.0 at x = 0.7 exactly): the whole budget is spent
     repo = toy_repo(threshold=0.9999, max_trials=6)
-    done = run_cli("run", str(repo), "--executor", "local", "--workers", "2")
+    # each trial takes over a second, so the worker's start-up never misses the budget
+    done = run_cli(
+        "run", str(repo), "--executor", "local", "--workers", "2", env={"TOY_STEP_S": "0.4"}
+    )
     assert done.returncode == ExitCode.GOAL_NOT_REACHED, done.stdout + done.stderr
     study = _study(f"sqlite:///{home / 'optuna.db'}")
     places = _places(study)
     assert len(places) == 6, [(t.number, t.state.name) for t in study.trials]
     assert {t.state.name for t in _own(study)} <= {"COMPLETE", "PRUNED", "FAIL"}
-    assert len({t.user_attrs[studies.WORKER_ATTR] for t in places}) == 2  # both ran trials
+    workers = {t.user_attrs[studies.WORKER_ATTR] for t in places}
+    assert len(workers) == 2, done.stderr  # both ran trials
     assert "trials:    6 of 6" in done.stdout
     assert "[worker 2] worker:    ran" in done.stderr  # the worker's lines, relayed
     # one conclusion: one report, one email
@@ -149,3 +155,11 @@ def test_a_killed_worker_s_trial_is_retried_once_from_its_checkpoint(
     states = {t["number"]: t["state"] for t in report["trials"]}
     assert states[killed.number] == "INTERRUPTED"
     assert sum(1 for s in states.values() if s != "INTERRUPTED") == 8
+    # and its MLflow run, which its dead worker never ended, was closed by the leader
+    client = mlflow.MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("toy").experiment_id],
+        filter_string=f"tags.`{keys.TRIAL}` = '{killed.number}'",
+    )
+    assert run.info.status == "FAILED"
+    assert run.data.tags[keys.STATUS] == "interrupted"

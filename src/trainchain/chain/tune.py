@@ -172,16 +172,24 @@ def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> l
     # the runs of the interrupted trials, and of a confirmation that was running (only the
     # leader confirms, and this is the leader starting: it is run again, its candidate has
     # no recorded confirmation yet); other workers' runs are theirs
+    close_dead_runs(study, tracker, experiment_id, parent)
+    return retried
+
+
+def close_dead_runs(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> None:
+    """Mark ``interrupted`` the chain's MLflow runs still RUNNING whose process died: a
+    confirmation's (only the leader, the caller, confirms) and those of trials the study
+    no longer has running (their worker died: failed at a start or through heartbeats)."""
+    running = {str(t.number) for t in study.trials if _state(t) == "RUNNING"}
     runs = tracker.client.search_runs(
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
         tags = run.data.tags
-        if tags.get(keys.PURPOSE) == "confirm" or tags.get(keys.TRIAL) in {str(n) for n in retried}:
+        if tags.get(keys.PURPOSE) == "confirm" or tags.get(keys.TRIAL) not in running:
             tracker.log(run.info.run_id, tags={keys.STATUS: "interrupted"})
             tracker.finish(run.info.run_id, ok=False)
-    return retried
 
 
 def _summaries(search: Search) -> tuple[TrialSummary, ...]:
@@ -682,7 +690,12 @@ class _Session:
         search = self.search
         self.study.set_user_attr(CONCLUDED_ATTR, True)  # joined workers stop
         self._wait_running()
-        best = search.best()
+        close_dead_runs(self.study, self.tracker, self.ctx.experiment_id, self.parent)
+        confirmed = search.confirmed()
+        # the chain's model is the confirmed trial: with several workers a trial that
+        # finished after the confirmation may score higher on the search's folds, but it
+        # was never confirmed
+        best = self.study.trials[confirmed.trial] if confirmed is not None else search.best()
         failed = self.failures >= model.budget.max_consecutive_failures
         verdict = search.verdict(failed=failed)
         status = {
@@ -691,7 +704,6 @@ class _Session:
         }.get(verdict, RunState.GOAL_NOT_REACHED)
         if status is not RunState.FAILED:  # a failed chain stays open: fixing the cause resumes it
             self.study.set_user_attr(FINISHED_ATTR, status.value)
-        confirmed = search.confirmed()
         self.tracker.log(
             self.parent,
             metrics=({"best_" + goal.val_metric: best.value} if best else {})
@@ -821,22 +833,38 @@ def join_chain(
     display: TuneDisplay | None = None,
     stream_logs: bool = False,
     join_wait: float = 300.0,
+    workers: int = 1,
+    worker_argv: Sequence[str] = (),
 ) -> WorkerResult:
     """Run trials of an open chain as one more worker until its study says stop; never
-    confirms, registers, promotes or emails (the chain's leader does)."""
+    confirms, registers, promotes or emails (the chain's leader does). With ``workers``
+    > 1, that many less one more workers of this host join it too (``worker_argv``, to
+    which ``--join CHAIN`` is added)."""
+    from trainchain.chain.workers import LocalWorkers
+
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs, join=join, join_wait=join_wait)
     with storage_errors(prep.settings.study_storage, "tuning as a worker"):
         session.open()
+        helpers = LocalWorkers(
+            [*worker_argv, "--join", session.chain_id],
+            workers - 1,
+            on_line=display.relay,
+            log_dir=prep.settings.runs_dir / session.chain_id,
+        )
         try:
-            reason = run_search(
-                session.search,
-                run_one=session.run_one,
-                confirm_one=None,
-                stop_reason=session.stop_reason,
-            )
+            helpers.start()
+            try:
+                reason = run_search(
+                    session.search,
+                    run_one=session.run_one,
+                    confirm_one=None,
+                    stop_reason=session.stop_reason,
+                )
+            finally:
+                session.display.close()
         finally:
-            session.display.close()
+            helpers.close()
     return WorkerResult(session.chain_id, session.ran, reason)
 
 

@@ -134,7 +134,6 @@ def _check_workers(args: argparse.Namespace) -> None:
     clash = [
         flag
         for flag, given in (
-            ("--workers", args.workers != 1),
             ("--promote", getattr(args, "promote", False)),
             ("--properties", getattr(args, "properties", None)),
         )
@@ -177,6 +176,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             display=display,
             stream_logs=args.verbose,
             join_wait=args.join_wait,
+            workers=args.workers,
+            worker_argv=worker_argv(args, settings, prep) if args.workers > 1 else (),
         )
         out(
             f"worker:    ran {result.trials} trial(s) of chain {result.chain_id}; stopped: "

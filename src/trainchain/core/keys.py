@@ -28,7 +28,8 @@ PARAMS = "trainchain.params"  # the trial's hyperparameters, JSON
 HELDOUT = "trainchain.heldout"
 VALIDATION = "trainchain.validation"  # the validation plan, JSON
 ATTEMPTS = "trainchain.attempts"
-STATUS = "trainchain.status"  # a trial: ok, pruned, failed, refused, interrupted; a chain: RunState
+# a trial: ok, pruned, stopped, failed, refused, interrupted; a chain: its RunState
+STATUS = "trainchain.status"
 ERROR = "trainchain.error"
 PRUNED_STEP = "trainchain.pruned_step"
 PURPOSE = "trainchain.purpose"  # "confirm" on a confirmation run
