@@ -96,8 +96,7 @@ START_POSTGRES = ROOT / "scripts" / "start-postgres.sh"
 BIN = Path(sys.executable).parent  # .venv/bin: trainchain
 OVERHEAD_TARGET_MS = 50.0  # storage overhead per trial at 32 workers
 RATIO_TARGET = 0.6  # wall time with 2 workers / with 1
-HEARTBEAT_S = 1  # Optuna's heartbeat interval (whole seconds) in the soak
-GRACE_S = 4  # a RUNNING trial whose heartbeat is older than this is stale
+GRACE_S = 30  # the chain's default TRAINCHAIN_HEARTBEAT_GRACE: a silent trial's worker is dead
 READY_S = 300.0  # the workers must have opened the study within this
 POSTGRES_S = 120.0
 CHAIN_GOAL = 0.99  # out of reach: every chain spends its whole budget
@@ -211,30 +210,63 @@ def example_model() -> Any:
     return load_config(EXAMPLE).model
 
 
-def open_worker_study(url: str, name: str, seed: int, budget: int, heartbeat: bool) -> Any:
+def open_worker_study(url: str, name: str, seed: int, budget: int, grace: int | None) -> Any:
     """The study as a chain's worker opens it: trainchain's storage (pool, pre-ping,
-    reconnect), the chain's sampler; with ``heartbeat``, Optuna's heartbeat and a retry
-    of a stale trial, once."""
+    reconnect), the chain's sampler; with ``grace``, heartbeats: a trial silent for
+    ``grace`` seconds is failed and retried once."""
+    import inspect
+
     import optuna
 
-    from trainchain.adapters.studies import _storage, make_sampler, open_study
+    from trainchain.adapters import studies
 
     model = example_model()
-    backend = _storage(url)
-    if heartbeat:
-        backend.heartbeat_interval = HEARTBEAT_S
-        backend.grace_period = GRACE_S
-        backend.heartbeat_stale_trial_callback = optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=1
-        )
-    return open_study(
-        backend,
-        name,
-        model.goal.direction,
-        seed,
-        sampler=make_sampler(seed, budget),
-        max_trials=budget,
-    )
+    options: dict[str, Any] = {"sampler": studies.make_sampler(seed, budget), "max_trials": budget}
+    if grace is not None and "heartbeat_grace" in inspect.signature(studies.open_study).parameters:
+        options["heartbeat_grace"] = grace
+        storage: Any = url
+    else:  # until issue 15 item 1 lands: Optuna's heartbeat on trainchain's storage
+        storage = studies._storage(url)
+        if grace is not None:
+            storage.heartbeat_interval = max(1, grace // 6)
+            storage.grace_period = grace
+            storage.heartbeat_stale_trial_callback = (
+                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+            )
+    return studies.open_study(storage, name, model.goal.direction, seed, **options)
+
+
+@contextlib.contextmanager
+def beating(study: Any, trial: Any) -> Iterator[None]:
+    """The trial's heartbeat while the block runs (trainchain's, else Optuna's thread)."""
+    from trainchain.adapters import studies
+
+    if hasattr(studies, "heartbeat"):
+        with studies.heartbeat(study, trial):
+            yield
+        return
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        yield
+
+
+def fail_dead(study: Any) -> None:
+    """Fail (and retry once) the running trials whose worker stopped beating."""
+    import optuna
+
+    from trainchain.adapters import studies
+
+    if hasattr(studies, "fail_dead_workers"):
+        studies.fail_dead_workers(study)
+    else:
+        optuna.storages.fail_stale_trials(study)
+
+
+def retry_of(trial: Any) -> int | None:
+    """The number of the trial ``trial`` retries, or None."""
+    found = trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
+    return None if found is None else int(found)
 
 
 def objective(params: dict[str, Any], fold: int) -> float:
@@ -242,16 +274,14 @@ def objective(params: dict[str, Any], fold: int) -> float:
     return 0.5 + 0.04 * math.sin(float(params["C"]) + params["csp_components"] + fold)
 
 
-def counted(trials: Sequence[Any]) -> tuple[int, int, int]:
-    """(trials the budget counts: all but failed ones, RUNNING, WAITING)."""
+def budget_view(trials: Sequence[Any]) -> tuple[int, int, int]:
+    """(places of the budget taken: every trial but a retry; RUNNING; WAITING), as the
+    chain counts its budget across workers."""
     from optuna.trial import TrialState
 
     states = Counter(t.state for t in trials)
-    return (
-        len(trials) - states[TrialState.FAIL],
-        states[TrialState.RUNNING],
-        states[TrialState.WAITING],
-    )
+    places = sum(retry_of(t) is None for t in trials)
+    return places, states[TrialState.RUNNING], states[TrialState.WAITING]
 
 
 @dataclass(frozen=True)
@@ -262,14 +292,16 @@ class Spec:
     name: str
     budget: int
     folds: int
-    heartbeat: bool
+    grace: int | None
 
 
 def soak_worker(index: int, spec: Spec, records: str, ready: Any, go: Any) -> None:
-    """One worker process: ask/tell until the study's budget is spent. Writes one line
-    per event to ``records`` (flushed: a killed worker's lines up to its kill stay):
-    ``A number`` after an ask, ``T number count_ms ask_ms report_ms tell_ms storage_ms
-    calls`` after a tell."""
+    """One worker process: ask/tell until the study's budget is spent; with heartbeats,
+    a dead worker's trial found before each ask is failed and retried, and at the end the
+    worker waits (bounded) for the other workers' RUNNING trials, one of which may be a
+    dead worker's. Writes one line per event to ``records`` (flushed: a killed worker's
+    lines up to its kill stay): ``A number`` after an ask, ``T number count_ms ask_ms
+    report_ms tell_ms storage_ms calls cpu_ms`` after a tell."""
     import warnings
 
     import optuna
@@ -277,45 +309,49 @@ def soak_worker(index: int, spec: Spec, records: str, ready: Any, go: Any) -> No
     from trainchain.adapters.studies import suggest
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    # Optuna warns that heartbeats go with Study.optimize; the chain, like this, asks and
+    # tells itself, beating while a trial runs and failing dead workers' trials first
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     model = example_model()
-    study = open_worker_study(spec.url, spec.name, 1000 + index, spec.budget, spec.heartbeat)
+    study = open_worker_study(spec.url, spec.name, 1000 + index, spec.budget, spec.grace)
     storage = study._storage
     timer = StorageTimer(storage)
     ready.put(index)
     go.wait(READY_S)
+    end_wait = 0.0 if spec.grace is None else spec.grace + max(1, spec.grace // 6) + 5.0
     waited = 0.0
     with open(records, "a", buffering=1) as out:
-        for _ in range(4 * spec.budget):  # bounded: the budget and the end's wait end it
+        for _ in range(4 * spec.budget + int(2 * end_wait)):  # bounded: budget and end wait
+            cpu = time.process_time()
             t0 = time.perf_counter()
             storage_before, calls_before = timer.seconds, timer.calls
-            if spec.heartbeat:
-                optuna.storages.fail_stale_trials(study)
-            done, running, waiting = counted(study.get_trials(deepcopy=False))
-            if done >= spec.budget and not waiting:
-                if not spec.heartbeat or not running or waited > GRACE_S + 3:
+            if spec.grace is not None:
+                fail_dead(study)
+            places, running, waiting = budget_view(study.get_trials(deepcopy=False))
+            if places >= spec.budget and not waiting:
+                if not running or waited >= end_wait:
                     break
-                # others' RUNNING trials: one may be a killed worker's, to fail and retry
+                # others' RUNNING trials: one may be a dead worker's, to fail and retry
                 time.sleep(0.5)
                 waited += 0.5
                 continue
             t1 = time.perf_counter()
             trial = study.ask()
             out.write(f"A {trial.number}\n")
-            if spec.heartbeat:
-                storage.record_heartbeat(trial._trial_id)
-            params = suggest(trial, model)
-            t2 = time.perf_counter()
-            values = [objective(params, fold) for fold in range(spec.folds)]
-            for fold, value in enumerate(values):
-                trial.report(value, fold)
-            t3 = time.perf_counter()
-            study.tell(trial, statistics.fmean(values))
+            with beating(study, trial) if spec.grace is not None else contextlib.nullcontext():
+                params = suggest(trial, model)
+                t2 = time.perf_counter()
+                values = [objective(params, fold) for fold in range(spec.folds)]
+                for fold, value in enumerate(values):
+                    trial.report(value, fold)
+                t3 = time.perf_counter()
+                study.tell(trial, statistics.fmean(values))
             t4 = time.perf_counter()
             out.write(
                 f"T {trial.number} {1000 * (t1 - t0):.3f} {1000 * (t2 - t1):.3f} "
                 f"{1000 * (t3 - t2):.3f} {1000 * (t4 - t3):.3f} "
-                f"{1000 * (timer.seconds - storage_before):.3f} {timer.calls - calls_before}\n"
+                f"{1000 * (timer.seconds - storage_before):.3f} {timer.calls - calls_before} "
+                f"{1000 * (time.process_time() - cpu):.3f}\n"
             )
 
 
@@ -336,6 +372,7 @@ class Soak:
     tells: list[float] = field(default_factory=list)
     in_storage: list[float] = field(default_factory=list)
     calls: list[int] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # the worker process's CPU per trial
     killed: list[int] = field(default_factory=list)  # the killed workers
     states: Counter[str] = field(default_factory=Counter)
     trials: int = 0
@@ -345,6 +382,7 @@ class Soak:
     in_flight: int = 0  # trials a killed worker had asked for (or was asking) and not told
     retried: int = 0  # failed trials with a retry
     lost: int = 0  # RUNNING or WAITING at the end, failed without a retry, or missing
+    silent: int = 0  # RUNNING at the end without any heartbeat (killed before its first)
 
     @property
     def overheads(self) -> list[float]:
@@ -363,7 +401,7 @@ def run_workers(
 ) -> None:
     """Start the workers, wait until all opened the study, give the signal, SIGKILL
     ``kills`` of them at evenly spaced points of the budget, and wait for the rest."""
-    study = open_worker_study(spec.url, spec.name, 0, spec.budget, spec.heartbeat)
+    study = open_worker_study(spec.url, spec.name, 0, spec.budget, spec.grace)
     ctx = multiprocessing.get_context("spawn")  # no engine or connection crosses a fork
     ready, go = ctx.Queue(), ctx.Event()
     procs = [
@@ -427,7 +465,7 @@ def read_records(result: Soak, records: list[Path]) -> tuple[Counter[int], set[i
             parts = line.split()
             if parts[0] == "A" and len(parts) == 2:
                 asked_here.add(int(parts[1]))
-            elif parts[0] == "T" and len(parts) == 8:  # a killed worker's last line may be cut
+            elif parts[0] == "T" and len(parts) == 9:  # a killed worker's last line may be cut
                 told_here.add(int(parts[1]))
                 for values, text in zip(
                     (result.counts, result.asks, result.reports, result.tells, result.in_storage),
@@ -436,6 +474,7 @@ def read_records(result: Soak, records: list[Path]) -> tuple[Counter[int], set[i
                 ):
                     values.append(float(text))
                 result.calls.append(int(parts[7]))
+                result.cpu.append(float(parts[8]))
         told.update(told_here)
         asked |= asked_here
         if i in result.killed:
@@ -466,7 +505,7 @@ def audit(result: Soak, spec: Spec, told: Counter[int], asked: set[int]) -> None
     )
     # a killed worker may have been inside its ask: a trial no record asked for
     result.in_flight += len(set(numbers) - asked)
-    retried = {t.system_attrs["failed_trial"] for t in trials if "failed_trial" in t.system_attrs}
+    retried = {retry_of(t) for t in trials}
     failed = [t for t in trials if t.state == TrialState.FAIL]
     result.retried = sum(t.number in retried for t in failed)
     result.lost = (
@@ -476,6 +515,28 @@ def audit(result: Soak, spec: Spec, told: Counter[int], asked: set[int]) -> None
         - result.retried
         + len(asked - set(numbers))
     )
+    result.silent = never_beat(spec.url, stored._study_id)
+
+
+def never_beat(url: str, study_id: int) -> int:
+    """RUNNING trials of the study that never recorded a heartbeat: Optuna's stale check
+    passes them by, so a worker killed before its trial's first beat leaves it RUNNING."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(
+                sqlalchemy.text(
+                    "SELECT count(*) FROM trials t LEFT JOIN trial_heartbeats h "
+                    "ON h.trial_id = t.trial_id WHERE t.study_id = :study "
+                    "AND t.state = 'RUNNING' AND h.trial_id IS NULL"
+                ),
+                {"study": study_id},
+            ).scalar()
+    finally:
+        engine.dispose()
+    return int(found or 0)
 
 
 def soak(
@@ -489,12 +550,12 @@ def soak(
     folds: int,
     folder: Path,
     deadline: Deadline,
-    heartbeat: bool = True,
+    grace: int | None = GRACE_S,
 ) -> Soak:
     """One soak: ``workers`` processes on study ``name`` of ``url``, ``kills`` of them
     SIGKILLed; its timings and the audit of its storage."""
     result = Soak(label, workers, budget)
-    spec = Spec(url, name, budget, folds, heartbeat)
+    spec = Spec(url, name, budget, folds, grace)
     records = [folder / f"{name}-worker-{i}.txt" for i in range(workers)]
     run_workers(result, spec, records, kills, deadline)
     told, asked = read_records(result, records)
@@ -607,10 +668,14 @@ def chain_run(workers: int, *, tmp: Path, data: Path, trials: int, deadline: Dea
             raise OutOfTime(f"the chain with {workers} workers did not end in time") from err
         run.wall = time.perf_counter() - started
         run.status = out.returncode
-        lines = [line for line in out.stdout.splitlines() if line.strip()]
+        # the summary's "goal:      accuracy >= 0.99: <the verdict>" line
         run.verdict = next(
-            (line.strip() for line in reversed(lines) if "verdict" in line.lower()),
-            lines[-1].strip() if lines else "",
+            (
+                line.removeprefix("goal:").strip()
+                for line in out.stdout.splitlines()
+                if line.startswith("goal:")
+            ),
+            "",
         )
         if out.returncode not in (0, 3):
             run.note = (out.stderr.strip().splitlines() or ["(no stderr)"])[-1][:200]
@@ -662,6 +727,7 @@ def storage_table(soaks: Sequence[Soak]) -> list[str]:
         "tell p50 / p99 ms",
         "overhead/trial mean / p50 / p99 ms",
         "in storage/trial ms (calls)",
+        "worker CPU/trial ms",
         "machine wall/trial ms",
         "killed (in flight)",
         "states",
@@ -684,6 +750,7 @@ def storage_table(soaks: Sequence[Soak]) -> list[str]:
                 f"{ms(pct(s.tells, 50))} / {ms(pct(s.tells, 99))}",
                 f"{ms(mean(over))} / {ms(pct(over, 50))} / {ms(pct(over, 99))}",
                 f"{ms(mean(s.in_storage))} ({mean(s.calls) if s.calls else 0:.0f})",
+                ms(mean(s.cpu)),
                 ms(1000 * s.elapsed / s.trials if s.trials else math.nan),
                 f"{len(s.killed)} ({s.in_flight})",
                 ", ".join(f"{k} {v}" for k, v in sorted(s.states.items())),
@@ -744,7 +811,8 @@ def targets(soaks: Sequence[Soak], runs: Sequence[ChainRun]) -> list[str]:
                 f"no lost or duplicated trial: {s.label}",
                 f"failed {s.states.get('FAIL', 0)} (retried {s.retried}), duplicated "
                 f"{s.duplicated}, told twice {s.told_twice}, lost {s.lost} (RUNNING left "
-                f"{s.states.get('RUNNING', 0)}, WAITING left {s.states.get('WAITING', 0)})",
+                f"{s.states.get('RUNNING', 0)}, of which never beat {s.silent}; WAITING left "
+                f"{s.states.get('WAITING', 0)})",
                 yes(bad == 0 and (s.killed or not s.states.get("FAIL"))),
             ]
         )
@@ -803,7 +871,7 @@ def storage_parts(args: argparse.Namespace, tmp: Path, deadline: Deadline) -> li
     with postgres(tmp / "postgres", deadline) as url:
         args.described = versions(url)
         log(f"libraries: {args.described}")
-        common = {"folds": args.folds, "folder": tmp, "deadline": deadline}
+        common = {"folds": args.folds, "folder": tmp, "deadline": deadline, "grace": args.grace}
         if "A" in args.parts:
             for kills in (0, args.kills) if args.kills else (0,):
                 label = f"A soak, {kills} kills" if kills else "A soak"
@@ -866,8 +934,9 @@ def report(
         say()
         say(
             f"Storage: a trivial objective (the example's search space, {args.folds} reports, "
-            "no training), trainchain's storage and sampler, heartbeats on; ms as a worker "
-            "sees them (waiting for a core included); overhead = count + ask + report + tell"
+            f"no training), trainchain's storage and sampler, heartbeats (grace {args.grace} s); "
+            "ms as a worker sees them (waiting for a core included); overhead = count (with "
+            "the dead-worker check) + ask (with its parameters) + report + tell"
         )
         for line in storage_table(soaks):
             say(line)
@@ -892,6 +961,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--trials", type=int, default=2000, help="soak budget (study-wide)")
     parser.add_argument("--kills", type=int, default=3, help="SIGKILLs in the kill variant")
     parser.add_argument("--folds", type=int, default=5, help="intermediate values per trial")
+    parser.add_argument(
+        "--grace",
+        type=int,
+        default=GRACE_S,
+        help="seconds without a heartbeat before a trial's worker counts as dead "
+        "(default: the chain's, %(default)s)",
+    )
     parser.add_argument("--single-trials", type=int, default=300, help="part B's trials")
     parser.add_argument(
         "--chain-workers", type=parse_ints, default=[1, 2, 4], help="part C, e.g. 1,2,4"
@@ -911,6 +987,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--parts takes A, B and C, comma-separated")
     if min(args.workers, args.trials, args.single_trials, args.chain_trials) < 1:
         parser.error("expected --workers, --trials, --single-trials and --chain-trials >= 1")
+    if args.grace < 2:
+        parser.error("--grace is whole seconds, at least 2")
     if not 0 <= args.kills < args.workers:
         parser.error("--kills must be 0 or more and leave a worker alive (below --workers)")
     args.described, args.tested = "", True
