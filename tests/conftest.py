@@ -27,8 +27,10 @@ T = TypeVar("T")
 # params, data, the validation plan (per-fold scores around the value, a folds id of the
 # plan's assignment), checkpoints (resume), report lines, metrics. TOY_FOLDS=ignore makes
 # it ignore the plan (always the same folds); TOY_FOLDS=drift gives every trial its own.
-# It hangs after step 1 in trial TOY_HANG_TRIAL, or in any trial with mode=hang (the
-# parameter reaches a container too); mode=crash exits 2 after its steps.
+# It hangs after step 1 in trial TOY_HANG_TRIAL (`any`: every trial that gets there; a
+# trial resumed from its checkpoint starts past it), or in any trial with mode=hang (the
+# parameter reaches a container too); mode=crash exits 2 after its steps; TOY_STEP_S makes
+# each step take that many seconds (a trial that takes its time).
 TOY_TRAIN = """
 import json, os, sys, time
 from pathlib import Path
@@ -41,9 +43,10 @@ start = json.loads(ckpt.read_text())["step"] + 1 if ckpt.exists() else 0
 print(f"toy: trial {task.trial()} attempt {task.attempt()} starting at step {start}", flush=True)
 hang_trial = os.environ.get("TOY_HANG_TRIAL")
 for step in range(start, 3):
+    time.sleep(float(os.environ.get("TOY_STEP_S", "0")))  # a trial that takes its time
     task.atomic_write_bytes(ckpt, json.dumps({"step": step}).encode())
     task.report(step, val_accuracy=0.5)
-    hang = p.get("mode") == "hang" or (hang_trial is not None and int(hang_trial) == task.trial())
+    hang = p.get("mode") == "hang" or hang_trial in {"any", str(task.trial())}
     if step == 1 and hang:
         print("toy: hanging", flush=True)
         time.sleep(600)
@@ -112,6 +115,22 @@ def live_jenkins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         jenkins_real.live_jenkins(root, inbox, smtp.port) as live,
     ):
         yield live
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Iterator[Any]:
+    """The postgres tier's real PostgreSQL (tests/postgres_real.py), one per test module:
+    skipped with the reason where it is not installed, except where CI is set."""
+    from tests import postgres_real
+
+    with postgres_real.started() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_database(postgres: Any) -> str:
+    """The URL of a new empty database on the tier's PostgreSQL, for one test."""
+    return str(postgres.database())
 
 
 @pytest.fixture

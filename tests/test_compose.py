@@ -19,6 +19,7 @@ import yaml
 
 from tests.conftest import unavailable
 from tests.test_jenkins_controller import (
+    JENKINS,
     PLACEHOLDER,
     env_example_keys,
     is_secret_key,
@@ -28,7 +29,7 @@ from tests.test_jenkins_controller import (
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
-SERVICES = {"jenkins", "agent", "mlflow", "smtp"}
+SERVICES = {"jenkins", "agent", "agent-2", "postgres", "mlflow", "smtp"}
 
 
 def require_compose() -> str:
@@ -83,13 +84,24 @@ def test_compose_file_is_valid_for_docker_compose(tmp_path: Path) -> None:
     assert "WARNING" not in result.stderr, result.stderr
 
 
-def test_compose_defines_controller_agent_mlflow_and_smtp(tmp_path: Path) -> None:
-    """The resolved configuration has the jenkins, agent, mlflow and smtp services."""
-    result = run_compose(tmp_path, "config")
+@pytest.fixture(scope="module")
+def resolved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The configuration as docker-compose resolves it with .env.example's settings."""
+    result = run_compose(tmp_path_factory.mktemp("compose"), "config")
     assert result.returncode == 0, result.stderr
-    resolved = yaml.safe_load(result.stdout)
+    data = yaml.safe_load(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def test_compose_defines_controller_agents_postgres_mlflow_and_smtp(
+    resolved: dict[str, Any],
+) -> None:
+    """The resolved configuration has the jenkins, two agents, postgres, mlflow and smtp
+    services."""
     assert set(resolved["services"]) >= SERVICES
     assert resolved["services"]["mlflow"]["image"].startswith("ghcr.io/mlflow/mlflow:")
+    assert resolved["services"]["postgres"]["image"].startswith("postgres:")
 
 
 def test_file_format_is_one_docker_compose_1_29_reads(compose: dict[str, Any]) -> None:
@@ -107,10 +119,98 @@ def test_every_service_image_is_pinned(compose: dict[str, Any]) -> None:
 
 
 def test_mlflow_server_matches_the_pinned_mlflow(compose: dict[str, Any]) -> None:
-    """The MLflow server image is the MLflow version requirements.txt pins for the clients."""
+    """The MLflow server image is the MLflow version requirements.txt pins for the clients,
+    in its -full variant (the plain image has no PostgreSQL driver)."""
     pin = re.search(r"^mlflow==(\S+)$", (REPO_ROOT / "requirements.txt").read_text(), re.M)
     assert pin
-    assert compose["services"]["mlflow"]["image"] == f"ghcr.io/mlflow/mlflow:v{pin.group(1)}"
+    assert compose["services"]["mlflow"]["image"] == f"ghcr.io/mlflow/mlflow:v{pin.group(1)}-full"
+
+
+def _url(value: str) -> tuple[str, str, str, str]:
+    """(scheme, user, password, host:port/database) of a database URL."""
+    match = re.fullmatch(r"([a-z0-9+]+)://([^:@/]+):([^@/]+)@(.+)", value)
+    assert match, f"not a database URL with a user and password: {value}"
+    scheme, user, password, where = match.groups()
+    return scheme, user, password, where
+
+
+def test_mlflow_keeps_its_store_in_postgres_and_proxies_the_artifacts(
+    compose: dict[str, Any], resolved: dict[str, Any]
+) -> None:
+    """mlflow server's backend store is the postgres service's database mlflow, whose URL
+    (with POSTGRES_PASSWORD) it gets in its environment, not on its command line; the
+    postgres service creates that database; artifacts go through the server into the
+    mlflow_data volume; mlflow waits for a healthy postgres, which checks over TCP."""
+    services = resolved["services"]
+    mlflow, postgres = services["mlflow"], services["postgres"]
+    backend = mlflow["environment"]["MLFLOW_BACKEND_STORE_URI"]
+    assert "--backend-store-uri" not in mlflow["command"]
+    assert _url(backend) == (
+        "postgresql+psycopg2",
+        postgres["environment"]["POSTGRES_USER"],
+        postgres["environment"]["POSTGRES_PASSWORD"],
+        "postgres:5432/mlflow",
+    )
+    assert compose["services"]["mlflow"]["environment"]["MLFLOW_BACKEND_STORE_URI"] == (
+        "postgresql+psycopg2://trainchain:${POSTGRES_PASSWORD}@postgres:5432/mlflow"
+    )
+    assert "CREATE DATABASE mlflow OWNER" in " ".join(postgres["command"])
+    assert postgres["entrypoint"] == ["/bin/sh", "-c"]
+    assert "exec docker-entrypoint.sh postgres" in postgres["command"][0]
+    command = mlflow["command"]
+    assert "--serve-artifacts" in command
+    destination = command[command.index("--artifacts-destination") + 1]
+    assert command[command.index("--default-artifact-root") + 1] == "mlflow-artifacts:/"
+    volumes = {str(v).split(":")[1]: str(v).split(":")[0] for v in mlflow["volumes"]}
+    assert volumes["/mlflow"] == "mlflow_data" and destination.startswith("/mlflow/")
+    assert mlflow["depends_on"]["postgres"] == {"condition": "service_healthy"}
+    check = postgres["healthcheck"]["test"]
+    assert check[:2] == ["CMD", "pg_isready"] and check[check.index("-h") + 1] == "127.0.0.1"
+    assert {str(v).split(":")[0] for v in postgres["volumes"]} == {"postgres_data"}
+
+
+def test_the_builds_use_the_postgres_and_mlflow_services(resolved: dict[str, Any]) -> None:
+    """Every build's TRAINCHAIN_STUDY_STORAGE (the controller passes it on, casc.yaml) is
+    the postgres service's database trainchain with POSTGRES_PASSWORD's password, and its
+    TRAINCHAIN_TRACKING_URI the mlflow service; the agents start after both."""
+    services = resolved["services"]
+    jenkins, postgres = services["jenkins"]["environment"], services["postgres"]["environment"]
+    assert _url(jenkins["TRAINCHAIN_STUDY_STORAGE"]) == (
+        "postgresql+psycopg2",
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        f"postgres:5432/{postgres['POSTGRES_DB']}",
+    )
+    assert jenkins["TRAINCHAIN_TRACKING_URI"] == "http://mlflow:5000"
+    for agent in ("agent", "agent-2"):
+        assert {"postgres", "mlflow"} <= set(services[agent]["depends_on"])
+
+
+def test_the_second_agent_is_the_first_with_a_workspace_of_its_own(
+    resolved: dict[str, Any],
+) -> None:
+    """agent-2 runs the agent's image with its settings and mounts, but its own Jenkins
+    workspace volume; casc.yaml's docker-agent-2 reaches it at AGENT_2_HOST, whose example
+    is the service's name, with the same labels as docker-agent-1."""
+    first, second = resolved["services"]["agent"], resolved["services"]["agent-2"]
+    for key in ("image", "build", "environment", "depends_on"):
+        assert first[key] == second[key], key
+    workspace = "/home/jenkins/agent"
+    assert [v for v in first["volumes"] if not v.startswith("agent_workspace:")] == [
+        v for v in second["volumes"] if not v.startswith("agent_2_workspace:")
+    ]
+    assert f"agent_2_workspace:{workspace}:rw" in second["volumes"]
+    nodes = {
+        n["permanent"]["name"]: n["permanent"]
+        for n in yaml.safe_load((JENKINS / "casc.yaml").read_text())["jenkins"]["nodes"]
+    }
+    assert nodes["docker-agent-2"]["launcher"]["ssh"]["host"] == "${AGENT_2_HOST}"
+    assert nodes["docker-agent-1"]["launcher"]["ssh"]["host"] == "${AGENT_HOST}"
+    assert nodes["docker-agent-2"]["labelString"] == nodes["docker-agent-1"]["labelString"]
+    assert nodes["docker-agent-2"]["remoteFS"] == workspace
+    example = env_example_entries()
+    assert (example["AGENT_HOST"][0], example["AGENT_2_HOST"][0]) == ("agent", "agent-2")
+    assert resolved["services"]["jenkins"]["environment"]["AGENT_2_HOST"] == "agent-2"
 
 
 def test_built_services_use_the_jenkins_dockerfiles(compose: dict[str, Any]) -> None:
@@ -129,7 +229,8 @@ def test_serve_starts_only_when_asked_for(compose: dict[str, Any]) -> None:
 
 
 def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
-    """Jenkins's home and MLflow's store are named volumes, so they outlive the containers."""
+    """Jenkins's home, PostgreSQL's data and MLflow's artifacts are named volumes, so they
+    outlive the containers."""
     volumes = set(compose["volumes"])
     mounts = {
         name: {str(v).split(":", 1)[0] for v in service.get("volumes", [])}
@@ -137,6 +238,7 @@ def test_state_lives_in_named_volumes(compose: dict[str, Any]) -> None:
     }
     assert "jenkins_home" in mounts["jenkins"] & volumes
     assert "mlflow_data" in mounts["mlflow"] & volumes
+    assert "postgres_data" in mounts["postgres"] & volumes
 
 
 def test_compose_holds_no_literal_secret(compose: dict[str, Any]) -> None:

@@ -1,7 +1,8 @@
 """The Optuna study storage on a real PostgreSQL (Debian's, started by
 scripts/start-postgres.sh on a free loopback port): tuning reaches the verdict it reaches on
 SQLite and its trials are in PostgreSQL, a server restart between two trials is survived
-with no trial lost or counted twice, and no error or log line shows the password.
+with no trial lost or counted twice, and no error or log line shows the password. With
+--mlflow the script also runs an MLflow tracking server on it, whose artifacts it proxies.
 
 The server comes from Debian's postgresql package, which `scripts/start-postgres.sh
 --install-only` installs (.ci/run does). Where it is missing the tier is skipped with the
@@ -14,18 +15,23 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
+import sqlalchemy
 
-from tests.conftest import REPO_ROOT, ToyRepo, run_cli, unavailable
+from tests.conftest import ToyRepo, run_cli, start_script
+from tests.postgres_real import START, WAIT, Postgres, require_postgres
 from trainchain.adapters import studies
+from trainchain.adapters.tracking import Tracker
 from trainchain.chain.context import prepare
 from trainchain.chain.tune import tune
 from trainchain.core.config import Direction
@@ -34,75 +40,7 @@ from trainchain.core.progress import TuneDisplay
 from trainchain.core.settings import Settings, load_settings
 from trainchain.executors import LocalExecutor
 
-START = REPO_ROOT / "scripts" / "start-postgres.sh"
-WAIT = 60.0
-
 pytestmark = pytest.mark.postgres
-
-
-def _bindir() -> Path | None:
-    """The newest installed server's programs (Debian keeps them out of PATH)."""
-    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
-    return found[-1].parent if found else None
-
-
-@dataclass(frozen=True)
-class Postgres:
-    folder: Path  # the script's run folder
-    url: str
-    password: str
-    bindir: Path
-
-    def pg_ctl(self, *args: str) -> None:
-        """pg_ctl on this cluster, as its OS user (postgres when the tests run as root)."""
-        cmd = [str(self.bindir / "pg_ctl"), "-D", str(self.folder / "data"), *args]
-        if os.geteuid() == 0:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        done = subprocess.run(
-            cmd, cwd="/", capture_output=True, text=True, timeout=120, check=False
-        )
-        assert done.returncode == 0, f"pg_ctl {' '.join(args)}: {done.stdout}{done.stderr}"
-
-    def stop(self) -> None:
-        self.pg_ctl("stop", "-m", "fast", "-w")
-
-    def start(self) -> None:
-        self.pg_ctl("start", "-w", "-t", f"{WAIT:.0f}", "-l", str(self.folder / "postgres.log"))
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Iterator[Postgres]:
-    """A PostgreSQL of scripts/start-postgres.sh on a free port, stopped at the end. Its run
-    folder is under /tmp, not pytest's: run as root the server runs as the postgres user,
-    which pytest's private temporary folders keep out."""
-    bindir = _bindir()
-    if bindir is None or shutil.which("psql") is None:
-        unavailable(
-            "PostgreSQL is not installed (scripts/start-postgres.sh --install-only installs "
-            "Debian's postgresql)",
-            "postgres",
-        )
-    folder = Path(tempfile.mkdtemp(prefix="trainchain-test-postgres."))
-    try:
-        started = subprocess.run(
-            [str(START), "--port", "0", "--dir", str(folder)],
-            capture_output=True,
-            text=True,
-            timeout=600,  # installing the package, where missing, takes a minute
-            check=False,
-        )
-        assert started.returncode == 0, started.stderr
-        exported = dict(
-            line.removeprefix("export ").split("=", 1) for line in started.stdout.splitlines()
-        )
-        password = (folder / "password").read_text()
-        assert password not in started.stderr  # the password is printed only for eval
-        assert exported["TRAINCHAIN_POSTGRES_DIR"] == str(folder)
-        assert exported["TRAINCHAIN_STUDY_STORAGE"] == exported["TRAINCHAIN_POSTGRES_URL"]
-        yield Postgres(folder, exported["TRAINCHAIN_POSTGRES_URL"], password, bindir)
-    finally:
-        subprocess.run([str(START), "--stop", str(folder)], timeout=120, check=False)
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _settings_on(postgres: Postgres, home: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -301,3 +239,108 @@ def test_tune_with_a_wrong_password_fails_with_one_line_without_it(
     assert "password authentication failed" in line
     assert "not-the-password-42" not in out.stderr + out.stdout
     assert postgres.password not in out.stderr + out.stdout
+
+
+def _alive(pid: int) -> bool:
+    """Whether any process of the process group ``pid`` leads is left."""
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):  # noqa: S310 - loopback http://
+            return True
+    except (urllib.error.URLError, ConnectionError):
+        return False
+
+
+def test_the_mlflow_server_on_postgres_keeps_runs_there_and_proxies_artifacts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """start-postgres.sh --mlflow: trainchain's Tracker on the printed tracking URI creates
+    a run, logs a metric and a file; the run is in the `mlflow` database, the file in the
+    run folder's mlartifacts (uploaded through the server, nothing written by the client
+    where it stands); both are there after the servers are stopped and started again, which
+    reuses a running server; --stop stops MLflow's whole process group and PostgreSQL. The
+    password is on no command line and in no log."""
+    require_postgres()
+    # the mlflow of the venv running the tests (a worktree has no .venv of its own)
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("TRAINCHAIN_MLFLOW_PORT", "0")
+    folder = Path(tempfile.mkdtemp(prefix="trainchain-test-mlflow."))
+    start = [str(START), "--port", "0", "--dir", str(folder), "--mlflow"]
+    try:
+        exported = start_script(start)
+        uri, pid = exported["TRAINCHAIN_TRACKING_URI"], int(exported["TRAINCHAIN_MLFLOW_PID"])
+        assert uri.startswith("http://127.0.0.1:")
+        password = (folder / "password").read_text()
+        for member in subprocess.run(
+            ["pgrep", "-g", str(pid)], capture_output=True, text=True, check=True, timeout=30
+        ).stdout.split():
+            assert password not in Path(f"/proc/{member}/cmdline").read_text()
+
+        client_root = tmp_path / "client-artifacts"
+        tracker = Tracker(uri, client_root)
+        run_id = tracker.start_run(tracker.experiment_id("mlflow-on-pg"), "proxied", {"k": "v"})
+        tracker.log(run_id, metrics={"val_accuracy": 0.875})
+        note = tmp_path / "note.txt"
+        note.write_text("through the server\n")
+        tracker.log_artifact(run_id, note, "notes")
+        tracker.finish(run_id, ok=True)
+        experiment = tracker.client.get_run(run_id).info.experiment_id
+        stored = folder / "mlartifacts" / experiment / run_id / "artifacts" / "notes" / "note.txt"
+        assert stored.read_text() == "through the server\n"
+        assert not client_root.exists()  # the client wrote no artifact of its own
+
+        again = subprocess.run(start, capture_output=True, text=True, timeout=120, check=False)
+        assert again.returncode == 0, again.stderr
+        assert f"export TRAINCHAIN_TRACKING_URI={uri}" in again.stdout.splitlines()
+        assert "mlflow already runs" in again.stderr
+
+        # stopped and started again: the run comes back from PostgreSQL and the server
+        subprocess.run([str(START), "--stop", str(folder)], timeout=180, check=True)
+        restarted = start_script(start)
+        tracker = Tracker(restarted["TRAINCHAIN_TRACKING_URI"], client_root)
+        _, metrics, _ = tracker.run_data(run_id)
+        assert metrics == {"val_accuracy": 0.875}
+        fetched = tracker.download(run_id, "notes/note.txt", tmp_path / "fetched")
+        assert fetched.read_text() == "through the server\n"
+        mlflow_db = restarted["TRAINCHAIN_POSTGRES_URL"].rsplit("/", 1)[0] + "/mlflow"
+        engine = sqlalchemy.create_engine(mlflow_db)
+        try:
+            with engine.connect() as db:
+                rows = db.execute(
+                    sqlalchemy.text(
+                        "SELECT r.status, m.key, m.value FROM runs r "
+                        "JOIN metrics m ON m.run_uuid = r.run_uuid WHERE r.run_uuid = :run"
+                    ),
+                    {"run": run_id},
+                ).all()
+        finally:
+            engine.dispose()
+        assert [tuple(row) for row in rows] == [("FINISHED", "val_accuracy", 0.875)]
+        assert password not in (folder / "mlflow.log").read_text()
+
+        pid = int(restarted["TRAINCHAIN_MLFLOW_PID"])
+        health = restarted["TRAINCHAIN_TRACKING_URI"] + "/health"
+        assert _answers(health)
+        stopped = subprocess.run(
+            [str(START), "--stop", str(folder)],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert stopped.returncode == 0, stopped.stderr
+        assert "mlflow in" in stopped.stderr and "postgresql in" in stopped.stderr
+        assert not _alive(pid)  # the server and all its workers
+        assert not _answers(health)
+        assert not (folder / "data" / "postmaster.pid").exists()  # PostgreSQL is down
+        assert not (folder / "mlflow.pid").exists()
+    finally:
+        subprocess.run([str(START), "--stop", str(folder)], timeout=180, check=False)
+        shutil.rmtree(folder, ignore_errors=True)

@@ -4,7 +4,7 @@ who is in the way."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 import filelock
@@ -33,3 +33,31 @@ def flock_within(
         yield
     finally:
         lock.release()
+
+
+# seconds a process waits for another one that is creating or upgrading a SQLite store
+SQLITE_OPEN_WAIT_S = 120.0
+
+
+def sqlite_opening(url: str) -> AbstractContextManager[None]:
+    """Open a ``sqlite:///`` store (MLflow's, Optuna's) one process at a time: both create
+    their tables (and MLflow migrates them) when they open a new file, and two processes
+    doing so at once fail ("table ... already exists"). Other URLs: no lock (their server
+    serialises)."""
+    if not url.startswith("sqlite:///"):
+        return nullcontext()
+    path = Path(url.removeprefix("sqlite:///"))
+    if str(path) in {"", ":memory:"}:
+        return nullcontext()
+    from trainchain.core.errors import StoreError
+    from trainchain.core.redaction import redact
+
+    return flock_within(
+        path.with_name(path.name + ".open.lock"),
+        SQLITE_OPEN_WAIT_S,
+        lambda: StoreError(
+            f"another process kept opening {redact(url)} for {SQLITE_OPEN_WAIT_S:.0f} s",
+            hint="see which trainchain process holds it (fuser on the .open.lock file beside "
+            "the database)",
+        ),
+    )

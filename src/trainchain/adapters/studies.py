@@ -10,6 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import socket
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
@@ -17,6 +19,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainchain.adapters.locks import sqlite_opening
 from trainchain.core.config import (
     CategoricalParam,
     Direction,
@@ -39,6 +42,11 @@ COMMIT_ATTR = "commit"
 GOAL_ATTR = "goal"
 # trial user attributes of a trial added from an earlier study
 WARM_ATTR = "warm_start"
+# trial user attributes: the trial it retries (its worker died), the checkpoints it resumes
+# from, and which worker runs it ("host:pid")
+RETRY_ATTR = "retry_of"
+CHECKPOINT_ATTR = "checkpoint_key"
+WORKER_ATTR = "worker"
 # seconds a SQLite study storage waits for another process's write lock
 SQLITE_LOCK_TIMEOUT_S = 60
 # A PostgreSQL study storage's connection pool, per process. A worker uses one connection
@@ -112,7 +120,9 @@ def space_filling(
 def make_sampler(seed: int, max_trials: int, startup: int | None = None) -> Any:
     """Multivariate TPE (it models the search space jointly, which is what a few trials
     need), its start-up sized to the budget unless ``startup`` is given (the chain fills
-    the start-up with :func:`space_filling` configurations; TPE would draw at random)."""
+    the start-up with :func:`space_filling` configurations; TPE would draw at random).
+    With several workers, the trials still running count as if they had scored badly
+    (a constant liar), so two workers do not propose the same point."""
     import optuna
 
     with warnings.catch_warnings():
@@ -121,6 +131,7 @@ def make_sampler(seed: int, max_trials: int, startup: int | None = None) -> Any:
             seed=seed,
             n_startup_trials=startup_trials(max_trials) if startup is None else startup,
             multivariate=True,
+            constant_liar=True,
         )
 
 
@@ -272,19 +283,32 @@ def _reconnect_with_wait(engine: Any, url: str, wait: float) -> None:
         )
 
 
-def _storage(storage: Any) -> Any:
+def _storage(storage: Any, heartbeat_grace: int | None = None) -> Any:
     """An Optuna storage: a URL becomes an RDB storage (engine options of
     :func:`_engine_kwargs`; an opened PostgreSQL storage reconnects for up to
     ``PG_RECONNECT_WAIT_S`` after losing its server); a storage object (an
-    ``InMemoryStorage`` in a benchmark) is used as it is."""
+    ``InMemoryStorage`` in a benchmark) is used as it is. With ``heartbeat_grace``, a
+    running trial records a heartbeat (:func:`heartbeat`) and one silent for that many
+    seconds is failed and retried once (:func:`fail_dead_workers`, :func:`retry_once`)."""
     import optuna
 
     if not isinstance(storage, str):
         return storage
     ensure_sqlite_folder(storage)
-    with storage_errors(storage, "opening it"):
+    beats: dict[str, Any] = {}
+    if heartbeat_grace is not None:
+        beats = {
+            "heartbeat_interval": heartbeat_interval(heartbeat_grace),
+            "grace_period": heartbeat_grace,
+            "heartbeat_stale_trial_callback": retry_once,
+        }
+    with sqlite_opening(storage), storage_errors(storage, "opening it"), warnings.catch_warnings():
+        # heartbeats are marked experimental since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:
-            backend = optuna.storages.RDBStorage(storage, engine_kwargs=_engine_kwargs(storage))
+            backend = optuna.storages.RDBStorage(
+                storage, engine_kwargs=_engine_kwargs(storage), **beats
+            )
         except ImportError as err:  # a database URL whose driver is not installed
             raise StoreError(
                 f"cannot open the study storage {redact(storage)}: {err}",
@@ -306,13 +330,15 @@ def open_study(
     sampler: Any = None,
     max_trials: int = 20,
     startup: int | None = None,
+    heartbeat_grace: int | None = None,
 ) -> Any:
     """Create or load study ``name``. Neither pruner nor sampler is stored with the study:
-    pass them each time; None means no pruning and :func:`make_sampler`."""
+    pass them each time; None means no pruning and :func:`make_sampler`. With
+    ``heartbeat_grace``, trials run under :func:`heartbeat` (see :func:`_storage`)."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    backend = _storage(storage)
+    backend = _storage(storage, heartbeat_grace)
     with storage_errors(storage, f"opening study {name!r}"):
         return optuna.create_study(
             storage=backend,
@@ -380,6 +406,83 @@ def suggest(trial: Any, config: ModelConfig) -> dict[str, Any]:
         elif isinstance(p, CategoricalParam):
             params[name] = trial.suggest_categorical(name, list(p.choices))
     return params
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def heartbeat_interval(grace: int) -> int:
+    """Seconds between a running trial's heartbeats: a sixth of the grace (at least 1), so
+    that a few lost beats (a busy database) never make a live worker look dead."""
+    return max(1, grace // 6)
+
+
+def worker_id() -> str:
+    """This process as a study's trials name their worker: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def worker_alive(worker: str) -> bool | None:
+    """Whether ``worker`` (a :func:`worker_id`) still runs: None when it is on another host
+    (only its heartbeats can tell)."""
+    host, _, pid = worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextmanager
+def heartbeat(study: Any, trial: Any) -> Iterator[None]:
+    """Record ``trial``'s heartbeat while the block runs (a thread of Optuna's; nothing
+    when the study's storage has no heartbeat)."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    with get_heartbeat_thread(trial._trial_id, study._storage):
+        yield
+
+
+def enqueue_retry(study: Any, trial: Any) -> None:
+    """Enqueue ``trial`` again with its parameters and its checkpoints, as a retry of it
+    (the retry takes no new place in the budget)."""
+    key = trial.user_attrs.get(CHECKPOINT_ATTR, trial.number)
+    study.enqueue_trial(
+        dict(trial.params), user_attrs={RETRY_ATTR: trial.number, CHECKPOINT_ATTR: key}
+    )
+
+
+def retry_once(study: Any, trial: Any) -> None:
+    """The storage's callback for a trial whose worker stopped beating (Optuna has just
+    failed it): retried once from its checkpoints; a retry that dies too stays failed."""
+    if trial.user_attrs.get(RETRY_ATTR) is not None:
+        log.warning(
+            "trial %d (a retry of trial %s) lost its worker %s too: it stays failed",
+            trial.number,
+            trial.user_attrs.get(RETRY_ATTR),
+            trial.user_attrs.get(WORKER_ATTR, "?"),
+        )
+        return
+    log.warning(
+        "trial %d lost its worker %s (no heartbeat): it is retried from its checkpoints",
+        trial.number,
+        trial.user_attrs.get(WORKER_ATTR, "?"),
+    )
+    enqueue_retry(study, trial)
+
+
+def fail_dead_workers(study: Any) -> None:
+    """Fail the running trials whose worker stopped beating, and retry each once
+    (:func:`retry_once`); nothing without heartbeats."""
+    import optuna
+
+    with warnings.catch_warnings():  # marked experimental since Optuna 2.9
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 # --------------------------------------------------------------------------- warm start

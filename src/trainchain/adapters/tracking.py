@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainchain.adapters.locks import sqlite_opening
 from trainchain.core import keys
 from trainchain.core.errors import NotInStore, RegistryError, StoreError
 from trainchain.core.redaction import redact
@@ -111,7 +112,7 @@ def _client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
     ensure_sqlite_folder(tracking_uri)
-    with store_errors(tracking_uri, "opening it"):
+    with sqlite_opening(tracking_uri), store_errors(tracking_uri, "opening it"):
         try:
             client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         except ImportError as err:  # a database URL whose driver is not installed
@@ -137,8 +138,10 @@ class VersionInfo:
 class Tracker:
     def __init__(self, tracking_uri: str, artifact_root: Path) -> None:
         _quiet_mlflow()
-        # a progress bar per download is noise in a chain's log
+        # a progress bar per download is noise in a chain's log, and so is the "View run
+        # ... at" line MLflow writes to stdout when a run on a tracking server ends
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         self.tracking_uri = tracking_uri
         self.shown_uri = redact(tracking_uri)  # for messages and logs
         self.artifact_root = artifact_root
@@ -149,6 +152,10 @@ class Tracker:
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             return str(exp.experiment_id)
+        if self.tracking_uri.startswith(("http://", "https://")):
+            # a tracking server keeps the artifacts where it is told to (proxied with
+            # --serve-artifacts): a worker on another machine needs only its URL
+            return str(self.client.create_experiment(name))
         location = (self.artifact_root / name).resolve()
         location.mkdir(parents=True, exist_ok=True)
         return str(self.client.create_experiment(name, artifact_location=location.as_uri()))

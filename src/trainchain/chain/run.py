@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +77,8 @@ def run_chain(
     wait_lock: float = 0.0,
     email_failures: bool = False,
     pushed_by: str | None = None,
+    workers: int = 1,
+    worker_argv: Callable[[Prepared], Sequence[str]] | None = None,
 ) -> ChainOutcome:
     """Run the chain; the source is a model folder (used in place) or a repository to pull.
 
@@ -100,7 +103,15 @@ def run_chain(
             commit=commit,
         )
         tuning = True
-        return _run(prep, settings, quiet=quiet, stream_logs=stream_logs, wait_lock=wait_lock)
+        return _run(
+            prep,
+            settings,
+            quiet=quiet,
+            stream_logs=stream_logs,
+            wait_lock=wait_lock,
+            workers=workers,
+            worker_argv=worker_argv(prep) if worker_argv is not None and workers > 1 else (),
+        )
     except TrainchainError as err:
         if email_failures and not isinstance(err, NotifyError):
             email_failure(
@@ -170,6 +181,8 @@ def _run(
     quiet: bool,
     stream_logs: bool,
     wait_lock: float,
+    workers: int = 1,
+    worker_argv: Sequence[str] = (),
 ) -> ChainOutcome:
     display = TuneDisplay.for_goal(prep.loaded.model.goal, quiet=quiet)
     display.note(
@@ -187,6 +200,8 @@ def _run(
         display=display,
         stream_logs=stream_logs,
         wait_lock=wait_lock,
+        workers=workers,
+        worker_argv=worker_argv,
     )
     report = conclude(report, settings)
     delivery = send_report(report, settings)

@@ -9,10 +9,12 @@ confirm, when to stop and what the verdict is: :class:`Search` over one Optuna s
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainchain.adapters.studies import (
+    RETRY_ATTR,
     WARM_ATTR,
     EarlierTrial,
     best_distinct,
@@ -28,6 +30,8 @@ __all__ = [
     "CONFIRMATIONS_ATTR",
     "ESTIMATE_ATTR",
     "ESTIMATOR_ATTR",
+    "EXCESS_ATTR",
+    "RETRY_ATTR",
     "Search",
     "first_trials",
     "fresh_seed",
@@ -37,7 +41,9 @@ __all__ = [
 CONFIRMATIONS_ATTR = "confirmations"  # study: the confirmations so far, as JSON
 ESTIMATOR_ATTR = "estimator"  # study: the folds every trial is scored on
 ESTIMATE_ATTR = "estimate"  # trial: its estimate (value, folds, folds id)
-RETRY_ATTR = "retry_of"
+# trial: asked by a worker when the budget's last place had just gone to another worker;
+# never run, and not one of the study's trials (like a warm start's)
+EXCESS_ATTR = "over_budget"
 
 
 def fresh_seed(seed: int, index: int) -> int:
@@ -73,8 +79,39 @@ class Search:
 
     # ---- trials ----------------------------------------------------------------------
     def own_trials(self) -> list[Any]:
-        """This study's trials, without those added from earlier studies (warm start)."""
-        return [t for t in self.study.trials if not t.user_attrs.get(WARM_ATTR)]
+        """This study's trials, without those added from earlier studies (warm start) and
+        those a worker asked for past the budget (never run)."""
+        return [
+            t
+            for t in self.study.trials
+            if not t.user_attrs.get(WARM_ATTR) and not t.user_attrs.get(EXCESS_ATTR)
+        ]
+
+    # ---- the budget across workers ------------------------------------------------------
+    # Every trial but a retry takes one place of the budget, in the order of its number
+    # (Optuna numbers a study's trials atomically, across processes): place k goes to the
+    # k-th such trial, whichever worker asked for it, so ``max_trials`` counts across
+    # workers without a counter of its own.
+    def place_of(self, trial: Any) -> int:
+        """``trial``'s place in the budget (0-based); a retry has its original's place."""
+        retry_of = trial.user_attrs.get(RETRY_ATTR)
+        number = int(retry_of) if retry_of is not None else trial.number
+        return sum(
+            1
+            for t in self.own_trials()
+            if t.number < number and t.user_attrs.get(RETRY_ATTR) is None
+        )
+
+    def can_ask(self) -> bool:
+        """Whether a trial can start: a place of the budget is free, or an enqueued trial
+        (a first trial, a retry) waits. False while the last places' trials run."""
+        own = self.own_trials()
+        places = sum(1 for t in own if t.user_attrs.get(RETRY_ATTR) is None)
+        return places < self.model.budget.max_trials or any(_state(t) == "WAITING" for t in own)
+
+    def running(self) -> list[Any]:
+        """The trials running now, on any worker."""
+        return [t for t in self.own_trials() if _state(t) == "RUNNING"]
 
     def used(self) -> int:
         """Trials of the budget used: finished, pruned or failed, a retried one once."""
@@ -100,7 +137,12 @@ class Search:
         return Estimate.from_dict(raw) if raw else None
 
     def ask(self) -> tuple[Any, dict[str, Any]]:
-        trial = self.study.ask()
+        with warnings.catch_warnings():
+            # Optuna warns that heartbeats go with Study.optimize; the chain asks and tells
+            # itself, beating while a trial runs (studies.heartbeat) and failing dead
+            # workers' trials before it asks (studies.fail_dead_workers), as optimize does
+            warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed")
+            trial = self.study.ask()
         return trial, suggest(trial, self.model)
 
     def estimator(self) -> dict[str, Any] | None:
@@ -249,18 +291,30 @@ def first_trials(
 def run_search(
     search: Search,
     *,
-    run_one: Callable[[], None],
-    confirm_one: Callable[[Any], None],
+    run_one: Callable[[], object],
+    confirm_one: Callable[[Any], None] | None,
     stop_reason: Callable[[], str | None],
+    wait_for_others: Callable[[], str | None] | None = None,
 ) -> str:
     """The chain's loop: confirm a candidate as soon as there is one, else stop when the
-    study says so, else run the next trial. Returns why it stopped."""
+    study says so, else run the next trial. Returns why it stopped.
+
+    With several workers: only the one with ``confirm_one`` (the chain's leader) confirms;
+    when every place of the budget is taken by trials still running elsewhere,
+    ``wait_for_others`` waits a moment (None: this worker stops, with its answer as the
+    reason; a worker without it stops at once). ``stop_reason`` bounds the waiting (the
+    time budget)."""
     while True:
-        candidate = search.candidate()
-        if candidate is not None:
+        candidate = search.candidate() if confirm_one is not None else None
+        if candidate is not None and confirm_one is not None:
             confirm_one(candidate)
             continue
         reason = stop_reason()
         if reason is not None:
             return reason
+        if not search.can_ask():
+            left = wait_for_others() if wait_for_others is not None else None
+            if wait_for_others is None or left is not None:
+                return left or "every place of the budget is taken by other workers' trials"
+            continue
         run_one()

@@ -81,6 +81,7 @@ class TrialOutcome:
     pruned_step: int | None = None  # the step whose report decided it
     pruned_value: float | None = None  # the val metric at that step
     estimate: Estimate | None = None  # the goal metric with its per-fold scores
+    stopped: bool = False  # stopped because the chain ended (``cancel``): neither pruned nor failed
 
     @property
     def log_tail(self) -> str:
@@ -257,6 +258,7 @@ def run_trial(
     on_report: ReportSink | None = None,
     validation: Mapping[str, Any] | None = None,
     label: str | None = None,
+    cancel: threading.Event | None = None,
 ) -> TrialOutcome:
     """Run trial ``number`` to success or to its attempt cap, and log it as one MLflow run.
 
@@ -265,7 +267,9 @@ def run_trial(
     trial ends pruned: not retried, ``pruned=True``, tagged ``trainchain.status=pruned``.
     ``validation`` is the plan passed as TRAINCHAIN_VALIDATION (default: the config's
     search plan); ``label`` names the run and its folders instead of ``trial-NNNN`` (a
-    confirmation run of trial ``number``).
+    confirmation run of trial ``number``). ``cancel``, set by another thread, stops the
+    attempt as pruning does: the trial ends ``stopped`` (the chain ended meanwhile),
+    tagged ``trainchain.status=stopped``; its checkpoints are kept.
     """
     model = ctx.loaded.model
     name = label or f"trial-{number:04d}"
@@ -297,7 +301,7 @@ def run_trial(
     start = time.monotonic()
     # an executor that supervises restarts (docker) returns one result for the whole trial
     max_attempts = 1 if ctx.executor.supervises_restarts else model.train.max_attempts
-    stop = threading.Event()
+    stop = cancel if cancel is not None else threading.Event()
     watcher = None
     if on_report is not None:
         watcher = ReportWatcher(report_file, ctx.val_metric, on_report, stop)
@@ -321,16 +325,20 @@ def run_trial(
     finally:
         if watcher is not None:
             watcher.close()
-    pruned = bool(attempts) and attempts[-1].stopped and watcher is not None
+    ended = bool(attempts) and attempts[-1].stopped
+    pruned = ended and watcher is not None and watcher.pruned_step is not None
+    stopped = ended and not pruned and cancel is not None and cancel.is_set()
     pruned_step = watcher.pruned_step if watcher is not None and pruned else None
     pruned_value = watcher.pruned_value if watcher is not None and pruned else None
     if pruned:
         error = None
         log.info("trial %d: pruned at step %s", number, pruned_step)
+    if stopped:
+        error = "stopped: the chain ended while it ran"
 
     ok = error is None and not pruned
     rows = read_report(report_file)
-    status = "pruned" if pruned else ("ok" if ok else "failed")
+    status = "pruned" if pruned else ("stopped" if stopped else ("ok" if ok else "failed"))
     spread = estimate.spread if estimate is not None else None
     ctx.tracker.log(
         run_id,
@@ -346,7 +354,7 @@ def run_trial(
     if rows:
         ctx.tracker.log_step_metrics(run_id, rows)
     _log_outputs(ctx.tracker, run_id, output_dir, trial_dir, ctx.parent_run_id)
-    if pruned:  # ended on purpose: neither finished nor failed
+    if pruned or stopped:  # ended on purpose: neither finished nor failed
         ctx.tracker.client.set_terminated(run_id, status="KILLED")
     else:
         ctx.tracker.finish(run_id, ok)
@@ -368,6 +376,7 @@ def run_trial(
         pruned_step=pruned_step,
         pruned_value=pruned_value,
         estimate=estimate if ok else None,
+        stopped=stopped,
     )
 
 

@@ -15,25 +15,35 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import threading
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from trainchain.adapters.locks import flock_within
 from trainchain.adapters.studies import (
+    CHECKPOINT_ATTR,
+    WORKER_ATTR,
     EarlierTrial,
     add_warm_trials,
     earlier_trials,
+    enqueue_retry,
+    fail_dead_workers,
+    heartbeat,
     make_pruner,
     mark_study,
     open_study,
     storage_errors,
     study_names,
+    worker_alive,
+    worker_id,
 )
 from trainchain.adapters.tracking import CHAMPION, Tracker
 from trainchain.chain.context import Prepared
-from trainchain.chain.search import RETRY_ATTR, Search, first_trials, run_search
+from trainchain.chain.search import EXCESS_ATTR, RETRY_ATTR, Search, first_trials, run_search
 from trainchain.chain.training import TrialContext, TrialOutcome, run_trial
 from trainchain.core import keys
 from trainchain.core.config import base_metric
@@ -57,6 +67,17 @@ FINISHED_ATTR = "finished"
 PARENT_ATTR = "mlflow_parent_run_id"
 ELAPSED_ATTR = "elapsed_s"
 WARM_NOTE_ATTR = "warm_start_note"
+# study: the leader has opened the chain (its parent run, recovery and first trials are
+# in place): workers may join; and the leader has concluded it: workers stop
+READY_ATTR = "ready"
+CONCLUDED_ATTR = "concluded"
+JOINED_PREFIX = "joined:"  # study: "joined:host:pid", when that worker joined
+# how often a joined worker looks at the study while its trial runs (a concluded chain
+# stops the trial), and how long the leader waits for a change while other workers run
+# the budget's last trials
+WATCH_S = 2.0
+STOPPED_ATTR = "stopped"  # trial: stopped because the chain ended while it ran
+WAIT_S = 5.0
 
 
 def model_lock(locks: Path, name: str, wait: float = 0.0) -> AbstractContextManager[None]:
@@ -90,6 +111,7 @@ def _open(prep: Prepared, name: str) -> Any:
         pruner=make_pruner(model.pruning),
         max_trials=model.budget.max_trials,
         startup=model.budget.startup_trials,
+        heartbeat_grace=prep.settings.heartbeat_grace,
     )
 
 
@@ -100,11 +122,16 @@ def choose_study(prep: Prepared) -> tuple[str, bool]:
     existing = [n for n in study_names(storage) if n == base or n.startswith(base + "-r")]
     if not existing:
         return base, False
-    newest = max(existing, key=lambda n: int(n.rsplit("-r", 1)[1]) if n != base else 1)
+    newest = max(existing, key=_run_index)
     if FINISHED_ATTR not in _open(prep, newest).user_attrs:
         return newest, True
-    index = int(newest.rsplit("-r", 1)[1]) + 1 if newest != base else 2
-    return f"{base}-r{index}", False
+    return f"{base}-r{_run_index(newest) + 1}", False
+
+
+def _run_index(name: str) -> int:
+    """Which run of its code, data and goal a study is: ``base`` 1, ``base-r2`` 2, ..."""
+    _, sep, tail = name.rpartition("-r")
+    return int(tail) if sep and tail.isdigit() else 1
 
 
 def _champion_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], str] | None:
@@ -125,30 +152,44 @@ def _champion_params(prep: Prepared, tracker: Tracker) -> tuple[dict[str, Any], 
 
 
 def _recover(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> list[int]:
-    """Trials left RUNNING by a killed process: mark them failed and enqueue them again;
-    their MLflow runs (and a confirmation's) are marked interrupted."""
+    """Trials left RUNNING by a killed process of this host (or of a version that did not
+    name its worker): mark them failed and enqueue them again; their MLflow runs (and a
+    confirmation's) are marked interrupted. A trial of a worker on another host is left to
+    its heartbeat (:func:`~trainchain.adapters.studies.fail_dead_workers`)."""
     from optuna.trial import TrialState
 
     retried = []
     for t in study.trials:
         if _state(t) != "RUNNING":
             continue
-        key = t.user_attrs.get("checkpoint_key", t.number)
+        worker = t.user_attrs.get(WORKER_ATTR)
+        if worker is not None and worker_alive(str(worker)) is not False:
+            continue  # a live worker's, or another host's
         study.tell(t.number, state=TrialState.FAIL)
-        study.enqueue_trial(
-            dict(t.params), user_attrs={RETRY_ATTR: t.number, "checkpoint_key": key}
-        )
+        enqueue_retry(study, t)
         retried.append(t.number)
-    # the runs of interrupted trials, and of a confirmation that was running (it is run
-    # again: its candidate has no recorded confirmation yet)
+    fail_dead_workers(study)
+    # the runs of the interrupted trials, and of a confirmation that was running (only the
+    # leader confirms, and this is the leader starting: it is run again, its candidate has
+    # no recorded confirmation yet); other workers' runs are theirs
+    close_dead_runs(study, tracker, experiment_id, parent)
+    return retried
+
+
+def close_dead_runs(study: Any, tracker: Tracker, experiment_id: str, parent: str) -> None:
+    """Mark ``interrupted`` the chain's MLflow runs still RUNNING whose process died: a
+    confirmation's (only the leader, the caller, confirms) and those of trials the study
+    no longer has running (their worker died: failed at a start or through heartbeats)."""
+    running = {str(t.number) for t in study.trials if _state(t) == "RUNNING"}
     runs = tracker.client.search_runs(
         [experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
     )
     for run in runs:
-        tracker.log(run.info.run_id, tags={keys.STATUS: "interrupted"})
-        tracker.finish(run.info.run_id, ok=False)
-    return retried
+        tags = run.data.tags
+        if tags.get(keys.PURPOSE) == "confirm" or tags.get(keys.TRIAL) not in running:
+            tracker.log(run.info.run_id, tags={keys.STATUS: "interrupted"})
+            tracker.finish(run.info.run_id, ok=False)
 
 
 def _summaries(search: Search) -> tuple[TrialSummary, ...]:
@@ -161,6 +202,8 @@ def _summaries(search: Search) -> tuple[TrialSummary, ...]:
             continue
         if t.number in retried and retried[t.number] is not None:
             state = "INTERRUPTED"
+        elif t.user_attrs.get(STOPPED_ATTR):
+            state = "STOPPED"
         duration = t.duration.total_seconds() if t.duration is not None else None
         estimate = search.estimate_of(t)
         out.append(
@@ -181,10 +224,21 @@ def _summaries(search: Search) -> tuple[TrialSummary, ...]:
 
 
 class _Session:
-    """One invocation of tune on one study: its state between trials."""
+    """One invocation of tune on one study: its state between trials.
+
+    The chain's leader (``join`` None) opens the study, confirms candidates and concludes
+    the chain; a joined worker (``join``: a chain id, or ``open``: the unfinished chain of
+    this code, data and goal) only runs trials of it until the study says stop."""
 
     def __init__(
-        self, prep: Prepared, executor: Executor, display: TuneDisplay, stream_logs: bool
+        self,
+        prep: Prepared,
+        executor: Executor,
+        display: TuneDisplay,
+        stream_logs: bool,
+        *,
+        join: str | None = None,
+        join_wait: float = 0.0,
     ) -> None:
         self.prep = prep
         self.model = prep.loaded.model
@@ -193,16 +247,30 @@ class _Session:
         self.stream_logs = stream_logs
         self.executor = executor
         self.tracker = Tracker(prep.settings.tracking_uri, prep.settings.artifacts)
+        self.join = join
+        self.join_wait = join_wait
+        self.worker = worker_id()
+        self.ran = 0  # trials this process ran
         self.failures = 0
         self.error: str | None = None
         self.last_tail = ""
         self.started = time.monotonic()
+        self._waiting_noted = False
+
+    @property
+    def leader(self) -> bool:
+        return self.join is None
 
     def open(self) -> None:
-        """Open (or create) the study and its parent run; recover interrupted trials."""
+        """Open (or create) the study and its parent run; recover interrupted trials. A
+        joined worker waits for the leader's study instead."""
+        if not self.leader:
+            self._join()
+            return
         prep, model, goal = self.prep, self.model, self.goal
         self.chain_id, resumed = choose_study(prep)
         self.study = _open(prep, self.chain_id)
+        self.study.set_user_attr(CONCLUDED_ATTR, False)  # a failed chain resumed
         self.search = Search(self.study, model)
         experiment_id = self.tracker.experiment_id(model.name)
         parent = self.study.user_attrs.get(PARENT_ATTR)
@@ -236,18 +304,82 @@ class _Session:
                 "parameters and checkpoints"
             )
         self.elapsed_before = float(self.study.user_attrs.get(ELAPSED_ATTR, 0.0))
+        self._context(experiment_id)
+        self.study.set_user_attr(READY_ATTR, True)
+
+    def _context(self, experiment_id: str) -> None:
         self.ctx = TrialContext(
-            loaded=prep.loaded,
-            settings=prep.settings,
+            loaded=self.prep.loaded,
+            settings=self.prep.settings,
             tracker=self.tracker,
             executor=self.executor,
-            lineage=prep.lineage,
+            lineage=self.prep.lineage,
             chain_id=self.chain_id,
             experiment_id=experiment_id,
-            data_dir=prep.data_dir,
-            val_metric=goal.val_metric,
-            parent_run_id=parent,
+            data_dir=self.prep.data_dir,
+            val_metric=self.goal.val_metric,
+            parent_run_id=self.parent,
         )
+
+    def _join(self) -> None:
+        """Wait (up to ``join_wait`` s) until the chain to join is open, then open it."""
+        from trainchain.core.errors import ConfigError
+
+        prep, base, storage = self.prep, self.prep.study_base(), self.prep.settings.study_storage
+        deadline = time.monotonic() + self.join_wait
+        while True:
+            names = [n for n in study_names(storage) if n == base or n.startswith(base + "-r")]
+            name: str | None
+            if self.join == "open":
+                newest = max(names, key=_run_index, default=None)
+                name = newest
+            else:
+                name = self.join if self.join in names else None
+                if name is None and self.join in study_names(storage):
+                    raise ConfigError(
+                        f"chain {self.join!r} is a study of other code, data or goal than "
+                        f"this worker's ({base})",
+                        hint="give the worker the same source, --ref, --subdir, --data, "
+                        "--threshold and --max-trials as the chain's leader",
+                    )
+            if name is not None:
+                study = _open(prep, name)
+                attrs = study.user_attrs
+                over = bool(attrs.get(CONCLUDED_ATTR)) or FINISHED_ATTR in attrs
+                if over and self.join != "open":
+                    raise ConfigError(
+                        f"chain {name!r} has ended ({attrs.get(FINISHED_ATTR, 'concluded')}): "
+                        "there is nothing left to join",
+                        hint="join a running chain: `--join open` joins the one a leader of "
+                        "this code has open",
+                    )
+                if attrs.get(READY_ATTR) and not over:
+                    break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                what = (
+                    f"chain {self.join!r}"
+                    if self.join != "open"
+                    else f"open chain of this code, data and goal ({base})"
+                )
+                raise ConfigError(
+                    f"no {what} to join within {self.join_wait:g} s",
+                    hint="start the chain's leader first (`trainchain tune` or `run` of the "
+                    "same code without --join), with the same study storage "
+                    "(TRAINCHAIN_STUDY_STORAGE); --join-wait SECONDS waits longer",
+                )
+            time.sleep(min(1.0, left))
+        self.chain_id = name
+        self.study = study
+        study.set_user_attr(JOINED_PREFIX + self.worker, time.time())
+        self.search = Search(study, self.model)
+        self.parent = str(attrs[PARENT_ATTR])
+        self.elapsed_before = float(attrs.get(ELAPSED_ATTR, 0.0))
+        self.display.note(
+            f"[bold]tune[/bold] worker {self.worker} joined chain {name}: "
+            f"{self.search.used()} of {self.model.budget.max_trials} trials done"
+        )
+        self._context(self.tracker.experiment_id(self.model.name))
 
     def _first_trials(self) -> None:
         """A new study: say whose it is, start from the model's earlier studies (warm
@@ -286,17 +418,93 @@ class _Session:
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
 
+    def joined(self, worker: str) -> bool:
+        """Whether ``worker`` (``host:pid``) has joined this chain."""
+        return JOINED_PREFIX + worker in self.study.user_attrs
+
+    def chain_over(self) -> str | None:
+        """For a joined worker: why the chain is over (the leader concluded it, or its
+        goal was confirmed), else None."""
+        if self.study.user_attrs.get(CONCLUDED_ATTR):
+            return "the chain's leader has concluded it"
+        confirmed = self.search.confirmed()
+        if confirmed is not None:
+            return f"goal reached and confirmed ({trial_label(confirmed.trial)})"
+        return None
+
     def stop_reason(self) -> str | None:
+        if not self.leader:
+            over = self.chain_over()
+            if over is not None:
+                return over
         return self.search.stop_reason(failures=self.failures, elapsed=self.elapsed)
 
-    def run_one(self) -> None:
+    def wait_for_others(self) -> str | None:
+        """Every place of the budget is taken by trials running on other workers: wait up
+        to ``WAIT_S`` for one to end or to be found dead (then retried). The time budget,
+        checked between waits, bounds the whole."""
+        running = {t.number for t in self.search.running()}
+        if not self._waiting_noted:
+            self._waiting_noted = True
+            self.display.note(
+                f"  waiting for the budget's last {len(running)} trial(s), running on other workers"
+            )
+        deadline = time.monotonic() + WAIT_S
+        while time.monotonic() < deadline:
+            fail_dead_workers(self.study)
+            if self.search.can_ask() or {t.number for t in self.search.running()} != running:
+                break
+            time.sleep(0.5)
+        return None
+
+    @contextmanager
+    def _watch(self, cancel: threading.Event) -> Iterator[None]:
+        """While a joined worker's trial runs, stop it once the chain is over."""
+        done = threading.Event()
+
+        def loop() -> None:
+            while not done.wait(WATCH_S):
+                try:
+                    over = self.chain_over()
+                except Exception:  # a store hiccup: the next look decides
+                    log.debug("looking at the chain failed", exc_info=True)
+                    continue
+                if over is not None:
+                    self.display.note(f"  stopping the running trial: {over}")
+                    cancel.set()
+                    return
+
+        thread = threading.Thread(target=loop, name="chain-watch", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=WATCH_S + 5)
+
+    def _ask(self) -> tuple[Any, dict[str, Any], int] | None:
+        """The next trial, its parameters and its place in the budget (1-based); None when
+        the budget's last place went to another worker meanwhile (that trial never runs)."""
         from optuna.trial import TrialState
 
-        goal, total = self.goal, self.model.budget.max_trials
-        n = self.search.used() + 1
+        fail_dead_workers(self.study)
         trial, params = self.search.ask()
-        key = trial.user_attrs.get("checkpoint_key", trial.number)
-        trial.set_user_attr("checkpoint_key", key)
+        place = self.search.place_of(trial)
+        if trial.user_attrs.get(RETRY_ATTR) is None and place >= self.model.budget.max_trials:
+            trial.set_user_attr(EXCESS_ATTR, True)
+            self.study.tell(trial, state=TrialState.FAIL)
+            return None
+        trial.set_user_attr(WORKER_ATTR, self.worker)
+        trial.set_user_attr(CHECKPOINT_ATTR, trial.user_attrs.get(CHECKPOINT_ATTR, trial.number))
+        return trial, params, place + 1
+
+    def run_one(self) -> bool:
+        """Run the next trial; False when nothing ran (see :meth:`_ask`)."""
+        asked = self._ask()
+        if asked is None:
+            return False
+        trial, params, n = asked
+        total = self.model.budget.max_trials
         shown = used(self.model, params)
         self.display.trial_started(n, total, shown, number=trial.number)
 
@@ -309,28 +517,55 @@ class _Session:
             trial.report(value, step)
             return self.search.prunable(step) and bool(trial.should_prune())
 
-        outcome = run_trial(
-            self.ctx,
-            trial.number,
-            params,
-            checkpoint_key=key,
-            on_line=self.display.console.print if self.stream_logs else self.display.line,
-            on_attempt=on_attempt,
-            on_report=on_report,
-            validation=self.search.search_plan(),
-        )
-        # a watchdog that gave up on the trial has already marked it failed in the study,
-        # which then refuses any change to it
+        cancel = threading.Event()
+        watch = self._watch(cancel) if not self.leader else nullcontext()
+        with heartbeat(self.study, trial), watch:
+            outcome = run_trial(
+                self.ctx,
+                trial.number,
+                params,
+                checkpoint_key=trial.user_attrs[CHECKPOINT_ATTR],
+                on_line=self.display.console.print if self.stream_logs else self.display.line,
+                on_attempt=on_attempt,
+                on_report=on_report,
+                validation=self.search.search_plan(),
+                cancel=cancel,
+            )
+        self.ran += 1
+        self._tell(trial, outcome, n)
+        return True
+
+    @staticmethod
+    def _keep(trial: Any, outcome: TrialOutcome, test_value: float | None) -> None:
+        """Keep a trial's MLflow run and held-out figures in the study."""
+        trial.set_user_attr("mlflow_run_id", outcome.run_id)
+        if test_value is not None:
+            trial.set_user_attr("test_value", test_value)
+        if "n_test" in outcome.metrics:
+            trial.set_user_attr("test_n", int(outcome.metrics["n_test"]))
+
+    def _tell(self, trial: Any, outcome: TrialOutcome, n: int) -> None:
+        """Record a trial's outcome in the study and show it."""
+        from optuna.trial import TrialState
+
+        goal, total = self.goal, self.model.budget.max_trials
+        # a watchdog that gave up on the trial, or another worker that found this one dead,
+        # has already marked it failed in the study, which then refuses any change to it
         running = self.study.trials[trial.number].state is TrialState.RUNNING
         test_value = outcome.metrics.get(goal.test_metric)
         if running:
-            trial.set_user_attr("mlflow_run_id", outcome.run_id)
-            if test_value is not None:
-                trial.set_user_attr("test_value", test_value)
-            if "n_test" in outcome.metrics:
-                trial.set_user_attr("test_n", int(outcome.metrics["n_test"]))
-        self.study.set_user_attr(ELAPSED_ATTR, self.elapsed)
+            self._keep(trial, outcome, test_value)
+        if self.leader:
+            self.study.set_user_attr(ELAPSED_ATTR, self.elapsed)
         self.last_tail = outcome.log_tail
+        if outcome.stopped:  # the chain ended while it ran: neither a result nor a failure
+            if running:
+                trial.set_user_attr(STOPPED_ATTR, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+            self.display.trial_finished(
+                n, total, value=None, best=None, best_trial=None, error=outcome.error, test=None
+            )
+            return
         refused = self._refused(outcome)
         if outcome.ok and running and refused is None and outcome.estimate is not None:
             self.search.tell_complete(trial, outcome.estimate)
@@ -433,10 +668,34 @@ class _Session:
         )
         self.display.confirmation(result)
 
+    def _wait_running(self) -> None:
+        """The chain is concluded: wait until the trials other workers were running have
+        stopped (they look every ``WATCH_S``) or were found dead, at most the heartbeat's
+        grace and a margin; the report then lists them as they ended."""
+        limit = self.prep.settings.heartbeat_grace + 4 * WATCH_S + 10
+        deadline = time.monotonic() + limit
+        noted = False
+        while self.search.running() and time.monotonic() < deadline:
+            if not noted:
+                noted = True
+                self.display.note(
+                    f"  waiting (up to {limit:.0f} s) for {len(self.search.running())} "
+                    "trial(s) of other workers to stop"
+                )
+            fail_dead_workers(self.study)
+            time.sleep(0.5)
+
     def finish(self, stop_reason: str) -> ChainReport:
         model, goal, settings = self.model, self.goal, self.prep.settings
         search = self.search
-        best = search.best()
+        self.study.set_user_attr(CONCLUDED_ATTR, True)  # joined workers stop
+        self._wait_running()
+        close_dead_runs(self.study, self.tracker, self.ctx.experiment_id, self.parent)
+        confirmed = search.confirmed()
+        # the chain's model is the confirmed trial: with several workers a trial that
+        # finished after the confirmation may score higher on the search's folds, but it
+        # was never confirmed
+        best = self.study.trials[confirmed.trial] if confirmed is not None else search.best()
         failed = self.failures >= model.budget.max_consecutive_failures
         verdict = search.verdict(failed=failed)
         status = {
@@ -445,7 +704,6 @@ class _Session:
         }.get(verdict, RunState.GOAL_NOT_REACHED)
         if status is not RunState.FAILED:  # a failed chain stays open: fixing the cause resumes it
             self.study.set_user_attr(FINISHED_ATTR, status.value)
-        confirmed = search.confirmed()
         self.tracker.log(
             self.parent,
             metrics=({"best_" + goal.val_metric: best.value} if best else {})
@@ -517,9 +775,15 @@ def tune(
     display: TuneDisplay | None = None,
     stream_logs: bool = False,
     wait_lock: float = 0.0,
+    workers: int = 1,
+    worker_argv: Sequence[str] = (),
 ) -> ChainReport:
     """Tune ``prep``'s model until a confirmed goal or the end of the budget; return the
-    chain report."""
+    chain report. This process leads the chain; with ``workers`` > 1 it starts that many
+    less one more workers on this host (``worker_argv``, a `trainchain tune` command line
+    to which ``--join CHAIN`` is added), which run trials of the same study."""
+    from trainchain.chain.workers import LocalWorkers
+
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs)
     with (
@@ -527,16 +791,81 @@ def tune(
         storage_errors(prep.settings.study_storage, "tuning"),
     ):
         session.open()
+        helpers = LocalWorkers(
+            [*worker_argv, "--join", session.chain_id],
+            workers - 1,
+            on_line=display.relay,
+            log_dir=prep.settings.runs_dir / session.chain_id,
+        )
         try:
-            reason = run_search(
-                session.search,
-                run_one=session.run_one,
-                confirm_one=session.confirm,
-                stop_reason=session.stop_reason,
-            )
+            helpers.start()
+            helpers.wait_joined(session.joined)
+            try:
+                reason = run_search(
+                    session.search,
+                    run_one=session.run_one,
+                    confirm_one=session.confirm,
+                    stop_reason=session.stop_reason,
+                    wait_for_others=session.wait_for_others,
+                )
+            finally:
+                session.display.close()
+            report = session.finish(reason)
         finally:
-            session.display.close()
-        return session.finish(reason)
+            helpers.close()
+        return report
+
+
+@dataclass(frozen=True)
+class WorkerResult:
+    """What a joined worker did: the chain, the trials it ran, why it stopped."""
+
+    chain_id: str
+    trials: int
+    reason: str
+
+
+def join_chain(
+    prep: Prepared,
+    executor: Executor,
+    join: str,
+    *,
+    display: TuneDisplay | None = None,
+    stream_logs: bool = False,
+    join_wait: float = 300.0,
+    workers: int = 1,
+    worker_argv: Sequence[str] = (),
+) -> WorkerResult:
+    """Run trials of an open chain as one more worker until its study says stop; never
+    confirms, registers, promotes or emails (the chain's leader does). With ``workers``
+    > 1, that many less one more workers of this host join it too (``worker_argv``, to
+    which ``--join CHAIN`` is added)."""
+    from trainchain.chain.workers import LocalWorkers
+
+    display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
+    session = _Session(prep, executor, display, stream_logs, join=join, join_wait=join_wait)
+    with storage_errors(prep.settings.study_storage, "tuning as a worker"):
+        session.open()
+        helpers = LocalWorkers(
+            [*worker_argv, "--join", session.chain_id],
+            workers - 1,
+            on_line=display.relay,
+            log_dir=prep.settings.runs_dir / session.chain_id,
+        )
+        try:
+            helpers.start()
+            try:
+                reason = run_search(
+                    session.search,
+                    run_one=session.run_one,
+                    confirm_one=None,
+                    stop_reason=session.stop_reason,
+                )
+            finally:
+                session.display.close()
+        finally:
+            helpers.close()
+    return WorkerResult(session.chain_id, session.ran, reason)
 
 
 REPORT_ARTIFACT = "chain-report.json"

@@ -98,25 +98,100 @@ def _print_summary(report: Any) -> None:
         out(f"best:      {trial_label(report.best_trial)}: {shown}")
 
 
+def worker_argv(args: argparse.Namespace, settings: Settings, prep: Any) -> list[str]:
+    """The `trainchain tune` command line of one more worker of this chain (`--join` is
+    added): the same source at the same commit, data, executor, goal and budget."""
+    from trainchain.chain.workers import trainchain_command
+    from trainchain.core.config import CONFIG_FILE
+
+    pulled = args.ref is not None or not (Path(args.source) / args.subdir / CONFIG_FILE).is_file()
+    argv = [*trainchain_command(), "--home", str(settings.home), "tune", args.source]
+    if pulled:  # the commit the leader pulled, whatever the branch says by now
+        argv += ["--ref", prep.lineage.commit]
+    argv += ["--subdir", args.subdir, "--executor", prep.lineage.executor]
+    for flag, value in (
+        ("--data", args.data),
+        ("--image", args.image),
+        ("--threshold", args.threshold),
+        ("--max-trials", args.max_trials),
+        ("--timeout", args.timeout),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _check_workers(args: argparse.Namespace) -> None:
+    from trainchain.core.errors import ConfigError
+
+    if args.workers < 1:
+        raise ConfigError(
+            f"--workers {args.workers}: give 1 or more", hint="1 runs the trials one at a time"
+        )
+    join = getattr(args, "join", None)
+    if join is None:
+        return
+    clash = [
+        flag
+        for flag, given in (
+            ("--promote", getattr(args, "promote", False)),
+            ("--properties", getattr(args, "properties", None)),
+        )
+        if given
+    ]
+    if clash:
+        raise ConfigError(
+            f"--join makes this process a worker of a chain another process leads; "
+            f"{', '.join(clash)} belong to that leader",
+            hint="drop them here, or leave out --join to lead a chain",
+        )
+    if not join.strip():
+        raise ConfigError(
+            "--join is empty: give a chain id, or `open` (the open chain of this code)",
+            hint="the leader prints its chain id (`chain:` line); Jenkins hands it on as CHAIN",
+        )
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     from trainchain.chain.giveup import give_up_callback
-    from trainchain.chain.tune import tune
+    from trainchain.chain.tune import join_chain, tune
     from trainchain.core.progress import TuneDisplay
     from trainchain.executors import get_executor
 
+    _check_workers(args)
     settings = command_settings(args)
     prep = prepare(args, settings)
+    executor = get_executor(
+        prep.lineage.executor,
+        prep.loaded.model,
+        settings,
+        on_give_up=give_up_callback(settings),
+    )
+    display = TuneDisplay.for_goal(prep.loaded.model.goal, quiet=args.quiet)
+    if args.join is not None:
+        result = join_chain(
+            prep,
+            executor,
+            args.join.strip(),
+            display=display,
+            stream_logs=args.verbose,
+            join_wait=args.join_wait,
+            workers=args.workers,
+            worker_argv=worker_argv(args, settings, prep) if args.workers > 1 else (),
+        )
+        out(
+            f"worker:    ran {result.trials} trial(s) of chain {result.chain_id}; stopped: "
+            f"{result.reason}"
+        )
+        return 0
     report = tune(
         prep,
-        get_executor(
-            prep.lineage.executor,
-            prep.loaded.model,
-            settings,
-            on_give_up=give_up_callback(settings),
-        ),
-        display=TuneDisplay.for_goal(prep.loaded.model.goal, quiet=args.quiet),
+        executor,
+        display=display,
         stream_logs=args.verbose,
         wait_lock=args.wait_lock,
+        workers=args.workers,
+        worker_argv=worker_argv(args, settings, prep) if args.workers > 1 else (),
     )
     _print_summary(report)
     out(f"chain:     {report.chain_id}")
@@ -167,6 +242,7 @@ def _print_registry(report: Any, settings: Settings) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from trainchain.chain.run import run_chain
 
+    _check_workers(args)
     settings = command_settings(args)
     outcome = run_chain(
         args.source,
@@ -184,6 +260,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         wait_lock=args.wait_lock,
         email_failures=args.email_failures,
         pushed_by=args.pushed_by,
+        workers=args.workers,
+        worker_argv=(lambda prep: worker_argv(args, settings, prep)),
     )
     report = outcome.report
     out("")
@@ -287,6 +365,15 @@ def _add_run_opts(sp: argparse.ArgumentParser, budget: bool = True) -> None:
             f"(default: 0, exit {ExitCode.BUSY:d} at once)",
         )
         sp.add_argument(
+            "--workers",
+            type=int,
+            default=1,
+            metavar="N",
+            help="run N trials at a time on this host: this process leads the chain and "
+            "starts N-1 workers of the same study (default: 1). On a shared study storage, "
+            "more machines join with --join",
+        )
+        sp.add_argument(
             "--reason",
             metavar="TEXT",
             help="why this chain runs (a drift alert, a person's note): kept in the chain's "
@@ -332,6 +419,21 @@ def register(
         help="then register the best model and promote it if it earns it, as `run` does",
     )
     _add_properties(sp, "CHAIN (the chain id) and STATUS")
+    sp.add_argument(
+        "--join",
+        metavar="CHAIN",
+        help="be one more worker of chain CHAIN (an id, or `open`: the open chain of this "
+        "code, data and goal) on the same study storage: run its trials until it is "
+        "concluded or its budget taken, then exit 0; its leader confirms, registers and "
+        "emails. Give the same source and options as the leader",
+    )
+    sp.add_argument(
+        "--join-wait",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="with --join: wait this long for the chain to be open (default: 300)",
+    )
 
 
 def register_rest(

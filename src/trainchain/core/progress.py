@@ -62,6 +62,11 @@ class TuneDisplay:
         if not self.quiet:
             self.console.print(text)
 
+    def relay(self, text: str) -> None:
+        """A line of another process (a worker), shown as it is: no markup."""
+        if not self.quiet:
+            self.console.print(text, markup=False, highlight=False)
+
     def trial_started(
         self, n: int, total: int, params: dict[str, Any], *, number: int, attempt: int = 1
     ) -> None:

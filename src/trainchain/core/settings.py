@@ -41,6 +41,9 @@ class Settings:
     default_recipients: tuple[str, ...]
     jenkins_build_url: str | None = None
     reason: str = ""  # why the chain runs: a command's --reason (`trainchain run`, `tune`)
+    # seconds without a heartbeat after which a running trial's worker counts as dead (its
+    # trial is failed and retried once by another worker); TRAINCHAIN_HEARTBEAT_GRACE
+    heartbeat_grace: int = 30
 
     @property
     def outbox(self) -> Path:
@@ -148,4 +151,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         smtp=smtp_from_env(env),
         default_recipients=_split(env.get("TRAINCHAIN_SMTP_TO", "")),
         jenkins_build_url=env.get("BUILD_URL") or None,
+        heartbeat_grace=_heartbeat_grace(env.get("TRAINCHAIN_HEARTBEAT_GRACE", "")),
     )
+
+
+MIN_HEARTBEAT_GRACE = 2
+
+
+def _heartbeat_grace(raw: str) -> int:
+    if not raw.strip():
+        return Settings.heartbeat_grace
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < MIN_HEARTBEAT_GRACE:
+        raise ConfigError(
+            f"TRAINCHAIN_HEARTBEAT_GRACE is {raw!r}: expected whole seconds, at least "
+            f"{MIN_HEARTBEAT_GRACE}",
+            hint="unset it for the default (30 s), or give e.g. 60 on a slow network",
+        )
+    return value
