@@ -5,65 +5,71 @@ Three parts, side by side in one run, each against a PostgreSQL server of its ow
 
 A. Storage soak. ``--workers`` (default 32, far more than this machine's cores, on
    purpose) worker processes open the SAME study through trainchain's own storage code
-   (``trainchain.adapters.studies._storage`` and ``open_study``: the pool, pre-ping and
-   reconnecting of a PostgreSQL storage) with the chain's sampler (``make_sampler``, each
-   worker seeded apart) and the example's search space (``suggest``), and run a trivial
-   objective (no training) by ask/tell until the study-wide budget (``--trials``) is
-   spent: before each ask a worker counts the study's trials (failed ones, retried,
-   do not count), so the study may overshoot by up to one trial per worker, which the
-   table shows. A trial does what a chain's trial does with its store: ask, the
-   parameters, one intermediate value per fold (``--folds``), tell; with heartbeats
-   (below) also a heartbeat and a stale-trial check. Every storage call is timed inside
-   the storage (a wrapper on the study's storage), and ask, report and tell around it:
+   (``trainchain.adapters.studies.open_study``: the pool, pre-ping and reconnecting of a
+   PostgreSQL storage, and the chain's heartbeats, grace ``--grace``, default the chain's
+   30 s) with the chain's sampler (``make_sampler``: multivariate TPE as a constant liar;
+   each worker seeded apart) and the example's search space (``suggest``), and run a
+   trivial objective (no training) by ask/tell until the study-wide budget
+   (``--trials``) is spent. A trial does with the store what a chain's trial does: the
+   dead-worker check (``fail_dead_workers``) and the budget's count before the ask, the
+   ask, the worker's name, the parameters, a heartbeat thread while it runs
+   (``heartbeat``), one intermediate value per fold (``--folds``), the tell. The budget
+   is counted as the chain counts it (every trial but a retry takes a place); as the
+   count and the ask are not one step, the study may overshoot by up to one trial per
+   worker, which the table shows. Every storage call is timed inside the storage (a
+   wrapper on the study's storage object), and the steps around it:
 
    - trials per second (the study's trials over the time from the start signal to the
      last worker's end);
    - latency of each ask (with its parameters) and each tell, p50 and p99 in ms, as a
      worker sees it: with 32 processes on 2 cores this includes waiting for a core;
-   - storage overhead per trial: the whole loop of a trial (the count, ask, reports,
-     tell: with a trivial objective, everything a trial costs besides training), per
-     worker, mean and p99; beside it the time spent inside storage calls (the rest is
-     the sampler and Optuna), and the machine's wall time per trial (elapsed / trials);
-   - failed and duplicated trials, counted from the storage afterwards: trial numbers
-     must be unique and 0..n-1, every trial a worker told must be COMPLETE, no trial told
-     by two workers, and no more trials than the workers asked for.
+   - storage overhead per trial: the whole loop of a trial (count, ask, reports, tell:
+     with a trivial objective, everything a trial costs besides training) per worker,
+     mean, p50 and p99; beside it the time inside storage calls (the rest is the sampler
+     and Optuna), the worker's CPU per trial, and the machine's wall time per trial
+     (elapsed / trials: what the whole machine spends per trial); and where the time
+     inside the storage goes, per storage method;
+   - failed, lost and duplicated trials, counted from the storage afterwards: trial
+     numbers unique and 0..n-1, every trial a worker told COMPLETE, no trial told by two
+     workers; lost = RUNNING or WAITING at the end, failed without a retry, or missing.
 
    The kill variant (``--kills``, default 3) runs the same soak again and SIGKILLs
-   workers at evenly spaced points of the budget. A killed worker leaves the trial it
-   was in RUNNING. With heartbeats (Optuna's, on trainchain's storage: a heartbeat
-   after each ask, a stale check before each ask), another worker fails a trial whose
-   heartbeat is older than the grace period and retries it once
-   (``RetryHeartbeatStaleTrialCallback(max_retry=1)``: a new trial with the same parameters);
-   workers that find the budget spent wait (bounded) for the RUNNING trials of others,
-   so that a last killed trial is retried too. Lost = asked but neither finished nor
-   retried; RUNNING leftovers are shown as they are.
+   workers at evenly spaced points of the budget. A killed worker leaves its trial
+   RUNNING; another worker fails it once its heartbeat is older than the grace and
+   retries it once (``retry_once``); workers that find the budget spent wait (bounded:
+   grace + a beat + 5 s) for the other workers' RUNNING trials, so that a killed trial
+   near the end is retried too. A worker killed between its ask and its trial's first
+   heartbeat leaves a RUNNING trial without any heartbeat, which Optuna's stale check
+   passes by: the table counts those ("never beat").
 
 B. One worker, PostgreSQL against SQLite: the same soak with one worker and
    ``--single-trials`` trials on each (``sqlite:///`` in the temporary folder, and the
-   PostgreSQL server), storage overhead per trial on each.
+   PostgreSQL server): storage overhead per trial on each.
 
 C. Chain scale: ``trainchain tune examples/eeg-motor-imagery --workers N`` for N in
    ``--chain-workers`` (default 1,2,4), each in a fresh TRAINCHAIN_HOME on a fresh
-   PostgreSQL study storage (a new server each, so no run warm-starts from another),
-   with ``--executor local``, the same seed, synthetic medium EEG (``trainchain data
-   synth-eeg``, written once), a fixed budget (``--chain-trials``) and a goal out of
-   reach (``--threshold 0.99``): every run spends its whole budget and runs no
-   confirmation, so each does the same number of trials (pruning may still stop
-   different trials early: the table counts them). Wall time from the start to the
-   verdict, trials per minute, the verdict and exit status, and the ratios of the wall
-   times 2/1 and 4/1.
+   PostgreSQL study storage (a new server each, so no run warm-starts from another's
+   study), with ``--executor local``, the example's seed, synthetic medium EEG
+   (``trainchain data synth-eeg``, written once), a fixed budget (``--chain-trials``,
+   default 24, divisible by 1, 2 and 4) and a goal out of reach (``--threshold 0.99``):
+   every run spends its whole budget and runs no confirmation, so each does the same
+   number of trials (the pruner may still stop different trials early: the table counts
+   them). Wall time from the start to the verdict (the process's end), trials per
+   minute, the verdict and exit status (3: the budget ran out below the goal), and the
+   ratios of the wall times to one worker's.
 
-Targets (issue 15): storage overhead per trial under 50 ms at 32 workers; no failed,
-lost or duplicated trial (also under kills); 2 workers reach the verdict in at most 0.6x
-the time of one on this 2-core machine. The machine may be shared: the load average is
-printed before and after; figures are indicative when it is high.
+Targets (issue 15): storage overhead per trial under 50 ms at 32 workers; no lost or
+duplicated trial (also under kills); 2 workers reach the verdict in at most 0.6x the
+time of one on this 2-core machine. The machine may be shared: the load average is
+printed before and after; figures are indicative when it is above the core count.
 
-Progress goes to stderr, the table to stdout. Every wait is bounded and the whole run is
-capped (``--max-seconds``); the servers are stopped however the run ends.
+Progress goes to stderr, the tables to stdout. Every wait is bounded and the whole run
+is capped (``--max-seconds``); the servers are stopped however the run ends and the
+temporary folder deleted unless ``--keep``.
 
     .venv/bin/python benchmarks/scale.py [--quick] [--workers 32] [--trials 2000]
-        [--kills 3] [--single-trials 300] [--chain-workers 1,2,4] [--chain-trials 8]
-        [--parts A,B,C] [--max-seconds 3600] [--keep]
+        [--kills 3] [--grace 30] [--single-trials 300] [--chain-workers 1,2,4]
+        [--chain-trials 24] [--parts A,B,C] [--max-seconds 3600] [--keep]
 """
 
 from __future__ import annotations
@@ -181,14 +187,15 @@ class StorageTimer:
     def __init__(self, storage: Any) -> None:
         self.seconds = 0.0
         self.calls = 0
+        self.by_name: dict[str, list[float]] = {}  # name: [calls, seconds]
         self._depth = 0
         names = [n for n in dir(storage) if not n.startswith("_")] + ["_get_stale_trial_ids"]
         for name in names:
             method = getattr(storage, name, None)
             if callable(method):
-                setattr(storage, name, self._timed(method))
+                setattr(storage, name, self._timed(name, method))
 
-    def _timed(self, method: Any) -> Any:
+    def _timed(self, name: str, method: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
             if self._depth:
                 return method(*args, **kwargs)
@@ -197,8 +204,12 @@ class StorageTimer:
             try:
                 return method(*args, **kwargs)
             finally:
-                self.seconds += time.perf_counter() - started
+                took = time.perf_counter() - started
+                self.seconds += took
                 self.calls += 1
+                totals = self.by_name.setdefault(name, [0, 0.0])
+                totals[0] += 1
+                totals[1] += took
                 self._depth -= 1
 
         return timed
@@ -212,60 +223,26 @@ def example_model() -> Any:
 
 def open_worker_study(url: str, name: str, seed: int, budget: int, grace: int | None) -> Any:
     """The study as a chain's worker opens it: trainchain's storage (pool, pre-ping,
-    reconnect), the chain's sampler; with ``grace``, heartbeats: a trial silent for
-    ``grace`` seconds is failed and retried once."""
-    import inspect
+    reconnect), the chain's sampler (a constant liar); with ``grace``, the chain's
+    heartbeats: a trial silent for ``grace`` seconds is failed and retried once."""
+    from trainchain.adapters.studies import make_sampler, open_study
 
-    import optuna
-
-    from trainchain.adapters import studies
-
-    model = example_model()
-    options: dict[str, Any] = {"sampler": studies.make_sampler(seed, budget), "max_trials": budget}
-    if grace is not None and "heartbeat_grace" in inspect.signature(studies.open_study).parameters:
-        options["heartbeat_grace"] = grace
-        storage: Any = url
-    else:  # until issue 15 item 1 lands: Optuna's heartbeat on trainchain's storage
-        storage = studies._storage(url)
-        if grace is not None:
-            storage.heartbeat_interval = max(1, grace // 6)
-            storage.grace_period = grace
-            storage.heartbeat_stale_trial_callback = (
-                optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
-            )
-    return studies.open_study(storage, name, model.goal.direction, seed, **options)
-
-
-@contextlib.contextmanager
-def beating(study: Any, trial: Any) -> Iterator[None]:
-    """The trial's heartbeat while the block runs (trainchain's, else Optuna's thread)."""
-    from trainchain.adapters import studies
-
-    if hasattr(studies, "heartbeat"):
-        with studies.heartbeat(study, trial):
-            yield
-        return
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        yield
-
-
-def fail_dead(study: Any) -> None:
-    """Fail (and retry once) the running trials whose worker stopped beating."""
-    import optuna
-
-    from trainchain.adapters import studies
-
-    if hasattr(studies, "fail_dead_workers"):
-        studies.fail_dead_workers(study)
-    else:
-        optuna.storages.fail_stale_trials(study)
+    return open_study(
+        url,
+        name,
+        example_model().goal.direction,
+        seed,
+        sampler=make_sampler(seed, budget),
+        max_trials=budget,
+        heartbeat_grace=grace,
+    )
 
 
 def retry_of(trial: Any) -> int | None:
     """The number of the trial ``trial`` retries, or None."""
-    found = trial.user_attrs.get("retry_of", trial.system_attrs.get("failed_trial"))
+    from trainchain.adapters.studies import RETRY_ATTR
+
+    found = trial.user_attrs.get(RETRY_ATTR)
     return None if found is None else int(found)
 
 
@@ -306,7 +283,13 @@ def soak_worker(index: int, spec: Spec, records: str, ready: Any, go: Any) -> No
 
     import optuna
 
-    from trainchain.adapters.studies import suggest
+    from trainchain.adapters.studies import (
+        WORKER_ATTR,
+        fail_dead_workers,
+        heartbeat,
+        suggest,
+        worker_id,
+    )
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     # Optuna warns that heartbeats go with Study.optimize; the chain, like this, asks and
@@ -325,8 +308,7 @@ def soak_worker(index: int, spec: Spec, records: str, ready: Any, go: Any) -> No
             cpu = time.process_time()
             t0 = time.perf_counter()
             storage_before, calls_before = timer.seconds, timer.calls
-            if spec.grace is not None:
-                fail_dead(study)
+            fail_dead_workers(study)  # nothing without heartbeats
             places, running, waiting = budget_view(study.get_trials(deepcopy=False))
             if places >= spec.budget and not waiting:
                 if not running or waited >= end_wait:
@@ -338,7 +320,8 @@ def soak_worker(index: int, spec: Spec, records: str, ready: Any, go: Any) -> No
             t1 = time.perf_counter()
             trial = study.ask()
             out.write(f"A {trial.number}\n")
-            with beating(study, trial) if spec.grace is not None else contextlib.nullcontext():
+            trial.set_user_attr(WORKER_ATTR, worker_id())  # as the chain's worker does
+            with heartbeat(study, trial):  # nothing without heartbeats
                 params = suggest(trial, model)
                 t2 = time.perf_counter()
                 values = [objective(params, fold) for fold in range(spec.folds)]
@@ -353,6 +336,8 @@ def soak_worker(index: int, spec: Spec, records: str, ready: Any, go: Any) -> No
                 f"{1000 * (timer.seconds - storage_before):.3f} {timer.calls - calls_before} "
                 f"{1000 * (time.process_time() - cpu):.3f}\n"
             )
+        for name, (calls, seconds) in timer.by_name.items():
+            out.write(f"M {name} {calls:.0f} {seconds:.6f}\n")
 
 
 # --------------------------------------------------------------------------- the soak
@@ -373,6 +358,7 @@ class Soak:
     in_storage: list[float] = field(default_factory=list)
     calls: list[int] = field(default_factory=list)
     cpu: list[float] = field(default_factory=list)  # the worker process's CPU per trial
+    methods: dict[str, list[float]] = field(default_factory=dict)  # name: [calls, seconds]
     killed: list[int] = field(default_factory=list)  # the killed workers
     states: Counter[str] = field(default_factory=Counter)
     trials: int = 0
@@ -381,6 +367,7 @@ class Soak:
     told_not_complete: int = 0  # told by a worker but not COMPLETE in the storage
     in_flight: int = 0  # trials a killed worker had asked for (or was asking) and not told
     retried: int = 0  # failed trials with a retry
+    retry_failed: int = 0  # failed retries (a retry is retried no more: it stays failed)
     lost: int = 0  # RUNNING or WAITING at the end, failed without a retry, or missing
     silent: int = 0  # RUNNING at the end without any heartbeat (killed before its first)
 
@@ -454,10 +441,12 @@ def run_workers(
         raise RuntimeError(f"{result.label}: workers {', '.join(failed)} exited with an error")
 
 
-def read_records(result: Soak, records: list[Path]) -> tuple[Counter[int], set[int]]:
-    """The workers' records: the timings, and trials told (how many times) and asked."""
+def read_records(result: Soak, records: list[Path]) -> tuple[Counter[int], set[int], set[int]]:
+    """The workers' records: the timings; trials told (how many times), asked, and asked
+    but not told by a killed worker."""
     told: Counter[int] = Counter()
     asked: set[int] = set()
+    open_at_kill: set[int] = set()
     for i, path in enumerate(records):
         told_here: set[int] = set()
         asked_here: set[int] = set()
@@ -475,14 +464,20 @@ def read_records(result: Soak, records: list[Path]) -> tuple[Counter[int], set[i
                     values.append(float(text))
                 result.calls.append(int(parts[7]))
                 result.cpu.append(float(parts[8]))
+            elif parts[0] == "M" and len(parts) == 4:  # a killed worker writes none
+                totals = result.methods.setdefault(parts[1], [0, 0.0])
+                totals[0] += int(parts[2])
+                totals[1] += float(parts[3])
         told.update(told_here)
         asked |= asked_here
         if i in result.killed:
-            result.in_flight += len(asked_here - told_here)
-    return told, asked
+            open_at_kill |= asked_here - told_here
+    return told, asked, open_at_kill
 
 
-def audit(result: Soak, spec: Spec, told: Counter[int], asked: set[int]) -> None:
+def audit(
+    result: Soak, spec: Spec, told: Counter[int], asked: set[int], open_at_kill: set[int]
+) -> None:
     """Count from the storage: trials by state, duplicated numbers, trials told twice or
     told but not COMPLETE, retried and lost trials."""
     from optuna.trial import TrialState
@@ -503,11 +498,18 @@ def audit(result: Soak, spec: Spec, told: Counter[int], asked: set[int]) -> None
     result.told_not_complete = sum(
         n not in by_number or by_number[n].state != TrialState.COMPLETE for n in told
     )
-    # a killed worker may have been inside its ask: a trial no record asked for
-    result.in_flight += len(set(numbers) - asked)
+    # the trials the kills interrupted: asked and not told by a killed worker (unless its
+    # tell went through just before the kill), or not even recorded as asked (killed in
+    # its ask)
+    result.in_flight = sum(
+        by_number[n].state != TrialState.COMPLETE
+        for n in open_at_kill | (set(numbers) - asked)
+        if n in by_number
+    )
     retried = {retry_of(t) for t in trials}
     failed = [t for t in trials if t.state == TrialState.FAIL]
     result.retried = sum(t.number in retried for t in failed)
+    result.retry_failed = sum(retry_of(t) is not None for t in failed)
     result.lost = (
         result.states.get("RUNNING", 0)
         + result.states.get("WAITING", 0)
@@ -558,8 +560,8 @@ def soak(
     spec = Spec(url, name, budget, folds, grace)
     records = [folder / f"{name}-worker-{i}.txt" for i in range(workers)]
     run_workers(result, spec, records, kills, deadline)
-    told, asked = read_records(result, records)
-    audit(result, spec, told, asked)
+    told, asked, open_at_kill = read_records(result, records)
+    audit(result, spec, told, asked, open_at_kill)
     log(
         f"    {result.trials} trials in {result.elapsed:.1f} s: {dict(result.states)}; "
         f"duplicated {result.duplicated}, lost {result.lost}"
@@ -763,6 +765,25 @@ def storage_table(soaks: Sequence[Soak]) -> list[str]:
     return table(head, rows)
 
 
+def methods_table(soaks: Sequence[Soak], top: int = 6) -> list[str]:
+    """Where the time inside the storage goes: per run, the storage methods with the most
+    time per trial (ms per trial, and calls per trial)."""
+    rows = []
+    for s in soaks:
+        trials = max(len(s.tells), 1)
+        ranked = sorted(s.methods.items(), key=lambda kv: -kv[1][1])[:top]
+        rows.append(
+            [
+                s.label,
+                ", ".join(
+                    f"{name} {1000 * seconds / trials:.1f} ({calls / trials:.1f})"
+                    for name, (calls, seconds) in ranked
+                ),
+            ]
+        )
+    return table(["run", "storage method: ms per trial (calls per trial), the most first"], rows)
+
+
 def chain_table(runs: Sequence[ChainRun], tested: bool) -> list[str]:
     base = next((r for r in runs if r.workers == 1), None)
     head = ["workers", "wall s", "trials (complete / pruned / failed)", "trials/min", "exit"]
@@ -809,7 +830,8 @@ def targets(soaks: Sequence[Soak], runs: Sequence[ChainRun]) -> list[str]:
         rows.append(
             [
                 f"no lost or duplicated trial: {s.label}",
-                f"failed {s.states.get('FAIL', 0)} (retried {s.retried}), duplicated "
+                f"failed {s.states.get('FAIL', 0)} (retried {s.retried}; failed retries "
+                f"{s.retry_failed}), duplicated "
                 f"{s.duplicated}, told twice {s.told_twice}, lost {s.lost} (RUNNING left "
                 f"{s.states.get('RUNNING', 0)}, of which never beat {s.silent}; WAITING left "
                 f"{s.states.get('WAITING', 0)})",
@@ -940,6 +962,9 @@ def report(
         )
         for line in storage_table(soaks):
             say(line)
+        say()
+        for line in methods_table(soaks):
+            say(line)
     if "C" in args.parts:
         say()
         say(
@@ -972,7 +997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--chain-workers", type=parse_ints, default=[1, 2, 4], help="part C, e.g. 1,2,4"
     )
-    parser.add_argument("--chain-trials", type=int, default=8, help="part C's budget")
+    parser.add_argument("--chain-trials", type=int, default=24, help="part C's budget")
     parser.add_argument(
         "--parts", default="A,B,C", help="which parts to run, e.g. A,B (default: all)"
     )
