@@ -1016,7 +1016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--grace is whole seconds, at least 2")
     if not 0 <= args.kills < args.workers:
         parser.error("--kills must be 0 or more and leave a worker alive (below --workers)")
-    args.described, args.tested = "", True
+    args.described, args.tested = versions(None), True
     import warnings
 
     import optuna
