@@ -78,8 +78,10 @@ import argparse
 import contextlib
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import platform
+import queue
 import random
 import shutil
 import signal
@@ -404,9 +406,10 @@ def run_workers(
         for proc in procs:
             proc.start()
         for _ in procs:
+            wait = deadline.left(READY_S)
             try:
-                ready.get(timeout=deadline.left(READY_S))
-            except Exception as err:  # queue.Empty
+                ready.get(timeout=wait)
+            except queue.Empty as err:
                 dead = [p.name for p in procs if p.exitcode is not None]
                 raise RuntimeError(
                     f"the {result.label} workers did not all open the study within "
@@ -418,18 +421,22 @@ def run_workers(
         started = shown = time.perf_counter()
         go.set()
         while any(p.is_alive() for p in procs):
-            deadline.left(1.0)
-            done = len(study.get_trials(deepcopy=False))
-            if marks and done >= marks[0]:
-                marks.pop(0)
-                victim = rng.choice([i for i, p in enumerate(procs) if p.is_alive()])
-                os.kill(procs[victim].pid or 0, signal.SIGKILL)
-                result.killed.append(victim)
-                log(f"    SIGKILL worker {victim} at {done} trials")
-            if time.perf_counter() - shown > 10:
+            # the study is counted 4 times a second while kills are due (light beside 32
+            # workers), else every 10 s for the progress line; a worker's end wakes it
+            alive = [p.sentinel for p in procs if p.is_alive()]
+            multiprocessing.connection.wait(alive, timeout=deadline.left(0.25 if marks else 10))
+            if marks:
+                done = len(study.get_trials(deepcopy=False))
+                if done >= marks[0]:
+                    marks.pop(0)
+                    victim = rng.choice([i for i, p in enumerate(procs) if p.is_alive()])
+                    os.kill(procs[victim].pid or 0, signal.SIGKILL)
+                    result.killed.append(victim)
+                    log(f"    SIGKILL worker {victim} at {done} trials")
+            if time.perf_counter() - shown >= 10:
                 shown = time.perf_counter()
+                done = len(study.get_trials(deepcopy=False))
                 log(f"    {done} trials after {shown - started:.0f} s (load {loadavg()})")
-            time.sleep(0.05)  # the kill points are checked this often
         result.elapsed = time.perf_counter() - started
     finally:
         for proc in procs:
@@ -1023,6 +1030,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # a SIGTERM (a background run has SIGINT ignored) stops the run through its cleanup:
+    # the workers killed, the servers stopped, the temporary folder deleted
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     deadline = Deadline(args.max_seconds)
     began = time.perf_counter()
     before = loadavg()
