@@ -842,7 +842,7 @@ def targets(soaks: Sequence[Soak], runs: Sequence[ChainRun]) -> list[str]:
                 f"{s.duplicated}, told twice {s.told_twice}, lost {s.lost} (RUNNING left "
                 f"{s.states.get('RUNNING', 0)}, of which never beat {s.silent}; WAITING left "
                 f"{s.states.get('WAITING', 0)})",
-                yes(bad == 0 and (s.killed or not s.states.get("FAIL"))),
+                yes(bad == 0 and (bool(s.killed) or not s.states.get("FAIL"))),
             ]
         )
     base = next((r for r in runs if r.workers == 1 and r.status in (0, 3)), None)
