@@ -163,3 +163,25 @@ def test_a_killed_worker_s_trial_is_retried_once_from_its_checkpoint(
     )
     assert run.info.status == "FAILED"
     assert run.data.tags[keys.STATUS] == "interrupted"
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_retried(tmp_path: Path) -> None:
+    # Optuna's stale check passes by a running trial that never beat (its worker died
+    # between asking for it and starting its heartbeat); the chain's check does not
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = studies.open_study(storage, "s", studies.Direction.MAXIMIZE, 1, heartbeat_grace=2)
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):  # the chain silences it
+        orphan = study.ask()  # no heartbeat, ever: its worker is gone
+    orphan.suggest_float("x", 0.0, 1.0)
+    orphan.set_user_attr(studies.CHECKPOINT_ATTR, orphan.number)
+
+    def retried() -> bool:
+        studies.fail_dead_workers(study)
+        return study.trials[orphan.number].state.name == "FAIL"
+
+    eventually(retried, "the orphaned trial to be failed", 30)
+    (retry,) = [t for t in study.trials if t.user_attrs.get(RETRY_ATTR) == orphan.number]
+    assert retry.state.name == "WAITING"
+    assert retry.system_attrs["fixed_params"] == study.trials[orphan.number].params
+    studies.fail_dead_workers(study)  # once only
+    assert sum(1 for t in study.trials if t.user_attrs.get(RETRY_ATTR) is not None) == 1

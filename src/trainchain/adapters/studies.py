@@ -477,12 +477,54 @@ def retry_once(study: Any, trial: Any) -> None:
 
 def fail_dead_workers(study: Any) -> None:
     """Fail the running trials whose worker stopped beating, and retry each once
-    (:func:`retry_once`); nothing without heartbeats."""
+    (:func:`retry_once`); nothing without heartbeats. A trial that never beat at all (its
+    worker died between asking for it and its first heartbeat, a moment Optuna's own
+    check passes by) counts as dead once it is older than the grace."""
     import optuna
+    from optuna.trial import TrialState
 
     with warnings.catch_warnings():  # marked experimental since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    for trial in _never_beat(study):
+        try:
+            changed = study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:  # another worker got there first
+            continue
+        if changed:
+            retry_once(study, trial)
+
+
+def _never_beat(study: Any) -> list[Any]:
+    """The running trials older than the storage's grace that have no heartbeat."""
+    import datetime
+
+    import optuna
+    import sqlalchemy
+    from optuna.storages._rdb import models
+    from optuna.trial import TrialState
+
+    backend = getattr(study._storage, "_backend", study._storage)
+    if not isinstance(backend, optuna.storages.RDBStorage) or backend.grace_period is None:
+        return []
+    now = datetime.datetime.now()  # naive local time, as Optuna stamps datetime_start
+    old = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.datetime_start is not None
+        and (now - t.datetime_start).total_seconds() > backend.grace_period
+    ]
+    if not old:
+        return []
+    beat = models.TrialHeartbeatModel.trial_id
+    with backend.engine.connect() as conn:
+        beating = {
+            row[0]
+            for row in conn.execute(
+                sqlalchemy.select(beat).where(beat.in_([t._trial_id for t in old]))
+            )
+        }
+    return [t for t in old if t._trial_id not in beating]
 
 
 # --------------------------------------------------------------------------- warm start
