@@ -71,7 +71,6 @@ WARM_NOTE_ATTR = "warm_start_note"
 # in place): workers may join; and the leader has concluded it: workers stop
 READY_ATTR = "ready"
 CONCLUDED_ATTR = "concluded"
-JOINED_PREFIX = "joined:"  # study: "joined:host:pid", when that worker joined
 # how often a joined worker looks at the study while its trial runs (a concluded chain
 # stops the trial), and how long the leader waits for a change while other workers run
 # the budget's last trials
@@ -371,7 +370,6 @@ class _Session:
             time.sleep(min(1.0, left))
         self.chain_id = name
         self.study = study
-        study.set_user_attr(JOINED_PREFIX + self.worker, time.time())
         self.search = Search(study, self.model)
         self.parent = str(attrs[PARENT_ATTR])
         self.elapsed_before = float(attrs.get(ELAPSED_ATTR, 0.0))
@@ -417,10 +415,6 @@ class _Session:
     @property
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
-
-    def joined(self, worker: str) -> bool:
-        """Whether ``worker`` (``host:pid``) has joined this chain."""
-        return JOINED_PREFIX + worker in self.study.user_attrs
 
     def chain_over(self) -> str | None:
         """For a joined worker: why the chain is over (the leader concluded it, or its
@@ -799,7 +793,6 @@ def tune(
         )
         try:
             helpers.start()
-            helpers.wait_joined(session.joined)
             try:
                 reason = run_search(
                     session.search,

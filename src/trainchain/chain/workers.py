@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
 import subprocess
 import sys
 import threading
@@ -26,9 +25,6 @@ from trainchain.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 64  # per host; a study's storage bounds the whole (see README, Scaling out)
-# seconds the leader waits for its workers to join before its first trial (a worker's
-# start: Python, trainchain, the model's checks, the study)
-JOIN_WAIT_S = 120.0
 # seconds the leader waits for its workers to stop by themselves after concluding the
 # chain (they look at it every few seconds), before ending them
 STOP_WAIT_S = 30.0
@@ -96,25 +92,6 @@ class LocalWorkers:
             f"  started {self.count} more worker(s) on this host; their logs: "
             f"{self.log_dir}/worker-*.log"
         )
-
-    def ids(self) -> list[str]:
-        """The workers as a study's trials name theirs (``host:pid``)."""
-        return [f"{socket.gethostname()}:{proc.pid}" for proc in self.procs]
-
-    def wait_joined(self, joined: Callable[[str], bool], timeout: float = JOIN_WAIT_S) -> None:
-        """Wait until every worker has joined the chain (``joined(id)``) or exited, at most
-        ``timeout`` s, so that N trials run at a time from the first one on."""
-        deadline = time.monotonic() + timeout
-        waiting = list(zip(self.ids(), self.procs, strict=True))
-        while waiting and time.monotonic() < deadline:
-            waiting = [(i, p) for i, p in waiting if p.poll() is None and not joined(i)]
-            if waiting:
-                time.sleep(0.25)
-        if waiting:
-            self.on_line(
-                f"  {len(waiting)} worker(s) did not join within {timeout:.0f} s; the chain "
-                "goes on, and they join when they can"
-            )
 
     def close(self, wait: float = STOP_WAIT_S) -> None:
         """Wait up to ``wait`` s for the workers to stop by themselves, then end them."""
