@@ -7,8 +7,6 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
-import filelock
-
 POLL_S = 0.2
 
 
@@ -20,6 +18,8 @@ def flock_within(
     (0 or less: try once), then raise ``busy()``. The lock goes with the process, so a killed
     holder never leaves it stuck. The file stays in place after the block, so a plain
     ``flock`` on the same path (``hooks.try_lock``) always contends on the same file."""
+    import filelock  # here: the serve image has no filelock, and locks only on SQLite
+
     path.parent.mkdir(parents=True, exist_ok=True)
     # filelock waits forever on a negative timeout: an elapsed deadline means one try
     lock = filelock.FileLock(
