@@ -416,6 +416,38 @@ class _Session:
     def elapsed(self) -> float:
         return self.elapsed_before + time.monotonic() - self.started
 
+    @contextmanager
+    def local_workers(self, workers: int, worker_argv: Sequence[str]) -> Iterator[None]:
+        """``workers`` - 1 more workers of this host join the open chain for the block
+        (``worker_argv`` with ``--join CHAIN``); at its end they are waited for, then ended."""
+        from trainchain.chain.workers import LocalWorkers
+
+        helpers = LocalWorkers(
+            [*worker_argv, "--join", self.chain_id],
+            workers - 1,
+            on_line=self.display.relay,
+            log_dir=self.prep.settings.runs_dir / self.chain_id,
+        )
+        try:
+            helpers.start()
+            yield
+        finally:
+            helpers.close()
+
+    def search_until_stop(self) -> str:
+        """This process's trials until the study says stop: the leader confirms and waits
+        for the budget's last trials on other workers; a joined worker does neither."""
+        try:
+            return run_search(
+                self.search,
+                run_one=self.run_one,
+                confirm_one=self.confirm if self.leader else None,
+                stop_reason=self.stop_reason,
+                wait_for_others=self.wait_for_others if self.leader else None,
+            )
+        finally:
+            self.display.close()
+
     def chain_over(self) -> str | None:
         """For a joined worker: why the chain is over (the leader concluded it, or its
         goal was confirmed), else None."""
@@ -776,8 +808,6 @@ def tune(
     chain report. This process leads the chain; with ``workers`` > 1 it starts that many
     less one more workers on this host (``worker_argv``, a `trainchain tune` command line
     to which ``--join CHAIN`` is added), which run trials of the same study."""
-    from trainchain.chain.workers import LocalWorkers
-
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs)
     with (
@@ -785,28 +815,9 @@ def tune(
         storage_errors(prep.settings.study_storage, "tuning"),
     ):
         session.open()
-        helpers = LocalWorkers(
-            [*worker_argv, "--join", session.chain_id],
-            workers - 1,
-            on_line=display.relay,
-            log_dir=prep.settings.runs_dir / session.chain_id,
-        )
-        try:
-            helpers.start()
-            try:
-                reason = run_search(
-                    session.search,
-                    run_one=session.run_one,
-                    confirm_one=session.confirm,
-                    stop_reason=session.stop_reason,
-                    wait_for_others=session.wait_for_others,
-                )
-            finally:
-                session.display.close()
-            report = session.finish(reason)
-        finally:
-            helpers.close()
-        return report
+        with session.local_workers(workers, worker_argv):
+            # concluded before its workers are waited for: the conclusion stops them
+            return session.finish(session.search_until_stop())
 
 
 @dataclass(frozen=True)
@@ -833,31 +844,12 @@ def join_chain(
     confirms, registers, promotes or emails (the chain's leader does). With ``workers``
     > 1, that many less one more workers of this host join it too (``worker_argv``, to
     which ``--join CHAIN`` is added)."""
-    from trainchain.chain.workers import LocalWorkers
-
     display = display or TuneDisplay.for_goal(prep.loaded.model.goal)
     session = _Session(prep, executor, display, stream_logs, join=join, join_wait=join_wait)
     with storage_errors(prep.settings.study_storage, "tuning as a worker"):
         session.open()
-        helpers = LocalWorkers(
-            [*worker_argv, "--join", session.chain_id],
-            workers - 1,
-            on_line=display.relay,
-            log_dir=prep.settings.runs_dir / session.chain_id,
-        )
-        try:
-            helpers.start()
-            try:
-                reason = run_search(
-                    session.search,
-                    run_one=session.run_one,
-                    confirm_one=None,
-                    stop_reason=session.stop_reason,
-                )
-            finally:
-                session.display.close()
-        finally:
-            helpers.close()
+        with session.local_workers(workers, worker_argv):
+            reason = session.search_until_stop()
     return WorkerResult(session.chain_id, session.ran, reason)
 
 
