@@ -295,6 +295,7 @@ class ModelHolder:
         self._loader = loader
         self._stop = threading.Event()
         self._checked = threading.Condition()
+        self.checks = 0  # checks of the registry done (a failed one included)
         self._thread: threading.Thread | None = None
         self._tracker: Tracker | None = None
         self._reported: dict[str, str] = {}  # alias -> the error last logged
@@ -370,6 +371,7 @@ class ModelHolder:
                     return
                 self._refresh(tracker, alias, registered)
         with self._checked:
+            self.checks += 1
             self._checked.notify_all()
 
     def registered_version(self, alias: str) -> str | None:

@@ -2,12 +2,14 @@
 
 gunicorn's ``BaseApplication`` embedded, so ``trainchain serve`` is one command: the
 ``gthread`` worker class (a few threads per worker), ``preload_app=False`` (each
-worker builds its app, and so loads its model, after the fork), a graceful timeout,
+worker builds its app, and so loads its model, after the fork, and takes requests once
+its first check of the registry is done), a graceful timeout,
 no access log (``/metrics`` counts requests), no control socket.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -17,9 +19,12 @@ from gunicorn.app.base import BaseApplication
 
 from trainchain.serving.config import ServeConfig
 
+log = logging.getLogger(__name__)
+
 THREADS = 4
 GRACEFUL_TIMEOUT = 20
 WORKER_TIMEOUT = 120  # a worker busy longer than this (a stuck request) is restarted
+FIRST_CHECK_S = 60.0  # a worker takes requests once its first look at the registry is done
 
 
 def _mark_dead(server: Any, worker: Any) -> None:
@@ -69,9 +74,22 @@ class Embedded(BaseApplication):  # type: ignore[misc]
 
 
 def _serving_app(config: ServeConfig) -> Any:
-    from trainchain.serving.app import create_app
+    """The app of one worker, built after the fork; it returns (and the worker begins to
+    accept connections) once its first check of the registry is done, loaded or failed,
+    or after FIRST_CHECK_S: with several workers, one that answered ``/health`` 200 must
+    not leave the next request to a worker still loading the champion (a 503)."""
+    from trainchain.serving.app import EXTENSION, create_app
 
-    return create_app(config)
+    app = create_app(config)
+    holder = app.extensions[EXTENSION].holder
+    if not holder.wait_for(lambda: holder.checks > 0, FIRST_CHECK_S):
+        log.warning(
+            "worker %d: the registry's first check took over %.0f s; taking requests now "
+            "(503 until the champion is loaded)",
+            os.getpid(),
+            FIRST_CHECK_S,
+        )
+    return app
 
 
 def run_embedded(load: Callable[[], Any], settings: Mapping[str, Any]) -> int:
