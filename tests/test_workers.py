@@ -77,6 +77,17 @@ def test_join_refuses_what_belongs_to_the_leader(toy_repo: ToyRepo, home: Path) 
     assert "start the chain's leader first" in done.stderr
     done = run_cli("tune", str(repo), "--workers", "0")
     assert done.returncode == ExitCode.CONFIG and "--workers 0" in done.stderr
+    # a chain of this model ran with another goal: a worker with this goal does not join
+    # it, and says which chains it saw and what must match
+    ran = run_cli("tune", str(repo), "--executor", "local", "--max-trials", "1")
+    assert ran.returncode in (ExitCode.OK, ExitCode.GOAL_NOT_REACHED), ran.stderr
+    done = run_cli(
+        "tune", str(repo), "--executor", "local", "--threshold", "0.51", "--join", "open",
+        "--join-wait", "0",
+    )  # fmt: skip
+    assert done.returncode == ExitCode.CONFIG, done.stderr
+    assert "this model's other chains there (toy-" in done.stderr
+    assert "--threshold and --max-trials" in done.stderr
 
 
 def _start(*args: str, env: dict[str, str]) -> subprocess.Popen[str]:

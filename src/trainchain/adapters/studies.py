@@ -153,6 +153,8 @@ def _fold_pruner_class() -> type:
         code, so they inform the sampler but never decide a pruning."""
 
         def __init__(self, p_threshold: float, n_startup_steps: int) -> None:
+            # before this many folds Wilcoxon's rule never prunes: no need to read the study
+            self._first = max(2, n_startup_steps)
             with warnings.catch_warnings():  # marked experimental since Optuna 3.6
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._wilcoxon = optuna.pruners.WilcoxonPruner(
@@ -160,6 +162,8 @@ def _fold_pruner_class() -> type:
                 )
 
         def prune(self, study: Any, trial: Any) -> bool:
+            if len(trial.intermediate_values) < self._first:
+                return False
             own = [
                 t
                 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -475,14 +479,35 @@ def retry_once(study: Any, trial: Any) -> None:
     enqueue_retry(study, trial)
 
 
-def fail_dead_workers(study: Any) -> None:
+def trial_state(study: Any, trial: Any) -> Any:
+    """``trial``'s state as stored now (another worker may have failed it): one row read."""
+    return study._storage.get_trial(trial._trial_id).state
+
+
+# when each study (by id) was last checked for dead workers by this process
+_last_check: dict[int, float] = {}
+
+
+def fail_dead_workers(study: Any, *, now: bool = False) -> None:
     """Fail the running trials whose worker stopped beating, and retry each once
     (:func:`retry_once`); nothing without heartbeats. A trial that never beat at all (its
     worker died between asking for it and its first heartbeat, a moment Optuna's own
-    check passes by) counts as dead once it is older than the grace."""
+    check passes by) counts as dead once it is older than the grace.
+
+    A look costs two reads of the storage; a worker asking for trials faster than its
+    heartbeat interval looks once per interval (a dead worker is one silent for the
+    whole grace, six intervals), unless ``now``."""
     import optuna
     from optuna.trial import TrialState
 
+    backend = getattr(study._storage, "_backend", study._storage)
+    grace = getattr(backend, "grace_period", None)
+    if grace is None:
+        return
+    key, clock = id(study), time.monotonic()
+    if not now and clock - _last_check.get(key, -math.inf) < heartbeat_interval(grace):
+        return
+    _last_check[key] = clock
     with warnings.catch_warnings():  # marked experimental since Optuna 2.9
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from trainchain.adapters.studies import (
@@ -62,6 +63,36 @@ class Search:
         self.study = study
         self.model = model
         self.goal = model.goal
+        self._held: dict[str, Any] | None = None  # a decision's view (see :meth:`view`)
+
+    # ---- reading the study -----------------------------------------------------------
+    @contextmanager
+    def view(self) -> Iterator[None]:
+        """Within the block, the study's trials and attributes are read from the storage
+        once, on first use, and shared by every question asked of them (one decision of
+        the loop: a candidate? stop? a free place?): a read of a shared storage costs
+        milliseconds, and the loop asks several questions per trial. Writes are not
+        seen until the block ends: nothing in it may write."""
+        self._held = {}
+        try:
+            yield
+        finally:
+            self._held = None
+
+    def _read(self, what: str, read: Callable[[], Any]) -> Any:
+        if self._held is None:
+            return read()
+        if what not in self._held:
+            self._held[what] = read()
+        return self._held[what]
+
+    def trials(self) -> list[Any]:
+        """The study's trials as stored (not copies: read them, never change them)."""
+        return self._read("trials", lambda: self.study.get_trials(deepcopy=False))  # type: ignore[no-any-return]
+
+    def attrs(self) -> dict[str, Any]:
+        """The study's user attributes."""
+        return self._read("attrs", lambda: self.study.user_attrs)  # type: ignore[no-any-return]
 
     # ---- validation plans ------------------------------------------------------------
     def search_plan(self) -> dict[str, Any]:
@@ -83,7 +114,7 @@ class Search:
         those a worker asked for past the budget (never run)."""
         return [
             t
-            for t in self.study.trials
+            for t in self.trials()
             if not t.user_attrs.get(WARM_ATTR) and not t.user_attrs.get(EXCESS_ATTR)
         ]
 
@@ -146,7 +177,7 @@ class Search:
         return trial, suggest(trial, self.model)
 
     def estimator(self) -> dict[str, Any] | None:
-        value = self.study.user_attrs.get(ESTIMATOR_ATTR)
+        value = self.attrs().get(ESTIMATOR_ATTR)
         return dict(value) if value else None
 
     def check_estimate(self, estimate: Estimate) -> str | None:
@@ -187,7 +218,7 @@ class Search:
 
     # ---- confirmation ----------------------------------------------------------------
     def confirmations(self) -> list[Confirmation]:
-        raw = self.study.user_attrs.get(CONFIRMATIONS_ATTR, "[]")
+        raw = self.attrs().get(CONFIRMATIONS_ATTR, "[]")
         return [Confirmation.from_dict(c) for c in json.loads(raw)]
 
     def record(self, confirmation: Confirmation) -> None:
@@ -305,14 +336,16 @@ def run_search(
     reason; a worker without it stops at once). ``stop_reason`` bounds the waiting (the
     time budget)."""
     while True:
-        candidate = search.candidate() if confirm_one is not None else None
+        with search.view():  # one read of the study for the three questions
+            candidate = search.candidate() if confirm_one is not None else None
+            reason = stop_reason() if candidate is None else None
+            free = candidate is not None or reason is not None or search.can_ask()
         if candidate is not None and confirm_one is not None:
             confirm_one(candidate)
             continue
-        reason = stop_reason()
         if reason is not None:
             return reason
-        if not search.can_ask():
+        if not free:
             left = wait_for_others() if wait_for_others is not None else None
             if wait_for_others is None or left is not None:
                 return left or "every place of the budget is taken by other workers' trials"

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from trainchain.adapters.studies import (
     open_study,
     storage_errors,
     study_names,
+    trial_state,
     worker_alive,
     worker_id,
 )
@@ -49,6 +51,7 @@ from trainchain.core import keys
 from trainchain.core.config import base_metric
 from trainchain.core.errors import Busy
 from trainchain.core.progress import TuneDisplay
+from trainchain.core.redaction import redact
 from trainchain.core.report import ChainReport, TrialSummary, trial_label
 from trainchain.core.space import fit_to_space, unused, used
 from trainchain.core.status import RunState
@@ -75,6 +78,8 @@ CONCLUDED_ATTR = "concluded"
 # stops the trial), and how long the leader waits for a change while other workers run
 # the budget's last trials
 WATCH_S = 2.0
+JOIN_POLL_S = 0.25  # a worker waiting for its chain to open looks this often
+JOIN_NOTE_S = 5.0  # and says what it waits for once it has waited this long
 STOPPED_ATTR = "stopped"  # trial: stopped because the chain ended while it ran
 WAIT_S = 5.0
 
@@ -245,7 +250,6 @@ class _Session:
         self.display = display
         self.stream_logs = stream_logs
         self.executor = executor
-        self.tracker = Tracker(prep.settings.tracking_uri, prep.settings.artifacts)
         self.join = join
         self.join_wait = join_wait
         self.worker = worker_id()
@@ -260,6 +264,16 @@ class _Session:
     def leader(self) -> bool:
         return self.join is None
 
+    @cached_property
+    def tracker(self) -> Tracker:
+        """The MLflow store, opened when first used: importing MLflow and opening its store
+        take seconds, which a leader's local workers spend starting meanwhile."""
+        return Tracker(self.prep.settings.tracking_uri, self.prep.settings.artifacts)
+
+    def choose(self) -> None:
+        """The leader: which study this chain is (new, or an unfinished one resumed)."""
+        self.chain_id, self.resumed = choose_study(self.prep)
+
     def open(self) -> None:
         """Open (or create) the study and its parent run; recover interrupted trials. A
         joined worker waits for the leader's study instead."""
@@ -267,8 +281,13 @@ class _Session:
             self._join()
             return
         prep, model, goal = self.prep, self.model, self.goal
-        self.chain_id, resumed = choose_study(prep)
+        if not hasattr(self, "chain_id"):
+            self.choose()
+        resumed = self.resumed
         self.study = _open(prep, self.chain_id)
+        # a resumed chain is not open to workers until it is recovered (its READY was set
+        # by the run that failed); the workers of this leader are waiting for it
+        self.study.set_user_attr(READY_ATTR, False)
         self.study.set_user_attr(CONCLUDED_ATTR, False)  # a failed chain resumed
         self.search = Search(self.study, model)
         experiment_id = self.tracker.experiment_id(model.name)
@@ -321,28 +340,21 @@ class _Session:
         )
 
     def _join(self) -> None:
-        """Wait (up to ``join_wait`` s) until the chain to join is open, then open it."""
+        """Wait (up to ``join_wait`` s, looking every ``JOIN_POLL_S``) until the chain to
+        join is open, then take it; after ``JOIN_NOTE_S``, say what it waits for."""
         from trainchain.core.errors import ConfigError
 
         prep, base, storage = self.prep, self.prep.study_base(), self.prep.settings.study_storage
-        deadline = time.monotonic() + self.join_wait
+        started = time.monotonic()
+        deadline = started + self.join_wait
+        study: Any = None
+        opened: str | None = None
+        noted = False
         while True:
-            names = [n for n in study_names(storage) if n == base or n.startswith(base + "-r")]
-            name: str | None
-            if self.join == "open":
-                newest = max(names, key=_run_index, default=None)
-                name = newest
-            else:
-                name = self.join if self.join in names else None
-                if name is None and self.join in study_names(storage):
-                    raise ConfigError(
-                        f"chain {self.join!r} is a study of other code, data or goal than "
-                        f"this worker's ({base})",
-                        hint="give the worker the same source, --ref, --subdir, --data, "
-                        "--threshold and --max-trials as the chain's leader",
-                    )
+            name = self._chain_to_join(base)
             if name is not None:
-                study = _open(prep, name)
+                if name != opened:  # one storage per chain looked at, not one per look
+                    study, opened = _open(prep, name), name
                 attrs = study.user_attrs
                 over = bool(attrs.get(CONCLUDED_ATTR)) or FINISHED_ATTR in attrs
                 if over and self.join != "open":
@@ -355,19 +367,26 @@ class _Session:
                 if attrs.get(READY_ATTR) and not over:
                     break
             left = deadline - time.monotonic()
+            what = (
+                f"chain {self.join!r}"
+                if self.join != "open"
+                else f"open chain of this code, data and goal ({base})"
+            )
             if left <= 0:
-                what = (
-                    f"chain {self.join!r}"
-                    if self.join != "open"
-                    else f"open chain of this code, data and goal ({base})"
-                )
                 raise ConfigError(
-                    f"no {what} to join within {self.join_wait:g} s",
+                    f"no {what} to join within {self.join_wait:g} s" + self._other_chains(base),
                     hint="start the chain's leader first (`trainchain tune` or `run` of the "
                     "same code without --join), with the same study storage "
                     "(TRAINCHAIN_STUDY_STORAGE); --join-wait SECONDS waits longer",
                 )
-            time.sleep(min(1.0, left))
+            if not noted and time.monotonic() - started >= JOIN_NOTE_S:
+                noted = True
+                self.display.note(
+                    f"[bold]tune[/bold] worker {self.worker} waiting up to "
+                    f"{self.join_wait:g} s for the {what} to open in {redact(storage)}"
+                    + self._other_chains(base)
+                )
+            time.sleep(min(JOIN_POLL_S, left))
         self.chain_id = name
         self.study = study
         self.search = Search(study, self.model)
@@ -378,6 +397,42 @@ class _Session:
             f"{self.search.used()} of {self.model.budget.max_trials} trials done"
         )
         self._context(self.tracker.experiment_id(self.model.name))
+
+    def _chain_to_join(self, base: str) -> str | None:
+        """The study this worker would join now (None: not there yet)."""
+        from trainchain.core.errors import ConfigError
+
+        names = study_names(self.prep.settings.study_storage)
+        ours = [n for n in names if n == base or n.startswith(base + "-r")]
+        if self.join == "open":
+            return max(ours, key=_run_index, default=None)
+        if self.join in ours:
+            return self.join
+        if self.join in names:
+            raise ConfigError(
+                f"chain {self.join!r} is a study of other code, data or goal than "
+                f"this worker's ({base})",
+                hint="give the worker the same source, --ref, --subdir, --data, "
+                "--threshold and --max-trials as the chain's leader",
+            )
+        return None
+
+    def _other_chains(self, base: str) -> str:
+        """A note of this model's other chains in the storage, which a worker given other
+        code, data or options than its leader's would not join."""
+        prefix = self.model.name + "-"
+        others = sorted(
+            n
+            for n in study_names(self.prep.settings.study_storage)
+            if n.startswith(prefix) and not (n == base or n.startswith(base + "-r"))
+        )
+        if not others:
+            return ""
+        return (
+            f"; this model's other chains there ({', '.join(others[-3:])}) are of other code, "
+            "data or options: a worker takes the leader's source, --ref, --subdir, --data, "
+            "--threshold and --max-trials"
+        )
 
     def _first_trials(self) -> None:
         """A new study: say whose it is, start from the model's earlier studies (warm
@@ -428,11 +483,13 @@ class _Session:
             on_line=self.display.relay,
             log_dir=self.prep.settings.runs_dir / self.chain_id,
         )
+        helpers.start()
         try:
-            helpers.start()
             yield
-        finally:
-            helpers.close()
+        except BaseException:
+            helpers.close(wait=0)  # this process failed: its workers end with it, at once
+            raise
+        helpers.close()
 
     def search_until_stop(self) -> str:
         """This process's trials until the study says stop: the leader confirms and waits
@@ -451,7 +508,7 @@ class _Session:
     def chain_over(self) -> str | None:
         """For a joined worker: why the chain is over (the leader concluded it, or its
         goal was confirmed), else None."""
-        if self.study.user_attrs.get(CONCLUDED_ATTR):
+        if self.search.attrs().get(CONCLUDED_ATTR):
             return "the chain's leader has concluded it"
         confirmed = self.search.confirmed()
         if confirmed is not None:
@@ -521,7 +578,6 @@ class _Session:
             self.study.tell(trial, state=TrialState.FAIL)
             return None
         trial.set_user_attr(WORKER_ATTR, self.worker)
-        trial.set_user_attr(CHECKPOINT_ATTR, trial.user_attrs.get(CHECKPOINT_ATTR, trial.number))
         return trial, params, place + 1
 
     def run_one(self) -> bool:
@@ -550,7 +606,8 @@ class _Session:
                 self.ctx,
                 trial.number,
                 params,
-                checkpoint_key=trial.user_attrs[CHECKPOINT_ATTR],
+                # a retry's checkpoints are its original's (enqueue_retry names them)
+                checkpoint_key=trial.user_attrs.get(CHECKPOINT_ATTR, trial.number),
                 on_line=self.display.console.print if self.stream_logs else self.display.line,
                 on_attempt=on_attempt,
                 on_report=on_report,
@@ -577,7 +634,7 @@ class _Session:
         goal, total = self.goal, self.model.budget.max_trials
         # a watchdog that gave up on the trial, or another worker that found this one dead,
         # has already marked it failed in the study, which then refuses any change to it
-        running = self.study.trials[trial.number].state is TrialState.RUNNING
+        running = trial_state(self.study, trial) is TrialState.RUNNING
         test_value = outcome.metrics.get(goal.test_metric)
         if running:
             self._keep(trial, outcome, test_value)
@@ -814,8 +871,11 @@ def tune(
         model_lock(prep.settings.locks, prep.loaded.model.name, wait_lock),
         storage_errors(prep.settings.study_storage, "tuning"),
     ):
-        session.open()
+        session.choose()
+        # the workers start while this process opens the study and MLflow (seconds); they
+        # take trials once the study is open to them (READY_ATTR)
         with session.local_workers(workers, worker_argv):
+            session.open()
             # concluded before its workers are waited for: the conclusion stops them
             return session.finish(session.search_until_stop())
 
