@@ -155,6 +155,8 @@ def _fold_pruner_class() -> type:
         def __init__(self, p_threshold: float, n_startup_steps: int) -> None:
             # before this many folds Wilcoxon's rule never prunes: no need to read the study
             self._first = max(2, n_startup_steps)
+            # (the storage and trial, its best trial)
+            self._best_for: tuple[tuple[int, int], Any] | None = None
             with warnings.catch_warnings():  # marked experimental since Optuna 3.6
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 self._wilcoxon = optuna.pruners.WilcoxonPruner(
@@ -164,17 +166,29 @@ def _fold_pruner_class() -> type:
         def prune(self, study: Any, trial: Any) -> bool:
             if len(trial.intermediate_values) < self._first:
                 return False
+            # the best trial is read once per trial, at its first fold that may prune it:
+            # a read of a shared storage costs milliseconds, and a best that others
+            # improve meanwhile only makes the rule milder for the rest of this trial
+            key = (id(study._storage), trial._trial_id)
+            if self._best_for is None or self._best_for[0] != key:
+                self._best_for = (key, self._best(study))
+            best = self._best_for[1]
+            if best is None:
+                return False
+            view: Any = _View(study.direction, best)
+            return bool(self._wilcoxon.prune(view, trial))
+
+        @staticmethod
+        def _best(study: Any) -> Any:
             own = [
                 t
                 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                 if not t.user_attrs.get(WARM_ATTR) and t.intermediate_values and t.value is not None
             ]
             if not own:
-                return False
+                return None
             maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-            best = (max if maximize else min)(own, key=lambda t: t.value)
-            view: Any = _View(study.direction, best)
-            return bool(self._wilcoxon.prune(view, trial))
+            return (max if maximize else min)(own, key=lambda t: t.value)
 
     return FoldPruner
 
