@@ -77,6 +77,8 @@ def test_join_refuses_what_belongs_to_the_leader(toy_repo: ToyRepo, home: Path) 
     assert "start the chain's leader first" in done.stderr
     done = run_cli("tune", str(repo), "--workers", "0")
     assert done.returncode == ExitCode.CONFIG and "--workers 0" in done.stderr
+    done = run_cli("tune", str(repo), "--workers", "65")
+    assert done.returncode == ExitCode.CONFIG and "at most 64 on one host" in done.stderr
     # a chain of this model ran with another goal: a worker with this goal does not join
     # it, and says which chains it saw and what must match
     ran = run_cli("tune", str(repo), "--executor", "local", "--max-trials", "1")

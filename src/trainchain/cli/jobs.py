@@ -122,11 +122,17 @@ def worker_argv(args: argparse.Namespace, settings: Settings, prep: Any) -> list
 
 
 def _check_workers(args: argparse.Namespace) -> None:
+    from trainchain.chain.workers import MAX_WORKERS
     from trainchain.core.errors import ConfigError
 
     if args.workers < 1:
         raise ConfigError(
             f"--workers {args.workers}: give 1 or more", hint="1 runs the trials one at a time"
+        )
+    if args.workers > MAX_WORKERS:
+        raise ConfigError(
+            f"--workers {args.workers} is out of range: at most {MAX_WORKERS} on one host",
+            hint="more workers go on more machines: `trainchain tune ... --join CHAIN`",
         )
     join = getattr(args, "join", None)
     if join is None:
