@@ -41,6 +41,7 @@ plan = task.validation()
 ckpt = task.checkpoint_dir() / "state.json"
 start = json.loads(ckpt.read_text())["step"] + 1 if ckpt.exists() else 0
 print(f"toy: trial {task.trial()} attempt {task.attempt()} starting at step {start}", flush=True)
+print(f"toy: threads {os.environ.get('OMP_NUM_THREADS', 'default')}", flush=True)
 hang_trial = os.environ.get("TOY_HANG_TRIAL")
 for step in range(start, 3):
     time.sleep(float(os.environ.get("TOY_STEP_S", "0")))  # a trial that takes its time

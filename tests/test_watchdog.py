@@ -200,10 +200,16 @@ def _spec(tmp_path: Path) -> AttemptSpec:
     )
 
 
-def test_the_container_sees_the_contract_at_its_own_paths(tmp_path: Path) -> None:
-    """Inputs read-only, checkpoint/output/report read-write, env pointing inside."""
+def test_the_container_sees_the_contract_at_its_own_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inputs read-only, checkpoint/output/report read-write, env pointing inside; the
+    host's thread shares (several workers on one host) reach the container."""
     spec = _spec(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.delenv("MKL_NUM_THREADS", raising=False)
     env = container_env(spec)
+    assert env["OMP_NUM_THREADS"] == "1" and "MKL_NUM_THREADS" not in env
     assert env[task.ENV_CHECKPOINT_DIR] == "/checkpoint"
     assert env[task.ENV_REPORT] == "/report/report.jsonl"
     assert env[task.ENV_DATA_OPTIONS] == "/trainchain/data_options.json"

@@ -64,6 +64,11 @@ def test_two_workers_share_one_budget_and_one_conclusion(toy_repo: ToyRepo, home
     # one conclusion: one report, one email
     assert len(list((home / "chains").glob("toy-*.json"))) == 1
     assert len(list((home / "outbox").glob("*.eml"))) == 1
+    # two workers on this host: each trial's numeric libraries get half the cores
+    share = os.environ.get("OMP_NUM_THREADS") or str(max(1, len(os.sched_getaffinity(0)) // 2))
+    logs = list((home / "runs").glob("toy-*/trial-*/attempt-*/train.log"))
+    assert len(logs) >= 6, logs
+    assert all(f"toy: threads {share}\n" in log.read_text() for log in logs), share
 
 
 def test_join_refuses_what_belongs_to_the_leader(toy_repo: ToyRepo, home: Path) -> None:

@@ -47,6 +47,7 @@ from trainchain.adapters.tracking import CHAMPION, Tracker
 from trainchain.chain.context import Prepared
 from trainchain.chain.search import EXCESS_ATTR, RETRY_ATTR, Search, first_trials, run_search
 from trainchain.chain.training import TrialContext, TrialOutcome, run_trial
+from trainchain.chain.workers import LocalWorkers, share_cores
 from trainchain.core import keys
 from trainchain.core.config import base_metric
 from trainchain.core.errors import Busy
@@ -475,8 +476,6 @@ class _Session:
     def local_workers(self, workers: int, worker_argv: Sequence[str]) -> Iterator[None]:
         """``workers`` - 1 more workers of this host join the open chain for the block
         (``worker_argv`` with ``--join CHAIN``); at its end they are waited for, then ended."""
-        from trainchain.chain.workers import LocalWorkers
-
         helpers = LocalWorkers(
             [*worker_argv, "--join", self.chain_id],
             workers - 1,
@@ -872,6 +871,7 @@ def tune(
         storage_errors(prep.settings.study_storage, "tuning"),
     ):
         session.choose()
+        share_cores(workers)
         # the workers start while this process opens the study and MLflow (seconds); they
         # take trials once the study is open to them (READY_ATTR)
         with session.local_workers(workers, worker_argv):
@@ -908,6 +908,7 @@ def join_chain(
     session = _Session(prep, executor, display, stream_logs, join=join, join_wait=join_wait)
     with storage_errors(prep.settings.study_storage, "tuning as a worker"):
         session.open()
+        share_cores(workers)
         with session.local_workers(workers, worker_argv):
             reason = session.search_until_stop()
     return WorkerResult(session.chain_id, session.ran, reason)

@@ -13,6 +13,16 @@ from typing import Any, Protocol
 from trainchain.adapters.procgroup import LineSink  # the sink of every log pump
 from trainchain.contract import task
 
+# the thread pools of the numeric libraries a trial may use (OpenMP, OpenBLAS, MKL,
+# TensorFlow): set in trainchain's environment (``trainchain.chain.workers.share_cores``),
+# they reach its trials, in a container too
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "TF_NUM_INTRAOP_THREADS",
+)
+
 
 @dataclass(frozen=True)
 class AttemptSpec:

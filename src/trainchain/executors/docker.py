@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
 import time
@@ -56,7 +57,7 @@ from trainchain.adapters.containers import (
 from trainchain.adapters.procgroup import LineSink
 from trainchain.contract import task
 from trainchain.core.errors import TrainingError
-from trainchain.executors._base import AttemptResult, AttemptSpec
+from trainchain.executors._base import THREAD_VARIABLES, AttemptResult, AttemptSpec
 from trainchain.supervise.restarts import GiveUpCallback, TrialEnd, TrialSupervisor, WatchdogPolicy
 
 if TYPE_CHECKING:
@@ -94,6 +95,8 @@ def container_env(spec: AttemptSpec) -> dict[str, str]:
         "MPLCONFIGDIR": "/tmp/matplotlib",  # noqa: S108
     }
     env.update(spec.json_env())  # JSON strings, not paths: passed unchanged
+    # the trial's share of the host's cores, when several workers share it
+    env.update({k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ})
     if spec.data_options_file.exists():
         env[task.ENV_DATA_OPTIONS] = C_DATA_OPTIONS
     return env
