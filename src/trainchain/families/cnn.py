@@ -362,9 +362,10 @@ def input_layers(preprocessing: Preprocessing) -> tuple[Any, Any]:
     inputs = keras.Input(shape=(None, None, preprocessing.channels), name="image")
     # antialiased, as image_pixels resizes: the held-out images read at another size (and
     # any image given to the model directly) are shrunk as serving shrinks a photo
-    x = layers.Resizing(
+    resize = layers.Resizing(
         height, width, interpolation=preprocessing.interpolation, antialias=True
-    )(inputs)
+    )
+    x = resize(inputs)
     x = layers.Rescaling(preprocessing.scale)(x)
     return inputs, x
 
