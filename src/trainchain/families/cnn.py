@@ -370,6 +370,35 @@ def input_layers(preprocessing: Preprocessing) -> tuple[Any, Any]:
     return inputs, x
 
 
+def set_tensorflow_threads(intra: int, inter: int) -> bool:
+    """TensorFlow's intra-op and inter-op thread pools for this process (serving sets them
+    per worker, so that workers do not oversubscribe the cores). They can be set only
+    before TensorFlow's first operation: False (and a warning) when it is too late."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    current = (
+        threading.get_intra_op_parallelism_threads(),
+        threading.get_inter_op_parallelism_threads(),
+    )
+    if current == (intra, inter):
+        return True
+    try:
+        threading.set_intra_op_parallelism_threads(intra)
+        threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError as err:  # TensorFlow's runtime has started in this process
+        log.warning(
+            "TensorFlow threads stay at intra %s, inter %s (asked: %d, %d): %s",
+            current[0] or "default",
+            current[1] or "default",
+            intra,
+            inter,
+            err,
+        )
+        return False
+    return True
+
+
 # --- checkpoints, reports, early stopping ---------------------------------------------
 
 

@@ -348,7 +348,7 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> 
             max_pixels=max_pixels,
         )
     try:
-        pixels = image_pixels(
+        pixels: npt.NDArray[Any] = image_pixels(
             image, preprocessing.image_size, preprocessing.color_mode, preprocessing.interpolation
         )
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
