@@ -78,15 +78,15 @@ def test_requests_decoding_together_are_answered_in_one_call_each_with_its_row(
     batchers: Callable[..., Batcher],
 ) -> None:
     """Eight requests that announced themselves (expecting) are predicted in one call of
-    the model as float32, each getting the row of its own image; a request alone later
-    is predicted at once in a batch of its own."""
-    calls: list[tuple[int, np.dtype[Any]]] = []
+    the model as float32, in the batcher's thread, each getting the row of its own image;
+    a request alone later is predicted at once, in its own thread."""
+    calls: list[tuple[int, np.dtype[Any], str]] = []
 
     def model(x: np.ndarray) -> np.ndarray:
-        calls.append((len(x), x.dtype))
+        calls.append((len(x), x.dtype, threading.current_thread().name))
         return _means(x)
 
-    batcher = batchers(model, max_batch=32, max_wait=1.0)  # the wait is ended by arrivals
+    batcher = batchers(model, max_batch=32, max_wait=1.0)  # the arrivals end the wait
     ready = threading.Barrier(8)
 
     def request(value: int) -> np.ndarray:
@@ -98,9 +98,10 @@ def test_requests_decoding_together_are_answered_in_one_call_each_with_its_row(
     with ThreadPoolExecutor(8) as pool:
         rows = list(pool.map(request, range(10, 90, 10)))
     assert [row.tolist() for row in rows] == [[v, v] for v in range(10, 90, 10)]
-    assert calls == [(8, np.dtype(np.float32))]
+    assert calls == [(8, np.dtype(np.float32), "trainchain-batcher-toy v1")]
     assert batcher.submit(_image(7)).tolist() == [7.0, 7.0]
-    assert calls[-1][0] == 1 and (batcher.batches, batcher.largest) == (2, 8)
+    assert calls[-1] == (1, np.dtype(np.float32), threading.current_thread().name)
+    assert (batcher.batches, batcher.largest) == (2, 8)
 
 
 def test_a_failed_batch_answers_each_of_its_requests_with_the_error(
@@ -168,9 +169,10 @@ def test_a_model_that_answers_the_wrong_number_of_rows_fails_the_batch(
 def test_a_full_queue_and_a_late_answer_are_errors_that_say_so(
     batchers: Callable[..., Batcher],
 ) -> None:
-    """While the model is busy, images queue up to --batch-queue; one more is refused at
-    once (BatchQueueFull), and a request whose answer does not come within the timeout
-    gets BatchTimeout; once the model is free the queued ones are answered."""
+    """While the model is busy (with a request alone, in that request's thread), images
+    queue up to --batch-queue; one more is refused at once (BatchQueueFull), and a queued
+    request whose answer does not come within the timeout gets BatchTimeout; once the model
+    is free the queued ones are answered."""
     busy, release = threading.Event(), threading.Event()
 
     def model(x: np.ndarray) -> np.ndarray:
@@ -181,7 +183,7 @@ def test_a_full_queue_and_a_late_answer_are_errors_that_say_so(
     batcher = batchers(model, max_batch=2, max_wait=0.0, queue=2, timeout=WAIT)
     with ThreadPoolExecutor(3) as pool:
         first = pool.submit(batcher.submit, _image(1))
-        assert busy.wait(WAIT)  # the batcher holds image 1 in the model
+        assert busy.wait(WAIT)  # image 1 is in the model
         queued = [pool.submit(batcher.submit, _image(v)) for v in (2, 3)]
         eventually(lambda: len(batcher._pending) == 2, "two images to wait", WAIT, 0.01)
         with pytest.raises(BatchQueueFull) as full:
@@ -196,9 +198,13 @@ def test_a_full_queue_and_a_late_answer_are_errors_that_say_so(
     busy.clear()
     release.clear()
     patient = batchers(model, max_wait=0.0, timeout=0.05)
-    with pytest.raises(BatchTimeout, match=r"toy v1: no answer within 0\.05 s"):
-        patient.submit(_image(1))
-    release.set()
+    with ThreadPoolExecutor(1) as pool:
+        alone = pool.submit(patient.submit, _image(1))  # alone: the model in its own thread
+        assert busy.wait(WAIT)
+        with pytest.raises(BatchTimeout, match=r"toy v1: no answer within 0\.05 s"):
+            patient.submit(_image(2))  # queued behind it
+        release.set()
+        assert alone.result(WAIT).tolist() == [1, 1]
 
 
 def test_close_answers_what_is_queued_then_stops_the_thread(

@@ -5,8 +5,9 @@ the answer. The batcher's thread takes the first image waiting and, while other
 requests for the model are still being read and decoded (they said so with
 :meth:`Batcher.expecting`), waits up to ``max_wait`` seconds after the first image
 arrived for them to join, up to ``max_batch`` images; then one call of the model
-answers them all. A request alone is predicted at once: nothing waits for company that
-is not coming.
+answers them all. A request alone (nothing queued, nothing in the model, no other request
+decoding) calls the model in its own thread at once: nothing waits for company that is
+not coming, and no thread hands it over.
 
 Everything is bounded: the queue (a full one is :class:`BatchQueueFull`), each wait for
 an answer (:class:`BatchTimeout`), the batch, the wait, and :meth:`Batcher.close` (the
@@ -86,6 +87,7 @@ class Batcher:
         self._predict = predict
         self._pending: deque[_Item] = deque()
         self._expected = 0  # requests decoding an image for this batcher
+        self._running = False  # a batch (or a request alone) is in the model
         self._closed = False
         self._cond = threading.Condition()
         self.batches = 0  # model calls made (for tests and logs)
@@ -110,19 +112,28 @@ class Batcher:
                 self._cond.notify_all()
 
     def submit(self, pixels: npt.NDArray[Any]) -> npt.NDArray[np.float64]:
-        """The model's row for one image ``(height, width, channels)`` (or ``(1, ...)``)."""
+        """The model's row for one image ``(height, width, channels)`` (or ``(1, ...)``).
+
+        A request alone (nothing queued, no batch in the model, no other request decoding)
+        calls the model in its own thread: no hand-over to the batcher's thread."""
         item = _Item(np.asarray(pixels).reshape(np.shape(pixels)[-3:]))
         with self._cond:
             if self._closed:
                 raise BatchClosed(f"the batcher of {self.name} is closed")
-            if len(self._pending) >= self.options.queue:
+            alone = not self._pending and not self._running and self._expected == 0
+            if alone:
+                self._running = True
+            elif len(self._pending) >= self.options.queue:
                 raise BatchQueueFull(
                     f"{self.name}: {len(self._pending)} images are waiting for the model "
                     f"already (trainchain serve --batch-queue {self.options.queue}); retry "
                     "shortly, or start the service with more --workers"
                 )
-            self._pending.append(item)
-            self._cond.notify_all()
+            else:
+                self._pending.append(item)
+                self._cond.notify_all()
+        if alone:
+            self._answer_then_free([item])
         try:
             return item.answer.result(timeout=self.options.timeout)
         except FutureTimeout:
@@ -133,11 +144,11 @@ class Batcher:
 
     # ---- the batcher's thread --------------------------------------------------------
     def _next_batch(self) -> list[_Item] | None:
-        """The next batch to predict; None once closed and empty."""
+        """The next batch to predict, marked running; None once closed and empty."""
         opts = self.options
         with self._cond:
-            while not self._pending:
-                if self._closed:
+            while not self._pending or self._running:  # a request alone is in the model
+                if self._closed and not self._pending:
                     return None
                 self._cond.wait()
             deadline = self._pending[0].arrived + opts.max_wait
@@ -146,11 +157,20 @@ class Batcher:
                 if left <= 0:
                     break
                 self._cond.wait(left)
+            self._running = True
             return [self._pending.popleft() for _ in range(min(opts.max_batch, len(self._pending)))]
 
     def _run(self) -> None:
         while (batch := self._next_batch()) is not None:
+            self._answer_then_free(batch)
+
+    def _answer_then_free(self, batch: list[_Item]) -> None:
+        try:
             self._answer(batch)
+        finally:
+            with self._cond:
+                self._running = False
+                self._cond.notify_all()
 
     def _answer(self, batch: list[_Item]) -> None:
         first = batch[0].pixels
