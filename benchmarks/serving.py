@@ -52,7 +52,7 @@ ends, and the temporary folder is deleted unless --keep.
 
     .venv/bin/python benchmarks/serving.py [--quick] [--seconds 15] [--warmup 3] [--workers 2]
         [--clients 1,4] [--batches 1,8] [--models eeg,image] [--image-workers W]
-        [--image-epochs 2] [--trainchain-args '--batch-wait 2'] [--max-seconds 1200] [--keep]
+        [--image-epochs 5] [--trainchain-args '--batch-wait 2'] [--max-seconds 1200] [--keep]
 """
 
 from __future__ import annotations
@@ -1061,7 +1061,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="workers of both servers for the image model (default: --workers)",
     )
     parser.add_argument(
-        "--image-epochs", type=int, default=2, help="training epochs of the image model"
+        "--image-epochs", type=int, default=5, help="training epochs of the image model"
     )
     parser.add_argument(
         "--trainchain-args",
