@@ -480,6 +480,8 @@ class ModelHolder:
             still = f"; still serving v{current.version}" if current is not None else ""
             self._fail(alias, f"loading v{wanted} failed: {type(err).__name__}: {err}{still}")
             return
+        if self._stop.is_set():  # closed while it loaded: never served, nothing to stop later
+            return
         loaded.start_batching(self.config.batching)
         self._swap(alias, current, loaded)
         status.error = None
