@@ -196,6 +196,78 @@ def test_the_validation_split_is_the_plans_and_its_size_bounds_the_score(
     assert bound is not None and 0.85 < bound < 0.9
 
 
+def _photo(width: int, height: int, seed: int) -> np.ndarray:
+    """A photo-like RGB image: smooth gradients and waves plus sensor noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    waves = [np.sin(xx / (5 + 3 * c) + yy / (9 + seed + c)) for c in range(3)]
+    image = np.stack([128 + 90 * w for w in waves], axis=-1) + rng.normal(0, 12, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def write_photos(root: Path) -> dict[str, Path]:
+    """train/ and test/ folders of two classes, each a mix of what users upload: a large
+    JPEG (decoded at a reduced scale), a small one, an RGBA PNG, a grayscale PNG, a GIF."""
+    from PIL import Image
+
+    files: dict[str, Path] = {}
+    for part in ("train", "test"):
+        for c, name in enumerate(("cats", "dogs")):
+            folder = root / part / name
+            folder.mkdir(parents=True)
+            seed = 10 * c + (part == "test")
+            big = Image.fromarray(_photo(640, 480, seed))
+            big.save(folder / "big.jpg", quality=90)
+            Image.fromarray(_photo(45, 61, seed + 1)).save(folder / "small.jpeg", quality=75)
+            rgba = Image.fromarray(_photo(50, 70, seed + 2)).convert("RGBA")
+            rgba.save(folder / "alpha.png")
+            Image.fromarray(_photo(33, 33, seed + 3)).convert("L").save(folder / "gray.png")
+            Image.fromarray(_photo(40, 30, seed + 4)).convert("P").save(folder / "frame.gif")
+            for f in folder.iterdir():
+                files[f"{part}/{name}/{f.name}"] = f
+    return files
+
+
+@pytest.mark.parametrize("color_mode", ["rgb", "grayscale"])
+def test_training_and_serving_read_a_photo_into_the_same_array(
+    tmp_path: Path, color_mode: str
+) -> None:
+    """A JPEG, PNG or GIF gives the same uint8 array whether the training loader reads it
+    (load_images), the drift check reads it (read_images) or /predict parses its bytes
+    (serving's decode_image): one function decodes, converts and resizes for all three."""
+    from trainchain.serving.inputs import decode_image
+
+    files = write_photos(tmp_path)
+    size = (24, 32)
+    data = cnn.load_images(tmp_path, image_size=size, color_mode=color_mode, seed=0)
+    prep = cnn.Preprocessing(size, color_mode, data.class_names)
+    test_files, labels = cnn.image_files(tmp_path / "test", data.class_names)
+    assert len(test_files) == 10 and data.y_test.tolist() == labels
+    assert data.x_test.shape == (10, 24, 32, prep.channels) and data.x_test.dtype == np.uint8
+    drift = cnn.read_images(test_files, prep)
+    for row, path in enumerate(test_files):
+        served = decode_image(path.read_bytes(), prep, max_pixels=1_000_000)
+        assert served.shape == (1, *data.x_test.shape[1:]) and served.dtype == np.uint8
+        assert np.array_equal(served[0], data.x_test[row]), path
+        assert np.array_equal(drift[row], data.x_test[row]), path
+    assert data.x_test.std() > 10  # real pictures, not a constant
+    # the training part is read the same way: every training file's array is in it
+    train_files, _ = cnn.image_files(tmp_path / "train", data.class_names)
+    x_train_all = np.concatenate([data.x_train, data.x_val])
+    for path in train_files:
+        served = decode_image(path.read_bytes(), prep, max_pixels=1_000_000)[0]
+        assert any(np.array_equal(served, x) for x in x_train_all), path
+    assert len(files) == 20
+
+
+def test_an_unreadable_training_image_is_named(tmp_path: Path) -> None:
+    """A file with an image's name that Pillow cannot read stops the loader with its path."""
+    write_photos(tmp_path)
+    (tmp_path / "train" / "cats" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(cnn.ImageDataError, match=r"broken\.jpg: not an image file"):
+        cnn.load_images(tmp_path, image_size=16)
+
+
 def test_folder_without_classes_is_refused_with_the_layout_expected(tmp_path: Path) -> None:
     """A data folder that is not one sub-folder per class says what layout it needs."""
     with pytest.raises(cnn.ImageDataError, match="is not a folder"):

@@ -230,12 +230,20 @@ def test_requirements_are_exact_pins_that_agree_with_the_repository(family: str)
                 f"images/{family}/requirements.txt pins {name}=={version}, "
                 f"requirements.txt {name}=={repo_pins[name]}"
             )
-    # What each family's scripts import (detection's libraries) and what saving the
-    # model needs (mlflow.sklearn imports pandas).
+    # What each family's scripts import (detection's libraries), what saving the model
+    # needs (mlflow.sklearn imports pandas) and what the family's helpers use (the image
+    # CNN family reads images with Pillow, as serving does).
     wanted = {
         "eeg": {"mne", "scikit-learn", "scipy", "numpy", "mlflow-skinny", "cloudpickle", "pandas"},
         "sklearn": {"scikit-learn", "scipy", "numpy", "mlflow-skinny", "cloudpickle", "pandas"},
-        "tensorflow": {"tensorflow-cpu", "keras", "numpy", "mlflow-skinny", "cloudpickle"},
+        "tensorflow": {
+            "tensorflow-cpu",
+            "keras",
+            "numpy",
+            "mlflow-skinny",
+            "cloudpickle",
+            "pillow",
+        },
     }[family]
     assert wanted <= set(image_pins), f"missing: {sorted(wanted - set(image_pins))}"
     assert "trainchain" not in image_pins, "trainchain comes from its own wheel, not the lock"

@@ -97,6 +97,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "serve": (
         "trainchain serve --model eeg-motor-imagery --port 5005",
         "trainchain serve --model eeg-motor-imagery --monitoring-config examples/eeg-motor-imagery",
+        "trainchain serve --model cats-vs-dogs-cnn --workers 2 --batch-max 32 --batch-wait 5",
     ),
 }
 

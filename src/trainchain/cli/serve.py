@@ -49,8 +49,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from trainchain.serving.config import (
         DEFAULT_CAPTURE_RATE,
         MIN_BODY,
+        BatchOptions,
         CaptureConfig,
         ServeConfig,
+        default_tf_threads,
     )
 
     model = args.model or os.environ.get(MODEL_ENV, "").strip()
@@ -86,6 +88,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             )
             if args.capture
             else None,
+            batching=BatchOptions(
+                max_batch=args.batch_max, max_wait=args.batch_wait / 1000, queue=args.batch_queue
+            ),
+            tf_threads=args.tf_threads or default_tf_threads(args.workers),
             **_drift_options(args, run_dir),
         )
         if config.capture is not None:
@@ -115,6 +121,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 f"(at most {human_size(config.capture.max_bytes)}); true labels by POST /feedback"
             )
         _out(_drift_line(config))
+        _out(_images_line(config, args.tf_threads is None))
         sys.stdout.flush()
         return run(config, args.host, args.port, args.workers)
     finally:
@@ -164,6 +171,80 @@ def _registry_lines(config: Any, settings: Any, args: argparse.Namespace) -> lis
             f"challenger: v{challenger} - not served (--canary-share F or --shadow serve it)"
         )
     return lines
+
+
+def _images_line(config: Any, default_threads: bool) -> str:
+    """What `serve` prints of /predict's batching and TensorFlow's threads."""
+    b, (intra, inter) = config.batching, config.tf_threads
+    batching = (
+        f"up to {b.max_batch} concurrent /predict requests per model call (waiting at most "
+        f"{b.max_wait * 1000:g} ms for them, {b.queue} queued at most)"
+        if b.enabled
+        else "one model call per /predict request (--batch-max 1)"
+    )
+    share = " (the cores shared by the workers)" if default_threads else ""
+    return (
+        f"images:    {batching}; TensorFlow {intra} intra-op, {inter} inter-op thread(s) "
+        f"per worker{share}"
+    )
+
+
+def _tf_threads(text: str) -> tuple[int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = (values[0], 1)
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected INTRA[,INTER] thread counts >= 1 (2 or 2,1), got {text!r}"
+        )
+    return values[0], values[1]
+
+
+def _batch_arguments(sp: argparse.ArgumentParser) -> None:
+    from trainchain.serving.config import (
+        DEFAULT_BATCH_MAX,
+        DEFAULT_BATCH_QUEUE,
+        DEFAULT_BATCH_WAIT,
+    )
+
+    images = sp.add_argument_group(
+        "images", "POST /predict: concurrent requests in one model call, TensorFlow's threads"
+    )
+    images.add_argument(
+        "--batch-max",
+        type=int,
+        default=DEFAULT_BATCH_MAX,
+        metavar="N",
+        help="at most N images in one model call; 1 turns batching off "
+        f"(default: {DEFAULT_BATCH_MAX})",
+    )
+    images.add_argument(
+        "--batch-wait",
+        type=float,
+        default=DEFAULT_BATCH_WAIT * 1000,
+        metavar="MS",
+        help="wait at most MS milliseconds after a batch's first image for the requests "
+        "still being decoded to join; a request alone never waits "
+        f"(default: {DEFAULT_BATCH_WAIT * 1000:g})",
+    )
+    images.add_argument(
+        "--batch-queue",
+        type=int,
+        default=DEFAULT_BATCH_QUEUE,
+        metavar="N",
+        help="at most N images waiting for the model per worker; beyond, 503 "
+        f"(default: {DEFAULT_BATCH_QUEUE})",
+    )
+    images.add_argument(
+        "--tf-threads",
+        type=_tf_threads,
+        metavar="INTRA[,INTER]",
+        help="TensorFlow's intra-op and inter-op threads in each worker (default: the "
+        "cores divided by --workers, at least 1, and 1 inter-op thread)",
+    )
 
 
 # --------------------------------------------------------------------------- drift
@@ -373,4 +454,5 @@ def register(
         help="size cap of the --capture folder; the oldest captures are deleted beyond it "
         "(default: 500MiB)",
     )
+    _batch_arguments(sp)
     _drift_arguments(sp)

@@ -3,6 +3,8 @@
 Training scripts stay plain Keras; this module gives them what the training contract
 asks for and Keras does not do by itself:
 
+- :func:`image_pixels`: the one way an image becomes the model's input (decoded,
+  converted, resized with Pillow), for training, the drift check and serving alike;
 - :func:`load_images`: a folder-per-class dataset as ``uint8`` arrays, with a seeded
   validation split of the training folder and a separate held-out test folder;
 - :class:`Checkpoints` and :meth:`Checkpoints.callback`: after every epoch an atomic
@@ -48,14 +50,33 @@ class ImageDataError(FamilyDataError):
     """The image folders are not laid out as the family expects."""
 
 
+# Keras's interpolation names (what Preprocessing records) to Pillow's resampling filters.
+RESAMPLE = {
+    "nearest": "NEAREST",
+    "bilinear": "BILINEAR",
+    "bicubic": "BICUBIC",
+    "lanczos3": "LANCZOS",
+    "lanczos5": "LANCZOS",
+    "area": "BOX",
+    "gaussian": "BICUBIC",
+    "mitchellcubic": "BICUBIC",
+}
+# A JPEG is decoded at a reduced scale (1/2, 1/4, 1/8: libjpeg's DCT scaling) only while
+# it stays at least this many times the target size; Pillow's thumbnail() uses 2 too.
+JPEG_DRAFT_GAP = 2
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """What turns an image file into the model's input, recorded with the model.
 
-    The model itself resizes (bilinear) to ``image_size`` and scales by ``scale``, so
-    its input is an image of any size as ``uint8`` values 0-255 with ``channels``
-    channels. Serving decodes with ``color_mode`` and may resize to ``image_size``
-    first: the result is the same.
+    An image file becomes the model's input in one way, :func:`image_pixels`: decoded,
+    converted to ``color_mode`` and resized to ``image_size`` with ``interpolation``
+    (Pillow's filter, antialiased), ``uint8`` 0-255. Training (:func:`load_images`), the
+    drift check (:func:`read_images`) and serving (``/predict``) all call it, so one
+    photo gives one array everywhere. The model itself also resizes (the same filter,
+    antialiased: :func:`input_layers`; a no-op at ``image_size``) and scales by
+    ``scale``, so it takes images of any size with ``channels`` channels.
     """
 
     image_size: tuple[int, int]
@@ -71,6 +92,10 @@ class Preprocessing:
             )
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"image_size must be (height, width) >= 1, got {self.image_size}")
+        if self.interpolation not in RESAMPLE:
+            raise ValueError(
+                f"interpolation must be one of {sorted(RESAMPLE)}, got {self.interpolation!r}"
+            )
 
     @property
     def channels(self) -> int:
@@ -160,29 +185,92 @@ def class_folders(folder: Path) -> list[str]:
     return names
 
 
+def image_pixels(
+    image: Any, image_size: tuple[int, int], color_mode: str, interpolation: str = "bilinear"
+) -> Any:
+    """The one way an image becomes the model's input: a Pillow image (opened, not yet
+    loaded) as ``uint8`` ``(height, width, channels)``.
+
+    Converted to ``color_mode`` and resized to ``image_size`` (height, width) with Pillow's
+    filter for ``interpolation`` (antialiased when it shrinks). A JPEG much larger than
+    the target is decoded at a reduced scale first (at least JPEG_DRAFT_GAP times the
+    target), as Pillow's thumbnail() does. Training, the drift check and serving all call
+    this, so the same file gives the same array in each.
+    """
+    import numpy as np
+    from PIL import Image
+
+    mode = "RGB" if color_mode == "rgb" else "L"
+    height, width = image_size
+    drafted = image.draft(mode, (width * JPEG_DRAFT_GAP, height * JPEG_DRAFT_GAP))
+    box = drafted[1] if drafted is not None else None
+    converted = image.convert(mode)
+    if converted.size != (width, height) or box is not None:
+        resample = getattr(Image.Resampling, RESAMPLE[interpolation])
+        converted = converted.resize((width, height), resample, box=box)
+    pixels = np.asarray(converted)
+    return pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+
+
+def read_image(
+    path: Path, image_size: tuple[int, int], color_mode: str, interpolation: str = "bilinear"
+) -> Any:
+    """An image file as the model's input (:func:`image_pixels`), or an ImageDataError."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return image_pixels(img, image_size, color_mode, interpolation)
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDataError(f"{path}: not an image file this family reads: {err}") from None
+
+
+def image_files(folder: Path, class_names: Sequence[str]) -> tuple[list[Path], list[int]]:
+    """Every image under ``folder/<class>/`` (sub-folders too), in class order and by path
+    within a class, with its class index."""
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(class_names):
+        found = sorted(
+            p
+            for p in (folder / name).rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            and p.is_file()
+        )
+        paths += found
+        labels += [index] * len(found)
+    return paths, labels
+
+
+def _read_all(
+    paths: Sequence[Path], image_size: tuple[int, int], color_mode: str, interpolation: str
+) -> Any:
+    """``read_image`` of every path into one ``uint8`` array, decoded on every core (Pillow
+    lets go of the GIL while it decodes and resizes)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    height, width = image_size
+    out = np.empty((len(paths), height, width, COLOR_MODES[color_mode]), dtype=np.uint8)
+
+    def read(i: int) -> None:
+        out[i] = read_image(paths[i], image_size, color_mode, interpolation)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+        for _ in pool.map(read, range(len(paths))):
+            pass
+    return out
+
+
 def _read_folder(
     folder: Path, class_names: Sequence[str], image_size: tuple[int, int], color_mode: str
 ) -> tuple[Any, Any]:
-    import keras
     import numpy as np
 
-    dataset = keras.utils.image_dataset_from_directory(
-        str(folder),
-        labels="inferred",
-        label_mode="int",
-        class_names=list(class_names),
-        color_mode=color_mode,
-        batch_size=None,
-        image_size=image_size,
-        shuffle=False,
-        interpolation="bilinear",
-        verbose=False,
-    )
-    xs, ys = [], []
-    for image, label in dataset.as_numpy_iterator():
-        xs.append(np.clip(np.rint(image), 0, 255).astype(np.uint8))
-        ys.append(int(label))
-    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+    paths, labels = image_files(folder, class_names)
+    return _read_all(paths, image_size, color_mode, "bilinear"), np.asarray(labels, np.int64)
 
 
 def stratified_split(labels: Any, share: float, seed: int) -> tuple[Any, Any]:
@@ -272,9 +360,43 @@ def input_layers(preprocessing: Preprocessing) -> tuple[Any, Any]:
 
     height, width = preprocessing.image_size
     inputs = keras.Input(shape=(None, None, preprocessing.channels), name="image")
-    x = layers.Resizing(height, width, interpolation=preprocessing.interpolation)(inputs)
+    # antialiased, as image_pixels resizes: the held-out images read at another size (and
+    # any image given to the model directly) are shrunk as serving shrinks a photo
+    resize = layers.Resizing(
+        height, width, interpolation=preprocessing.interpolation, antialias=True
+    )
+    x = resize(inputs)
     x = layers.Rescaling(preprocessing.scale)(x)
     return inputs, x
+
+
+def set_tensorflow_threads(intra: int, inter: int) -> bool:
+    """TensorFlow's intra-op and inter-op thread pools for this process (serving sets them
+    per worker, so that workers do not oversubscribe the cores). They can be set only
+    before TensorFlow's first operation: False (and a warning) when it is too late."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    current = (
+        threading.get_intra_op_parallelism_threads(),
+        threading.get_inter_op_parallelism_threads(),
+    )
+    if current == (intra, inter):
+        return True
+    try:
+        threading.set_intra_op_parallelism_threads(intra)
+        threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError as err:  # TensorFlow's runtime has started in this process
+        log.warning(
+            "TensorFlow threads stay at intra %s, inter %s (asked: %d, %d): %s",
+            current[0] or "default",
+            current[1] or "default",
+            intra,
+            inter,
+            err,
+        )
+        return False
+    return True
 
 
 # --- checkpoints, reports, early stopping ---------------------------------------------
@@ -592,22 +714,11 @@ def drift_reference(model: Any, images: Any, preprocessing: Preprocessing, seed:
 
 
 def read_images(paths: Sequence[Path], preprocessing: Preprocessing) -> Any:
-    """Image files as the model's training arrays: decoded in its colour mode, resized
-    (bilinear) to its image size, ``uint8`` ``(n, height, width, channels)``."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    mode = "RGB" if preprocessing.color_mode == "rgb" else "L"
-    height, width = preprocessing.image_size
-    out = []
-    for path in paths:
-        try:
-            with Image.open(path) as img:
-                pixels = img.convert(mode).resize((width, height), Image.Resampling.BILINEAR)
-                out.append(np.asarray(pixels, dtype=np.uint8).reshape(height, width, -1))
-        except (OSError, UnidentifiedImageError) as err:
-            raise ImageDataError(f"{path}: not an image file this family reads: {err}") from None
-    return np.stack(out)
+    """Image files as the model's input, ``uint8`` ``(n, height, width, channels)``: each
+    by :func:`image_pixels`, as training and serving read them."""
+    return _read_all(
+        list(paths), preprocessing.image_size, preprocessing.color_mode, preprocessing.interpolation
+    )
 
 
 def drift_monitor(model_dir: Path) -> Any:

@@ -2,6 +2,7 @@
 
 - :mod:`~trainchain.serving.config`: the frozen :class:`ServeConfig`;
 - :mod:`~trainchain.serving.models`: the live champion, reloaded when its alias moves;
+- :mod:`~trainchain.serving.batching`: concurrent image requests in one model call;
 - :mod:`~trainchain.serving.inputs`: request bodies to model inputs, or 4xx errors;
 - :mod:`~trainchain.serving.app`: ``create_app(config)``, the Flask app;
 - :mod:`~trainchain.serving.drain`: the unread rest of a body read before the answer;

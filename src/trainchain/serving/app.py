@@ -26,6 +26,7 @@ from trainchain.core.config import Family
 from trainchain.core.sizes import human_size, rounded_size
 from trainchain.serving import inputs, openapi
 from trainchain.serving.background import BackgroundPool
+from trainchain.serving.batching import BatchFailed, BatchQueueFull, BatchTimeout
 from trainchain.serving.capture import Capture, CaptureStore, new_request_id
 from trainchain.serving.config import ServeConfig
 from trainchain.serving.drain import DrainBody
@@ -246,18 +247,26 @@ def _short(labels: list[str], limit: int = 16) -> str:
 
 
 def _predict(model: LoadedModel, call: Callable[[], T]) -> T:
-    """Run the model; a failure on a well-formed input is the input's (422), logged."""
+    """Run the model; a failure on a well-formed input is the input's (422), logged. With
+    the image batcher: a full queue or no answer in time is a 503 (retry), and a batch
+    whose model call failed answers each of its requests with what failed (422 as above
+    for a ValueError, else 500)."""
     from mlflow.exceptions import MlflowException
 
+    input_errors = (ValueError, ArithmeticError, MlflowException)
+    who = f"{model.name} v{model.version}"
     try:
         return call()
-    except (ValueError, ArithmeticError, MlflowException) as err:
-        log.warning("%s v%s could not process an input: %s", model.name, model.version, err)
+    except input_errors as err:
+        log.warning("%s could not process an input: %s", who, err)
         raise RequestError(
-            422,
-            f"{model.name} v{model.version} could not process this input: "
-            f"{type(err).__name__}: {str(err)[:300]}",
+            422, f"{who} could not process this input: {type(err).__name__}: {str(err)[:300]}"
         ) from None
+    except BatchFailed as err:  # the batcher logged it, once for the whole batch
+        status = 422 if isinstance(err.cause, input_errors) else 500
+        raise RequestError(status, f"{who}: {err.message}", batch_size=err.size) from None
+    except (BatchQueueFull, BatchTimeout) as err:
+        raise RequestError(503, err.message, retry_after=1) from None
 
 
 def _error_response(body: dict[str, Any], status: int, headers: Any = None) -> Response:
@@ -352,7 +361,8 @@ def _error_handlers(app: Flask, service: Service) -> None:
     def _request_error(err: RequestError) -> Response:
         response = _error_response(err.body(), err.status)
         if err.status == 503:
-            response.headers["Retry-After"] = str(max(1, round(config.reload_interval)))
+            after = err.details.get("retry_after", config.reload_interval)
+            response.headers["Retry-After"] = str(max(1, round(after)))
         return response
 
     @app.errorhandler(HTTPException)
@@ -437,8 +447,9 @@ def _model_routes(app: Flask, service: Service) -> None:
         alias, model = service.choose(Family.CNN)
         if model.preprocessing is None:  # load_version refuses such a CNN; kept for typing
             raise RequestError(409, f"{model.name} v{model.version} records no preprocessing")
-        data = inputs.image_from_upload(request.files) if multipart else request.get_data()
-        pixels = inputs.decode_image(data, model.preprocessing, config.max_image_pixels)
+        with model.expecting():  # a batch being formed waits (boundedly) for this image
+            data = inputs.image_from_upload(request.files) if multipart else request.get_data()
+            pixels = inputs.decode_image(data, model.preprocessing, config.max_image_pixels)
         probabilities = _predict(model, lambda: model.predict_image(pixels))
         label = _top_label(probabilities)
         service.metrics.predictions.labels(model.name, model.version, alias, label).inc()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,62 @@ class CaptureConfig:
             )
         if self.queue < 1:
             raise ConfigError(f"the capture queue must be at least 1, got {self.queue}")
+
+
+DEFAULT_BATCH_MAX = 32
+DEFAULT_BATCH_WAIT = 0.005  # seconds after the first image of a batch
+DEFAULT_BATCH_QUEUE = 128
+DEFAULT_BATCH_TIMEOUT = 30.0  # a request's wait for its answer
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How ``/predict``'s batcher (``serving/batching.py``) groups the requests of one
+    worker: at most ``max_batch`` images per model call, waiting at most ``max_wait``
+    seconds after the first for others being decoded to join; at most ``queue`` images
+    waiting; a request waits at most ``timeout`` seconds for its answer. ``max_batch`` 1
+    turns batching off (each request calls the model itself)."""
+
+    max_batch: int = DEFAULT_BATCH_MAX
+    max_wait: float = DEFAULT_BATCH_WAIT
+    queue: int = DEFAULT_BATCH_QUEUE
+    timeout: float = DEFAULT_BATCH_TIMEOUT
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_batch <= 1024:
+            raise ConfigError(
+                f"--batch-max must be 1 to 1024 images per model call, got {self.max_batch}",
+                hint="1 turns batching off; 32 is the default",
+            )
+        if not (math.isfinite(self.max_wait) and 0.0 <= self.max_wait <= 1.0):
+            raise ConfigError(
+                f"--batch-wait must be 0 to 1000 ms, got {self.max_wait * 1000:g} ms",
+                hint="5 ms is the default; 0 batches only what is already waiting",
+            )
+        if self.queue < 1:
+            raise ConfigError(f"--batch-queue must be at least 1 image, got {self.queue}")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise ConfigError(f"a batch timeout of {self.timeout} s: expected > 0 s")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch > 1
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def default_tf_threads(workers: int, cores: int | None = None) -> tuple[int, int]:
+    """TensorFlow's (intra-op, inter-op) threads per worker when --tf-threads is not given:
+    the cores shared out between the workers (at least one each), one inter-op thread (a
+    convnet's operations run one after another)."""
+    cores = usable_cores() if cores is None else cores
+    return max(1, cores // max(1, workers)), 1
 
 
 DEFAULT_RETRAIN_COOLDOWN = 6 * 3600.0  # as `trainchain hooks serve --retrain-cooldown`
@@ -104,6 +161,10 @@ class ServeConfig:
     app); the window is tested at most every ``drift_interval`` seconds per worker;
     ``drift_queue`` summaries wait for the writer thread, more are dropped and counted.
     ``retrain`` asks for a retrain when drift persists (None: only the metrics say so).
+
+    Image models: ``batching`` groups concurrent ``/predict`` requests into one model call;
+    ``tf_threads`` is TensorFlow's (intra-op, inter-op) threads in each worker (None:
+    TensorFlow's own default, every core), set before the worker loads its first CNN.
     """
 
     model: str
@@ -125,6 +186,8 @@ class ServeConfig:
     drift_interval: float = 10.0
     drift_queue: int = 1024
     retrain: RetrainConfig | None = None
+    batching: BatchOptions = field(default_factory=BatchOptions)
+    tf_threads: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.model.strip():
@@ -157,6 +220,11 @@ class ServeConfig:
             if value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
 
+        if self.tf_threads is not None and (len(self.tf_threads) != 2 or min(self.tf_threads) < 1):
+            raise ConfigError(
+                f"--tf-threads must be INTRA,INTER threads >= 1, got {self.tf_threads}",
+                hint="e.g. --tf-threads 2,1; leave it out for one per core per worker",
+            )
         if self.retrain is not None and self.monitoring is None:
             raise ConfigError(
                 "--retrain-url and --no-drift were both given: a retrain is asked for when "

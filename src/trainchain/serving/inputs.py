@@ -17,22 +17,11 @@ import numpy.typing as npt
 import orjson
 
 from trainchain.core.errors import TrainchainError
-from trainchain.families.cnn import Preprocessing
+from trainchain.families.cnn import Preprocessing, image_pixels
 
 FloatArray = npt.NDArray[np.float64]
 _NUMERIC_KINDS = "iuf"
 _NPZ_MAGIC = b"PK\x03\x04"
-_RESAMPLE = {
-    "nearest": "NEAREST",
-    "bilinear": "BILINEAR",
-    "bicubic": "BICUBIC",
-    "lanczos": "LANCZOS",
-    "lanczos3": "LANCZOS",
-    "lanczos5": "LANCZOS",
-    "area": "BOX",
-    "gaussian": "BICUBIC",
-    "mitchellcubic": "BICUBIC",
-}
 
 
 class RequestError(TrainchainError):
@@ -330,9 +319,9 @@ def feedback_from_json(body: bytes) -> dict[str, Any]:
 def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> npt.NDArray[Any]:
     """Image bytes as the model's input ``(1, height, width, channels)`` uint8.
 
-    Pillow decodes; the image is converted to the model's colour mode and resized to its
-    ``image_size`` with its interpolation, as recorded in the MLmodel. The pixel count is
-    checked from the header, before decoding (decompression bombs).
+    Pillow decodes; :func:`trainchain.families.cnn.image_pixels` converts and resizes, as
+    training read the model's images, with the preprocessing recorded in the MLmodel. The
+    pixel count is checked from the header, before decoding (decompression bombs).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -358,25 +347,16 @@ def decode_image(data: bytes, preprocessing: Preprocessing, max_pixels: int) -> 
             f"{max_pixels}",
             max_pixels=max_pixels,
         )
-    mode = "RGB" if preprocessing.channels == 3 else "L"
-    target_h, target_w = preprocessing.image_size
-    resample = getattr(
-        Image.Resampling, _RESAMPLE.get(preprocessing.interpolation.lower(), "BILINEAR")
-    )
     try:
-        image.load()
-        converted = image.convert(mode)
-        if converted.size != (target_w, target_h):
-            converted = converted.resize((target_w, target_h), resample)
-        pixels = np.asarray(converted, dtype=np.uint8)
+        pixels: npt.NDArray[Any] = image_pixels(
+            image, preprocessing.image_size, preprocessing.color_mode, preprocessing.interpolation
+        )
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise RequestError(413, f"the image is too large to decode: {err}") from None
     except Exception as err:  # Pillow raises many types for corrupt data
         raise RequestError(
             400, f"unreadable image ({image.format} {width}x{height}): {type(err).__name__}: {err}"
         ) from None
-    if pixels.ndim == 2:
-        pixels = pixels[..., np.newaxis]
     return pixels[np.newaxis]
 
 

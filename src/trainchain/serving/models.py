@@ -16,8 +16,10 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,8 @@ from trainchain.core.config import Family
 from trainchain.core.drift import REFERENCE_FILE, DriftError, Reference
 from trainchain.core.errors import NotInStore, StoreError
 from trainchain.families.cnn import Preprocessing
-from trainchain.serving.config import ServeConfig
+from trainchain.serving.batching import BatchClosed, Batcher
+from trainchain.serving.config import BatchOptions, ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +74,10 @@ class LoadedModel:
     # the training data's drift statistics (None: not monitored, ``drift_note`` says why)
     drift_reference: Reference | None = field(default=None, repr=False, compare=False)
     drift_note: str = ""
-    # Keras models predict one request at a time; scikit-learn pipelines are read-only
+    # one model call at a time per version: the batcher's, or a request's without one
     lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    # image models: concurrent /predict requests in one model call (start_batching)
+    batcher: Batcher | None = field(default=None, compare=False, repr=False)
 
     def classify(self, epochs: Any) -> list[str]:
         """Labels of ``(N, channels, samples)`` epochs."""
@@ -84,18 +89,56 @@ class LoadedModel:
             raise ValueError(f"the model returned {len(labels)} labels for {len(x)} epochs")
         return [str(label) for label in labels]
 
+    # ---- images ------------------------------------------------------------------------
+    def start_batching(self, options: BatchOptions) -> None:
+        """Give an image model its batcher (once, before it is served); it stops in
+        :meth:`close`. Other families, and ``options`` that turn batching off, keep none."""
+        if self.family != Family.CNN or not options.enabled or self.batcher is not None:
+            return
+        batcher = Batcher(self.predict_batch, options, f"{self.name} v{self.version}")
+        object.__setattr__(self, "batcher", batcher)  # frozen: set once, before serving
+
+    def close(self) -> None:
+        """Stop the batcher: its queued images are still answered, later ones call the
+        model directly (a request holding this version finishes on it)."""
+        if self.batcher is not None:
+            self.batcher.close()
+
+    @contextmanager
+    def expecting(self) -> Iterator[None]:
+        """Around decoding a request's image: the batch being formed may wait for it."""
+        if self.batcher is None:
+            yield
+        else:
+            with self.batcher.expecting():
+                yield
+
+    def predict_batch(self, x: Any) -> Any:
+        """Class probabilities ``(n, classes)`` of ``float32`` images ``(n, h, w, c)``: one
+        model call (a Keras model's ``predict_on_batch``: no per-call dataset or progress
+        bar)."""
+        with self.lock:
+            if self.keras_model is not None:
+                return self.keras_model.predict_on_batch(x)
+            return self.model.predict(x)
+
     def predict_image(self, pixels: Any) -> dict[str, float]:
-        """Class probabilities of one image ``(1, height, width, channels)``."""
+        """Class probabilities of one image ``(1, height, width, channels)``, through the
+        batcher when there is one."""
         if self.preprocessing is None:
             raise TypeError(f"{self.name} v{self.version} is not an image model")
         names = self.preprocessing.class_names
-        x = np.asarray(pixels, dtype=np.float32)
-        with self.lock:
-            if self.keras_model is not None:
-                out = self.keras_model.predict(x, verbose=0)
-            else:
-                out = self.model.predict(x)
-        probabilities = np.asarray(out, dtype=np.float64).reshape(-1)
+        row: Any = None
+        if self.batcher is not None:
+            try:
+                row = self.batcher.submit(pixels)
+            except BatchClosed:  # swapped out while this request held it: answer directly
+                row = None
+        if row is None:
+            row = self.predict_batch(
+                np.asarray(pixels, dtype=np.float32).reshape(1, *np.shape(pixels)[-3:])
+            )
+        probabilities = np.asarray(row, dtype=np.float64).reshape(-1)
         if len(probabilities) != len(names) or not np.isfinite(probabilities).all():
             raise ValueError(
                 f"the model returned {probabilities.tolist()[:10]} for {len(names)} classes"
@@ -208,11 +251,19 @@ def read_drift_reference(model_dir: Path) -> tuple[Reference | None, str]:
         return None, f"its drift reference cannot be read: {err}"
 
 
-def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> LoadedModel:
-    """Download and load version ``version`` of ``name`` with what serving needs to know."""
+def load_version(
+    tracker: Tracker,
+    name: str,
+    version: str,
+    workdir: Path,
+    *,
+    tf_threads: tuple[int, int] | None = None,
+) -> LoadedModel:
+    """Download and load version ``version`` of ``name`` with what serving needs to know.
+    A CNN is loaded after TensorFlow's threads are set to ``tf_threads`` (intra, inter)."""
     import mlflow.pyfunc
 
-    from trainchain.families.cnn import read_preprocessing
+    from trainchain.families.cnn import read_preprocessing, set_tensorflow_threads
 
     mv = tracker.client.get_model_version(name, version)
     target = Path(tempfile.mkdtemp(prefix=f"v{version}-", dir=workdir))
@@ -222,7 +273,6 @@ def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> Lo
         from mlflow.artifacts import download_artifacts
 
         local = Path(download_artifacts(artifact_uri=mv.source, dst_path=str(target)))
-    model = mlflow.pyfunc.load_model(str(local))
     try:
         preprocessing: Preprocessing | None = read_preprocessing(local)
     except (ValueError, KeyError, TypeError, IndexError):
@@ -235,6 +285,9 @@ def load_version(tracker: Tracker, name: str, version: str, workdir: Path) -> Lo
             "metadata (image size, colour mode, classes); save it with "
             "trainchain.families.cnn.save_model"
         )
+    if family == Family.CNN and tf_threads is not None:
+        set_tensorflow_threads(*tf_threads)  # before the model's first TensorFlow operation
+    model = mlflow.pyfunc.load_model(str(local))
     metrics: dict[str, float] = {}
     if mv.run_id:
         _, metrics, _ = tracker.run_data(mv.run_id)
@@ -285,14 +338,14 @@ class ModelHolder:
     """The champion (and, for canary or shadow, the challenger), kept current in a thread."""
 
     def __init__(
-        self, config: ServeConfig, on_swap: Swap | None = None, loader: Loader = load_version
+        self, config: ServeConfig, on_swap: Swap | None = None, loader: Loader | None = None
     ) -> None:
         self.config = config
         self.aliases = (CHAMPION, CHALLENGER) if config.uses_challenger else (CHAMPION,)
         self._models: dict[str, LoadedModel | None] = dict.fromkeys(self.aliases)
         self.status = {alias: AliasStatus() for alias in self.aliases}
         self._on_swap = on_swap
-        self._loader = loader
+        self._loader = loader or partial(load_version, tf_threads=config.tf_threads)
         self._stop = threading.Event()
         self._checked = threading.Condition()
         self.checks = 0  # checks of the registry done (a failed one included)
@@ -328,10 +381,12 @@ class ModelHolder:
             self._thread.start()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop the watcher and remove the downloaded models."""
+        """Stop the watcher and the models' batchers; remove the downloaded models."""
         self._stop.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        for model in {id(m): m for m in self._models.values() if m is not None}.values():
+            model.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
@@ -425,6 +480,9 @@ class ModelHolder:
             still = f"; still serving v{current.version}" if current is not None else ""
             self._fail(alias, f"loading v{wanted} failed: {type(err).__name__}: {err}{still}")
             return
+        if self._stop.is_set():  # closed while it loaded: never served, nothing to stop later
+            return
+        loaded.start_batching(self.config.batching)
         self._swap(alias, current, loaded)
         status.error = None
         self._reported.pop(alias, None)
@@ -444,5 +502,7 @@ class ModelHolder:
         if self._on_swap is not None:
             self._on_swap(alias, old, new)
         if old is not None and all(m is not old for m in self._models.values()):
-            # requests in flight hold the loaded model, not its files
+            # requests in flight hold the loaded model, not its files; its batcher answers
+            # what it queued, and later requests holding it call the model directly
+            old.close()
             shutil.rmtree(old.path, ignore_errors=True)
