@@ -345,6 +345,9 @@ class _Session:
         join is open, then take it; after ``JOIN_NOTE_S``, say what it waits for."""
         from trainchain.core.errors import ConfigError
 
+        # MLflow first (seconds of imports and store opening), while the leader opens its
+        # study: once joined, this worker asks for a trial at once
+        _ = self.tracker
         prep, base, storage = self.prep, self.prep.study_base(), self.prep.settings.study_storage
         started = time.monotonic()
         deadline = started + self.join_wait
