@@ -204,6 +204,29 @@ def git_init(root: Path) -> str:
     return git(root, "rev-parse", "HEAD")
 
 
+@contextmanager
+def served_apps(config: Callable[..., Any], wait: float) -> Iterator[Callable[..., Any]]:
+    """``make(name, **options)``: a Flask app of trainchain.serving over ``config(name,
+    **options)`` whose champion is loaded (waited for up to ``wait`` s); every app made is
+    closed at the end."""
+    from trainchain.serving.app import create_app, service_of
+
+    apps: list[Any] = []
+
+    def make(name: str, **options: Any) -> Any:
+        app = create_app(config(name, **options))
+        apps.append(app)
+        holder = service_of(app).holder
+        assert holder.wait_for(lambda: holder.champion is not None, wait), holder.status
+        return app
+
+    try:
+        yield make
+    finally:
+        for app in apps:
+            service_of(app).close()
+
+
 def run_cli(
     *args: str, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:

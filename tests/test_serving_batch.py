@@ -30,11 +30,11 @@ import numpy as np
 import pytest
 from flask import Flask
 
-from tests.conftest import eventually, run_cli, stop
+from tests.conftest import eventually, run_cli, served_apps, stop
 from trainchain.adapters.tracking import CHAMPION, Tracker
 from trainchain.core.settings import Settings, load_settings
 from trainchain.families import cnn
-from trainchain.serving.app import create_app, service_of
+from trainchain.serving.app import service_of
 from trainchain.serving.batching import (
     BatchClosed,
     Batcher,
@@ -341,18 +341,8 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> ImageRegistry:
 
 @pytest.fixture
 def serve(images: ImageRegistry) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def make(name: str, **options: Any) -> Flask:
-        app = create_app(images.config(name, **options))
-        apps.append(app)
-        holder = service_of(app).holder
-        assert holder.wait_for(lambda: holder.champion is not None, WAIT), holder.status
-        return app
-
-    yield make
-    for app in apps:
-        service_of(app).close()
+    with served_apps(images.config, WAIT) as make:
+        yield make
 
 
 def _png(path: Path) -> bytes:

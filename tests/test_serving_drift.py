@@ -24,12 +24,11 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import eventually, stop
+from tests.conftest import eventually, served_apps, stop
 from trainchain.adapters.tracking import Tracker
 from trainchain.core.config import Monitoring
 from trainchain.core.drift import Window
 from trainchain.core.settings import Settings, load_settings
-from trainchain.serving.app import create_app, service_of
 from trainchain.serving.config import ServeConfig
 from trainchain.serving.drift import Batch, WindowStore
 
@@ -96,18 +95,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 
 @pytest.fixture
 def serve(registry: Registry) -> Iterator[Callable[..., Flask]]:
-    apps: list[Flask] = []
-
-    def make(name: str, **options: Any) -> Flask:
-        app = create_app(registry.config(name, **options))
-        apps.append(app)
-        holder = service_of(app).holder
-        assert holder.wait_for(lambda: holder.champion is not None, WAIT), holder.status
-        return app
-
-    yield make
-    for app in apps:
-        service_of(app).close()
+    with served_apps(registry.config, WAIT) as make:
+        yield make
 
 
 def _npy(array: np.ndarray) -> bytes:
