@@ -108,7 +108,14 @@ def test_good_config_is_typed_and_frozen() -> None:
         ),
         (_with(validation={"folds": 1}), r"validation.folds: .*greater than or equal to 2"),
         (_with(validation={"fold": 5}), r"validation.fold: unknown key: did you mean `folds`"),
-        (_with(pruning={"rule": "best"}), r"pruning.rule: Input should be 'median' or 'wilcoxon'"),
+        (
+            _with(pruning={"rule": "best"}),
+            r"pruning.rule: Input should be 'median', 'wilcoxon' or 'halving'",
+        ),
+        (
+            _with(pruning={"rule": "halving", "reduction_factor": 1}),
+            r"pruning.reduction_factor: .*greater than or equal to 2 \(got 1\)",
+        ),
         (_with(warm_start={"first": 21}), r"warm_start.first: .*less than or equal to 20"),
         (_with(budget={"startup_trials": -1}), r"budget.startup_trials: .*greater than or equal"),
     ],
@@ -196,8 +203,8 @@ def test_pruning_and_early_stopping_defaults() -> None:
         (_with(pruning={"enabled": "yes"}), r"pruning.enabled: .*boolean.*got 'yes'"),
         (
             _with(pruning={"interval": 2}),
-            r"pruning.interval: unknown key: expected one of enabled, p_threshold, rule, "
-            r"startup_trials, warmup_steps \(got 2\)",
+            r"pruning.interval: unknown key: expected one of enabled, p_threshold, "
+            r"reduction_factor, rule, startup_trials, warmup_steps \(got 2\)",
         ),
         (
             _with(early_stopping={"patience": 0}),

@@ -53,7 +53,7 @@ search_space:
   x: {{type: float, low: 0.0, high: 0.9, default: 0.9}}
   epochs: {{type: categorical, choices: [{epochs}], default: {epochs}}}
 train: {{timeout: 120, max_attempts: 2}}
-pruning: {{enabled: {pruning}, startup_trials: 1, warmup_steps: 1}}
+pruning: {{enabled: {pruning}, {pruning_options}}}
 early_stopping: {{patience: 3, min_delta: 0.01}}
 """
 
@@ -68,6 +68,7 @@ def make_prune_repo(
     max_trials: int = 4,
     epochs: int = 10,
     pruning: bool = True,
+    pruning_options: str = "startup_trials: 1, warmup_steps: 1",
 ) -> Path:
     """A stdlib-only model repository whose trials below the first one get pruned."""
     (root / "data").mkdir(parents=True)
@@ -80,6 +81,7 @@ def make_prune_repo(
             max_trials=max_trials,
             epochs=epochs,
             pruning=str(pruning).lower(),
+            pruning_options=pruning_options,
         )
     )
     git_init(root)
@@ -307,6 +309,51 @@ def test_tune_prunes_trials_below_the_median_and_finishes_normally(
     assert "(median of earlier trials higher)" in shown
     first_output = settings.runs_dir / report.chain_id / "trial-0000" / "attempt-1" / "output"
     assert json.loads((first_output / "early_stopping.json").read_text()) == EXPECTED_POLICY
+
+
+def test_successive_halving_stops_trials_at_its_rungs(tmp_path: Path, settings: Settings) -> None:
+    """`pruning.rule: halving`: rungs at 2, 4 and 8 epochs (warmup_steps 2, reduction
+    factor 2); a trial goes on past a rung only when it is among the best half of the
+    trials that reached that rung before it, so the budget trains most trials for 3
+    epochs of 10 and only the promising ones to the end."""
+    repo = make_prune_repo(
+        tmp_path / "repo",
+        max_trials=6,
+        epochs=10,
+        pruning_options="rule: halving, startup_trials: 1, warmup_steps: 2, reduction_factor: 2",
+    )
+    display, out = _recording_display()
+
+    report = tune(prepare(repo, settings), LocalExecutor(), display=display)
+
+    assert len(report.trials) == 6
+    study = optuna.load_study(study_name=report.chain_id, storage=settings.study_storage)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    assert trials[0].state.name == "COMPLETE"  # the first trial has no rival at its rungs
+    assert sorted(trials[0].intermediate_values) == list(range(10))
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    assert pruned, f"no trial was pruned: {[t.state.name for t in trials]}"
+    rungs = {2: "completed_rung_0", 4: "completed_rung_1", 8: "completed_rung_2"}
+    for trial in pruned:
+        step = max(trial.intermediate_values)
+        assert step in rungs, f"#{trial.number} stopped at step {step}, not at a rung"
+        value = trial.intermediate_values[step]
+        # its rivals: the trials that had reached that rung when it got there
+        rivals = [
+            t.system_attrs[rungs[step]]
+            for t in trials
+            if t.number < trial.number and rungs[step] in t.system_attrs
+        ]
+        keep = max(1, (len(rivals) + 1) // 2)  # the best half of them and itself go on
+        assert value < sorted(rivals, reverse=True)[keep - 1], (trial.number, value, rivals)
+        rows = read_report(
+            settings.runs_dir / report.chain_id / f"trial-{trial.number:04d}" / "report.jsonl"
+        )
+        assert step < len(rows) < 10  # stopped early (a step or two may pass meanwhile)
+    trained = sum(len(t.intermediate_values) for t in trials)
+    assert trained < 6 * 10 * 0.6, f"{trained} epochs trained for 6 trials of 10"
+    shown = out.getvalue()
+    assert "not among the best 1/2 of the trials at that epoch: successive halving" in shown
 
 
 def test_pruning_disabled_lets_every_trial_complete(tmp_path: Path, settings: Settings) -> None:

@@ -193,9 +193,41 @@ def _fold_pruner_class() -> type:
     return FoldPruner
 
 
+@functools.cache
+def _halving_pruner_class() -> type:
+    import optuna
+    from optuna.trial import TrialState
+
+    class HalvingPruner(optuna.pruners.BasePruner):
+        """Optuna's asynchronous successive halving (its rungs at ``min_resource x
+        reduction_factor^k`` steps; a trial goes on past a rung only when its value there
+        is among the best ``1/reduction_factor`` of the trials that reached it, the first
+        trials at a rung against the best of them), with the other rules' start-up: no
+        trial is pruned before ``startup_trials`` of this study's own trials completed.
+        The rung values are recorded all the same, so the start-up trials compete at the
+        rungs of later ones."""
+
+        def __init__(self, min_resource: int, reduction_factor: int, startup_trials: int):
+            self._halving = optuna.pruners.SuccessiveHalvingPruner(
+                min_resource=min_resource, reduction_factor=reduction_factor
+            )
+            self._startup = startup_trials
+
+        def prune(self, study: Any, trial: Any) -> bool:
+            if not self._halving.prune(study, trial):
+                return False
+            if self._startup == 0:
+                return True
+            done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            return sum(not t.user_attrs.get(WARM_ATTR) for t in done) >= self._startup
+
+    return HalvingPruner
+
+
 def make_pruner(pruning: Pruning) -> Any:
     """``pruning:`` of trainchain.yaml as an Optuna pruner: the median rule (steps are
-    epochs), the Wilcoxon rule (steps are the study's folds), or none."""
+    epochs), the Wilcoxon rule (steps are the study's folds), successive halving (steps
+    are epochs), or none."""
     import optuna
 
     if not pruning.enabled:
@@ -203,6 +235,12 @@ def make_pruner(pruning: Pruning) -> Any:
     if pruning.rule == "wilcoxon":
         return _fold_pruner_class()(
             p_threshold=pruning.p_threshold, n_startup_steps=max(2, pruning.warmup_steps)
+        )
+    if pruning.rule == "halving":
+        return _halving_pruner_class()(
+            min_resource=max(1, pruning.warmup_steps),
+            reduction_factor=pruning.reduction_factor,
+            startup_trials=pruning.startup_trials,
         )
     return optuna.pruners.MedianPruner(
         n_startup_trials=pruning.startup_trials, n_warmup_steps=pruning.warmup_steps

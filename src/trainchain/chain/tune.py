@@ -676,6 +676,7 @@ class _Session:
                 best=best.value if best else None,
                 best_trial=best.number if best else None,
                 rule=self.model.pruning.rule if self.model.pruning.enabled else "median",
+                reduction_factor=self.model.pruning.reduction_factor,
             )
             return
         ok = outcome.ok and refused is None

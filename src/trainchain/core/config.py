@@ -338,19 +338,24 @@ class WatchdogLimits(_Frozen):
 
 
 class Pruning(_Frozen):
-    """Stop a trial whose per-step reports fall below the median of earlier trials.
+    """Stop a trial whose per-step reports show it falling behind the study's others.
 
-    Optuna's MedianPruner: a trial is pruned at a step when its best value so far is
-    worse than the median of the completed trials' values at that step.
+    Made an Optuna pruner by :func:`trainchain.adapters.studies.make_pruner`: the median
+    rule (Optuna's MedianPruner), the fold rule (WilcoxonPruner) or successive halving
+    (SuccessiveHalvingPruner, asynchronous: a trial goes on past each rung only when it is
+    among the best ``1/reduction_factor`` of the trials that reached that rung).
     """
 
     enabled: bool = True
     # median: against the median of earlier trials at the same step (steps are epochs);
-    # wilcoxon: against the best trial, fold by fold (steps are the study's folds)
-    rule: Literal["median", "wilcoxon"] = "median"
+    # wilcoxon: against the best trial, fold by fold (steps are the study's folds);
+    # halving: successive halving on rungs at warmup_steps x reduction_factor^k epochs
+    rule: Literal["median", "wilcoxon", "halving"] = "median"
     startup_trials: int = Field(3, ge=0, le=1000)  # completed trials before any pruning
-    warmup_steps: int = Field(2, ge=0, le=100_000)  # a trial's first steps are never pruned
+    # a trial's first steps are never pruned (halving: the first rung, at least 1)
+    warmup_steps: int = Field(2, ge=0, le=100_000)
     p_threshold: Real = Field(0.1, gt=0.0, lt=1.0)  # wilcoxon: prune below this p-value
+    reduction_factor: int = Field(3, ge=2, le=10)  # halving: 1 in this many goes on per rung
 
 
 class EarlyStopping(_Frozen):

@@ -136,10 +136,13 @@ class TuneDisplay:
         best: float | None,
         best_trial: int | None,
         rule: str = "median",
+        reduction_factor: int = 3,
     ) -> None:
         """The trial was stopped at ``step``: by the median rule, its value there was worse
         than the median of the earlier trials at the same step; by the Wilcoxon rule, its
-        folds so far were significantly worse than the best trial's same folds."""
+        folds so far were significantly worse than the best trial's same folds; by
+        successive halving, it was not among the best ``1/reduction_factor`` of the trials
+        that reached that step (a rung)."""
         self._stop_status()
         if self.quiet:
             return
@@ -148,6 +151,11 @@ class TuneDisplay:
             why = f"significantly {'worse' if self.better == 'higher' else 'higher'} than the "
             why += "best trial on the same folds (Wilcoxon)"
             shown = f"{self.metric} of that fold {_fmt(value)}"
+        elif rule == "halving":
+            at = f" at epoch {step}" if step is not None else ""
+            why = f"not among the best 1/{reduction_factor} of the trials at that epoch: "
+            why += "successive halving"
+            shown = f"{self.metric} {_fmt(value)}"
         else:
             at = f" at epoch {step}" if step is not None else ""
             why = f"median of earlier trials {self.better}"
