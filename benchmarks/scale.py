@@ -106,6 +106,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import Deadline, OutOfTime, loadavg
+
 os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,33 +122,8 @@ POSTGRES_S = 120.0
 CHAIN_GOAL = 0.99  # out of reach: every chain spends its whole budget
 
 
-class OutOfTime(Exception):
-    """The total cap (--max-seconds) is reached."""
-
-
-class Deadline:
-    """The total cap; every wait takes the smaller of its own timeout and what is left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def left(self, timeout: float) -> float:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise OutOfTime(f"the total cap of {self.seconds:.0f} s (--max-seconds) is reached")
-        return min(timeout, left)
-
-
 def log(text: str = "") -> None:
     print(text, file=sys.stderr, flush=True)
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
 
 
 def pct(values: Sequence[float], q: float) -> float:
@@ -168,7 +145,7 @@ def postgres(folder: Path, deadline: Deadline) -> Iterator[str]:
         [str(START_POSTGRES), "--dir", str(folder), "--port", "0"],
         capture_output=True,
         text=True,
-        timeout=deadline.left(POSTGRES_S),
+        timeout=deadline.limit(POSTGRES_S),
         check=False,
     )
     if out.returncode != 0:
@@ -465,7 +442,7 @@ def run_workers(
         for proc in procs:
             proc.start()
         for _ in procs:
-            wait = deadline.left(READY_S)
+            wait = deadline.limit(READY_S)
             try:
                 ready.get(timeout=wait)
             except queue.Empty as err:
@@ -483,7 +460,7 @@ def run_workers(
             # the study is counted 4 times a second while kills are due (light beside 32
             # workers), else every 10 s for the progress line; a worker's end wakes it
             alive = [p.sentinel for p in procs if p.is_alive()]
-            multiprocessing.connection.wait(alive, timeout=deadline.left(0.25 if marks else 10))
+            multiprocessing.connection.wait(alive, timeout=deadline.limit(0.25 if marks else 10))
             if marks:
                 done = len(study.get_trials(deepcopy=False))
                 if done >= marks[0]:
@@ -699,7 +676,7 @@ def chain_data(tmp: Path, deadline: Deadline) -> Path:
         [str(BIN / "trainchain"), "data", "synth-eeg", "--out", str(data)],
         capture_output=True,
         text=True,
-        timeout=deadline.left(600),
+        timeout=deadline.limit(600),
         check=False,
         env=chain_env(tmp / "data-home", ""),
     )
@@ -737,7 +714,7 @@ def chain_run(workers: int, *, tmp: Path, data: Path, trials: int, deadline: Dea
                 cmd,
                 capture_output=True,
                 text=True,
-                timeout=deadline.left(3600),
+                timeout=deadline.limit(3600),
                 check=False,
                 env=chain_env(home, url),
             )

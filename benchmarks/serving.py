@@ -69,7 +69,6 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -81,6 +80,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from _common import Deadline, OutOfTime, free_port, loadavg
 
 os.environ.setdefault("MNE_LOGGING_LEVEL", "ERROR")
 
@@ -98,33 +99,8 @@ STOP_S = 15.0
 REQUEST_TIMEOUT_S = 60.0
 
 
-class OutOfTime(Exception):
-    """A bounded wait ran out."""
-
-
-class Deadline:
-    """The total cap; every wait takes the smaller of its own timeout and what is left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def limit(self, timeout: float) -> float:
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise OutOfTime(f"the total cap of {self.seconds:.0f} s (--max-seconds) is reached")
-        return min(timeout, left)
-
-
 def say(text: str = "") -> None:
     print(text, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run(cmd: Sequence[str], env: dict[str, str], timeout: float) -> str:
@@ -385,16 +361,6 @@ def versions() -> str:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found.append(f"{name} {importlib.metadata.version(name)}")
     return ", ".join(found)
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "?"
-
-
-# --------------------------------------------------------------------------- the run
 
 
 def check_labels(

@@ -57,10 +57,12 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _common import Deadline, OutOfTime
 
 from trainchain.adapters import containers
 from trainchain.executors import AttemptResult, AttemptSpec, LocalExecutor
@@ -102,42 +104,6 @@ task.write_metrics({"val_accuracy": 0.9, "test_accuracy": 0.89})
 print("toy: finished", flush=True)
 """
 START_LINE = re.compile(r"toy: attempt (\d+) starts at epoch (\d+) at ([0-9.]+)")
-
-
-class OutOfTime(Exception):
-    """A bounded wait ran out."""
-
-
-class Deadline:
-    """The total cap; every wait takes the smaller of its own timeout and what is left."""
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.end = time.monotonic() + seconds
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def limit(self, timeout: float) -> float:
-        left = self.left()
-        if left <= 0:
-            raise OutOfTime(f"the total cap of {self.seconds:.0f} s (--max-seconds) is reached")
-        return min(timeout, left)
-
-    def wait(self, check: Callable[[], Any], what: str, timeout: float) -> Any:
-        limit = self.limit(timeout)
-        end = time.monotonic() + limit
-        while True:
-            value = check()
-            if value:
-                return value
-            if time.monotonic() >= end:
-                capped = " (the total cap, --max-seconds)" if limit < timeout else ""
-                raise OutOfTime(f"waited {limit:.1f} s{capped} for {what}")
-            time.sleep(POLL_S)
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(self.limit(seconds))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -670,7 +636,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if kill_count < 0 or start_count < 0 or args.max_seconds <= 0:
         parser.error("--kills and --starts cannot be negative; --max-seconds must be positive")
     began = time.monotonic()
-    deadline = Deadline(args.max_seconds)
+    deadline = Deadline(args.max_seconds, poll=POLL_S)
     restarts = RestartLog()
     logging.getLogger("trainchain.supervise.watchdog").addHandler(restarts)
 
