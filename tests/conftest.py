@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -252,6 +255,76 @@ def start_script(argv: list[str], *, timeout: float = 600) -> dict[str, str]:
         for line in out.stdout.splitlines()
         if line.startswith("export ")
     )
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without MLFLOW_* and TRAINCHAIN_* (a child then sees
+    only what its command line and ``extra`` say), plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAINCHAIN_"))}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class Served:
+    """A `trainchain serve` subprocess: its URL and its log (stdout and stderr)."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def health(self) -> int:
+        """/health's status (0 while nothing answers); fails the test if the server exited."""
+        if self.proc.poll() is not None:
+            pytest.fail(f"trainchain serve exited {self.proc.returncode}:\n{self.output()}")
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("GET", "/health")
+            return conn.getresponse().status
+        except OSError:
+            return 0
+        finally:
+            conn.close()
+
+    def wait_healthy(self, timeout: float) -> None:
+        eventually(lambda: self.health() == 200, "/health to answer 200", timeout, 0.2, self.output)
+
+
+@contextmanager
+def serving(
+    home: Path, *args: str, log: Path, env: dict[str, str] | None = None
+) -> Iterator[Served]:
+    """`python -m trainchain serve --home HOME --port FREE ARGS...` with its output in
+    ``log`` and the environment ``env`` (default: :func:`clean_env`); stopped (SIGTERM, then
+    SIGKILL) when the block ends, so its exit code and log are there to check after it."""
+    port = free_port()
+    argv = ["serve", "--home", str(home), "--port", str(port), *args]
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "trainchain", *argv],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=clean_env() if env is None else env,
+        )
+    try:
+        yield Served(proc, port, log)
+    finally:
+        stop(proc)
 
 
 def stop(proc: subprocess.Popen[str], timeout: float = 60) -> str:

@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,8 +18,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import test_serving
-from tests.conftest import eventually, run_cli, stop
-from tests.test_serving import WAIT, EEGRegistry, _free_port, _get
+from tests.conftest import eventually, run_cli, serving
+from tests.test_serving import WAIT, EEGRegistry, _get
 from trainchain.core.config import Family
 from trainchain.core.errors import ConfigError
 from trainchain.serving.capture import (
@@ -285,45 +282,11 @@ def test_gunicorn_workers_share_the_capture_folder(registry: EEGRegistry, tmp_pa
     feedback for the same request is a 409 from either."""
     name = "eeg-captured"
     registry.register(name, c=1.0)
-    port = _free_port()
     folder = tmp_path / "captures"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAINCHAIN_"))}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainchain",
-            "serve",
-            "--home",
-            str(registry.settings.home),
-            "--model",
-            name,
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--capture",
-            str(folder),
-            "--capture-rate",
-            "1",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"trainchain serve exited with {proc.returncode}", pytrace=False)
-            try:
-                return _get(f"{url}/health")[0] == 200
-            except OSError:
-                return False
-
-        eventually(healthy, "/health to answer 200", WAIT, 0.2)
+    args = ["--model", name, "--workers", "2", "--capture", str(folder), "--capture-rate", "1"]
+    with serving(registry.settings.home, *args, log=tmp_path / "serve.log") as served:
+        served.wait_healthy(WAIT)
+        url = served.url
         x = registry.x_test[:2]
         ids = []
         for _ in range(10):
@@ -341,9 +304,8 @@ def test_gunicorn_workers_share_the_capture_folder(registry: EEGRegistry, tmp_pa
             assert _get(f"{url}/feedback", feedback)[0] == 409
         _, metrics = _get(f"{url}/metrics")
         assert 'trainchain_serving_captures_total{outcome="stored"} 10.0' in metrics
-    finally:
-        output = stop(proc)
-    assert proc.returncode == 0, output
+    output = served.output()
+    assert served.proc.returncode == 0, output
     assert f"capture:   100% of requests into {folder}" in output
     assert len(list(folder.glob("*" + FEEDBACK))) == 10
 

@@ -16,7 +16,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -34,6 +33,7 @@ import pytest
 from tests.conftest import (
     REPO_ROOT,
     eventually,
+    free_port,
     git,
     git_init,
     run_cli,
@@ -119,12 +119,6 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http(url: str, data: bytes | None = None) -> tuple[int, Any]:

@@ -20,7 +20,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import pytest
 import yaml
 
 import trainchain
-from tests.conftest import REPO_ROOT, eventually, run_cli, unavailable
+from tests.conftest import REPO_ROOT, eventually, free_port, run_cli, unavailable
 from tests.test_images import DEFAULT_BASE, DOCKERFILE, canonical, final_stage, instructions, pins
 
 SERVE = REPO_ROOT / "images" / "serve"
@@ -179,13 +178,6 @@ def test_compose_service_runs_the_image_against_the_mlflow_service() -> None:
 
 
 # --------------------------------------------------------------------- the Docker tier
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def request(

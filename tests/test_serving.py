@@ -7,11 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import urllib.error
@@ -27,7 +23,7 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import eventually, run_cli, stop
+from tests.conftest import clean_env, eventually, free_port, run_cli, serving
 from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
 from trainchain.cli.main import main as cli_main
 from trainchain.core.settings import Settings, load_settings
@@ -858,12 +854,6 @@ def test_predict_answers_with_a_keras_cnn_champion(
 # --------------------------------------------------------------------------- the real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get(
     url: str, data: bytes | None = None, content_type: str = "application/json"
 ) -> tuple[int, Any]:
@@ -890,44 +880,13 @@ def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
     and on SIGTERM exits 0 leaving no temporary folder behind."""
     name = "eeg-served"
     registry.register(name, c=1.0)
-    port = _free_port()
     tmp = tmp_path / "tmp"
     tmp.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAINCHAIN_"))}
-    env.update(TMPDIR=str(tmp), TRAINCHAIN_SERVE_MODEL=name)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainchain",
-            "serve",
-            "--home",
-            str(registry.settings.home),
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--reload-interval",
-            "0.5",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def health() -> int:
-            if proc.poll() is not None:
-                pytest.fail(f"trainchain serve exited with {proc.returncode}", pytrace=False)
-            try:
-                return _get(f"{url}/health")[0]
-            except OSError:
-                return 0
-
-        status = eventually(lambda: health() == 200 and 200, "/health to answer 200", WAIT, 0.2)
-        assert status == 200, "the service did not become healthy"
+    env = clean_env(TMPDIR=str(tmp), TRAINCHAIN_SERVE_MODEL=name)
+    args = ["--workers", "2", "--reload-interval", "0.5"]
+    with serving(registry.settings.home, *args, log=tmp_path / "serve.log", env=env) as served:
+        served.wait_healthy(WAIT)
+        url = served.url
         x = registry.x_test[:8]
         expected = registry.pipeline(1.0).predict(x).tolist()
         for _ in range(8):  # spread over both workers
@@ -959,9 +918,8 @@ def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
             'trainchain_serving_requests_total{endpoint="/classify",method="POST",status="400"} 1.0'
             in metrics
         )
-    finally:
-        output = stop(proc)
-    assert proc.returncode == 0, output
+    output = served.output()
+    assert served.proc.returncode == 0, output
     assert f"serving:   {name} at {url} (2 worker(s))" in output
     assert f"champion:  {name} v1" in output
     assert list(tmp.iterdir()) == [], "trainchain serve left temporary files"
@@ -972,7 +930,7 @@ def test_serve_refuses_a_model_the_registry_does_not_hold(registry: EEGRegistry)
     """`trainchain serve --model` of a name the registry does not hold fails at once, as
     `trainchain models` does: exit 7, the same message, and a hint naming --wait-for-model."""
     home = str(registry.settings.home)
-    port = str(_free_port())
+    port = str(free_port())
     served = run_cli("serve", "--home", home, "--model", "no-such-model", "--port", port)
     listed = run_cli("models", "no-such-model", "--home", home)
     assert (served.returncode, listed.returncode) == (7, 7), served.stderr
@@ -1004,43 +962,27 @@ def test_wait_for_model_and_bodies_over_the_limit_get_their_json_answer(
     whole before the answer is read, get the JSON error, not a reset: a 503 before the model,
     then a 413 whose advice (.npy, at most N epochs) works when followed."""
     name = "eeg-awaited"
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAINCHAIN_"))}
-    argv = ["serve", "--home", str(registry.settings.home), "--model", name, "--wait-for-model"]
-    argv += ["--port", str(port), "--max-body", "2MiB", "--reload-interval", "0.2", "--no-drift"]
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trainchain", *argv],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
+    args = ["--model", name, "--wait-for-model", "--max-body", "2MiB", "--reload-interval", "0.2"]
+    args.append("--no-drift")
     x = registry.x_test[:20]
     as_json = json.dumps(x.tolist()).encode()  # about 7.3 MiB: more than loopback buffers
     as_npy = _npy(x)  # about 2.5 MiB: 20 float64 epochs
     assert (2 << 20) < len(as_npy) < len(as_json) < (8 << 20)
 
-    def health() -> tuple[int, Any]:
-        if proc.poll() is not None:
-            pytest.fail(f"trainchain serve exited {proc.returncode}:\n{log.read_text()}")
-        try:
-            return _get(f"{url}/health")
-        except OSError:
-            return 0, None
-
     def not_registered() -> bool:
-        code, body = health()
+        if not served.health():  # nothing answers yet
+            return False
+        code, body = _get(f"{served.url}/health")
         return code == 503 and "no registered model named" in body["error"]
 
-    try:
-        eventually(not_registered, "/health to say 503, not registered", WAIT, 0.2, log.read_text)
+    with serving(registry.settings.home, *args, log=tmp_path / "serve.log") as served:
+        port = served.port
+        eventually(not_registered, "/health to say 503, not registered", WAIT, 0.2, served.output)
         code, body = _post(port, "/classify", as_json, "application/json")
         assert code == 503 and f"no registered model named {name!r}" in body["error"]
 
         registry.register(name)
-        eventually(lambda: health()[0] == 200, "/health to answer 200", WAIT, 0.2, log.read_text)
+        served.wait_healthy(WAIT)
         code, body = _post(port, "/classify", as_json, "application/json")
         assert code == 413, body
         fit, error = body["max_epochs_per_request"], body["error"]
@@ -1066,8 +1008,6 @@ def test_wait_for_model_and_bodies_over_the_limit_get_their_json_answer(
         )
         code, body = _post(port, "/classify", _npy(x[:15]), "application/x-npy")
         assert code == 200 and len(body["labels"]) == 15, body
-    finally:
-        stop(proc)
-    output = log.read_text()
-    assert proc.returncode == 0, output
+    output = served.output()
+    assert served.proc.returncode == 0, output
     assert f"champion:  none yet in sqlite:///{registry.settings.home}" in output

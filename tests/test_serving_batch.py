@@ -16,9 +16,6 @@ from __future__ import annotations
 import http.client
 import io
 import json
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -30,7 +27,7 @@ import numpy as np
 import pytest
 from flask import Flask
 
-from tests.conftest import eventually, run_cli, served_apps, stop
+from tests.conftest import eventually, run_cli, served_apps, serving
 from trainchain.adapters.tracking import CHAMPION, Tracker
 from trainchain.core.settings import Settings, load_settings
 from trainchain.families import cnn
@@ -479,7 +476,6 @@ def test_trainchain_serve_batches_concurrent_images_under_gunicorn(
     """`trainchain serve --batch-max 8 --batch-wait 20 --tf-threads 1,1` prints its batching
     and thread settings, and answers 16 photos sent over 4 connections at once each with
     its own label; --batch-max 0 is refused before anything starts."""
-    import socket
 
     refused = run_cli(
         "serve", "--home", str(images.settings.home), "--model", "colours", "--batch-max", "0"
@@ -487,45 +483,16 @@ def test_trainchain_serve_batches_concurrent_images_under_gunicorn(
     assert refused.returncode != 0
     assert "--batch-max must be 1 to 1024 images per model call, got 0" in refused.stderr
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAINCHAIN_"))}
-    argv = ["serve", "--home", str(images.settings.home), "--model", "colours"]
-    argv += ["--port", str(port), "--no-drift", "--batch-max", "8", "--batch-wait", "20"]
-    argv += ["--tf-threads", "1,1"]
-    log = tmp_path / "serve.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "trainchain", *argv],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
+    args = ["--model", "colours", "--no-drift", "--batch-max", "8", "--batch-wait", "20"]
+    args += ["--tf-threads", "1,1"]
     photos = _photos(tmp_path / "photos", 6, seed=8)[:16]
     expected = _expected(images.models["colours v1"], [p for p, _ in photos])
-    try:
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"trainchain serve exited {proc.returncode}:\n{log.read_text()}")
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            try:
-                conn.request("GET", "/health")
-                return conn.getresponse().status == 200
-            except OSError:
-                return False
-            finally:
-                conn.close()
-
-        eventually(healthy, "/health to answer 200", WAIT, 0.2, log.read_text)
+    with serving(images.settings.home, *args, log=tmp_path / "serve.log") as served:
+        served.wait_healthy(WAIT)
         with ThreadPoolExecutor(4) as pool:
-            answers = list(pool.map(lambda p: _post(port, _png(p[0])), photos))
-    finally:
-        stop(proc)
-    output = log.read_text()
-    assert proc.returncode == 0, output
+            answers = list(pool.map(lambda p: _post(served.port, _png(p[0])), photos))
+    output = served.output()
+    assert served.proc.returncode == 0, output
     names = list(PREP.class_names)
     for (status, body), row in zip(answers, expected, strict=True):
         assert status == 200, body

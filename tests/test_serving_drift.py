@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import subprocess
-import sys
 import tempfile
 import urllib.error
 import urllib.request
@@ -24,7 +21,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import eventually, served_apps, stop
+from tests.conftest import clean_env, eventually, served_apps, serving
 from trainchain.adapters.tracking import Tracker
 from trainchain.core.config import Monitoring
 from trainchain.core.drift import Window
@@ -236,51 +233,12 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
     """`trainchain serve --workers 2`: 8 requests of 4 epochs, each answered by one worker,
     make one window of 32 inputs that both workers report on /drift (each worker's own
     share would be smaller); /metrics shows the drift gauges of the latest test."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRAINCHAIN_"))}
-    env["TMPDIR"] = str(tmp_path)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "trainchain",
-            "serve",
-            "--home",
-            str(registry.settings.home),
-            "--model",
-            "eeg-watched",
-            "--port",
-            str(port),
-            "--workers",
-            "2",
-            "--drift-window",
-            "40",
-            "--drift-min-window",
-            "10",
-            "--drift-interval",
-            "0",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"trainchain serve exited with {proc.returncode}", pytrace=False)
-            try:
-                return _get(f"{url}/health")[0] == 200
-            except OSError:
-                return False
-
-        eventually(healthy, "/health to answer 200", WAIT, 0.2)
+    args = ["--model", "eeg-watched", "--workers", "2", "--drift-window", "40"]
+    args += ["--drift-min-window", "10", "--drift-interval", "0"]
+    env = clean_env(TMPDIR=str(tmp_path))
+    with serving(registry.settings.home, *args, log=tmp_path / "serve.log", env=env) as served:
+        served.wait_healthy(WAIT)
+        url = served.url
         ready: set[int] = set()
 
         def both_workers_watch() -> bool:  # each worker loads the champion on its own
@@ -304,9 +262,8 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
         eventually(both_workers_see_all, "both workers to report 32 inputs", WAIT, 0.05)
         metrics = _get(f"{url}/metrics")[1]
         assert 'trainchain_drift_window_size{group="mu",model="eeg-watched"} 32.0' in metrics
-    finally:
-        output = stop(proc)
-    assert proc.returncode == 0, output
+    output = served.output()
+    assert served.proc.returncode == 0, output
     assert "drift:     window 40 inputs (tested from 10)" in output
 
 
