@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -262,6 +265,25 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def fetch(
+    url: str, data: bytes | None = None, content_type: str = "application/json"
+) -> tuple[int, Any]:
+    """GET ``url`` (POST when ``data`` is given): the status and the body, parsed as JSON
+    when it is JSON, else as text; an HTTP error status is an answer like any other."""
+    request = urllib.request.Request(  # noqa: S310 - a loopback http:// URL
+        url, data=data, headers={"content-type": content_type}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
+            raw, status = response.read(), response.status
+    except urllib.error.HTTPError as err:
+        raw, status = err.read(), err.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode()
 
 
 def clean_env(**extra: str) -> dict[str, str]:

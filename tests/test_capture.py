@@ -18,8 +18,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests import test_serving
-from tests.conftest import eventually, run_cli, serving
-from tests.test_serving import WAIT, EEGRegistry, _get
+from tests.conftest import eventually, fetch, run_cli, serving
+from tests.test_serving import WAIT, EEGRegistry
 from trainchain.core.config import Family
 from trainchain.core.errors import ConfigError
 from trainchain.serving.capture import (
@@ -290,7 +290,7 @@ def test_gunicorn_workers_share_the_capture_folder(registry: EEGRegistry, tmp_pa
         x = registry.x_test[:2]
         ids = []
         for _ in range(10):
-            code, body = _get(f"{url}/classify", json.dumps(x.tolist()).encode())
+            code, body = fetch(f"{url}/classify", json.dumps(x.tolist()).encode())
             assert code == 200 and body["captured"] is True
             ids.append(body["request_id"])
 
@@ -300,9 +300,9 @@ def test_gunicorn_workers_share_the_capture_folder(registry: EEGRegistry, tmp_pa
         eventually(all_written, "10 captures in the shared folder", WAIT, 0.05)
         for rid in ids:
             feedback = json.dumps({"request_id": rid, "labels": ["left", "right"]}).encode()
-            assert _get(f"{url}/feedback", feedback)[0] == 200
-            assert _get(f"{url}/feedback", feedback)[0] == 409
-        _, metrics = _get(f"{url}/metrics")
+            assert fetch(f"{url}/feedback", feedback)[0] == 200
+            assert fetch(f"{url}/feedback", feedback)[0] == 409
+        _, metrics = fetch(f"{url}/metrics")
         assert 'trainchain_serving_captures_total{outcome="stored"} 10.0' in metrics
     output = served.output()
     assert served.proc.returncode == 0, output

@@ -12,7 +12,6 @@ tested on the window's SQLite file at the end, without any server.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -33,6 +32,7 @@ import pytest
 from tests.conftest import (
     REPO_ROOT,
     eventually,
+    fetch,
     free_port,
     git,
     git_init,
@@ -121,21 +121,6 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
 # --------------------------------------------------------------------------- helpers
 
 
-def http(url: str, data: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(  # noqa: S310 - a loopback http:// URL
-        url, data=data, headers={"content-type": "application/x-npy"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-            raw, status = response.read(), response.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
-
-
 def npy(array: np.ndarray) -> bytes:
     import io
 
@@ -159,7 +144,7 @@ def trainchain_serve(loop: Loop, log: Path, *args: str) -> Iterator[str]:
         if proc.poll() is not None:
             pytest.fail(f"trainchain serve exited {proc.returncode}:\n{log.read_text()}")
         try:
-            return http(f"{url}/health")[0] == 200
+            return fetch(f"{url}/health")[0] == 200
         except OSError:
             return False
 
@@ -173,12 +158,14 @@ def trainchain_serve(loop: Loop, log: Path, *args: str) -> Iterator[str]:
 def send_drifted(url: str, loop: Loop) -> None:
     """The drifted epochs to /classify, 16 per request: each answered."""
     for start in range(0, len(loop.drifted), 16):
-        code, body = http(f"{url}/classify", npy(loop.drifted[start : start + 16]))
+        code, body = fetch(
+            f"{url}/classify", npy(loop.drifted[start : start + 16]), "application/x-npy"
+        )
         assert code == 200, body
 
 
 def drifted(url: str) -> dict[str, Any] | None:
-    body = http(f"{url}/drift")[1]
+    body = fetch(f"{url}/drift")[1]
     return body if body.get("drifted") else None
 
 
@@ -257,7 +244,7 @@ def monitoring(loop: Loop, serve_url: str, webhook: str, folder: Path) -> Iterat
 
 
 def firing_drift_alert(prometheus: str) -> dict[str, Any] | None:
-    alerts = http(f"{prometheus}/api/v1/alerts")[1]["data"]["alerts"]
+    alerts = fetch(f"{prometheus}/api/v1/alerts")[1]["data"]["alerts"]
     return next(
         (
             a
@@ -341,7 +328,7 @@ def test_serve_asks_hooks_serve_directly_when_drift_persists(loop: Loop, tmp_pat
                 queued, "serve to ask for a retrain", WAIT, 0.5, lambda: logs(serve_log, hooks_log)
             )
             reason = succeeded_with_reason(loop, run, mails_before)
-            metrics = http(f"{serve}/metrics")[1]
+            metrics = fetch(f"{serve}/metrics")[1]
         assert (
             f'trainchain_drift_retrain_requests_total{{model="{NAME}",outcome="queued"}} 1.0'
             in metrics

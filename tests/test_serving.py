@@ -10,8 +10,6 @@ import logging
 import shutil
 import tempfile
 import threading
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ import yaml
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import clean_env, eventually, free_port, run_cli, serving
+from tests.conftest import clean_env, eventually, fetch, free_port, run_cli, serving
 from trainchain.adapters.tracking import CHALLENGER, CHAMPION, Tracker
 from trainchain.cli.main import main as cli_main
 from trainchain.core.settings import Settings, load_settings
@@ -854,24 +852,6 @@ def test_predict_answers_with_a_keras_cnn_champion(
 # --------------------------------------------------------------------------- the real server
 
 
-def _get(
-    url: str, data: bytes | None = None, content_type: str = "application/json"
-) -> tuple[int, Any]:
-    request = urllib.request.Request(  # noqa: S310 - a loopback http:// URL
-        url, data=data, headers={"content-type": content_type}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
-
-
 def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
     registry: EEGRegistry, tmp_path: Path
 ) -> None:
@@ -890,24 +870,24 @@ def test_trainchain_serve_runs_gunicorn_workers_that_follow_the_champion(
         x = registry.x_test[:8]
         expected = registry.pipeline(1.0).predict(x).tolist()
         for _ in range(8):  # spread over both workers
-            code, body = _get(f"{url}/classify", json.dumps(x.tolist()).encode())
+            code, body = fetch(f"{url}/classify", json.dumps(x.tolist()).encode())
             assert code == 200 and body["labels"] == expected and body["version"] == "1"
-        code, body = _get(f"{url}/classify", b"[1, 2]")
+        code, body = fetch(f"{url}/classify", b"[1, 2]")
         assert code == 400 and "wrong shape" in body["error"]
 
         v2 = registry.register(name, c=0.3)
         answered: set[str] = set()
 
         def promoted() -> bool:
-            code, body = _get(f"{url}/classify", _npy(x), "application/x-npy")
+            code, body = fetch(f"{url}/classify", _npy(x), "application/x-npy")
             assert code == 200, body
             answered.add(body["version"])
-            return body["version"] == v2 and _get(f"{url}/health")[1]["version"] == v2
+            return body["version"] == v2 and fetch(f"{url}/health")[1]["version"] == v2
 
         eventually(promoted, f"v{v2} to answer and be healthy", WAIT, poll=0.05)
         assert answered <= {"1", v2} and v2 in answered
 
-        _, metrics = _get(f"{url}/metrics")
+        _, metrics = fetch(f"{url}/metrics")
         pids = {
             line.split('pid="')[1].split('"')[0]
             for line in metrics.splitlines()
@@ -972,7 +952,7 @@ def test_wait_for_model_and_bodies_over_the_limit_get_their_json_answer(
     def not_registered() -> bool:
         if not served.health():  # nothing answers yet
             return False
-        code, body = _get(f"{served.url}/health")
+        code, body = fetch(f"{served.url}/health")
         return code == 503 and "no registered model named" in body["error"]
 
     with serving(registry.settings.home, *args, log=tmp_path / "serve.log") as served:

@@ -7,10 +7,7 @@ workers sharing the window."""
 from __future__ import annotations
 
 import io
-import json
 import tempfile
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +18,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import clean_env, eventually, served_apps, serving
+from tests.conftest import clean_env, eventually, fetch, served_apps, serving
 from trainchain.adapters.tracking import Tracker
 from trainchain.core.config import Monitoring
 from trainchain.core.drift import Window
@@ -214,21 +211,6 @@ def test_the_window_store_keeps_the_newest_rows_of_each_version(tmp_path: Path) 
 # --------------------------------------------------------------------------- real server
 
 
-def _get(url: str, data: bytes | None = None) -> tuple[int, Any]:
-    request = urllib.request.Request(  # noqa: S310 - a loopback http:// URL
-        url, data=data, headers={"content-type": "application/x-npy"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 - loopback
-            raw, status = response.read(), response.status
-    except urllib.error.HTTPError as err:
-        raw, status = err.read(), err.code
-    try:
-        return status, json.loads(raw)
-    except ValueError:
-        return status, raw.decode()
-
-
 def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path: Path) -> None:
     """`trainchain serve --workers 2`: 8 requests of 4 epochs, each answered by one worker,
     make one window of 32 inputs that both workers report on /drift (each worker's own
@@ -242,7 +224,7 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
         ready: set[int] = set()
 
         def both_workers_watch() -> bool:  # each worker loads the champion on its own
-            body = _get(f"{url}/drift")[1]
+            body = fetch(f"{url}/drift")[1]
             if body["state"] == "collecting":
                 ready.add(body["worker"])
             return len(ready) == 2
@@ -250,17 +232,17 @@ def test_trainchain_serve_workers_share_one_window(registry: Registry, tmp_path:
         eventually(both_workers_watch, "both workers to watch the champion", WAIT, 0.05)
         x = np.concatenate([registry.x_test, registry.x_test])
         for i in range(8):
-            code, body = _get(f"{url}/classify", _npy(x[4 * i : 4 * i + 4]))
+            code, body = fetch(f"{url}/classify", _npy(x[4 * i : 4 * i + 4]), "application/x-npy")
             assert code == 200, body
         reported: dict[int, int] = {}
 
         def both_workers_see_all() -> bool:
-            body = _get(f"{url}/drift")[1]
+            body = fetch(f"{url}/drift")[1]
             reported[body["worker"]] = body["window"]
             return len(reported) == 2 and set(reported.values()) == {32}
 
         eventually(both_workers_see_all, "both workers to report 32 inputs", WAIT, 0.05)
-        metrics = _get(f"{url}/metrics")[1]
+        metrics = fetch(f"{url}/metrics")[1]
         assert 'trainchain_drift_window_size{group="mu",model="eeg-watched"} 32.0' in metrics
     output = served.output()
     assert served.proc.returncode == 0, output
