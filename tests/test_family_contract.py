@@ -25,10 +25,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
-from trainchain.adapters.images import image_family
 from trainchain.chain.training import read_report
 from trainchain.core.config import Family, ModelConfig, load_config
-from trainchain.core.detect import DEFAULT_RULES, detect
+from trainchain.core.detect import DEFAULT_RULES, detect, image_family
 from trainchain.executors import AttemptSpec, LocalExecutor
 from trainchain.families.base import family_spec
 

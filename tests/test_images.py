@@ -311,7 +311,8 @@ def test_image_names_parse_one_way(
 ) -> None:
     """One parser (repository, tag, digest, family): a registry's port is not a tag, and
     train-NAME is the family NAME, for the build hint and for `trainchain images`."""
-    from trainchain.adapters.images import ImageInfo, image_family, parse_image
+    from trainchain.adapters.images import ImageInfo
+    from trainchain.core.detect import image_family, parse_image
 
     ref = parse_image(image)
     assert (ref.repository, ref.tag, ref.digest, ref.family) == parts

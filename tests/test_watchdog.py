@@ -15,7 +15,7 @@ from trainchain.adapters.containers import (
     engine_errors,
     info_from_attrs,
 )
-from trainchain.adapters.images import image_family
+from trainchain.core.detect import image_family
 from trainchain.core.errors import TrainchainError
 from trainchain.executors import AttemptSpec
 from trainchain.executors.docker import (

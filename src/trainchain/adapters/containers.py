@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from trainchain.adapters import procgroup
-from trainchain.adapters.images import image_family
 from trainchain.contract import task
 from trainchain.core import keys
+from trainchain.core.detect import image_family
 from trainchain.core.errors import TrainingError
 
 log = logging.getLogger(__name__)

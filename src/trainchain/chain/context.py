@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trainchain.adapters.digest import data_digest
 from trainchain.adapters.gitrepo import describe
-from trainchain.chain.training import Lineage
+from trainchain.core import keys
 from trainchain.core.config import (
     Family,
     LoadedConfig,
@@ -29,6 +29,39 @@ from trainchain.executors import resolve_executor
 log = logging.getLogger(__name__)
 
 _CODE_SUFFIXES = {".py", ".ipynb", ".yaml", ".yml", ".txt", ".toml", ".cfg", ".json"}
+
+
+@dataclass(frozen=True)
+class Lineage:
+    """Where a run comes from (the code, data, image, executor, and why it ran): the
+    MLflow tags of every run, copied to the registered version."""
+
+    repository: str
+    commit: str
+    data_digest: str
+    image: str
+    executor: str
+    family: str = ""
+    jenkins_build_url: str | None = None
+    reason: str = ""
+    config_digest: str = ""  # the resolved configuration (overrides applied)
+
+    def tags(self) -> dict[str, str]:
+        tags = {
+            keys.REPOSITORY: self.repository,
+            keys.COMMIT: self.commit,
+            keys.DATA_DIGEST: self.data_digest,
+            keys.IMAGE: self.image,
+            keys.EXECUTOR: self.executor,
+            keys.FAMILY: self.family,
+        }
+        if self.jenkins_build_url:
+            tags[keys.JENKINS_BUILD_URL] = self.jenkins_build_url
+        if self.reason:
+            tags[keys.REASON] = self.reason
+        if self.config_digest:
+            tags[keys.CONFIG_DIGEST] = self.config_digest
+        return tags
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from trainchain.core.verdict import Estimate, read_estimate
 from trainchain.executors import AttemptResult, AttemptSpec, Executor, LineSink
 
 if TYPE_CHECKING:
-    from trainchain.chain.context import Prepared
+    from trainchain.chain.context import Lineage, Prepared
 
 log = logging.getLogger(__name__)
 
@@ -34,36 +34,6 @@ REPORT_POLL_S = 0.25  # how often the report file is read for new steps (pruning
 
 # (step, value of the goal's val metric) -> True to prune the trial now
 ReportSink = Callable[[int, float], bool]
-
-
-@dataclass(frozen=True)
-class Lineage:
-    repository: str
-    commit: str
-    data_digest: str
-    image: str
-    executor: str
-    family: str = ""
-    jenkins_build_url: str | None = None
-    reason: str = ""
-    config_digest: str = ""  # the resolved configuration (overrides applied)
-
-    def tags(self) -> dict[str, str]:
-        tags = {
-            keys.REPOSITORY: self.repository,
-            keys.COMMIT: self.commit,
-            keys.DATA_DIGEST: self.data_digest,
-            keys.IMAGE: self.image,
-            keys.EXECUTOR: self.executor,
-            keys.FAMILY: self.family,
-        }
-        if self.jenkins_build_url:
-            tags[keys.JENKINS_BUILD_URL] = self.jenkins_build_url
-        if self.reason:
-            tags[keys.REASON] = self.reason
-        if self.config_digest:
-            tags[keys.CONFIG_DIGEST] = self.config_digest
-        return tags
 
 
 @dataclass(frozen=True)

@@ -349,3 +349,44 @@ def _dotted(node: ast.Attribute, aliases: dict[str, str]) -> str | None:
     if isinstance(value, ast.Name) and value.id in aliases:
         return ".".join([aliases[value.id], *reversed(parts)])
     return None
+
+
+# --- image names: which family a training image is for -----------------------------------
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """An image reference taken apart: ``[registry[:port]/]path/name[:tag][@digest]``."""
+
+    repository: str  # everything before the tag and digest
+    tag: str | None = None
+    digest: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The last path component: ``train-eeg`` of ``trainchain/train-eeg:0.1.0``."""
+        return self.repository.rsplit("/", 1)[-1]
+
+    @property
+    def family(self) -> str | None:
+        """``eeg`` for a trainchain training image ``.../train-eeg``; None for any other."""
+        if not self.name.startswith("train-"):
+            return None
+        return self.name.removeprefix("train-") or None
+
+
+def parse_image(image: str) -> ImageName:
+    """``localhost:5000/trainchain/train-eeg:0.1.0@sha256:ab..`` -> its repository, tag and
+    digest (a ``:`` before the last ``/`` is a registry's port, not a tag)."""
+    rest, _, digest = image.partition("@")
+    slash = rest.rfind("/")
+    colon = rest.rfind(":")
+    if colon > slash:
+        return ImageName(rest[:colon], rest[colon + 1 :] or None, digest or None)
+    return ImageName(rest, None, digest or None)
+
+
+def image_family(image: str) -> str:
+    """``trainchain/train-eeg:0.1.0`` -> ``eeg``; ``<family>`` when the name says nothing
+    (for a hint: ``scripts/build-images.sh <family>``)."""
+    return parse_image(image).family or "<family>"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 PREFIX = "trainchain."
 
-# --- MLflow run tags: a run's lineage (``training.Lineage.tags``), copied to the version
+# --- MLflow run tags: a run's lineage (``chain.context.Lineage.tags``), copied to the version
 REPOSITORY = "trainchain.repository"
 COMMIT = "trainchain.commit"
 DATA_DIGEST = "trainchain.data_digest"
