@@ -36,7 +36,8 @@ T = TypeVar("T")
 # It hangs after step 1 in trial TOY_HANG_TRIAL (`any`: every trial that gets there; a
 # trial resumed from its checkpoint starts past it), or in any trial with mode=hang (the
 # parameter reaches a container too); mode=crash exits 2 after its steps; TOY_STEP_S makes
-# each step take that many seconds (a trial that takes its time).
+# each step take that many seconds (a trial that takes its time); TOY_N_TEST=N reports
+# the held-out test's size.
 TOY_TRAIN = """
 import json, os, sys, time
 from pathlib import Path
@@ -71,6 +72,7 @@ task.write_metrics({
     "val_accuracy_folds": folds,
     "val_folds_id": task.folds_id([[seed, i] for i in range(n)]),
     "test_accuracy": value - 0.01,
+    **({"n_test": int(os.environ["TOY_N_TEST"])} if os.environ.get("TOY_N_TEST") else {}),
 })
 (task.output_dir() / "data_seen.txt").write_text(str(task.data_dir()))
 values = task.data_dir() / "values.txt"
@@ -173,6 +175,7 @@ def toy_repo(tmp_path: Path) -> ToyRepo:
         mode: str = "ok",
         attempts: int = 1,
         git: bool = True,
+        extra: str = "",
     ) -> Path:
         root = tmp_path / f"repo-{name}"
         (root / "data").mkdir(parents=True)
@@ -182,6 +185,7 @@ def toy_repo(tmp_path: Path) -> ToyRepo:
             TOY_YAML.format(
                 name=name, threshold=threshold, max_trials=max_trials, mode=mode, attempts=attempts
             )
+            + extra
         )
         if git:
             git_init(root)

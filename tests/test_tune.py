@@ -232,6 +232,67 @@ def test_a_script_ignoring_the_plan_is_not_confirmed_and_run_exits_3(
     assert "Confirmation:" in body and "Search:" in body
 
 
+def test_confirmation_on_the_held_out_set_needs_no_second_training(
+    toy_repo: ToyRepo, home: Path
+) -> None:
+    """`confirmation.method: heldout`: the candidate's own held-out accuracy (1,000
+    examples, which no trial's score used) is bounded at once, no confirmation run; the
+    console, the report and the email say where it was confirmed."""
+    repo = toy_repo(threshold=0.9, extra="confirmation: {method: heldout}\n")
+    out = run_cli("run", str(repo), "--home", str(home), env={"TOY_N_TEST": "1000"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    # progress on stderr, the summary on stdout
+    assert "on the held-out test set (1000 examples, never used by the search)" in out.stderr
+    found = re.search(
+        r"confirm: +held-out (0\.\d+) \((\d+)/1000\), never used by the search; "
+        r"lower 97\.5% bound (0\.\d+) >= 0\.9",
+        out.stdout,
+    )
+    assert found, out.stdout
+    value, correct, bound = float(found[1]), int(found[2]), float(found[3])
+    assert correct == round(value * 1000) and 0.9 <= bound < value
+    [report_file] = (home / "chains").glob("toy-*.json")
+    report = json.loads(report_file.read_text())
+    [confirmation] = report["confirmations"]
+    assert confirmation["method"] == "heldout" and confirmation["confirmed"] is True
+    assert confirmation["run_id"] == next(
+        t["run_id"] for t in report["trials"] if t["number"] == confirmation["trial"]
+    )  # the candidate's own run: nothing was trained again
+    assert not list((home / "runs").glob("*/confirm-*"))
+    [mail] = (home / "outbox").glob("*.eml")
+    message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
+    body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "on the held-out test set." in body
+
+
+def test_a_held_out_confirmation_without_the_test_size_is_not_confirmed(
+    toy_repo: ToyRepo, home: Path
+) -> None:
+    """A script that reports no n_test cannot be confirmed on its held-out set: the chain
+    says what is missing and ends unconfirmed (exit 3); a goal metric that is no accuracy
+    is refused at once."""
+    repo = toy_repo(threshold=0.9, extra="confirmation: {method: heldout, candidates: 1}\n")
+    out = run_cli("run", str(repo), "--home", str(home))
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert "the trial reported no held-out test (test_accuracy and n_test) to confirm on" in (
+        out.stdout
+    )
+    assert "none was confirmed on the held-out test set" in out.stderr
+    from trainchain.core.config import parse_config
+    from trainchain.core.errors import ConfigError
+
+    config = {
+        "name": "m",
+        "goal": {"metric": "loss", "threshold": 0.1, "direction": "minimize"},
+        "search_space": {"x": {"type": "float", "low": 0, "high": 1, "default": 0.5}},
+        "confirmation": {"method": "heldout"},
+    }
+    with pytest.raises(
+        ConfigError, match=r"heldout bounds a held-out accuracy .* use method refit"
+    ):
+        parse_config(config)
+
+
 def test_a_new_commit_starts_warm_from_the_earlier_study(
     toy_repo: ToyRepo, settings: Settings
 ) -> None:

@@ -22,7 +22,15 @@ from trainchain.adapters.studies import (
 )
 from trainchain.chain.search import Search, first_trials, fresh_seed
 from trainchain.core.config import Direction, Goal, parse_config
-from trainchain.core.verdict import Estimate, binomial_interval, confirm, lower_bound, read_estimate
+from trainchain.core.verdict import (
+    Confirmation,
+    Estimate,
+    binomial_interval,
+    confirm,
+    confirm_on_heldout,
+    lower_bound,
+    read_estimate,
+)
 
 GOAL = Goal(metric="accuracy", threshold=0.8)
 FOLDS = [0.9, 0.85, 0.95, 0.8, 0.9]
@@ -123,6 +131,24 @@ def test_confirmed_when_the_fresh_folds_bound_clears_the_threshold() -> None:
     assert result.confirmed and result.bound is not None and result.bound >= 0.8
     assert result.reason.startswith("confirmed: 0.8800 +- ")
     assert "lower 97.5% bound" in result.reason and ">= 0.8" in result.reason
+
+
+@pytest.mark.parametrize(("n", "confirmed"), [(2000, True), (400, False)])
+def test_a_held_out_accuracy_confirms_by_its_exact_binomial_bound(n: int, confirmed: bool) -> None:
+    """confirmation.method heldout: 0.87 of 2,000 held-out images confirms a goal of 0.85
+    (one-sided 97.5% Clopper-Pearson bound about 0.854); 0.87 of 400 does not (about
+    0.833). The record keeps its method through the study's JSON."""
+    goal = Goal(metric="accuracy", threshold=0.85)
+    result = confirm_on_heldout(goal, 3, 0.87, n, alpha=0.025, searched=Estimate(0.9))
+    low, _ = binomial_interval(round(0.87 * n), n, 0.95)
+    assert result.bound == pytest.approx(low)
+    assert result.confirmed is confirmed and (low >= 0.85) is confirmed
+    assert result.reason.startswith(f"{'' if confirmed else 'not '}confirmed: held-out 0.8700 (")
+    assert result.estimate.sizes == (n,) and result.method == "heldout"
+    assert result.where == "on the held-out test set"
+    assert Confirmation.from_dict(result.to_dict()) == result
+    old = {k: v for k, v in result.to_dict().items() if k != "method"}  # before the field
+    assert Confirmation.from_dict(old).where == "on fresh folds"
 
 
 def test_a_lucky_search_score_is_not_confirmed_when_its_bound_misses() -> None:

@@ -263,7 +263,7 @@ class Search:
         if len(done) >= self.model.confirmation.candidates:
             return (
                 f"{len(done)} trial(s) reached the goal on the search's validation; none was "
-                "confirmed on fresh folds, and no confirmation is left"
+                f"confirmed {done[-1].where}, and no confirmation is left"
             )
         if failures >= budget.max_consecutive_failures:
             return f"{failures} trials in a row failed"

@@ -3,8 +3,9 @@
 An Optuna study (multivariate TPE, its random start-up sized to the budget) in the study
 store; each trial is an MLflow child run under one parent run for the chain, scored by
 the study's estimator (the same folds for every trial). When the best trial reaches the
-goal on that validation, it is confirmed on fresh folds (``trainchain.chain.search``); only a
-confirmed goal is "goal reached". A new study starts from the earlier studies of the
+goal on that validation, it is confirmed on data the search did not select on (fresh folds,
+or the held-out test set: ``confirmation.method``); only a confirmed goal is "goal
+reached". A new study starts from the earlier studies of the
 same model (warm start). A tune started again continues the same study: finished trials
 are kept, the count goes on, and a trial that was running when the process died is
 retried with its parameters and checkpoints.
@@ -62,6 +63,7 @@ from trainchain.core.verdict import (
     Estimate,
     binomial_interval,
     confirm,
+    confirm_on_heldout,
 )
 from trainchain.executors import Executor
 
@@ -703,12 +705,16 @@ class _Session:
         return problem
 
     def confirm(self, candidate: Any) -> None:
-        """Cross-validate the candidate's parameters on fresh folds and record the result."""
-        index = len(self.search.confirmations())
-        plan = self.search.confirm_plan(index)
+        """Confirm the candidate on data the search did not select on, as
+        ``confirmation.method`` says, and record the result."""
         alpha = self.search.confirmation_alpha()
         estimate = self.search.estimate_of(candidate)
         shown = estimate.describe() if estimate is not None else f"{candidate.value:.4f}"
+        if self.model.confirmation.method == "heldout":
+            self._confirm_on_heldout(candidate, alpha, estimate or Estimate(candidate.value))
+            return
+        index = len(self.search.confirmations())
+        plan = self.search.confirm_plan(index)
         self.display.note(
             f"  confirming {trial_label(candidate.number)} ({self.goal.val_metric} {shown}) "
             f"on fresh folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
@@ -752,6 +758,33 @@ class _Session:
             tags={keys.CONFIRMED: str(result.confirmed).lower()},
             metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
         )
+        self.display.confirmation(result)
+
+    def _confirm_on_heldout(self, candidate: Any, alpha: float, searched: Estimate) -> None:
+        """The candidate's own held-out accuracy, bounded: no second training."""
+        attrs = candidate.user_attrs
+        n = attrs.get("test_n")
+        self.display.note(
+            f"  confirming {trial_label(candidate.number)} ({self.goal.val_metric} "
+            f"{searched.describe()}) on the held-out test set"
+            + (f" ({n} examples, never used by the search)" if n else "")
+        )
+        result = confirm_on_heldout(
+            self.goal,
+            candidate.number,
+            attrs.get("test_value"),
+            n,
+            alpha=alpha,
+            searched=searched,
+            run_id=attrs.get("mlflow_run_id"),
+        )
+        self.search.record(result)
+        if result.run_id is not None:
+            self.tracker.log(
+                result.run_id,
+                tags={keys.CONFIRMED: str(result.confirmed).lower()},
+                metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
+            )
         self.display.confirmation(result)
 
     def _wait_running(self) -> None:

@@ -168,11 +168,15 @@ class Validation(_Frozen):
 
 
 class Confirmation(_Frozen):
-    """How a goal reached on the search's validation is confirmed: the candidate's
-    hyperparameters cross-validated again on ``repeats`` fresh fold assignments, and the
-    one-sided bound at ``alpha`` (shared by at most ``candidates`` confirmations per
-    chain) meeting the threshold."""
+    """How a goal reached on the search's validation is confirmed, on data the search did
+    not select on: ``refit``, the candidate's hyperparameters trained and validated again
+    on ``repeats`` fresh fold assignments; ``heldout``, the candidate's own accuracy on the
+    held-out test set, which no trial's score ever used (no second training: for models
+    whose training is long and whose held-out set is large). Confirmed when the one-sided
+    bound at ``alpha`` (shared by at most ``candidates`` confirmations per chain) meets the
+    threshold."""
 
+    method: Literal["refit", "heldout"] = "refit"
     repeats: int = Field(4, ge=1, le=100)
     alpha: Real = 0.05
     candidates: int = Field(2, ge=1, le=10)
@@ -483,6 +487,17 @@ class ModelConfig(_Frozen):
                         f"{list(target.choices)}, got {list(values)}"
                     )
         return v
+
+    @model_validator(mode="after")
+    def _heldout_needs_accuracy(self) -> ModelConfig:
+        if self.confirmation.method == "heldout" and base_metric(self.goal.metric) not in {
+            "accuracy"
+        }:
+            raise ValueError(
+                "confirmation.method: heldout bounds a held-out accuracy (an exact binomial "
+                f"bound), but the goal's metric is {self.goal.metric!r}: use method refit"
+            )
+        return self
 
     def defaults(self) -> dict[str, Any]:
         return {name: p.default for name, p in self.search_space.items()}

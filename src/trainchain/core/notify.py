@@ -130,7 +130,7 @@ def subject(report: ChainReport) -> str:
     if report.status is RunState.GOAL_NOT_REACHED and report.verdict == "search_only":
         found = report.best_value if report.best_value is not None else float("nan")
         bound = (
-            f"; {side} bound {_num(confirmation.bound)} on fresh folds"
+            f"; {side} bound {_num(confirmation.bound)} {confirmation.where}"
             if confirmation is not None and confirmation.bound is not None
             else ""
         )
@@ -396,8 +396,9 @@ def _what_failed(report: ChainReport) -> str:
     if report.status is RunState.GOAL_NOT_REACHED and report.verdict == "search_only":
         return (
             f"The goal ({report.goal_metric} {_op(report)} {_num(report.threshold, 6)}) was "
-            "reached on the search's validation only, not confirmed on fresh folds: the best "
-            "score may be the luck of many noisy scores, so nothing was promoted."
+            "reached on the search's validation only, not confirmed "
+            f"{report.confirmation.where if report.confirmation else 'on fresh folds'}: the "
+            "best score may be the luck of many noisy scores, so nothing was promoted."
         )
     if report.status is RunState.GOAL_NOT_REACHED:
         goal = f"{report.goal_metric} {'<=' if _minimize(report) else '>='} " + _num(
@@ -425,7 +426,7 @@ def _reached_sentence(report: ChainReport) -> str:
         side = "upper" if _minimize(report) else "lower"
         return (
             f"Goal reached and confirmed: {report.goal_metric} {side} bound "
-            f"{_comparison(report, confirmation.bound)} on fresh folds."
+            f"{_comparison(report, confirmation.bound)} {confirmation.where}."
         )
     value = report.best_value
     if value is None:

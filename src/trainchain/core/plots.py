@@ -91,9 +91,9 @@ def _spread(trial: TrialSummary) -> float:
 
 
 def _draw_checks(ax: Any, report: ChainReport) -> None:
-    """Beside the best trial: its confirmation on fresh folds (the mean, and a line down to
-    the one-sided bound the rule compares with the goal) and its held-out test (the
-    accuracy with its 95% interval)."""
+    """Beside the best trial: its confirmation (on fresh folds or the held-out set: the
+    score, and a line down to the one-sided bound the rule compares with the goal) and its
+    held-out test (the accuracy with its 95% interval)."""
     if report.best_trial is None:
         return
     minimize = report.direction.lower() == "minimize"
@@ -109,7 +109,7 @@ def _draw_checks(ax: Any, report: ChainReport) -> None:
             color=colour,
             zorder=4,
             label=(
-                "confirmation, fresh folds (to its bound)"
+                f"confirmation {confirmation.where} (to its bound)"
                 + ("" if confirmation.confirmed else ": NOT confirmed")
             ),
         )
@@ -161,7 +161,7 @@ def metric_figure(report: ChainReport) -> Any:
     """A matplotlib Figure of ``report.goal_metric`` per trial, with the best-so-far and the goal.
 
     Completed trials are points joined by a line, with their fold spread as error bars;
-    beside the best trial, its confirmation on fresh folds (a diamond, with a line down to
+    beside the best trial, its confirmation (a diamond, with a line down to
     the bound the goal is judged by) and its held-out test with its 95% interval (a
     square); pruned trials with a value are
     hollow triangles; failed trials (and pruned ones without a value) are crosses

@@ -175,7 +175,8 @@ class TuneDisplay:
         self._started = self._shown = time.monotonic()
 
     def confirmation(self, result: Confirmation) -> None:
-        """The confirmation of a candidate on fresh folds: the figure, the bound, the rule."""
+        """The confirmation of a candidate (fresh folds or the held-out set): the figure, the
+        bound, the rule."""
         if self.quiet:
             return
         colour = "green" if result.confirmed else "yellow"

@@ -3,7 +3,9 @@
 A study picks the best of many noisy scores, so its best score is optimistic. The goal
 is *confirmed* only by an evaluation the search did not select on: the best trial's
 hyperparameters cross-validated again on fresh fold assignments (another seed, more
-repeats), and the one-sided lower bound of that score clearing the threshold:
+repeats; ``confirmation.method: refit``), or the best trial's own accuracy on the held-out
+test set, which no trial's score used (``heldout``), and the one-sided lower bound of that
+score clearing the threshold:
 
 - several fold scores: the corrected repeated k-fold cross-validation t bound (Nadeau
   and Bengio 2003; Bouckaert and Frank 2004): ``mean - t(1 - alpha, J - 1) *
@@ -195,6 +197,12 @@ class Confirmation:
     confirmed: bool
     reason: str
     run_id: str | None = None
+    method: str = "refit"  # confirmation.method: refit (fresh folds) or heldout
+
+    @property
+    def where(self) -> str:
+        """What the confirmation was scored on, for a sentence: ``on fresh folds``."""
+        return "on the held-out test set" if self.method == "heldout" else "on fresh folds"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,6 +213,7 @@ class Confirmation:
             "confirmed": self.confirmed,
             "reason": self.reason,
             "run_id": self.run_id,
+            "method": self.method,
         }
 
     @classmethod
@@ -217,6 +226,7 @@ class Confirmation:
             confirmed=bool(data["confirmed"]),
             reason=str(data.get("reason", "")),
             run_id=data.get("run_id"),
+            method=str(data.get("method", "refit")),
         )
 
 
@@ -280,3 +290,53 @@ def confirm(
     if goal.reached(bound):
         return result(True, bound, f"confirmed: {what}")
     return result(False, bound, f"not confirmed: {what}")
+
+
+def confirm_on_heldout(
+    goal: Goal,
+    trial: int,
+    value: float | None,
+    n: int | None,
+    *,
+    alpha: float,
+    searched: Estimate,
+    run_id: str | None = None,
+) -> Confirmation:
+    """Does the candidate ``trial``'s accuracy on the held-out test set (``value`` of
+    ``n`` examples, which the search never scored a trial on) confirm the goal? Confirmed
+    when its exact one-sided ``1 - alpha`` binomial bound meets the threshold. Without a
+    held-out figure the result is not confirmed and carries the search's estimate."""
+    op = ">=" if goal.direction is Direction.MAXIMIZE else "<="
+    side = "lower" if goal.direction is Direction.MAXIMIZE else "upper"
+    level = f"{100 * (1 - alpha):.4g}%"
+    if value is None or not n:
+        return Confirmation(
+            trial,
+            searched,
+            None,
+            alpha,
+            False,
+            "not confirmed: the trial reported no held-out test "
+            f"({goal.test_metric} and n_test) to confirm on",
+            run_id,
+            method="heldout",
+        )
+    estimate = Estimate(value, (value,), sizes=(n,))
+    correct = round(value * n)
+    # the one-sided 1 - alpha bound is one end of the two-sided 1 - 2 alpha interval
+    low, high = binomial_interval(correct, n, 1 - 2 * alpha)
+    bound = low if goal.direction is Direction.MAXIMIZE else high
+    figure = f"{side} {level} bound {bound:.4f} {op if goal.reached(bound) else 'misses'} "
+    figure += f"{goal.threshold}"
+    what = f"held-out {value:.4f} ({correct}/{n}), never used by the search; {figure}"
+    confirmed = goal.reached(bound)
+    return Confirmation(
+        trial,
+        estimate,
+        bound,
+        alpha,
+        confirmed,
+        f"{'' if confirmed else 'not '}confirmed: {what}",
+        run_id,
+        method="heldout",
+    )
