@@ -262,7 +262,12 @@ def test_confirmation_on_the_held_out_set_needs_no_second_training(
     [mail] = (home / "outbox").glob("*.eml")
     message = email.message_from_bytes(mail.read_bytes(), policy=email.policy.default)
     body = message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
-    assert "on the held-out test set." in body
+    assert re.search(
+        r"Goal reached and confirmed: held-out accuracy lower bound 0\.\d+ >= 0\.9 on the "
+        r"held-out test set\.",
+        body,
+    ), body
+    assert "goal reached and confirmed (held-out accuracy lower bound" in message["Subject"]
 
 
 def test_a_held_out_confirmation_without_the_test_size_is_not_confirmed(

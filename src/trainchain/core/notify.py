@@ -21,6 +21,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from typing import Any
 
+from trainchain.core.config import base_metric
 from trainchain.core.promotion import describe_chance, describe_paired
 from trainchain.core.redaction import redact
 from trainchain.core.report import ChainReport, TrialSummary, trial_label
@@ -102,6 +103,15 @@ def _error_line(report: ChainReport) -> str:
     return "the chain failed without an error message"
 
 
+def _bounded_metric(report: ChainReport) -> str:
+    """What the confirmation's bound is of: the goal's metric on fresh folds, or the
+    held-out accuracy."""
+    confirmation = report.confirmation
+    if confirmation is not None and confirmation.method == "heldout":
+        return "held-out " + base_metric(report.goal_metric)
+    return report.goal_metric
+
+
 def subject(report: ChainReport) -> str:
     """The one-line subject: outcome, goal and what happened in the registry."""
     head = f"[trainchain] {_one_line(report.model_name, 80)}:"
@@ -111,7 +121,7 @@ def subject(report: ChainReport) -> str:
     if report.status is RunState.SUCCEEDED:
         if confirmation is not None and confirmation.bound is not None:
             goal = (
-                f"goal reached and confirmed ({metric} {side} bound "
+                f"goal reached and confirmed ({_bounded_metric(report)} {side} bound "
                 f"{_comparison(report, confirmation.bound)})"
             )
         elif report.best_value is not None:
@@ -425,7 +435,7 @@ def _reached_sentence(report: ChainReport) -> str:
     if confirmation is not None and confirmation.bound is not None:
         side = "upper" if _minimize(report) else "lower"
         return (
-            f"Goal reached and confirmed: {report.goal_metric} {side} bound "
+            f"Goal reached and confirmed: {_bounded_metric(report)} {side} bound "
             f"{_comparison(report, confirmation.bound)} {confirmation.where}."
         )
     value = report.best_value
