@@ -414,31 +414,35 @@ def fmt_row(cells: Sequence[str], widths: Sequence[int], left: int = 2) -> str:
     )
 
 
-def print_table(cells: list[Cell], npy_note: str) -> None:
-    head = ["server", "body", "epochs/req", "clients", "requests", "req/s", "p50 ms", "p99 ms"]
-    head += ["errors", "conns", "body KB"]
-    rows = []
-    for c in cells:
-        rows.append(
-            [
-                c.route.server,
-                c.route.body,
-                str(c.batch),
-                str(c.clients),
-                str(len(c.latencies)),
-                f"{c.rps:.1f}",
-                f"{c.pct(50):.1f}",
-                f"{c.pct(99):.1f}",
-                str(c.errors),
-                str(c.connections),
-                f"{c.body_bytes / 1000:.0f}",
-            ]
-        )
+def print_cells(cells: Sequence[Cell], *, per_request: bool) -> None:
+    """One row per measured cell; ``per_request``: with the epochs per request."""
+    head = ["server", "body", *(["epochs/req"] if per_request else []), "clients", "requests"]
+    head += ["req/s", "p50 ms", "p99 ms", "errors", "conns", "body KB"]
+    rows = [
+        [
+            c.route.server,
+            c.route.body,
+            *([str(c.batch)] if per_request else []),
+            str(c.clients),
+            str(len(c.latencies)),
+            f"{c.rps:.1f}",
+            f"{c.pct(50):.1f}",
+            f"{c.pct(99):.1f}",
+            str(c.errors),
+            str(c.connections),
+            f"{c.body_bytes / 1000:.0f}",
+        ]
+        for c in cells
+    ]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     say(fmt_row(head, widths))
     say(fmt_row(["-" * w for w in widths], widths))
     for row in rows:
         say(fmt_row(row, widths))
+
+
+def print_table(cells: list[Cell], npy_note: str) -> None:
+    print_cells(cells, per_request=True)
     say(f"(mlflow .npy: not measured; {npy_note})")
 
 
@@ -826,28 +830,7 @@ def measure_images(
 
 
 def print_image_table(cells: Sequence[Cell], workers: int) -> None:
-    head = ["server", "body", "clients", "requests", "req/s", "p50 ms", "p99 ms", "errors"]
-    head += ["conns", "body KB"]
-    rows = [
-        [
-            c.route.server,
-            c.route.body,
-            str(c.clients),
-            str(len(c.latencies)),
-            f"{c.rps:.1f}",
-            f"{c.pct(50):.1f}",
-            f"{c.pct(99):.1f}",
-            str(c.errors),
-            str(c.connections),
-            f"{c.body_bytes / 1000:.0f}",
-        ]
-        for c in cells
-    ]
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    say(fmt_row(head, widths))
-    say(fmt_row(["-" * w for w in widths], widths))
-    for row in rows:
-        say(fmt_row(row, widths))
+    print_cells(cells, per_request=False)
 
     def find(server: str, clients: int) -> Cell | None:
         found = [c for c in cells if c.route.server == server and c.clients == clients]
