@@ -56,8 +56,9 @@ early_stopping: {{enabled: true, patience: 3, min_delta: 0.0}}
 search_space:
   learning_rate: {{type: float, low: 0.001, high: 0.003, log: true, default: 0.002}}
   filters: {{type: categorical, choices: [8, 16], default: 16}}
-  dense_units: {{type: categorical, choices: [32, 64], default: 64}}
   dropout: {{type: float, low: 0.0, high: 0.2, default: 0.1}}
+  weight_decay: {{type: float, low: 0.0001, high: 0.001, log: true, default: 0.0005}}
+  label_smoothing: {{type: categorical, choices: [0.0], default: 0.0}}
   augmentation: {{type: categorical, choices: [0.0], default: 0.0}}
   batch_size: {{type: categorical, choices: [32], default: 32}}
   epochs: {{type: int, low: 4, high: {epochs}, default: {epochs}}}
@@ -119,7 +120,7 @@ def test_example_config_is_valid_and_its_defaults_are_in_its_space(example: str)
     model = load_config(EXAMPLES / example).model
     assert model.goal.val_metric == "val_accuracy"
     assert model.pruning.enabled and model.early_stopping.enabled
-    assert {"learning_rate", "filters", "dense_units", "dropout", "augmentation"} <= set(
+    assert {"learning_rate", "filters", "dropout", "augmentation", "weight_decay"} <= set(
         model.search_space
     )
     assert {"batch_size", "epochs"} <= set(model.search_space)
