@@ -339,6 +339,49 @@ def test_checkpoints_resume_after_the_last_finished_epoch_with_optimizer_state(
 
 
 @pytest.mark.tensorflow
+def test_warmup_cosine_rises_to_the_peak_then_decays_to_its_final_fraction() -> None:
+    """The schedule starts at a tenth of the rate, peaks at the end of the warm-up and
+    ends at final_fraction of the peak after epochs x steps_per_epoch steps."""
+    schedule = cnn.warmup_cosine(0.01, epochs=10, steps_per_epoch=5, warmup_epochs=2)
+    at = [float(schedule(step)) for step in (0, 10, 30, 50)]
+    assert at[0] == pytest.approx(0.001)
+    assert at[1] == pytest.approx(0.01)
+    assert at[1] > at[2] > at[3]
+    assert at[3] == pytest.approx(0.0001)
+    with pytest.raises(ValueError, match="got 0 and 5"):
+        cnn.warmup_cosine(0.01, epochs=0, steps_per_epoch=5)
+
+
+@pytest.mark.tensorflow
+def test_residual_blocks_and_the_training_dataset_train_a_model_on_one_hot_labels() -> None:
+    """residual_block keeps or halves the size as its stride says; training_dataset gives
+    one-hot label batches that a label-smoothed model trains on."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8, 8, 1))
+    same = cnn.residual_block(inputs, 4)
+    halved = cnn.residual_block(same, 8, stride=2)
+    assert tuple(same.shape[1:]) == (8, 8, 4) and tuple(halved.shape[1:]) == (4, 4, 8)
+    outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(halved))
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(cnn.warmup_cosine(0.01, epochs=2, steps_per_epoch=3)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (24, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, 24)
+    ds = cnn.training_dataset(x, y, batch_size=10, num_classes=3, seed=0)
+    images, labels = next(iter(ds))
+    assert images.shape == (10, 8, 8, 1) and labels.shape == (10, 3)
+    assert np.allclose(labels.numpy().sum(axis=1), 1.0)
+    history = model.fit(ds, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
+
+
+@pytest.mark.tensorflow
 def test_early_stopping_ends_training_and_its_state_survives_a_restart(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

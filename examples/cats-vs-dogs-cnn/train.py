@@ -1,12 +1,18 @@
-"""Cats vs dogs: a small convnet trained from scratch, with augmentation and dropout.
+"""Cats vs dogs: a small ResNet trained from scratch on 2,000 photos.
 
-The classic "small convnet on 2,000 images" (Chollet, Deep Learning with Python, 5.2):
-four Conv2D + MaxPooling2D blocks, dropout, a dense layer and a softmax. Run by
-trainchain (`trainchain train .`, `tune .`, `run .`): it reads this trial's
-hyperparameters, trains on the training folder minus a seeded validation share
-(val_accuracy, what tuning looks at), scores the test folder once (test_accuracy) and
-saves the model, preprocessing included, as an MLflow Keras model. After every epoch it
-writes a checkpoint and a report line, so a restarted attempt resumes where it stopped.
+A strided 3x3 stem and four residual stages (He et al. 2016; batch normalisation, the
+last three stages halving the size), global average pooling instead of Flatten + Dense,
+dropout and a softmax; random flips, rotation, zoom, translation and contrast; AdamW on
+a warm-up + cosine learning-rate schedule, label smoothing. Run by trainchain
+(`trainchain train .`, `tune .`, `run .`): it reads this trial's hyperparameters, trains
+on the training folder minus a seeded validation share (val_accuracy, what tuning looks
+at), scores the test folder once (test_accuracy) and saves the model, preprocessing
+included, as an MLflow Keras model. After every epoch it writes a checkpoint and a
+report line, so a restarted attempt resumes where it stopped.
+
+Measured here (two CPU cores shared with other work), see trainchain.yaml for the
+figures: it does not yet reach 0.85 on the held-out photos; it overfits the 1,600
+training photos (training accuracy 0.85-0.9 against 0.75-0.79 on validation).
 """
 
 from __future__ import annotations

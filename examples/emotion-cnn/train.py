@@ -1,13 +1,14 @@
-"""Facial emotions (angry, fear, happy, sad) from 48x48 grayscale faces: a CNN.
+"""Facial emotions (angry, fear, happy, sad) from 48x48 grayscale faces: a small ResNet.
 
-Six hidden layers with ReLU (four Conv2D, two Dense) and a softmax output, with batch
-normalisation and pooling after the convolutions, dropout before the dense layers, and
-light augmentation. Run by trainchain
-(`trainchain train .`, `tune .`, `run .`): it reads this trial's hyperparameters, trains
-on the training folder minus a seeded validation share (val_accuracy, what tuning looks
-at), scores the held-out folder once (test_accuracy) and saves the model, preprocessing
-included, as an MLflow Keras model. After every epoch it writes a checkpoint and a
-report line, so a restarted attempt resumes where it stopped.
+A 3x3 stem at full size and four residual stages (He et al. 2016; batch normalisation,
+each stage halving the size: 24, 12, 6, 3), global average pooling, dropout and a
+softmax; random flips, zoom and translation; AdamW on a warm-up + cosine learning-rate
+schedule, label smoothing. Run by trainchain (`trainchain train .`, `tune .`, `run .`):
+it reads this trial's hyperparameters, trains on the training folder minus a seeded
+validation share (val_accuracy, what tuning looks at), scores the held-out folder once
+(test_accuracy) and saves the model, preprocessing included, as an MLflow Keras model.
+After every epoch it writes a checkpoint and a report line, so a restarted attempt
+resumes where it stopped.
 """
 
 from __future__ import annotations
