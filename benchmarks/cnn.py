@@ -131,11 +131,13 @@ def peak_throughput(
     spec.loader.exec_module(module)
     classes = class_folders(data / options.get("train", "train"))
     prep = Preprocessing(image_size=(size, size), color_mode=colour, class_names=classes)
-    net = module.build_model(params, prep)
     batch = int(params.get("batch_size", 32))
+    # the examples' build_model(params, preprocessing, steps_per_epoch): the steps only
+    # shape the learning-rate schedule; their loss takes one-hot labels
+    net = module.build_model(params, prep, 50)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, size=(batch, size, size, prep.channels), dtype=np.uint8)
-    y = rng.integers(0, len(classes), size=batch)
+    y = keras.utils.to_categorical(rng.integers(0, len(classes), size=batch), len(classes))
     for _ in range(3):  # tracing and the first allocations
         net.train_on_batch(x, y)
     steps, started = 0, time.perf_counter()

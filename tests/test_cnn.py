@@ -56,8 +56,9 @@ early_stopping: {{enabled: true, patience: 3, min_delta: 0.0}}
 search_space:
   learning_rate: {{type: float, low: 0.001, high: 0.003, log: true, default: 0.002}}
   filters: {{type: categorical, choices: [8, 16], default: 16}}
-  dense_units: {{type: categorical, choices: [32, 64], default: 64}}
   dropout: {{type: float, low: 0.0, high: 0.2, default: 0.1}}
+  weight_decay: {{type: float, low: 0.0001, high: 0.001, log: true, default: 0.0005}}
+  label_smoothing: {{type: categorical, choices: [0.0], default: 0.0}}
   augmentation: {{type: categorical, choices: [0.0], default: 0.0}}
   batch_size: {{type: categorical, choices: [32], default: 32}}
   epochs: {{type: int, low: 4, high: {epochs}, default: {epochs}}}
@@ -113,16 +114,21 @@ def test_detect_picks_the_tensorflow_image_from_the_code(example: str) -> None:
 
 @pytest.mark.parametrize("example", CNN_EXAMPLES)
 def test_example_config_is_valid_and_its_defaults_are_in_its_space(example: str) -> None:
-    """Each CNN example's trainchain.yaml loads, with pruning and early stopping on."""
+    """Each CNN example's trainchain.yaml loads, with successive halving, early stopping and
+    the held-out confirmation on."""
     from trainchain.core.config import load_config
 
     model = load_config(EXAMPLES / example).model
     assert model.goal.val_metric == "val_accuracy"
     assert model.pruning.enabled and model.early_stopping.enabled
-    assert {"learning_rate", "filters", "dense_units", "dropout", "augmentation"} <= set(
+    assert {"learning_rate", "filters", "dropout", "augmentation", "weight_decay"} <= set(
         model.search_space
     )
     assert {"batch_size", "epochs"} <= set(model.search_space)
+    # the budget goes where it pays: halving on epochs, the goal confirmed on the held-out
+    # folder (no second training), trials started within 20 minutes of a 30-minute chain
+    assert model.pruning.rule == "halving" and model.confirmation.method == "heldout"
+    assert model.budget.timeout <= 1200
 
 
 @pytest.mark.parametrize(
@@ -335,6 +341,49 @@ def test_checkpoints_resume_after_the_last_finished_epoch_with_optimizer_state(
     rows = [json.loads(line) for line in report.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert all("val_accuracy" in r for r in rows)
+
+
+@pytest.mark.tensorflow
+def test_warmup_cosine_rises_to_the_peak_then_decays_to_its_final_fraction() -> None:
+    """The schedule starts at a tenth of the rate, peaks at the end of the warm-up and
+    ends at final_fraction of the peak after epochs x steps_per_epoch steps."""
+    schedule = cnn.warmup_cosine(0.01, epochs=10, steps_per_epoch=5, warmup_epochs=2)
+    at = [float(schedule(step)) for step in (0, 10, 30, 50)]
+    assert at[0] == pytest.approx(0.001)
+    assert at[1] == pytest.approx(0.01)
+    assert at[1] > at[2] > at[3]
+    assert at[3] == pytest.approx(0.0001)
+    with pytest.raises(ValueError, match="got 0 and 5"):
+        cnn.warmup_cosine(0.01, epochs=0, steps_per_epoch=5)
+
+
+@pytest.mark.tensorflow
+def test_residual_blocks_and_the_training_dataset_train_a_model_on_one_hot_labels() -> None:
+    """residual_block keeps or halves the size as its stride says; training_dataset gives
+    one-hot label batches that a label-smoothed model trains on."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((8, 8, 1))
+    same = cnn.residual_block(inputs, 4)
+    halved = cnn.residual_block(same, 8, stride=2)
+    assert tuple(same.shape[1:]) == (8, 8, 4) and tuple(halved.shape[1:]) == (4, 4, 8)
+    outputs = layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling2D()(halved))
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(cnn.warmup_cosine(0.01, epochs=2, steps_per_epoch=3)),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (24, 8, 8, 1), dtype=np.uint8)
+    y = rng.integers(0, 3, 24)
+    ds = cnn.training_dataset(x, y, batch_size=10, num_classes=3, seed=0)
+    images, labels = next(iter(ds))
+    assert images.shape == (10, 8, 8, 1) and labels.shape == (10, 3)
+    assert np.allclose(labels.numpy().sum(axis=1), 1.0)
+    history = model.fit(ds, epochs=2, shuffle=False, verbose=0)  # the dataset shuffles
+    assert len(history.history["loss"]) == 2
 
 
 @pytest.mark.tensorflow

@@ -399,6 +399,77 @@ def set_tensorflow_threads(intra: int, inter: int) -> bool:
     return True
 
 
+# --- training recipe: blocks, schedule, input pipeline ----------------------------------
+
+
+def residual_block(x: Any, filters: int, *, stride: int = 1, bn_momentum: float = 0.9) -> Any:
+    """A ResNet basic block (He et al. 2016): two 3x3 convolutions with batch normalisation,
+    added to the input (through a strided 1x1 convolution when the shape changes), ReLU.
+
+    ``bn_momentum`` 0.9 rather than Keras's 0.99: with a few thousand images an epoch is a
+    few dozen steps, too few for 0.99 to give usable statistics in the first epochs.
+    """
+    from keras import layers
+
+    shortcut = x
+    y = layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+    y = layers.BatchNormalization(momentum=bn_momentum)(y)
+    y = layers.ReLU()(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False)(y)
+    y = layers.BatchNormalization(momentum=bn_momentum)(y)
+    if stride != 1 or shortcut.shape[-1] != filters:
+        shortcut = layers.Conv2D(filters, 1, strides=stride, use_bias=False)(shortcut)
+        shortcut = layers.BatchNormalization(momentum=bn_momentum)(shortcut)
+    return layers.ReLU()(layers.Add()([y, shortcut]))
+
+
+def warmup_cosine(
+    learning_rate: float,
+    *,
+    epochs: int,
+    steps_per_epoch: int,
+    warmup_epochs: int = 2,
+    final_fraction: float = 0.01,
+) -> Any:
+    """A learning-rate schedule: linear warm-up from a tenth of ``learning_rate`` over
+    ``warmup_epochs`` (at most half the run), then cosine decay to ``final_fraction`` of it
+    at the end of ``epochs`` (Loshchilov and Hutter 2017; Goyal et al. 2017).
+
+    It counts optimizer steps, which a checkpoint keeps, so a resumed attempt continues
+    the same curve. The curve is fixed by ``epochs``: a run stopped earlier (early
+    stopping, pruning) ends at a higher learning rate than the full run would.
+    """
+    import keras
+
+    if epochs < 1 or steps_per_epoch < 1:
+        raise ValueError(
+            f"epochs and steps_per_epoch must be >= 1, got {epochs} and {steps_per_epoch}"
+        )
+    total = epochs * steps_per_epoch
+    warmup = min(warmup_epochs * steps_per_epoch, total // 2)
+    if warmup < 1:
+        return keras.optimizers.schedules.CosineDecay(learning_rate, total, alpha=final_fraction)
+    return keras.optimizers.schedules.CosineDecay(
+        learning_rate / 10,
+        total - warmup,
+        alpha=final_fraction,
+        warmup_target=learning_rate,
+        warmup_steps=warmup,
+    )
+
+
+def training_dataset(x: Any, y: Any, *, batch_size: int, num_classes: int, seed: int) -> Any:
+    """The training images as a ``tf.data`` pipeline: reshuffled every epoch (seeded),
+    batched, labels one-hot (what label smoothing in ``CategoricalCrossentropy`` needs),
+    the next batches prefetched while the model trains on this one."""
+    import tensorflow as tf
+
+    labels = tf.one_hot(tf.constant(y, tf.int32), num_classes)
+    ds = tf.data.Dataset.from_tensor_slices((x, labels))
+    ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
 # --- checkpoints, reports, early stopping ---------------------------------------------
 
 
