@@ -30,8 +30,7 @@ from trainchain.families.cnn import (
     input_layers,
     load_images,
     residual_block,
-    save_heldout,
-    save_model,
+    score_and_save,
     training_dataset,
     warmup_cosine,
 )
@@ -112,26 +111,7 @@ def main():
             verbose=2,
         )
     best_epoch = checkpoints.restore_best(model)
-
-    y_test = keras.utils.to_categorical(data.y_test, classes)
-    _, val_accuracy = model.evaluate(data.x_val, y_val, batch_size=64, verbose=0)
-    _, test_accuracy = model.evaluate(data.x_test, y_test, batch_size=64, verbose=0)
-    print(
-        f"best epoch {best_epoch}: val_accuracy {val_accuracy:.4f}, "
-        f"test_accuracy {test_accuracy:.4f}",
-        flush=True,
-    )
-    save_model(model, task.model_dir(), prep, reference_images=data.x_train)
-    save_heldout(data)
-    task.write_metrics(
-        {
-            **data.validation_metrics(val_accuracy),
-            "test_accuracy": test_accuracy,
-            "n_test": len(data.y_test),
-            "best_epoch": best_epoch,
-            "train_seconds": time.perf_counter() - started,
-        }
-    )
+    score_and_save(model, data, prep, best_epoch=best_epoch, started=started, batch_size=64)
 
 
 if __name__ == "__main__":

@@ -708,6 +708,55 @@ def save_heldout(data: ImageData, path: Path | None = None) -> Path:
     return target
 
 
+def score_and_save(
+    model: Any,
+    data: ImageData,
+    preprocessing: Preprocessing,
+    *,
+    best_epoch: int,
+    started: float,
+    batch_size: int = 64,
+    one_hot: bool = True,
+) -> dict[str, Any]:
+    """The end of an image model's training script, as the contract asks: the model (its
+    best epoch restored) scored on the validation split and once on the held-out folder,
+    saved with its preprocessing and drift reference, the held-out arrays kept for the
+    promotion's paired test, and the metrics written (``started``: the script's
+    ``time.perf_counter()`` at its start). ``one_hot``: the model's loss takes one-hot
+    labels (categorical cross-entropy, label smoothing), else class indices."""
+    import time
+
+    import keras
+
+    classes = len(data.class_names)
+
+    def labels(y: Any) -> Any:
+        return keras.utils.to_categorical(y, classes) if one_hot else y
+
+    _, val_accuracy = model.evaluate(
+        data.x_val, labels(data.y_val), batch_size=batch_size, verbose=0
+    )
+    _, test_accuracy = model.evaluate(
+        data.x_test, labels(data.y_test), batch_size=batch_size, verbose=0
+    )
+    print(
+        f"best epoch {best_epoch}: val_accuracy {val_accuracy:.4f}, "
+        f"test_accuracy {test_accuracy:.4f}",
+        flush=True,
+    )
+    save_model(model, task.model_dir(), preprocessing, reference_images=data.x_train)
+    save_heldout(data)
+    metrics = {
+        **data.validation_metrics(val_accuracy),
+        "test_accuracy": test_accuracy,
+        "n_test": len(data.y_test),
+        "best_epoch": best_epoch,
+        "train_seconds": time.perf_counter() - started,
+    }
+    task.write_metrics(metrics)
+    return metrics
+
+
 # --------------------------------------------------------------------------- drift
 
 # The statistics the image family declares for drift monitoring (trainchain.core.drift):
