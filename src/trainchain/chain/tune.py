@@ -708,16 +708,28 @@ class _Session:
         """Confirm the candidate on data the search did not select on, as
         ``confirmation.method`` says, and record the result."""
         alpha = self.search.confirmation_alpha()
-        estimate = self.search.estimate_of(candidate)
-        shown = estimate.describe() if estimate is not None else f"{candidate.value:.4f}"
+        searched = self.search.estimate_of(candidate) or Estimate(float(candidate.value))
         if self.model.confirmation.method == "heldout":
-            self._confirm_on_heldout(candidate, alpha, estimate or Estimate(candidate.value))
-            return
+            result = self._confirm_on_heldout(candidate, alpha, searched)
+        else:
+            result = self._confirm_by_refit(candidate, alpha, searched)
+        self.search.record(result)
+        if result.run_id is not None:
+            self.tracker.log(
+                result.run_id,
+                tags={keys.CONFIRMED: str(result.confirmed).lower()},
+                metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
+            )
+        self.display.confirmation(result)
+
+    def _confirm_by_refit(self, candidate: Any, alpha: float, searched: Estimate) -> Confirmation:
+        """The candidate's parameters trained and cross-validated again on fresh folds."""
         index = len(self.search.confirmations())
         plan = self.search.confirm_plan(index)
         self.display.note(
-            f"  confirming {trial_label(candidate.number)} ({self.goal.val_metric} {shown}) "
-            f"on fresh folds: {plan['folds']}-fold x {plan['repeats']}, seed {plan['seed']}"
+            f"  confirming {trial_label(candidate.number)} ({self.goal.val_metric} "
+            f"{searched.describe()}) on fresh folds: {plan['folds']}-fold x {plan['repeats']}, "
+            f"seed {plan['seed']}"
         )
         self.display.confirmation_started(candidate.number)
         outcome = run_trial(
@@ -733,7 +745,7 @@ class _Session:
             label=f"confirm-{index}-trial-{candidate.number:04d}",
         )
         if outcome.ok and outcome.estimate is not None:
-            result = confirm(
+            return confirm(
                 self.goal,
                 candidate.number,
                 outcome.estimate,
@@ -742,25 +754,17 @@ class _Session:
                 alpha=alpha,
                 run_id=outcome.run_id,
             )
-        else:
-            result = Confirmation(
-                trial=candidate.number,
-                estimate=estimate or Estimate(float(candidate.value)),
-                bound=None,
-                alpha=alpha,
-                confirmed=False,
-                reason=f"not confirmed: the confirmation run failed: {outcome.error}",
-                run_id=outcome.run_id,
-            )
-        self.search.record(result)
-        self.tracker.log(
-            outcome.run_id,
-            tags={keys.CONFIRMED: str(result.confirmed).lower()},
-            metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
+        return Confirmation(
+            trial=candidate.number,
+            estimate=searched,
+            bound=None,
+            alpha=alpha,
+            confirmed=False,
+            reason=f"not confirmed: the confirmation run failed: {outcome.error}",
+            run_id=outcome.run_id,
         )
-        self.display.confirmation(result)
 
-    def _confirm_on_heldout(self, candidate: Any, alpha: float, searched: Estimate) -> None:
+    def _confirm_on_heldout(self, candidate: Any, alpha: float, searched: Estimate) -> Confirmation:
         """The candidate's own held-out accuracy, bounded: no second training."""
         attrs = candidate.user_attrs
         n = attrs.get("test_n")
@@ -769,7 +773,7 @@ class _Session:
             f"{searched.describe()}) on the held-out test set"
             + (f" ({n} examples, never used by the search)" if n else "")
         )
-        result = confirm_on_heldout(
+        return confirm_on_heldout(
             self.goal,
             candidate.number,
             attrs.get("test_value"),
@@ -778,14 +782,6 @@ class _Session:
             searched=searched,
             run_id=attrs.get("mlflow_run_id"),
         )
-        self.search.record(result)
-        if result.run_id is not None:
-            self.tracker.log(
-                result.run_id,
-                tags={keys.CONFIRMED: str(result.confirmed).lower()},
-                metrics={"confirmation_bound": result.bound} if result.bound is not None else {},
-            )
-        self.display.confirmation(result)
 
     def _wait_running(self) -> None:
         """The chain is concluded: wait until the trials other workers were running have
