@@ -490,9 +490,7 @@ class ModelConfig(_Frozen):
 
     @model_validator(mode="after")
     def _heldout_needs_accuracy(self) -> ModelConfig:
-        if self.confirmation.method == "heldout" and base_metric(self.goal.metric) not in {
-            "accuracy"
-        }:
+        if self.confirmation.method == "heldout" and base_metric(self.goal.metric) != "accuracy":
             raise ValueError(
                 "confirmation.method: heldout bounds a held-out accuracy (an exact binomial "
                 f"bound), but the goal's metric is {self.goal.metric!r}: use method refit"
