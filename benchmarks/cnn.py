@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import itertools
-import json
 import os
 import shutil
 import statistics
@@ -49,7 +48,6 @@ from _common import loadavg
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
 
 DATASETS: dict[str, dict[str, Any]] = {
     "cats-vs-dogs": {
@@ -90,17 +88,15 @@ def model_repo(tmp: Path, example: str) -> Path:
     return repo
 
 
-def count_images(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def epoch_stats(runs_dir: Path, chain_id: str) -> dict[int, tuple[int, float | None]]:
     """Per trial: epochs reported and the median seconds between epoch reports (an
     epoch's training and its validation pass)."""
+    from trainchain.chain.training import read_report
+
     out: dict[int, tuple[int, float | None]] = {}
     for report in sorted((runs_dir / chain_id).glob("trial-*/report.jsonl")):
         number = int(report.parent.name.split("-")[1])
-        rows = [json.loads(line) for line in report.read_text().splitlines() if line.strip()]
+        rows = read_report(report)
         times = [r["time"] for r in rows]
         gaps = [b - a for a, b in itertools.pairwise(times) if b > a]
         out[number] = (len(rows), statistics.median(gaps) if gaps else None)
@@ -193,6 +189,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> Result | None:
     from trainchain.chain.run import run_chain
     from trainchain.core.config import load_config
     from trainchain.core.settings import load_settings
+    from trainchain.families.cnn import class_folders, image_files
 
     spec = DATASETS[name]
     data = DATA / name
@@ -204,7 +201,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> Result | None:
         repo = model_repo(Path(tmp), spec["example"])
         model = load_config(repo / "trainchain.yaml").model
         options = model.data.options
-        n_train = count_images(data / options.get("train", "train"))
+        train_dir = data / options.get("train", "train")
+        n_train = len(image_files(train_dir, class_folders(train_dir))[0])
         n_fit = round(n_train * (1 - float(options.get("validation_split", 0.2))))
         settings = load_settings({"TRAINCHAIN_HOME": str(Path(tmp) / "home")})
         print(
